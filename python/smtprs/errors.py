@@ -36,4 +36,12 @@ class ConfigError(SmtprsError):
 
 
 class SpoolError(SmtprsError):
-    """The spool could not store or read a message."""
+    """The spool could not store or read a message.
+
+    ``storage_full`` is true when the cause is a full disk or quota (ENOSPC,
+    EDQUOT): the session answers 452 4.3.1 then, 451 4.3.0 otherwise.
+    """
+
+    def __init__(self, message: str, *, storage_full: bool = False) -> None:
+        super().__init__(message)
+        self.storage_full = storage_full

@@ -1,0 +1,3 @@
+from smtprs.cli import main
+
+raise SystemExit(main())

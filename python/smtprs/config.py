@@ -1,0 +1,336 @@
+"""The configuration: one typed, frozen tree loaded from TOML.
+
+Reads a TOML file (or nothing: every key has a default, so the embedded
+configuration runs as is) and returns a ``Config``.  Each field carries its
+documentation in ``metadata["doc"]``; ``reference_markdown()`` renders the
+configuration reference from it, so the documentation cannot drift from the
+code.  Errors are ``ConfigError`` naming the key at fault, e.g.
+``smtpd.max_recipients: expected an integer >= 1, got "ten"``.
+
+Relative paths are resolved against ``data_dir``; a relative ``data_dir`` is
+resolved against the directory of the configuration file (or the current
+directory for the embedded default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .errors import ConfigError
+
+
+def _f(default: Any, doc: str, **checks: Any) -> Any:
+    """A config field: its default, its documentation and simple value checks."""
+    meta = {"doc": doc, **checks}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: _copy(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+Mode = Literal["mx"]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket."""
+
+    address: str = _f("127.0.0.1:2525", "Address and port to listen on: `host:port`, `[ipv6]:port`.")
+    mode: Mode = _f("mx", "What the listener serves: `mx` (SMTP from other servers and clients, port 25 behaviour).")
+
+
+@dataclass(frozen=True)
+class Smtpd:
+    """The inbound SMTP server (sessions, limits, timeouts)."""
+
+    listeners: list[Listener] = _f([Listener()], "The listening sockets (`[[smtpd.listeners]]` tables).")
+    banner: str = _f("ESMTP smtprs", "Text after the host name in the 220 greeting.")
+    max_message_size: int = _f(10 * 1024 * 1024, "Largest message accepted, in octets (advertised with SIZE; counted while streaming).", min=1)
+    max_recipients: int = _f(100, "Most recipients in one transaction; more get 452 4.5.3.", min=1)
+    max_errors: int = _f(10, "Error replies in one session before it is closed with 421 4.7.0.", min=1)
+    max_connections: int = _f(1000, "Concurrent sessions; more get 421 4.3.2 and are closed.", min=1)
+    max_received_headers: int = _f(50, "A message with more Received headers than this is refused with 554 5.4.6 (mail loop).", min=1)
+    max_header_size: int = _f(1024 * 1024, "Largest header block accepted, in octets (552 5.3.4 beyond).", min=1)
+    max_command_line: int = _f(512, "Longest command line in octets including CRLF (RFC 5321 4.5.3.1.4).", min=512)
+    max_text_line: int = _f(1000, "Longest message text line in octets including CRLF (RFC 5321 4.5.3.1.6).", min=1000)
+    command_timeout: float = _f(300.0, "Seconds to wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).", min=0.001)
+    data_timeout: float = _f(180.0, "Seconds to wait for each block of message data (RFC 5321 4.5.3.2.5).", min=0.001)
+    send_timeout: float = _f(300.0, "Seconds a reply may take to be sent before the session is dropped.", min=0.001)
+
+
+@dataclass(frozen=True)
+class Local:
+    """Local delivery: which domains are ours and where their mailboxes are."""
+
+    domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
+    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
+    maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The spool and the delivery scheduler."""
+
+    directory: str = _f("spool", "Spool directory (relative to data_dir).")
+    retry_min: float = _f(300.0, "Delay before the first retry of a deferred recipient, in seconds; it doubles after each attempt.", min=0.001)
+    retry_max: float = _f(14400.0, "Longest delay between two retries, in seconds.", min=0.001)
+    max_lifetime: float = _f(5 * 86400.0, "Seconds a message may stay in the queue before its undelivered recipients fail.", min=0.001)
+    delivery_concurrency: int = _f(20, "Deliveries running at once.", min=1)
+    fsync: bool = _f(True, "fsync content, envelope and directory before answering 250. Turning it off breaks the durability promise; it exists for sink benchmarks only.")
+
+
+@dataclass(frozen=True)
+class Log:
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = _f("info", "Lowest level logged.")
+    file: str = _f("", "Log file; empty for standard error.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    hostname: str = _f("", "Our host name in the greeting, EHLO reply and Received headers; empty for the machine's FQDN.")
+    data_dir: str = _f("smtprs-data", "Directory for the spool and mailboxes; relative paths in the config are relative to it.")
+    smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
+    local: Local = _f(Local(), "Local domains and mailboxes.")
+    queue: Queue = _f(Queue(), "Spool and scheduler.")
+    log: Log = _f(Log(), "Logging.")
+
+    # -- derived values -------------------------------------------------
+    @property
+    def host_name(self) -> str:
+        return self.hostname or socket.getfqdn() or "localhost"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_path / self.queue.directory
+
+    def maildir_path(self, user: str, domain: str) -> Path:
+        return self.data_path / self.local.maildir.format(user=user, domain=domain)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in {d.lower() for d in self.local.domains}
+
+
+# --------------------------------------------------------------------------
+# Loading and validation
+
+
+def load(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Load the configuration from ``path`` (None: the embedded default)."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        base = p.resolve().parent
+    if overrides:
+        raw = _merge(raw, overrides)
+    cfg: Config = _build(Config, raw, "")
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_absolute():
+        data_dir = base / data_dir
+    cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+    _check(cfg)
+    return cfg
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{key}: unknown key (known here: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], prefix + name, f.metadata)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, key + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+        return [_convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {_show(value)}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for alt in typing.get_args(tp):
+            try:
+                return _convert(alt, value, key, meta)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+        _bounds(key, value, meta, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number of seconds, got {_show(value)}")
+        _bounds(key, value, meta, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - a bug in this module
+
+
+def _bounds(key: str, value: float, meta: Any, what: str) -> None:
+    lo = meta.get("min") if meta else None
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: expected {what} >= {lo}, got {value!r}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def parse_host_port(text: str, key: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port), with the key in errors."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{key}: expected host:port, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        n = int(port)
+    except ValueError:
+        raise ConfigError(f"{key}: port must be a number, got {port!r}") from None
+    if not 0 <= n <= 65535:
+        raise ConfigError(f"{key}: port out of range: {n}")
+    return host, n
+
+
+def _check(cfg: Config) -> None:
+    """Checks across keys, after the types are right."""
+    if not cfg.smtpd.listeners:
+        raise ConfigError("smtpd.listeners: at least one listener is needed")
+    for i, lst in enumerate(cfg.smtpd.listeners):
+        host, _ = parse_host_port(lst.address, f"smtpd.listeners[{i}].address")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host not in ("localhost", "*", "0.0.0.0"):
+                raise ConfigError(f"smtpd.listeners[{i}].address: {host!r} is not an IP address") from None
+    if not cfg.local.domains:
+        raise ConfigError("local.domains: at least one local domain is needed")
+    for i, d in enumerate(cfg.local.domains):
+        if not d or any(c in d for c in " /@[]"):
+            raise ConfigError(f"local.domains[{i}]: not a domain name: {d!r}")
+    try:
+        cfg.local.maildir.format(user="u", domain="d")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"local.maildir: bad template {cfg.local.maildir!r} (only {{user}} and {{domain}}): {e}") from None
+    if "{user}" not in cfg.local.maildir:
+        raise ConfigError("local.maildir: the template must contain {user}")
+    if cfg.queue.retry_max < cfg.queue.retry_min:
+        raise ConfigError("queue.retry_max: must be >= queue.retry_min")
+
+
+# --------------------------------------------------------------------------
+# Reference documentation, generated from the definitions above
+
+
+def reference_markdown() -> str:
+    """The configuration reference as Markdown, one table per section."""
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(typing.cast(type, tp), f"{prefix}{f.name}.")
+                continue
+            if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                out.append(f"| `{prefix}{f.name}` | array of tables | one, see below | {f.metadata['doc']} |")
+                walk(typing.get_args(tp)[0], f"{prefix}{f.name}[].")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+            out.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | `{_toml(default)}` | {f.metadata['doc']} |")
+
+    walk(Config, "")
+    return "\n".join(out) + "\n"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is Literal:
+        return " \\| ".join(f'"{a}"' for a in typing.get_args(tp))
+    return {int: "integer", float: "seconds", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

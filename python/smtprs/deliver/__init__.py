@@ -1,0 +1,1 @@
+"""Delivery agents: one per kind of next hop, behind the contract in base.py."""

@@ -1,0 +1,69 @@
+"""The envelope (RFC 5321): who sent a message, to whom, and each recipient's state.
+
+It is kept apart from the content (RFC 5322), which the spool stores once,
+exactly as it will be delivered.  The envelope is a small JSON record that the
+spool rewrites atomically after each delivery attempt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+State = Literal["pending", "delivered", "deferred", "failed"]
+FINAL_STATES = ("delivered", "failed")
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Recipient:
+    address: str
+    state: State = "pending"
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass
+class Envelope:
+    queue_id: str
+    sender: str
+    recipients: list[Recipient]
+    arrival: float
+    size: int = 0
+    client_address: str = ""
+    client_helo: str = ""
+    protocol: str = "ESMTP"
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return all(r.final for r in self.recipients)
+
+    def pending(self, now: float) -> list[int]:
+        """Indexes of recipients due for an attempt at ``now``."""
+        return [i for i, r in enumerate(self.recipients) if not r.final and r.next_attempt <= now]
+
+    def next_due(self) -> float | None:
+        times = [r.next_attempt for r in self.recipients if not r.final]
+        return min(times) if times else None
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["v"] = FORMAT_VERSION
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        data: dict[str, Any] = json.loads(raw)
+        if data.pop("v", None) != FORMAT_VERSION:
+            raise ValueError("unknown envelope format version")
+        data["recipients"] = [Recipient(**r) for r in data["recipients"]]
+        return cls(**data)

@@ -1,0 +1,73 @@
+"""The mail log: one line per event, greppable by queue id, as Postfix's maillog.
+
+One function per event, so the wording of each line is defined once.  Lines go
+to the ``smtprs.mail`` logger; ``setup()`` sends it (and the debug logger
+``smtprs``) to standard error or a file.  Passwords and message content are
+never passed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("smtprs.mail")
+
+
+def setup(level: str = "info", file: str = "") -> None:
+    handler: logging.Handler
+    handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s smtprs[%(process)d]: %(message)s"))
+    root = logging.getLogger("smtprs")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def listening(address: str, mode: str) -> None:
+    log.info("listening on %s mode=%s", address, mode)
+
+
+def connect(session: str, peer: str) -> None:
+    log.info("%s: connect from %s", session, peer)
+
+
+def disconnect(session: str, peer: str, commands: int, errors: int) -> None:
+    log.info("%s: disconnect from %s commands=%d errors=%d", session, peer, commands, errors)
+
+
+def reject(session: str, peer: str, stage: str, reply: object, detail: str = "") -> None:
+    extra = f"; {detail}" if detail else ""
+    log.info("%s: reject: %s from %s: %s%s", session, stage, peer, reply, extra)
+
+
+def queued(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
+    log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queue active)", qid, sender, size, nrcpt, peer)
+
+
+def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str) -> None:
+    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, relay, delay, detail)
+
+
+def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float) -> None:
+    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=deferred (%s), retry in %.0fs", qid, rcpt, relay, delay, reason, retry_in)
+
+
+def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str) -> None:
+    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, relay, delay, reason)
+
+
+def removed(qid: str) -> None:
+    log.info("%s: removed", qid)
+
+
+def spool_problem(what: str) -> None:
+    log.warning("spool: %s", what)
+
+
+def warning(what: str) -> None:
+    log.warning("%s", what)
+
+
+def error(what: str) -> None:
+    log.error("%s", what)

@@ -1,0 +1,1 @@
+"""The queue: the durable spool and the scheduler that drives delivery."""

@@ -1,0 +1,178 @@
+"""The scheduler: decides what is due, hands it to delivery, records outcomes.
+
+Reads the spool at start-up (so mail queued before a restart is delivered) and
+takes new messages from the session through ``submit``.  For each due message
+it loads the envelope, asks the router for each pending recipient's next hop,
+groups recipients by delivery agent, runs the agents (at most
+``queue.delivery_concurrency`` at once), and writes the per-recipient outcome
+back into the envelope: delivered and failed are final; deferred recipients are
+retried after an exponential backoff with jitter (retry_min doubling up to
+retry_max) until ``queue.max_lifetime`` has passed.  A message leaves the spool
+only when every recipient is final.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .. import maillog
+from ..config import Config
+from ..deliver.base import DeliveryAgent, DeliveryRequest, Outcome, Target
+from ..envelope import Envelope
+from ..route.router import Router, Unroutable
+from .spool import Spool
+
+
+def backoff(attempts: int, retry_min: float, retry_max: float, rng: random.Random | None = None) -> float:
+    """Delay after the ``attempts``-th failed attempt: retry_min * 2**(n-1), capped,
+    with +-10% jitter so a restart does not retry everything at the same moment."""
+    base = min(retry_max, retry_min * (2 ** max(0, attempts - 1)))
+    jitter: float = (rng or random).uniform(-0.1, 0.1) * base
+    return float(max(0.0, min(retry_max, base + jitter)))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        router: Router,
+        agents: dict[str, DeliveryAgent],
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.router = router
+        self.agents = agents
+        self.now = now
+        self._heap: list[tuple[float, str]] = []
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._wakeup = trio.Event()
+        self._limiter = trio.CapacityLimiter(cfg.queue.delivery_concurrency)
+        self.on_final_failure: Callable[[Envelope, list[int]], Any] | None = None
+
+    # -- feeding ---------------------------------------------------------------
+    def submit(self, envelope: Envelope) -> None:
+        """A message was just committed: deliver it as soon as possible."""
+        self._push(self.now(), envelope.queue_id)
+
+    def flush(self) -> None:
+        """Retry everything now."""
+        self._heap = [(0.0, qid) for _, qid in self._heap]
+        heapq.heapify(self._heap)
+        self._wakeup.set()
+
+    def _push(self, due: float, qid: str) -> None:
+        if qid in self._queued:
+            return
+        self._queued.add(qid)
+        heapq.heappush(self._heap, (due, qid))
+        self._wakeup.set()
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queued) + len(self._active)
+
+    # -- running ---------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for qid in await trio.to_thread.run_sync(self.spool.open):
+            env = self.spool.load(qid)
+            if env is not None:
+                due = env.next_due()
+                self._push(due if due is not None else 0.0, qid)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = self.now()
+                while self._heap and self._heap[0][0] <= now:
+                    _, qid = heapq.heappop(self._heap)
+                    self._queued.discard(qid)
+                    if qid in self._active:
+                        continue
+                    await self._limiter.acquire()
+                    self._active.add(qid)
+                    nursery.start_soon(self._attempt, qid)
+                self._wakeup = trio.Event()
+                delay = self._heap[0][0] - self.now() if self._heap else 3600.0
+                with trio.move_on_after(max(0.0, delay)):
+                    await self._wakeup.wait()
+
+    async def _attempt(self, qid: str) -> None:
+        try:
+            env = self.spool.load(qid)
+            if env is not None:
+                await self._deliver(env)
+        except Exception as e:  # never let one message stop the queue
+            maillog.error(f"{qid}: delivery attempt failed unexpectedly: {e!r}")
+            self._push(self.now() + self.cfg.queue.retry_min, qid)
+        finally:
+            self._active.discard(qid)
+            self._limiter.release()
+
+    async def _deliver(self, env: Envelope) -> None:
+        now = self.now()
+        groups: dict[str, list[Target]] = {}
+        outcomes: list[Outcome] = []
+        for i in env.pending(now):
+            rcpt = env.recipients[i]
+            hop = self.router.route(rcpt.address)
+            if isinstance(hop, Unroutable):
+                outcomes.append(Outcome(i, "failed", str(hop.reply), "none"))
+                continue
+            groups.setdefault(hop.kind, []).append(Target(i, rcpt.address, hop))
+        for kind, targets in groups.items():
+            agent = self.agents.get(kind)
+            if agent is None:
+                outcomes += [Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets]
+                continue
+            request = DeliveryRequest(env.queue_id, env.sender, self.spool.content_path(env.queue_id), env.arrival, tuple(targets))
+            try:
+                outcomes += await agent.deliver(request)
+            except Exception as e:
+                outcomes += [Outcome(t.index, "deferred", f"451 4.3.0 delivery agent error: {e!r}", kind) for t in targets]
+        self._record(env, outcomes)
+        if env.done:
+            failed = [i for i, r in enumerate(env.recipients) if r.state == "failed"]
+            if failed and self.on_final_failure is not None:
+                await self.on_final_failure(env, failed)
+            await self.spool.remove(env.queue_id)
+            maillog.removed(env.queue_id)
+        else:
+            await self.spool.save(env)
+            due = env.next_due()
+            if due is not None:
+                self._push(due, env.queue_id)
+
+    def _record(self, env: Envelope, outcomes: list[Outcome]) -> None:
+        now = self.now()
+        q = self.cfg.queue
+        delay = now - env.arrival
+        for o in outcomes:
+            r = env.recipients[o.index]
+            r.attempts += 1
+            if o.status == "delivered":
+                r.state = "delivered"
+                r.last_error = ""
+                maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail)
+            elif o.status == "failed":
+                r.state = "failed"
+                r.last_error = o.detail
+                maillog.failed(env.queue_id, r.address, o.relay, delay, o.detail)
+            elif delay >= q.max_lifetime:
+                r.state = "failed"
+                r.last_error = f"message expired after {delay:.0f}s in the queue; last error: {o.detail}"
+                maillog.failed(env.queue_id, r.address, o.relay, delay, r.last_error)
+            else:
+                r.state = "deferred"
+                r.last_error = o.detail
+                wait = backoff(r.attempts, q.retry_min, q.retry_max)
+                r.next_attempt = now + wait
+                maillog.deferred(env.queue_id, r.address, o.relay, delay, o.detail, wait)

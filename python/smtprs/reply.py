@@ -1,0 +1,72 @@
+"""SMTP replies as values: a basic code, an enhanced code (RFC 3463) and text.
+
+Every reply the server sends is defined here once, so the codes are in one
+place and the session never builds reply strings by hand.  ``Reply.encode()``
+formats through the Rust core (multi-line, enhanced code on every line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _core
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str | None
+    text: str | tuple[str, ...]
+
+    def encode(self) -> bytes:
+        text = list(self.text) if isinstance(self.text, tuple) else self.text
+        return _core.format_reply(self.code, self.enhanced, text)
+
+    @property
+    def is_error(self) -> bool:
+        return self.code >= 400
+
+    @property
+    def first_line(self) -> str:
+        return self.text[0] if isinstance(self.text, tuple) else self.text
+
+    def __str__(self) -> str:
+        lines = self.text if isinstance(self.text, tuple) else (self.text,)
+        return f"{self.code} {self.enhanced + ' ' if self.enhanced else ''}{' / '.join(lines)}"
+
+
+# 2xx
+OK = Reply(250, "2.0.0", "Ok")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+VRFY_CANNOT = Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT (see RFC 5321)")
+BYE = Reply(221, "2.0.0", "Bye")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+# 4xx
+TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
+TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Error: too many connections, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing transmission channel")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+SPOOL_FAILED = Reply(451, "4.3.0", "Error: queue file write error")
+SPOOL_FULL = Reply(452, "4.3.1", "Error: insufficient system storage")
+
+# 5xx
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+NO_VALID_RCPT = Reply(554, "5.5.1", "Error: no valid recipients")
+BDAT_AFTER_DATA = Reply(503, "5.5.1", "Error: DATA and BDAT cannot be mixed")
+SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (mail loop?)")
+UNSUPPORTED_PARAM = Reply(555, "5.5.4", "Unsupported option")
+BAD_BODY = Reply(501, "5.5.4", "Bad BODY value (7BIT or 8BITMIME)")
+BAD_SIZE = Reply(501, "5.5.4", "Bad SIZE value")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+UNKNOWN_USER = Reply(550, "5.1.1", "User unknown in local recipient table")
+BAD_MAILBOX_NAME = Reply(550, "5.1.1", "Mailbox name not allowed here")
+UTF8_NOT_ASKED = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")

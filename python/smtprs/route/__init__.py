@@ -1,0 +1,1 @@
+"""Routing: the single authority that says where a recipient's mail goes."""

@@ -1,0 +1,1 @@
+"""The inbound SMTP server: listeners, sessions and their policy."""

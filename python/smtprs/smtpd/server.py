@@ -1,0 +1,90 @@
+"""The running server: listeners, sessions and the queue, in one Trio nursery.
+
+``serve(cfg)`` opens the spool, starts the scheduler (which picks up mail left
+in the spool by an earlier run), binds every listener and serves sessions
+until cancelled.  Binding happens before ``task_status.started()``, which
+returns the bound addresses, so callers (tests) can use port 0.
+
+Resource policy: each connection runs in its own task and closes its stream in
+``finally``; running out of file descriptors while accepting is logged and
+waited out by ``trio.serve_listeners``; a session over ``max_connections``
+gets 421 and is closed.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import maillog
+from ..config import Config, parse_host_port
+from ..deliver.maildir import MaildirAgent
+from ..envelope import Envelope
+from ..queue.scheduler import Scheduler
+from ..queue.spool import Spool
+from ..route.router import Router
+from .session import Session
+
+
+@dataclass
+class ServerContext:
+    """What every session shares: configuration, spool, router, scheduler."""
+
+    cfg: Config
+    spool: Spool
+    router: Router
+    scheduler: Scheduler
+    hostname: str
+    active_sessions: int = 0
+    bound: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def build(cfg: Config) -> ServerContext:
+    hostname = cfg.host_name
+    spool = Spool(cfg.spool_path, fsync=cfg.queue.fsync)
+    router = Router(cfg)
+    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
+    scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
+    scheduler.on_final_failure = _no_bounce_yet
+    return ServerContext(cfg, spool, router, scheduler, hostname)
+
+
+async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
+    rcpts = ", ".join(env.recipients[i].address for i in failed)
+    maillog.warning(f"{env.queue_id}: no bounce sent to <{env.sender}> for {rcpts}: bounces are not implemented yet")
+
+
+async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
+    ctx = build(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ctx.scheduler.run)
+        for lst in cfg.smtpd.listeners:
+            host, port = parse_host_port(lst.address, "smtpd.listeners")
+            bind_host = None if host in ("*", "") else host
+            listeners = await trio.open_tcp_listeners(port, host=bind_host)
+            for tl in listeners:
+                sockname = tl.socket.getsockname()
+                addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
+                ctx.bound.append((sockname[0], sockname[1], lst.mode))
+                maillog.listening(addr, lst.mode)
+            nursery.start_soon(trio.serve_listeners, _handler(ctx), listeners)
+        task_status.started(ctx)
+
+
+def _handler(ctx: ServerContext):  # type: ignore[no-untyped-def]
+    async def handle(stream: trio.SocketStream) -> None:
+        ctx.active_sessions += 1
+        try:
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                return
+            await Session(ctx, stream, peer[0], peer[1]).run()
+        finally:
+            ctx.active_sessions -= 1
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    return handle

@@ -1,0 +1,442 @@
+"""One inbound SMTP session: the command state machine and its policy.
+
+Reads bytes from a Trio stream, feeds them to the Rust engine
+(``_core.ServerConnection``), and answers each event.  Replies to pipelined
+commands are collected and sent in one write when the engine needs more data
+(RFC 2920).  Message content goes straight from the engine's DataChunk events
+into the spool file; the 250 reply is sent only after the spool's commit has
+made content and envelope durable.
+
+Resource policy: every read is bounded by a timeout (command_timeout between
+commands, data_timeout inside DATA/BDAT), every write by send_timeout; too many
+error replies close the session with 421; the engine bounds line and message
+sizes, so a session's memory does not grow with what the peer sends.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from .. import _core, maillog
+from .. import reply as R
+from ..envelope import Envelope, Recipient
+from ..errors import SpoolError
+from ..queue.spool import MessageWriter
+
+if TYPE_CHECKING:
+    from .server import ServerContext
+
+_session_ids = itertools.count(1)
+
+
+class CloseSession(Exception):
+    """Raised by a handler to end the session after the pending replies are sent."""
+
+
+@dataclass
+class Transaction:
+    """What one MAIL ... DATA/BDAT transaction has gathered."""
+
+    sender: _core.Path
+    params: dict[str, str | None]
+    smtputf8: bool = False
+    recipients: list[str] = field(default_factory=list)
+    rcpt_attempts: int = 0
+    writer: MessageWriter | None = None
+    mode: str | None = None  # "DATA" or "BDAT" once content started
+    bdat_error: R.Reply | None = None  # the reply every further BDAT of this transaction gets
+
+
+# The sequence table: for each verb, what must have happened before it.
+# (needs greeting, needs MAIL, needs RCPT, refused inside a transaction)
+_SEQUENCE: dict[str, tuple[bool, bool, bool, bool]] = {
+    "MAIL": (True, False, False, True),
+    "RCPT": (False, True, False, False),
+    "DATA": (False, True, True, False),
+    "BDAT": (False, True, True, False),
+}
+
+
+def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply | None:
+    """Is ``verb`` legal now?  None if yes, else the 503 reply."""
+    rule = _SEQUENCE.get(verb)
+    if rule is None:
+        return None
+    need_greeting, need_mail, need_rcpt, no_txn = rule
+    if need_greeting and not greeted:
+        return R.NEED_HELO
+    if no_txn and txn is not None:
+        return R.NESTED_MAIL
+    if need_mail and txn is None:
+        return R.NEED_MAIL
+    if need_rcpt and txn is not None and not txn.recipients:
+        return R.NO_VALID_RCPT if txn.rcpt_attempts else R.NEED_RCPT
+    return None
+
+
+class Session:
+    def __init__(self, ctx: ServerContext, stream: trio.abc.Stream, peer_ip: str, peer_port: int) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.stream = stream
+        self.peer_ip = peer_ip
+        self.peer = f"[{peer_ip}]:{peer_port}"
+        self.id = f"C{next(_session_ids):06d}"
+        s = self.cfg.smtpd
+        self.conn = _core.ServerConnection(
+            max_command_line=s.max_command_line,
+            max_text_line=s.max_text_line,
+            max_message_size=s.max_message_size,
+            max_header_size=s.max_header_size,
+            smtputf8=True,
+        )
+        self.out = bytearray()
+        self.greeting: str | None = None  # "HELO" or "EHLO" once greeted
+        self.helo_name = ""
+        self.txn: Transaction | None = None
+        self.errors = 0
+        self.commands = 0
+
+    # -- I/O -----------------------------------------------------------------
+    def reply(self, r: R.Reply) -> None:
+        self.out += r.encode()
+        if r.is_error:
+            self.errors += 1
+
+    async def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
+            with trio.fail_after(self.cfg.smtpd.send_timeout):
+                await self.stream.send_all(data)
+
+    async def run(self) -> None:
+        """Serve the session until QUIT, EOF, timeout or too many errors.
+
+        Never raises for anything the peer does; a broken connection ends the
+        session quietly, and a message not yet acknowledged is dropped from the spool.
+        """
+        maillog.connect(self.id, self.peer)
+        try:
+            if self.ctx.active_sessions > self.cfg.smtpd.max_connections:
+                self.reply(R.TOO_MANY_CONNECTIONS)
+                await self.flush()
+                return
+            self.out += R.Reply(220, None, f"{self.ctx.hostname} {self.cfg.smtpd.banner}").encode()
+            await self.flush()
+            await self._loop()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError):
+            pass
+        finally:
+            self._abort_message()
+            maillog.disconnect(self.id, self.peer, self.commands, self.errors)
+
+    async def _loop(self) -> None:
+        s = self.cfg.smtpd
+        while True:
+            timeout = s.data_timeout if self.conn.in_data else s.command_timeout
+            data: bytes | bytearray = b""
+            with trio.move_on_after(timeout) as scope:
+                data = await self.stream.receive_some(65536)
+            if not isinstance(data, bytes):  # TLS streams hand out bytearrays
+                data = bytes(data)
+            if scope.cancelled_caught:
+                maillog.reject(self.id, self.peer, "timeout", R.TIMEOUT, "in DATA" if self.conn.in_data else "waiting for a command")
+                self.reply(R.TIMEOUT)
+                await self.flush()
+                return
+            self.conn.receive_data(data)
+            try:
+                while (event := self.conn.next_event()) is not None:
+                    if isinstance(event, _core.ConnectionClosed):
+                        await self.flush()
+                        return
+                    await self._handle(event)
+                    if self.errors >= s.max_errors:
+                        maillog.reject(self.id, self.peer, "session", R.TOO_MANY_ERRORS)
+                        self.reply(R.TOO_MANY_ERRORS)
+                        raise CloseSession
+            except CloseSession:
+                await self.flush()
+                return
+            await self.flush()
+
+    # -- events ----------------------------------------------------------------
+    async def _handle(self, event: _core.Event) -> None:
+        if isinstance(event, _core.DataChunk):
+            txn = self.txn
+            if txn is not None and txn.writer is not None and txn.bdat_error is None:
+                txn.writer.write(event.data)
+        elif isinstance(event, _core.Command):
+            self.commands += 1
+            await self._command(event)
+        elif isinstance(event, _core.DataEnd):
+            await self._data_end(event)
+        elif isinstance(event, _core.BdatChunkEnd):
+            self._bdat_chunk_end(event)
+        elif isinstance(event, _core.CommandError):
+            self.commands += 1
+            maillog.reject(self.id, self.peer, event.verb or "command", f"{event.code} {event.enhanced} {event.text}")
+            self.reply(R.Reply(event.code, event.enhanced, event.text))
+            if event.fatal:
+                self.reply(R.Reply(421, "4.5.0", "Error: cannot continue this session"))
+                raise CloseSession
+        elif isinstance(event, _core.RawLine):  # no AUTH yet: nothing asks for raw lines
+            self.reply(R.Reply(500, "5.5.2", "Error: unexpected line"))
+
+    async def _command(self, cmd: _core.Command) -> None:
+        verb = cmd.verb
+        problem = check_sequence(verb, self.greeting is not None, self.txn)
+        if problem is not None:
+            if verb == "BDAT":
+                self._bdat_refused(problem)
+                return
+            self.reply(problem)
+            return
+        handler = getattr(self, f"_cmd_{verb.lower()}", None)
+        if handler is None:
+            self.reply(R.NOT_IMPLEMENTED)
+            return
+        await handler(cmd)
+
+    async def _cmd_helo(self, cmd: _core.Command) -> None:
+        self._greet("HELO", cmd.arg)
+        self.reply(R.Reply(250, None, self.ctx.hostname))
+
+    async def _cmd_ehlo(self, cmd: _core.Command) -> None:
+        self._greet("EHLO", cmd.arg)
+        lines = (
+            self.ctx.hostname,
+            "PIPELINING",
+            f"SIZE {self.cfg.smtpd.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        )
+        self.reply(R.Reply(250, None, lines))
+
+    async def _cmd_lhlo(self, cmd: _core.Command) -> None:
+        self.reply(R.NOT_IMPLEMENTED)
+
+    def _greet(self, kind: str, name: str) -> None:
+        self._abort_message()
+        self.txn = None
+        self.greeting = kind
+        self.helo_name = name.strip()
+
+    async def _cmd_mail(self, cmd: _core.Command) -> None:
+        assert cmd.path is not None
+        params = dict(cmd.params)
+        size = params.pop("SIZE", None)
+        if size is not None:
+            if not size or not size.isdigit() or len(size) > 20:
+                self.reply(R.BAD_SIZE)
+                return
+            if int(size) > self.cfg.smtpd.max_message_size:
+                maillog.reject(self.id, self.peer, "MAIL", R.SIZE_EXCEEDED, f"SIZE={size}")
+                self.reply(R.SIZE_EXCEEDED)
+                return
+        body = params.pop("BODY", None)
+        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+            self.reply(R.BAD_BODY)
+            return
+        smtputf8 = "SMTPUTF8" in params
+        if smtputf8 and params.pop("SMTPUTF8") is not None:
+            self.reply(R.Reply(501, "5.5.4", "SMTPUTF8 takes no value"))
+            return
+        if params:
+            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
+            return
+        if cmd.path.is_utf8 and not smtputf8:
+            self.reply(R.UTF8_NOT_ASKED)
+            return
+        kept: dict[str, str | None] = {}
+        if body is not None:
+            kept["BODY"] = body.upper()
+        if smtputf8:
+            kept["SMTPUTF8"] = None
+        self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
+        self.reply(R.SENDER_OK)
+
+    async def _cmd_rcpt(self, cmd: _core.Command) -> None:
+        txn = self.txn
+        assert txn is not None and cmd.path is not None
+        txn.rcpt_attempts += 1
+        if cmd.params:
+            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(cmd.params))}"))
+            return
+        if cmd.path.is_utf8 and not txn.smtputf8:
+            self.reply(R.UTF8_NOT_ASKED)
+            return
+        if len(txn.recipients) >= self.cfg.smtpd.max_recipients:
+            self.reply(R.TOO_MANY_RECIPIENTS)
+            return
+        refusal = self.ctx.router.check_recipient(cmd.path)
+        address = cmd.path.address()
+        if refusal is not None:
+            maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+            self.reply(refusal)
+            return
+        if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
+            txn.recipients.append(address)
+        self.reply(R.RECIPIENT_OK)
+
+    async def _cmd_data(self, cmd: _core.Command) -> None:
+        txn = self.txn
+        assert txn is not None
+        if txn.mode == "BDAT":
+            self.reply(R.BDAT_AFTER_DATA)
+            return
+        if not self._open_message(txn, "ESMTP" if self.greeting == "EHLO" else "SMTP"):
+            return
+        txn.mode = "DATA"
+        self.reply(R.START_DATA)
+        self.conn.start_data()
+
+    async def _cmd_bdat(self, cmd: _core.Command) -> None:
+        # the engine is already reading the chunk by length; we only decide where it goes
+        txn = self.txn
+        assert txn is not None
+        if txn.bdat_error is not None:
+            return
+        if txn.mode == "DATA":
+            self._bdat_refused(R.BDAT_AFTER_DATA)
+            return
+        if txn.writer is None:
+            if not self._open_message(txn, "ESMTP", quiet=True):
+                return
+            txn.mode = "BDAT"
+
+    def _bdat_refused(self, reply: R.Reply) -> None:
+        """Remember why this BDAT (and the rest of its transaction) fails; the
+        reply goes out once the chunk has been read, as RFC 3030 requires."""
+        if self.txn is None:
+            self._orphan_bdat = reply
+        else:
+            self._abort_message()
+            self.txn.bdat_error = reply
+
+    _orphan_bdat: R.Reply | None = None
+
+    def _bdat_chunk_end(self, event: _core.BdatChunkEnd) -> None:
+        failure = self._bdat_failure()
+        if failure is not None:
+            self.reply(failure)
+        else:
+            self.reply(R.Reply(250, "2.0.0", f"{event.chunk_size} octets received"))
+
+    def _bdat_failure(self) -> R.Reply | None:
+        if self._orphan_bdat is not None:
+            r, self._orphan_bdat = self._orphan_bdat, None
+            return r
+        if self.txn is not None:
+            return self.txn.bdat_error
+        return None
+
+    def _open_message(self, txn: Transaction, protocol: str, quiet: bool = False) -> bool:
+        try:
+            writer = self.ctx.spool.create()
+        except SpoolError as e:
+            r = R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED
+            maillog.spool_problem(f"{self.id}: {e}")
+            if quiet:
+                txn.bdat_error = r
+            else:
+                self.reply(r)
+            return False
+        txn.writer = writer
+        if txn.smtputf8:
+            protocol = "UTF8SMTP"
+        writer.write(self._received_header(writer.queue_id, protocol, txn))
+        return True
+
+    def _received_header(self, qid: str, protocol: str, txn: Transaction) -> bytes:
+        """Our trace field (RFC 5321 4.4), folded, CRLF line ends like the content."""
+        helo = "".join(c if 32 < ord(c) < 127 else "?" for c in self.helo_name)[:255] or "unknown"
+        try:
+            ip = ipaddress.ip_address(self.peer_ip)
+            literal = f"IPv6:{ip}" if ip.version == 6 else str(ip)
+        except ValueError:
+            literal = self.peer_ip
+        lines = [f"Received: from {helo} ([{literal}])", f"\tby {self.ctx.hostname} (smtprs) with {protocol} id {qid}"]
+        date = email.utils.formatdate(localtime=True)
+        if len(txn.recipients) == 1:
+            lines.append(f"\tfor <{txn.recipients[0]}>; {date}")
+        else:
+            lines.append(f"\t; {date}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    async def _data_end(self, event: _core.DataEnd) -> None:
+        failure = self._bdat_failure()
+        txn = self.txn
+        self.txn = None
+        if failure is not None or txn is None or txn.writer is None:
+            if txn is not None and txn.writer is not None:
+                self.ctx.spool.abort(txn.writer)
+            self.reply(failure or R.NEED_MAIL)
+            return
+        writer = txn.writer
+        if event.error is not None:
+            self.ctx.spool.abort(writer)
+            r = R.Reply(event.code, event.enhanced, event.text)
+            maillog.reject(self.id, self.peer, "DATA", r, f"from=<{txn.sender.address()}> size={event.size}")
+            self.reply(r)
+            return
+        if event.received_count > self.cfg.smtpd.max_received_headers:
+            self.ctx.spool.abort(writer)
+            maillog.reject(self.id, self.peer, "DATA", R.TOO_MANY_HOPS, f"from=<{txn.sender.address()}> received={event.received_count}")
+            self.reply(R.TOO_MANY_HOPS)
+            return
+        params = {k: v or "" for k, v in txn.params.items()}
+        if event.eight_bit and "BODY" not in params:
+            params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
+        env = Envelope(
+            queue_id=writer.queue_id,
+            sender=txn.sender.address(),
+            recipients=[Recipient(a) for a in txn.recipients],
+            arrival=time.time(),
+            size=writer.size,
+            client_address=self.peer_ip,
+            client_helo=self.helo_name,
+            protocol=self.greeting or "",
+            params=params,
+        )
+        try:
+            await self.ctx.spool.commit(writer, env)
+        except SpoolError as e:
+            maillog.spool_problem(f"{writer.queue_id}: {e}")
+            self.reply(R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED)
+            return
+        maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer)
+        self.ctx.scheduler.submit(env)
+        self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
+
+    def _abort_message(self) -> None:
+        if self.txn is not None and self.txn.writer is not None:
+            self.ctx.spool.abort(self.txn.writer)
+            self.txn.writer = None
+
+    async def _cmd_rset(self, cmd: _core.Command) -> None:
+        self._abort_message()
+        self.txn = None
+        self.reply(R.OK)
+
+    async def _cmd_noop(self, cmd: _core.Command) -> None:
+        self.reply(R.OK)
+
+    async def _cmd_vrfy(self, cmd: _core.Command) -> None:
+        self.reply(R.VRFY_CANNOT)
+
+    async def _cmd_help(self, cmd: _core.Command) -> None:
+        self.reply(R.HELP)
+
+    async def _cmd_quit(self, cmd: _core.Command) -> None:
+        self.reply(R.BYE)
+        raise CloseSession
