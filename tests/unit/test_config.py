@@ -1,0 +1,57 @@
+"""Configuration loading: defaults, types, errors naming the key, the generated reference."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from smtprs import config
+from smtprs.errors import ConfigError
+
+
+def test_embedded_default_runs_without_a_file():
+    cfg = config.load(None)
+    assert cfg.smtpd.listeners[0].address == "127.0.0.1:2525"
+    assert cfg.local.domains == ["localhost"]
+    assert cfg.smtpd.max_received_headers == 50
+    assert Path(cfg.data_dir).is_absolute()
+
+
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ('[smtpd]\nmax_recipients = "ten"\n', "smtpd.max_recipients"),
+        ("[smtpd]\nmax_recipients = 0\n", "smtpd.max_recipients"),
+        ("[smtpd]\nbogus = 1\n", "smtpd.bogus"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:99999"\n', "smtpd.listeners[0].address"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:25"\nmode = "pop"\n', "smtpd.listeners[0].mode"),
+        ("[local]\ndomains = []\n", "local.domains"),
+        ('[local]\nmaildir = "mail/{nobody}"\n', "local.maildir"),
+        ("[queue]\nretry_min = 10\nretry_max = 5\n", "queue.retry_max"),
+        ("[queue]\nfsync = 1\n", "queue.fsync"),
+        ("smtpd = 3\n", "smtpd"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, toml, key):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert str(e.value).startswith(key + ":"), str(e.value)
+
+
+def test_relative_data_dir_follows_the_config_file(tmp_path):
+    f = tmp_path / "etc" / "c.toml"
+    f.parent.mkdir()
+    f.write_text('data_dir = "var"\n')
+    assert config.load(f).data_dir == str(tmp_path / "etc" / "var")
+
+
+def test_readme_documents_every_key():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    reference = config.reference_markdown()
+    assert reference in readme, "README's configuration reference is stale: run `smtprs config-reference`"
+    for key in re.findall(r"^\| `([^`]+)`", reference, re.M):
+        assert f"`{key}`" in readme

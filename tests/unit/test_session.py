@@ -1,0 +1,161 @@
+"""The session state machine, over memory streams and in virtual time."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from smtprs.envelope import Envelope
+
+from .conftest import start_session
+
+
+async def test_happy_path_queues_message_durably(ctx_factory):
+    ctx = ctx_factory()
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        assert (await c.cmd("EHLO client.test")).code == 250
+        assert (await c.cmd("MAIL FROM:<a@remote.test>")).code == 250
+        r = await c.cmd("RCPT TO:<bob@example.test>")
+        assert (r.code, r.enhanced) == (250, "2.1.5")
+        assert (await c.cmd("DATA")).code == 354
+        r = await c.cmd(b"Subject: hi\r\n\r\n..dot\r\nbody\r\n.")
+        assert (r.code, r.enhanced) == (250, "2.0.0")
+        qid = r.text.rsplit(" ", 1)[1]
+        assert (await c.cmd("QUIT")).code == 221
+        assert await c.closed()
+    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    assert env.sender == "a@remote.test"
+    assert [r.address for r in env.recipients] == ["bob@example.test"]
+    content = ctx.spool.content_path(qid).read_bytes()
+    assert content.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test (smtprs) with ESMTP id " + qid.encode())
+    assert content.endswith(b"\r\n\r\nSubject: hi\r\n\r\n.dot\r\nbody\r\n"[4:])
+
+
+async def test_sequence_errors(ctx_factory):
+    ctx = ctx_factory()
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        r = await c.cmd("MAIL FROM:<a@b.test>")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        await c.cmd("HELO x")
+        r = await c.cmd("RCPT TO:<bob@example.test>")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        r = await c.cmd("DATA")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        await c.cmd("MAIL FROM:<a@b.test>")
+        r = await c.cmd("MAIL FROM:<a@b.test>")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        r = await c.cmd("DATA")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        r = await c.cmd("RCPT TO:<x@elsewhere.test>")
+        assert (r.code, r.enhanced) == (554, "5.7.1")
+        r = await c.cmd("DATA")
+        assert (r.code, r.enhanced) == (554, "5.5.1")  # RCPT tried, none valid
+        r = await c.cmd("FOO")
+        assert (r.code, r.enhanced) == (500, "5.5.2")
+        n.cancel_scope.cancel()
+    assert list(ctx.spool.queue_dir.iterdir()) == []
+
+
+async def test_too_many_errors_closes_with_421(ctx_factory):
+    ctx = ctx_factory(smtpd={"max_errors": 3})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        for _ in range(2):
+            assert (await c.cmd("BOGUS")).code == 500
+        assert (await c.cmd("BOGUS")).code == 500
+        r = await c.reply()
+        assert (r.code, r.enhanced) == (421, "4.7.0")
+        assert await c.closed()
+
+
+async def test_idle_timeout_in_virtual_time(ctx_factory, autojump_clock):
+    ctx = ctx_factory(smtpd={"command_timeout": 300})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        before = trio.current_time()
+        r = await c.reply()
+        assert (r.code, r.enhanced) == (421, "4.4.2")
+        assert 299 <= trio.current_time() - before <= 301
+        assert await c.closed()
+
+
+async def test_timeout_inside_data_drops_the_message(ctx_factory, autojump_clock):
+    ctx = ctx_factory(smtpd={"data_timeout": 180, "command_timeout": 300})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO x")
+        await c.cmd("MAIL FROM:<a@b.test>")
+        await c.cmd("RCPT TO:<bob@example.test>")
+        await c.cmd("DATA")
+        await c.send(b"Subject: half\r\n")
+        before = trio.current_time()
+        r = await c.reply()
+        assert r.code == 421
+        assert 179 <= trio.current_time() - before <= 181
+        assert await c.closed()
+    assert list(ctx.spool.queue_dir.iterdir()) == []
+
+
+async def test_pipelined_replies_come_in_order_in_one_write(ctx_factory):
+    ctx = ctx_factory()
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO x")
+        await c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u1@example.test>\r\nRCPT TO:<nobody@elsewhere.test>\r\nRCPT TO:<u2@example.test>\r\nDATA\r\n")
+        codes = [(await c.reply()).code for _ in range(5)]
+        assert codes == [250, 250, 554, 250, 354]
+        r = await c.cmd(b"x\r\n.")
+        assert r.code == 250
+        n.cancel_scope.cancel()
+
+
+async def test_bdat_chunks_and_refusals(ctx_factory):
+    ctx = ctx_factory()
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO x")
+        # BDAT without a transaction: the chunk is read and refused, the session stays framed
+        await c.send(b"BDAT 5\r\nhello")
+        r = await c.reply()
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        assert (await c.cmd("NOOP")).code == 250
+        await c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nBDAT 12\r\nSubject: x\r\n")
+        assert [(await c.reply()).code for _ in range(3)] == [250, 250, 250]
+        await c.send(b"BDAT 6 LAST\r\n\r\nbody")
+        r = await c.reply()
+        assert r.code == 250 and "queued as" in r.text
+        qid = r.text.rsplit(" ", 1)[1]
+        n.cancel_scope.cancel()
+    assert ctx.spool.content_path(qid).read_bytes().endswith(b"Subject: x\r\n\r\nbody")
+
+
+async def test_size_declared_too_big(ctx_factory):
+    ctx = ctx_factory(smtpd={"max_message_size": 1000})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        r = await c.cmd("EHLO x")
+        assert "SIZE 1000" in r.lines
+        r = await c.cmd("MAIL FROM:<a@b.test> SIZE=1001")
+        assert (r.code, r.enhanced) == (552, "5.3.4")
+        r = await c.cmd("MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME")
+        assert r.code == 250
+        n.cancel_scope.cancel()
+
+
+async def test_known_users_and_postmaster(ctx_factory):
+    ctx = ctx_factory(local={"users": ["alice"]})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO x")
+        await c.cmd("MAIL FROM:<>")
+        assert (await c.cmd("RCPT TO:<Alice@Example.TEST>")).code == 250
+        r = await c.cmd("RCPT TO:<mallory@example.test>")
+        assert (r.code, r.enhanced) == (550, "5.1.1")
+        assert (await c.cmd("RCPT TO:<Postmaster>")).code == 250
+        r = await c.cmd('RCPT TO:<"../etc"@example.test>')
+        assert r.code == 550
+        r = await c.cmd("RCPT TO:<user%other@example.test>")
+        assert r.code == 550
+        n.cancel_scope.cancel()
