@@ -5,7 +5,7 @@ bytes it read (``receive_data``) and pulls events (``next_event``) until it
 returns ``None`` ("need more data"); it formats replies and un-/stuffs data.
 """
 
-from typing import Final
+from typing import Final, Self, final
 
 __version__: Final[str]
 
@@ -13,6 +13,34 @@ __version__: Final[str]
 MAX_COMMAND_LINE: Final[int]  # 512 octets including CRLF
 MAX_TEXT_LINE: Final[int]  # 1000 octets including CRLF
 
+__all__ = [
+    "__version__",
+    "MAX_COMMAND_LINE",
+    "MAX_TEXT_LINE",
+    "Path",
+    "Command",
+    "CommandError",
+    "RawLine",
+    "DataChunk",
+    "BdatChunkEnd",
+    "DataEnd",
+    "ConnectionClosed",
+    "ServerConnection",
+    "Reply",
+    "ReplyParser",
+    "DotStuffer",
+    "LfConverter",
+    "parse_path",
+    "parse_mailbox",
+    "xtext_decode",
+    "xtext_encode",
+    "format_reply",
+    "dot_stuff",
+    "dot_unstuff",
+    "Event",
+]
+
+@final
 class Path:
     """An RFC 5321 reverse-path or forward-path, as parsed from MAIL/RCPT."""
 
@@ -36,16 +64,20 @@ class Path:
         """True when the local part was written as a quoted string."""
     def address(self) -> str:
         """The mailbox in canonical form: ``local@domain`` (quoted again if it must be), "" for <>."""
-    def __str__(self) -> str: ...
+    def __str__(self) -> str:
+        """The path form: ``<local@domain>``, ``<>`` for the null path (the route left out)."""
     def __repr__(self) -> str: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool:
+        """Equal mailboxes: the route, the quoting and the case of the domain do not count."""
     def __hash__(self) -> int: ...
 
 def parse_path(text: str, *, smtputf8: bool = False, allow_null: bool = True) -> Path:
     """Parse ``<...>`` (the angle brackets are required).
 
     Raises smtprs.errors.AddressError whose ``code``/``enhanced`` are 553 / 5.1.3.
-    Non-ASCII is accepted only when ``smtputf8`` is true.
+    Non-ASCII is accepted only when ``smtputf8`` is true.  With
+    ``allow_null=False`` (a forward-path) ``<Postmaster>`` without a domain is
+    accepted too (RFC 5321 4.1.1.3): local_part as written, domain "".
     """
 
 def parse_mailbox(text: str, *, smtputf8: bool = False) -> Path:
@@ -56,6 +88,7 @@ def xtext_decode(text: str) -> str:
 
 def xtext_encode(text: str) -> str: ...
 
+@final
 class Command:
     """One parsed command line.
 
@@ -82,6 +115,7 @@ class Command:
     @property
     def bdat_last(self) -> bool: ...
 
+@final
 class CommandError:
     """A command line that could not be parsed; reply with code/enhanced/text.
 
@@ -104,18 +138,21 @@ class CommandError:
     def fatal(self) -> bool:
         """True when the stream can no longer be framed (a BDAT without a valid size)."""
 
+@final
 class RawLine:
     """A line read in line mode (see ``ServerConnection.read_line``), CRLF removed."""
 
     @property
     def line(self) -> bytes: ...
 
+@final
 class DataChunk:
     """Message content, already un-stuffed (DATA) or verbatim (BDAT)."""
 
     @property
     def data(self) -> bytes: ...
 
+@final
 class BdatChunkEnd:
     """A non-LAST BDAT chunk has been read in full."""
 
@@ -124,6 +161,7 @@ class BdatChunkEnd:
     @property
     def total_size(self) -> int: ...
 
+@final
 class DataEnd:
     """The end of a message (CRLF.CRLF after DATA, or the end of BDAT LAST).
 
@@ -162,6 +200,7 @@ class DataEnd:
     @property
     def text(self) -> str: ...
 
+@final
 class ConnectionClosed:
     """The peer closed (``receive_data(b"")``) and every buffered event was taken."""
 
@@ -171,6 +210,7 @@ class ConnectionClosed:
 
 Event = Command | CommandError | RawLine | DataChunk | BdatChunkEnd | DataEnd | ConnectionClosed
 
+@final
 class ServerConnection:
     """The server side of one SMTP/LMTP session, without I/O.
 
@@ -180,15 +220,15 @@ class ServerConnection:
     a bare CR or LF never does.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         max_command_line: int = 512,
         max_text_line: int = 1000,
         max_message_size: int = 10485760,
         max_header_size: int = 1048576,
         smtputf8: bool = True,
-    ) -> None: ...
+    ) -> Self: ...
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the peer; ``b""`` means the peer closed."""
     def next_event(self) -> Event | None:
@@ -215,9 +255,13 @@ class ServerConnection:
 def format_reply(code: int, enhanced: str | None, text: str | list[str]) -> bytes:
     """``250-first\\r\\n250 2.0.0 last\\r\\n``: every line gets the enhanced code if given.
 
-    Text lines longer than 512 - 6 octets or containing CR/LF are rejected with ValueError.
+    Raises ValueError for a code outside 200..599, a malformed enhanced code (or one
+    whose class differs from the code's first digit), text with CR/LF, or a line
+    longer than 512 octets with its code, enhanced code and CRLF.  An empty list
+    gives one line with the code (and the enhanced code) alone.
     """
 
+@final
 class Reply:
     """A reply parsed on the client side."""
 
@@ -233,14 +277,16 @@ class Reply:
     def text(self) -> str:
         """The lines joined with "\\n"."""
 
+@final
 class ReplyParser:
     """Incremental parser for server replies (client side); multi-line replies joined."""
 
-    def __init__(self, *, max_line: int = 4096) -> None: ...
+    def __new__(cls, *, max_line: int = 4096) -> Self: ...
     def receive_data(self, data: bytes) -> None: ...
     def next_reply(self) -> Reply | None:
         """A whole reply, or None when more data is needed; raises smtprs.errors.ParseError on garbage."""
 
+@final
 class DotStuffer:
     """Streaming outbound encoder: normalises bare LF/CR to CRLF and doubles leading dots.
 
@@ -258,6 +304,7 @@ def dot_stuff(data: bytes) -> bytes:
 def dot_unstuff(data: bytes) -> bytes:
     """Un-stuff a complete DATA payload ending in ``\\r\\n.\\r\\n`` (tests, benchmarks)."""
 
+@final
 class LfConverter:
     """Streaming CRLF -> LF conversion for Unix mailbox files (Maildir/mbox)."""
 

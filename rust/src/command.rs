@@ -1,0 +1,477 @@
+//! One SMTP/LMTP command line turned into a [`Command`] or a [`CommandError`].
+//!
+//! Reads one line without its CRLF; produces the verb, its argument, the path
+//! and ESMTP parameters of MAIL/RCPT and the size of BDAT, or the reply that
+//! refuses the line.  Whether a command is allowed now is the session's call.
+
+use std::fmt;
+
+use crate::address::{parse_path, AddressError, Path, PathOptions};
+use crate::params::{mentions, parse_params, ParamError, Params};
+
+/// The verbs the core knows (RFC 5321, 2033, 3030, 3207, 4954).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Helo,
+    Ehlo,
+    Lhlo,
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Vrfy,
+    Expn,
+    Help,
+    Quit,
+    Starttls,
+    Auth,
+}
+
+impl Verb {
+    const ALL: [Verb; 15] = [
+        Verb::Helo,
+        Verb::Ehlo,
+        Verb::Lhlo,
+        Verb::Mail,
+        Verb::Rcpt,
+        Verb::Data,
+        Verb::Bdat,
+        Verb::Rset,
+        Verb::Noop,
+        Verb::Vrfy,
+        Verb::Expn,
+        Verb::Help,
+        Verb::Quit,
+        Verb::Starttls,
+        Verb::Auth,
+    ];
+
+    /// The verb, upper case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Helo => "HELO",
+            Verb::Ehlo => "EHLO",
+            Verb::Lhlo => "LHLO",
+            Verb::Mail => "MAIL",
+            Verb::Rcpt => "RCPT",
+            Verb::Data => "DATA",
+            Verb::Bdat => "BDAT",
+            Verb::Rset => "RSET",
+            Verb::Noop => "NOOP",
+            Verb::Vrfy => "VRFY",
+            Verb::Expn => "EXPN",
+            Verb::Help => "HELP",
+            Verb::Quit => "QUIT",
+            Verb::Starttls => "STARTTLS",
+            Verb::Auth => "AUTH",
+        }
+    }
+
+    /// Recognise a verb, case-insensitively.
+    pub fn from_bytes(word: &[u8]) -> Option<Verb> {
+        if word.len() != 4 && word.len() != 8 {
+            return None;
+        }
+        Verb::ALL
+            .into_iter()
+            .find(|v| v.as_str().as_bytes().eq_ignore_ascii_case(word))
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub verb: Verb,
+    /// Everything after the verb and its separating space, as sent.
+    pub arg: String,
+    /// The path of MAIL and RCPT.
+    pub path: Option<Path>,
+    /// The ESMTP parameters of MAIL and RCPT.
+    pub params: Params,
+    /// The chunk size of BDAT.
+    pub bdat_size: Option<u64>,
+    /// BDAT ... LAST.
+    pub bdat_last: bool,
+}
+
+impl Command {
+    fn new(verb: Verb, arg: &str) -> Command {
+        Command {
+            verb,
+            arg: arg.to_owned(),
+            path: None,
+            params: Vec::new(),
+            bdat_size: None,
+            bdat_last: false,
+        }
+    }
+
+    /// Does the command carry this ESMTP parameter?
+    pub fn has_param(&self, key: &str) -> bool {
+        self.params.iter().any(|(k, _)| k == key)
+    }
+}
+
+/// A line that is not a usable command, with the reply that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub code: u16,
+    pub enhanced: &'static str,
+    pub text: String,
+    /// The verb, when it was recognised.
+    pub verb: Option<Verb>,
+    /// The stream can no longer be framed (a BDAT without a usable size).
+    pub fatal: bool,
+}
+
+impl CommandError {
+    fn new(code: u16, enhanced: &'static str, text: impl Into<String>, verb: Option<Verb>) -> Self {
+        CommandError {
+            code,
+            enhanced,
+            text: text.into(),
+            verb,
+            fatal: false,
+        }
+    }
+
+    /// 500 5.5.2: a command line over the length limit.
+    pub fn line_too_long() -> CommandError {
+        CommandError::new(500, "5.5.2", "Line too long", None)
+    }
+
+    /// 500 5.5.6: an AUTH continuation line over RFC 4954's limit.
+    pub fn auth_line_too_long() -> CommandError {
+        CommandError::new(
+            500,
+            "5.5.6",
+            "Authentication exchange line is too long",
+            None,
+        )
+    }
+
+    fn syntax(verb: Verb, text: impl Into<String>) -> CommandError {
+        CommandError::new(501, "5.5.4", text, Some(verb))
+    }
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// What the connection knows that parsing depends on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandOptions {
+    /// SMTPUTF8 is offered: a MAIL with the SMTPUTF8 parameter may use UTF-8.
+    pub smtputf8: bool,
+    /// The current transaction's MAIL had SMTPUTF8: RCPT may use UTF-8.
+    pub rcpt_utf8: bool,
+}
+
+/// Parse one command line, given without its CRLF.
+pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, CommandError> {
+    let word_end = memchr::memchr(b' ', line).unwrap_or(line.len());
+    let verb = Verb::from_bytes(&line[..word_end]);
+    if memchr::memchr2(b'\r', b'\n', line).is_some() {
+        return Err(CommandError::new(
+            500,
+            "5.5.2",
+            "Bare CR or LF in command line",
+            verb,
+        ));
+    }
+    if memchr::memchr(0, line).is_some() {
+        return Err(CommandError::new(
+            500,
+            "5.5.2",
+            "NUL character in command line",
+            verb,
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Err(CommandError::new(
+            500,
+            "5.5.2",
+            "Invalid UTF-8 in command line",
+            verb,
+        ));
+    };
+    let Some(verb) = verb else {
+        return Err(CommandError::new(
+            500,
+            "5.5.2",
+            "Command unrecognized",
+            None,
+        ));
+    };
+    let arg = text.get(word_end + 1..).unwrap_or("");
+    let blank = arg.trim_matches(' ').is_empty();
+    match verb {
+        Verb::Helo | Verb::Ehlo | Verb::Lhlo if blank => Err(CommandError::syntax(
+            verb,
+            format!("Syntax: {verb} hostname"),
+        )),
+        Verb::Data | Verb::Rset | Verb::Quit | Verb::Starttls if !blank => Err(
+            CommandError::syntax(verb, format!("Syntax: {verb} (no parameters allowed)")),
+        ),
+        Verb::Vrfy | Verb::Expn if blank => Err(CommandError::syntax(
+            verb,
+            format!("Syntax: {verb} address"),
+        )),
+        Verb::Auth if blank => Err(CommandError::syntax(
+            verb,
+            "Syntax: AUTH mechanism [initial-response]",
+        )),
+        Verb::Mail | Verb::Rcpt => parse_mail_rcpt(verb, arg, opts),
+        Verb::Bdat => parse_bdat(arg),
+        _ => Ok(Command::new(verb, arg)),
+    }
+}
+
+fn parse_mail_rcpt(verb: Verb, arg: &str, opts: CommandOptions) -> Result<Command, CommandError> {
+    let (prefix, usage, what, enhanced) = if verb == Verb::Mail {
+        ("FROM:", "Syntax: MAIL FROM:<address>", "sender", "5.1.7")
+    } else {
+        ("TO:", "Syntax: RCPT TO:<address>", "recipient", "5.1.3")
+    };
+    let a = arg.trim_start_matches(' ');
+    let rest = match a.get(..prefix.len()) {
+        Some(p) if p.eq_ignore_ascii_case(prefix) => a[prefix.len()..].trim_start_matches(' '),
+        _ => return Err(CommandError::syntax(verb, usage)),
+    };
+    let bad_path = |e: AddressError| {
+        CommandError::new(
+            553,
+            enhanced,
+            format!("Bad {what} address: {e}"),
+            Some(verb),
+        )
+    };
+    let (path_text, param_text) = split_path(rest).map_err(|e| match e {
+        SplitError::Path(e) => bad_path(e),
+        SplitError::Junk => CommandError::syntax(verb, format!("{usage} [parameters]")),
+    })?;
+    let utf8 = if verb == Verb::Mail {
+        opts.smtputf8 && mentions(param_text, "SMTPUTF8")
+    } else {
+        opts.rcpt_utf8
+    };
+    let path_opts = PathOptions {
+        smtputf8: utf8,
+        allow_null: verb == Verb::Mail,
+        allow_postmaster: verb == Verb::Rcpt,
+    };
+    let path = parse_path(path_text, path_opts).map_err(bad_path)?;
+    let params = parse_params(param_text, utf8).map_err(|e| match e {
+        ParamError::Repeated(_) => CommandError::new(555, "5.5.4", e.to_string(), Some(verb)),
+        _ => CommandError::syntax(verb, e.to_string()),
+    })?;
+    Ok(Command {
+        path: Some(path),
+        params,
+        ..Command::new(verb, arg)
+    })
+}
+
+enum SplitError {
+    Path(AddressError),
+    Junk,
+}
+
+/// Split `<path> params` at the `>` that closes the path (a quoted local part
+/// may hold a `>`).
+fn split_path(rest: &str) -> Result<(&str, &str), SplitError> {
+    let b = rest.as_bytes();
+    if b.first() != Some(&b'<') {
+        return Err(SplitError::Path(AddressError::Syntax(
+            "angle brackets required",
+        )));
+    }
+    let mut quoted = false;
+    let mut i = 1;
+    while i < b.len() {
+        match (quoted, b[i]) {
+            (true, b'\\') => i += 1,
+            (_, b'"') => quoted = !quoted,
+            (false, b'>') => {
+                let params = &rest[i + 1..];
+                return match params.as_bytes().first() {
+                    None | Some(b' ') => Ok((&rest[..=i], params)),
+                    Some(_) => Err(SplitError::Junk),
+                };
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(SplitError::Path(AddressError::Syntax(
+        "missing closing angle bracket",
+    )))
+}
+
+/// `BDAT size [LAST]`, size up to 20 digits (RFC 3030 2).
+fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
+    let mut words = arg.split(' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .filter(|w| w.len() <= 20 && w.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|w| w.parse::<u64>().ok());
+    let last = match words.next() {
+        None => Some(false),
+        Some(w) if w.eq_ignore_ascii_case("LAST") => Some(true),
+        Some(_) => None,
+    };
+    match (size, last, words.next()) {
+        (Some(size), Some(last), None) => Ok(Command {
+            bdat_size: Some(size),
+            bdat_last: last,
+            ..Command::new(Verb::Bdat, arg)
+        }),
+        _ => Err(CommandError {
+            fatal: true,
+            ..CommandError::syntax(Verb::Bdat, "Syntax: BDAT size [LAST]")
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: CommandOptions = CommandOptions {
+        smtputf8: true,
+        rcpt_utf8: false,
+    };
+
+    fn ok(line: &str) -> Command {
+        parse_command(line.as_bytes(), OPTS).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    fn err(line: &[u8]) -> (u16, &'static str, bool) {
+        let e = parse_command(line, OPTS).expect_err(&String::from_utf8_lossy(line));
+        (e.code, e.enhanced, e.fatal)
+    }
+
+    #[test]
+    fn verbs() {
+        for v in Verb::ALL {
+            assert_eq!(
+                Verb::from_bytes(v.as_str().to_lowercase().as_bytes()),
+                Some(v)
+            );
+        }
+        assert_eq!(ok("noop").verb, Verb::Noop);
+        assert_eq!(ok("EHLO client.example").arg, "client.example");
+        assert_eq!(ok("StartTLS").verb, Verb::Starttls);
+        assert_eq!(ok("HELP me").arg, "me");
+        assert_eq!(ok("AUTH PLAIN AGEAYg==").arg, "PLAIN AGEAYg==");
+        assert_eq!(ok("DATA ").verb, Verb::Data);
+    }
+
+    #[test]
+    fn mail_and_rcpt() {
+        let c = ok("MAIL FROM:<a@b.c> SIZE=10 BODY=8BITMIME");
+        assert_eq!(c.path.as_ref().unwrap().address(), "a@b.c");
+        assert_eq!(c.params.len(), 2);
+        assert!(ok("MAIL FROM: <a@b.c>").path.is_some());
+        assert!(ok("mail from:<>").path.unwrap().is_null);
+        let c = ok("RCPT TO:<\"x> y\"@b> NOTIFY=NEVER");
+        assert_eq!(c.path.unwrap().local_part, "x> y");
+        assert_eq!(
+            ok("RCPT TO:<Postmaster>").path.unwrap().local_part,
+            "Postmaster"
+        );
+        assert!(ok("MAIL FROM:<é@x> SMTPUTF8").path.unwrap().is_utf8());
+        let c = parse_command(
+            "RCPT TO:<é@x>".as_bytes(),
+            CommandOptions {
+                smtputf8: true,
+                rcpt_utf8: true,
+            },
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn errors() {
+        let long_size = format!("BDAT {}", "1".repeat(21));
+        type Case<'a> = (&'a [u8], (u16, &'a str, bool));
+        let table: &[Case] = &[
+            (b"FOO", (500, "5.5.2", false)),
+            (b"MAILX FROM:<a@b>", (500, "5.5.2", false)),
+            (b"NOOP\x00", (500, "5.5.2", false)),
+            (b"NOOP \xff", (500, "5.5.2", false)),
+            (b"NOOP a\rb", (500, "5.5.2", false)),
+            (b"NOOP a\nb", (500, "5.5.2", false)),
+            (b"HELO", (501, "5.5.4", false)),
+            (b"EHLO ", (501, "5.5.4", false)),
+            (b"LHLO", (501, "5.5.4", false)),
+            (b"DATA x", (501, "5.5.4", false)),
+            (b"RSET x", (501, "5.5.4", false)),
+            (b"QUIT x", (501, "5.5.4", false)),
+            (b"STARTTLS x", (501, "5.5.4", false)),
+            (b"VRFY", (501, "5.5.4", false)),
+            (b"AUTH", (501, "5.5.4", false)),
+            (b"MAIL <a@b>", (501, "5.5.4", false)),
+            (b"MAIL TO:<a@b>", (501, "5.5.4", false)),
+            (b"MAIL FROM:<a@b>SIZE=1", (501, "5.5.4", false)),
+            (b"MAIL FROM:a@b", (553, "5.1.7", false)),
+            (b"MAIL FROM:<a@b", (553, "5.1.7", false)),
+            (b"MAIL FROM:<a..b@c>", (553, "5.1.7", false)),
+            (b"MAIL FROM:<postmaster>", (553, "5.1.7", false)),
+            (b"MAIL FROM:<\xc3\xa9@x>", (553, "5.1.7", false)),
+            (b"RCPT FROM:<a@b>", (501, "5.5.4", false)),
+            (b"RCPT TO:<>", (553, "5.1.3", false)),
+            (b"RCPT TO:<a@-b>", (553, "5.1.3", false)),
+            (b"RCPT TO:<\xc3\xa9@x> SMTPUTF8", (553, "5.1.3", false)),
+            (b"MAIL FROM:<a@b> SIZE=1 SIZE=2", (555, "5.5.4", false)),
+            (b"MAIL FROM:<a@b> SIZE=", (501, "5.5.4", false)),
+            (b"MAIL FROM:<a@b> ENVID=+G0", (501, "5.5.4", false)),
+            (b"BDAT", (501, "5.5.4", true)),
+            (b"BDAT x", (501, "5.5.4", true)),
+            (b"BDAT -1", (501, "5.5.4", true)),
+            (b"BDAT 10 LASTX", (501, "5.5.4", true)),
+            (b"BDAT 10 LAST x", (501, "5.5.4", true)),
+            (b"BDAT 99999999999999999999", (501, "5.5.4", true)),
+            (long_size.as_bytes(), (501, "5.5.4", true)),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                err(line),
+                (want.0, want.1, want.2),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let e = parse_command(b"DATA x", OPTS).unwrap_err();
+        assert_eq!(e.verb, Some(Verb::Data));
+        assert_eq!(
+            parse_command(b"XYZZY", OPTS).unwrap_err().text,
+            "Command unrecognized"
+        );
+        let e = parse_command(b"MAIL x", OPTS).unwrap_err();
+        assert!(e.text.contains("Syntax: MAIL FROM:<address>"));
+    }
+
+    #[test]
+    fn bdat() {
+        let c = ok("BDAT 1000");
+        assert_eq!((c.bdat_size, c.bdat_last), (Some(1000), false));
+        let c = ok("bdat 0 last");
+        assert_eq!((c.bdat_size, c.bdat_last), (Some(0), true));
+        assert_eq!(ok("BDAT 18446744073709551615").bdat_size, Some(u64::MAX));
+        assert_eq!(ok("BDAT 00000000000000000001").bdat_size, Some(1));
+    }
+}

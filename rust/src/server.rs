@@ -1,0 +1,635 @@
+//! The server side of one SMTP/LMTP session, without I/O.
+//!
+//! Theory of operation.  The caller feeds the bytes it read
+//! ([`ServerConnection::receive_data`]) and takes events
+//! ([`ServerConnection::next_event`]) until there are none.  The connection is
+//! in one of four modes, and this file is the one place that moves between
+//! them:
+//!
+//! | mode    | reads                                  | entered by                    | left after            |
+//! |---------|----------------------------------------|-------------------------------|-----------------------|
+//! | command | CRLF lines of `max_command_line`       | start; the end of the others  |                       |
+//! | line    | one CRLF line of 12288 octets (AUTH)   | `read_line()`                 | that line             |
+//! | data    | dot-stuffed content up to CRLF.CRLF    | `start_data()` (after 354)    | `DataEnd`             |
+//! | bdat    | exactly `bdat_size` octets, verbatim   | a valid BDAT command          | `BdatChunkEnd`/`DataEnd` |
+//!
+//! Whether a command is acceptable now is the session's decision, not ours;
+//! we only frame and parse.  The message state of BDAT (size, header scan)
+//! spans chunks until LAST, and the SMTPUTF8 flag of MAIL governs the RCPTs
+//! that follow; both are forgotten with the transaction (RSET, MAIL, HELO,
+//! EHLO, LHLO, the end of a message, or `reset_transaction()`).
+
+use crate::buffer::{LineScan, ReceiveBuffer};
+use crate::command::{parse_command, Command, CommandError, CommandOptions, Verb};
+use crate::data::{ContentScan, DataDecoder, DataLimits, DataSummary};
+use crate::error::Error;
+
+/// RFC 5321 4.5.3.1.4: the longest command line, CRLF included.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 5321 4.5.3.1.6: the longest text line, CRLF included.
+pub const MAX_TEXT_LINE: usize = 1000;
+/// RFC 4954 4: the longest AUTH command or continuation line, CRLF included.
+pub const MAX_AUTH_LINE: usize = 12288;
+/// Chunks at least this big are decoded with the GIL released.
+pub const DETACH_THRESHOLD: usize = 64 * 1024;
+
+/// The settings of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub max_command_line: usize,
+    pub max_text_line: usize,
+    pub max_message_size: u64,
+    pub max_header_size: u64,
+    /// SMTPUTF8 is offered.
+    pub smtputf8: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_command_line: MAX_COMMAND_LINE,
+            max_text_line: MAX_TEXT_LINE,
+            max_message_size: 10 * 1024 * 1024,
+            max_header_size: 1024 * 1024,
+            smtputf8: true,
+        }
+    }
+}
+
+/// What the peer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Command(Command),
+    CommandError(CommandError),
+    /// A line read in line mode, CRLF removed.
+    RawLine(Vec<u8>),
+    /// Message content, un-stuffed (DATA) or verbatim (BDAT).
+    DataChunk(Vec<u8>),
+    /// A non-LAST BDAT chunk has been read in full.
+    BdatChunkEnd {
+        chunk_size: u64,
+        total_size: u64,
+    },
+    /// The end of a message.
+    DataEnd(DataSummary),
+    /// The peer closed and every buffered event was taken.
+    ConnectionClosed {
+        mid_data: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Command,
+    Line,
+    Data(Box<DataDecoder>),
+    /// The last content of a DATA message went out; its DataEnd is next.
+    DataEnding(DataSummary),
+    Bdat {
+        remaining: u64,
+        size: u64,
+        last: bool,
+    },
+}
+
+/// One session's framing and parsing state.
+#[derive(Debug)]
+pub struct ServerConnection {
+    config: ServerConfig,
+    buffer: ReceiveBuffer,
+    mode: Mode,
+    eof: bool,
+    /// The message BDAT is building, across chunks.
+    bdat: Option<ContentScan>,
+    /// The transaction's MAIL had SMTPUTF8.
+    tx_utf8: bool,
+}
+
+impl ServerConnection {
+    pub fn new(config: ServerConfig) -> ServerConnection {
+        ServerConnection {
+            config,
+            buffer: ReceiveBuffer::new(),
+            mode: Mode::Command,
+            eof: false,
+            bdat: None,
+            tx_utf8: false,
+        }
+    }
+
+    fn limits(&self) -> DataLimits {
+        DataLimits {
+            max_text_line: self.config.max_text_line as u64,
+            max_message_size: self.config.max_message_size,
+            max_header_size: self.config.max_header_size,
+        }
+    }
+
+    /// Buffer bytes from the peer; an empty slice means the peer closed.
+    pub fn receive_data(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.eof {
+            return Err(Error::State("receive_data() after the peer closed".into()));
+        }
+        if data.is_empty() {
+            self.eof = true;
+        } else {
+            self.buffer.extend(data);
+        }
+        Ok(())
+    }
+
+    /// True when the next `next_event` would decode a big chunk of DATA (the
+    /// binding releases the GIL around it).
+    pub fn next_event_is_heavy(&self) -> bool {
+        matches!(self.mode, Mode::Data(_)) && self.buffer.len() >= DETACH_THRESHOLD
+    }
+
+    /// The next event, or `None` when more data is needed.
+    pub fn next_event(&mut self) -> Option<Event> {
+        let bdat_limits = DataLimits {
+            max_text_line: u64::MAX,
+            ..self.limits()
+        };
+        loop {
+            match &mut self.mode {
+                Mode::Command => match self.command_event() {
+                    Some(ev) => return Some(ev),
+                    None => break,
+                },
+                Mode::Line => match self.buffer.find_line(MAX_AUTH_LINE) {
+                    LineScan::Line(n) => {
+                        let line = self.buffer.pending()[..n].to_vec();
+                        self.buffer.consume(n + 2);
+                        self.mode = Mode::Command;
+                        return Some(Event::RawLine(line));
+                    }
+                    LineScan::TooLong => {
+                        self.mode = Mode::Command;
+                        return Some(Event::CommandError(CommandError::auth_line_too_long()));
+                    }
+                    LineScan::Incomplete => break,
+                },
+                Mode::Data(decoder) => {
+                    let pending = self.buffer.pending();
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let mut out = Vec::new();
+                    let r = decoder.decode(pending, &mut out);
+                    let summary = decoder.summary();
+                    self.buffer.consume(r.consumed);
+                    if r.done {
+                        self.end_transaction();
+                        if out.is_empty() {
+                            self.mode = Mode::Command;
+                            return Some(Event::DataEnd(summary));
+                        }
+                        self.mode = Mode::DataEnding(summary);
+                    }
+                    if !out.is_empty() {
+                        return Some(Event::DataChunk(out));
+                    }
+                }
+                Mode::DataEnding(summary) => {
+                    let summary = *summary;
+                    self.mode = Mode::Command;
+                    return Some(Event::DataEnd(summary));
+                }
+                Mode::Bdat {
+                    remaining,
+                    size,
+                    last,
+                } => {
+                    let scan = self
+                        .bdat
+                        .get_or_insert_with(|| ContentScan::new(bdat_limits));
+                    if *remaining == 0 {
+                        let event = if *last {
+                            let summary = scan.summary();
+                            self.end_transaction();
+                            Event::DataEnd(summary)
+                        } else {
+                            Event::BdatChunkEnd {
+                                chunk_size: *size,
+                                total_size: scan.size(),
+                            }
+                        };
+                        self.mode = Mode::Command;
+                        return Some(event);
+                    }
+                    let pending = self.buffer.pending();
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let n = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(pending.len());
+                    *remaining -= n as u64;
+                    let chunk = &pending[..n];
+                    let event = scan.feed(chunk).then(|| Event::DataChunk(chunk.to_vec()));
+                    self.buffer.consume(n);
+                    if event.is_some() {
+                        return event;
+                    }
+                }
+            }
+        }
+        self.eof.then(|| Event::ConnectionClosed {
+            mid_data: !matches!(self.mode, Mode::Command | Mode::Line)
+                || !self.buffer.is_empty()
+                || self.buffer.is_discarding(),
+        })
+    }
+
+    fn command_event(&mut self) -> Option<Event> {
+        let pending = self.buffer.pending();
+        // RFC 4954 4 lets an AUTH command line (initial response) be longer.
+        let limit = if pending.len() >= 5 && pending[..5].eq_ignore_ascii_case(b"AUTH ") {
+            MAX_AUTH_LINE.max(self.config.max_command_line)
+        } else {
+            self.config.max_command_line
+        };
+        let n = match self.buffer.find_line(limit) {
+            LineScan::Line(n) => n,
+            LineScan::TooLong => return Some(Event::CommandError(CommandError::line_too_long())),
+            LineScan::Incomplete => return None,
+        };
+        let opts = CommandOptions {
+            smtputf8: self.config.smtputf8,
+            rcpt_utf8: self.config.smtputf8 && self.tx_utf8,
+        };
+        let parsed = parse_command(&self.buffer.pending()[..n], opts);
+        self.buffer.consume(n + 2);
+        Some(match parsed {
+            Ok(cmd) => {
+                match cmd.verb {
+                    Verb::Rset | Verb::Helo | Verb::Ehlo | Verb::Lhlo => self.reset_transaction(),
+                    Verb::Mail => {
+                        self.reset_transaction();
+                        self.tx_utf8 = self.config.smtputf8 && cmd.has_param("SMTPUTF8");
+                    }
+                    Verb::Bdat => {
+                        self.mode = Mode::Bdat {
+                            remaining: cmd.bdat_size.unwrap_or(0),
+                            size: cmd.bdat_size.unwrap_or(0),
+                            last: cmd.bdat_last,
+                        };
+                    }
+                    _ => {}
+                }
+                Event::Command(cmd)
+            }
+            Err(e) => Event::CommandError(e),
+        })
+    }
+
+    fn end_transaction(&mut self) {
+        self.bdat = None;
+        self.tx_utf8 = false;
+    }
+
+    /// After answering DATA with 354: what follows is content.
+    pub fn start_data(&mut self) -> Result<(), Error> {
+        if !matches!(self.mode, Mode::Command) {
+            return Err(Error::State("start_data() outside command mode".into()));
+        }
+        self.mode = Mode::Data(Box::new(DataDecoder::new(self.limits())));
+        Ok(())
+    }
+
+    /// The next line comes out as a RawLine.
+    pub fn read_line(&mut self) -> Result<(), Error> {
+        if !matches!(self.mode, Mode::Command | Mode::Line) {
+            return Err(Error::State("read_line() outside command mode".into()));
+        }
+        self.mode = Mode::Line;
+        Ok(())
+    }
+
+    /// Drop every byte received and not yet parsed; returns the count.
+    pub fn discard_buffer(&mut self) -> usize {
+        self.buffer.clear()
+    }
+
+    /// Forget the message in progress.  A BDAT chunk being read is still read
+    /// to its end, so that the session stays framed.
+    pub fn reset_transaction(&mut self) {
+        self.end_transaction();
+    }
+
+    /// Octets received and not yet turned into events.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn max_message_size(&self) -> u64 {
+        self.config.max_message_size
+    }
+
+    /// Applies to the message being read too.
+    pub fn set_max_message_size(&mut self, value: u64) {
+        self.config.max_message_size = value;
+        if let Mode::Data(d) = &mut self.mode {
+            d.set_max_message_size(value);
+        }
+        if let Some(scan) = &mut self.bdat {
+            scan.set_max_message_size(value);
+        }
+    }
+
+    /// Between `start_data()` or a BDAT command and the matching end event.
+    pub fn in_data(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Data(_) | Mode::DataEnding(_) | Mode::Bdat { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ContentError;
+
+    fn conn() -> ServerConnection {
+        ServerConnection::new(ServerConfig::default())
+    }
+
+    /// Feed `input` in pieces of `step` octets; collect the events, calling
+    /// `start_data` right after a DATA command (as a session answering 354 would).
+    fn run(input: &[u8], step: usize, config: ServerConfig) -> Vec<Event> {
+        let mut c = ServerConnection::new(config);
+        let mut events = Vec::new();
+        let mut pieces = input.chunks(step.max(1)).peekable();
+        loop {
+            while let Some(ev) = c.next_event() {
+                let closed = matches!(ev, Event::ConnectionClosed { .. });
+                if let Event::Command(cmd) = &ev {
+                    if cmd.verb == Verb::Data {
+                        c.start_data().unwrap();
+                    }
+                }
+                events.push(ev);
+                if closed {
+                    return merge_chunks(events);
+                }
+            }
+            match pieces.next() {
+                Some(p) => c.receive_data(p).unwrap(),
+                None => c.receive_data(b"").unwrap(),
+            }
+        }
+    }
+
+    /// Join consecutive DataChunks, and drop those of a message that failed
+    /// (how much of it came out before the problem depends on the cuts), so
+    /// that runs with different cuts compare equal.
+    fn merge_chunks(events: Vec<Event>) -> Vec<Event> {
+        let mut out: Vec<Event> = Vec::new();
+        for ev in events {
+            let failed = match &ev {
+                Event::DataEnd(s) => s.error.is_some(),
+                Event::ConnectionClosed { mid_data } => *mid_data,
+                _ => false,
+            };
+            if failed {
+                let start = out
+                    .iter()
+                    .rposition(|e| matches!(e, Event::DataEnd(_)))
+                    .map_or(0, |i| i + 1);
+                let mut i = start;
+                while i < out.len() {
+                    if matches!(out[i], Event::DataChunk(_)) {
+                        out.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            match (out.last_mut(), ev) {
+                (Some(Event::DataChunk(a)), Event::DataChunk(b)) => a.extend(b),
+                (_, ev) => out.push(ev),
+            }
+        }
+        out
+    }
+
+    fn run_all_ways(input: &[u8], config: ServerConfig) -> Vec<Event> {
+        let whole = run(input, input.len(), config);
+        for step in [1, 2, 3, 5, 7, 64] {
+            assert_eq!(run(input, step, config), whole, "step {step}");
+        }
+        whole
+    }
+
+    fn verbs(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Command(c) => c.verb.to_string(),
+                Event::CommandError(e) => format!("{}", e.code),
+                Event::RawLine(_) => "line".into(),
+                Event::DataChunk(_) => "chunk".into(),
+                Event::BdatChunkEnd { .. } => "chunk-end".into(),
+                Event::DataEnd(_) => "end".into(),
+                Event::ConnectionClosed { mid_data } => format!("closed({mid_data})"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_and_split_commands() {
+        let input = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<>\r\nNOOP\r\nQUIT\r\n";
+        let events = run_all_ways(input, ServerConfig::default());
+        assert_eq!(
+            verbs(&events),
+            [
+                "EHLO",
+                "MAIL",
+                "RCPT",
+                "553",
+                "NOOP",
+                "QUIT",
+                "closed(false)"
+            ]
+        );
+    }
+
+    #[test]
+    fn data_session() {
+        let input = b"MAIL FROM:<a@b>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        let events = run_all_ways(input, ServerConfig::default());
+        assert_eq!(
+            verbs(&events),
+            ["MAIL", "DATA", "chunk", "end", "QUIT", "closed(false)"]
+        );
+        assert_eq!(
+            events[2],
+            Event::DataChunk(b"Subject: x\r\n\r\n.dot\r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn smuggling() {
+        for smuggle in [&b"\n.\n"[..], b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n"] {
+            let mut input = b"DATA\r\nSubject: x\r\n\r\nhi".to_vec();
+            input.extend_from_slice(smuggle);
+            input.extend_from_slice(b"MAIL FROM:<x@y>\r\n");
+            let events = run_all_ways(&input, ServerConfig::default());
+            assert!(
+                events.iter().all(|e| !matches!(e, Event::DataEnd(_))),
+                "{smuggle:?}"
+            );
+            assert_eq!(
+                events.last(),
+                Some(&Event::ConnectionClosed { mid_data: true })
+            );
+            let cmds = events
+                .iter()
+                .filter(|e| matches!(e, Event::Command(_)))
+                .count();
+            assert_eq!(cmds, 1, "{smuggle:?}");
+            input.extend_from_slice(b"\r\n.\r\n");
+            let events = run_all_ways(&input, ServerConfig::default());
+            let Some(Event::DataEnd(s)) = events.iter().find(|e| matches!(e, Event::DataEnd(_)))
+            else {
+                panic!("no end");
+            };
+            assert_eq!(s.error, Some(ContentError::BareNewline));
+        }
+    }
+
+    #[test]
+    fn long_lines_and_bare_newlines() {
+        let mut input = vec![b'N'; 600];
+        input.extend_from_slice(b"\r\nNOOP\r\nNOOP\nQUIT\r\nAUTH PLAIN ");
+        input.extend_from_slice(&[b'A'; 1000]);
+        input.extend_from_slice(b"\r\n");
+        let events = run_all_ways(&input, ServerConfig::default());
+        assert_eq!(
+            verbs(&events),
+            ["500", "NOOP", "500", "AUTH", "closed(false)"]
+        );
+        let Event::CommandError(e) = &events[0] else {
+            panic!()
+        };
+        assert_eq!(e.text, "Line too long");
+        let mut c = conn();
+        c.receive_data(&[b'x'; 100_000]).unwrap();
+        assert!(c.next_event().is_none());
+        assert!(c.buffered() < 512);
+    }
+
+    #[test]
+    fn bdat() {
+        let input = b"BDAT 5\r\nab\r\ncBDAT 0\r\nBDAT 3 LAST\r\nxyzNOOP\r\n";
+        let events = run_all_ways(input, ServerConfig::default());
+        assert_eq!(
+            verbs(&events),
+            [
+                "BDAT",
+                "chunk",
+                "chunk-end",
+                "BDAT",
+                "chunk-end",
+                "BDAT",
+                "chunk",
+                "end",
+                "NOOP",
+                "closed(false)"
+            ]
+        );
+        assert_eq!(events[1], Event::DataChunk(b"ab\r\nc".to_vec()));
+        assert_eq!(
+            events[4],
+            Event::BdatChunkEnd {
+                chunk_size: 0,
+                total_size: 5
+            }
+        );
+        let Event::DataEnd(s) = &events[7] else {
+            panic!()
+        };
+        assert_eq!(s.size, 8);
+        let events = run_all_ways(b"BDAT 0 LAST\r\nQUIT\r\n", ServerConfig::default());
+        assert_eq!(verbs(&events), ["BDAT", "end", "QUIT", "closed(false)"]);
+        let events = run_all_ways(b"BDAT 10\r\nabc", ServerConfig::default());
+        assert_eq!(verbs(&events), ["BDAT", "closed(true)"]);
+        // RSET forgets the message: the total starts again.
+        let events = run_all_ways(b"BDAT 2\r\nabRSET\r\nBDAT 1\r\nc", ServerConfig::default());
+        assert_eq!(
+            events[6],
+            Event::BdatChunkEnd {
+                chunk_size: 1,
+                total_size: 1
+            }
+        );
+    }
+
+    #[test]
+    fn bdat_size_limit() {
+        let config = ServerConfig {
+            max_message_size: 4,
+            ..ServerConfig::default()
+        };
+        let events = run_all_ways(b"BDAT 3\r\nabcBDAT 3 LAST\r\ndefNOOP\r\n", config);
+        assert_eq!(
+            verbs(&events),
+            ["BDAT", "chunk-end", "BDAT", "end", "NOOP", "closed(false)"]
+        );
+        let Event::DataEnd(s) = &events[3] else {
+            panic!()
+        };
+        assert_eq!((s.size, s.error), (6, Some(ContentError::Size)));
+    }
+
+    #[test]
+    fn read_line_and_discard() {
+        let mut c = conn();
+        c.receive_data(b"AUTH LOGIN\r\ndXNlcg==\r\nNOOP\r\n")
+            .unwrap();
+        assert!(matches!(c.next_event(), Some(Event::Command(_))));
+        c.read_line().unwrap();
+        assert_eq!(c.next_event(), Some(Event::RawLine(b"dXNlcg==".to_vec())));
+        assert!(matches!(c.next_event(), Some(Event::Command(_))));
+        c.receive_data(b"STARTTLS\r\nMAIL FROM:<evil@x>\r\n")
+            .unwrap();
+        assert!(matches!(c.next_event(), Some(Event::Command(cmd)) if cmd.verb == Verb::Starttls));
+        assert_eq!(c.discard_buffer(), 20);
+        assert_eq!(c.next_event(), None);
+        c.receive_data(b"").unwrap();
+        assert_eq!(
+            c.next_event(),
+            Some(Event::ConnectionClosed { mid_data: false })
+        );
+        assert!(c.receive_data(b"x").is_err());
+    }
+
+    #[test]
+    fn utf8_follows_the_transaction() {
+        let input = "MAIL FROM:<é@x> SMTPUTF8\r\nRCPT TO:<ü@x>\r\nRSET\r\nRCPT TO:<ü@x>\r\n";
+        let events = run(input.as_bytes(), 1000, ServerConfig::default());
+        assert_eq!(
+            verbs(&events),
+            ["MAIL", "RCPT", "RSET", "553", "closed(false)"]
+        );
+        let config = ServerConfig {
+            smtputf8: false,
+            ..ServerConfig::default()
+        };
+        let events = run(input.as_bytes(), 1000, config);
+        assert_eq!(
+            verbs(&events),
+            ["553", "553", "RSET", "553", "closed(false)"]
+        );
+    }
+
+    #[test]
+    fn misuse() {
+        let mut c = conn();
+        c.start_data().unwrap();
+        assert!(c.in_data());
+        assert!(c.start_data().is_err());
+        assert!(c.read_line().is_err());
+    }
+}
