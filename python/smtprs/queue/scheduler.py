@@ -56,7 +56,7 @@ class Scheduler:
         self._queued: set[str] = set()
         self._active: set[str] = set()
         self._wakeup = trio.Event()
-        self._limiter = trio.CapacityLimiter(cfg.queue.delivery_concurrency)
+        self._slots = trio.Semaphore(cfg.queue.delivery_concurrency)
         self.on_final_failure: Callable[[Envelope, list[int]], Any] | None = None
 
     # -- feeding ---------------------------------------------------------------
@@ -97,7 +97,7 @@ class Scheduler:
                     self._queued.discard(qid)
                     if qid in self._active:
                         continue
-                    await self._limiter.acquire()
+                    await self._slots.acquire()
                     self._active.add(qid)
                     nursery.start_soon(self._attempt, qid)
                 self._wakeup = trio.Event()
@@ -115,7 +115,7 @@ class Scheduler:
             self._push(self.now() + self.cfg.queue.retry_min, qid)
         finally:
             self._active.discard(qid)
-            self._limiter.release()
+            self._slots.release()
 
     async def _deliver(self, env: Envelope) -> None:
         now = self.now()
