@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Install the Debian packages that building smtprs and running its tests need.
+#
+#   swaks          the SMTP test client of the end-to-end suite
+#   gcc, libc6-dev the linker (cc) that cargo and maturin call
+#   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
+#                  extension-module), when the interpreter is Debian's own
+#   python3-venv   only when the interpreter is Debian's externally managed one
+#                  and a virtualenv has to be made (see scripts/find-python.sh)
+#
+# Usage: scripts/install-deps.sh [all|build]
+#
+# Idempotent: what is already there is not installed again, and apt is not
+# touched at all when nothing is missing.  Runs apt as root, or through sudo
+# when that is available.  Postfix is not installed (no test needs smtp-sink);
+# if one ever is, preseed "postfix postfix/main_mailer_type select No
+# configuration" first so that it does not start a system MTA on port 25.
+set -euo pipefail
+
+# "build": only what building and running smtprs needs (make run); default: all.
+what="${1:-all}"
+PYTHON="${PYTHON:-python3}"
+missing=()
+
+if [ "$what" != build ]; then
+    command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+fi
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+
+if command -v "$PYTHON" >/dev/null 2>&1; then
+    pyinfo=$("$PYTHON" - <<'PY'
+import os, sys, sysconfig
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+ldlib = sysconfig.get_config_var("LDLIBRARY") or ""
+ver = sysconfig.get_python_version()
+shared = any(os.path.exists(os.path.join(libdir, n)) for n in (f"libpython{ver}.so", ldlib if ldlib.endswith(".so") else ""))
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix
+system = sys.base_prefix == "/usr"
+print(ver, int(shared), int(managed), int(system))
+PY
+)
+    read -r pyver pyshared pymanaged pysystem <<<"$pyinfo"
+    if [ "$pysystem" = 1 ] && [ "$pyshared" = 0 ]; then
+        missing+=("libpython${pyver}-dev")
+    fi
+    if [ "$pymanaged" = 1 ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+        missing+=("python${pyver}-venv")
+    fi
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1 && [ "$pysystem" = 1 ]; then
+        missing+=(python3-pip)
+    fi
+else
+    missing+=(python3 python3-pip python3-venv python3-dev)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all Debian packages present"
+else
+    echo "install-deps: installing ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "install-deps: cargo not found; install the Rust toolchain with rustup (https://rustup.rs)" >&2
+    exit 1
+fi
