@@ -229,7 +229,7 @@ class ServerConnection:
         max_header_size: int = 1048576,
         smtputf8: bool = True,
     ) -> Self: ...
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes read from the peer; ``b""`` means the peer closed."""
     def next_event(self) -> Event | None:
         """The next event, or None when more data is needed."""
@@ -282,7 +282,7 @@ class ReplyParser:
     """Incremental parser for server replies (client side); multi-line replies joined."""
 
     def __new__(cls, *, max_line: int = 4096) -> Self: ...
-    def receive_data(self, data: bytes) -> None: ...
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None: ...
     def next_reply(self) -> Reply | None:
         """A whole reply, or None when more data is needed; raises smtprs.errors.ParseError on garbage."""
 
@@ -295,19 +295,23 @@ class DotStuffer:
     """
 
     def __init__(self) -> None: ...
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes: ...
     def finish(self) -> bytes: ...
 
-def dot_stuff(data: bytes) -> bytes:
+def dot_stuff(data: bytes | bytearray | memoryview) -> bytes:
     """One-shot DotStuffer: the whole DATA payload including the final ``.\\r\\n``."""
 
-def dot_unstuff(data: bytes) -> bytes:
-    """Un-stuff a complete DATA payload ending in ``\\r\\n.\\r\\n`` (tests, benchmarks)."""
+def dot_unstuff(data: bytes | bytearray | memoryview) -> bytes:
+    """Un-stuff a complete DATA payload ending in ``\\r\\n.\\r\\n`` (tests, benchmarks).
+
+    Raises smtprs.errors.ParseError on a bare CR or LF, a missing end, or
+    octets after the end.
+    """
 
 @final
 class LfConverter:
     """Streaming CRLF -> LF conversion for Unix mailbox files (Maildir/mbox)."""
 
     def __init__(self) -> None: ...
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes: ...
     def finish(self) -> bytes: ...
