@@ -122,7 +122,8 @@ class CommandError:
     Covers: unknown verb (500 5.5.2), line too long (500 5.5.2), bare CR or LF
     in a command line (500 5.5.2), NUL or invalid UTF-8 (500 5.5.2), bad syntax
     (501 5.5.4), bad address (553 5.1.7 for MAIL, 553 5.1.3 for RCPT),
-    unknown or repeated ESMTP parameter (555 5.5.4).
+    repeated ESMTP parameter (555 5.5.4).  Whether a well-formed parameter is
+    supported is the session's call (555 5.5.4 too).
     """
 
     @property
@@ -167,8 +168,8 @@ class DataEnd:
 
     ``error`` is None when the content is acceptable; otherwise one of
     ``"size"`` (over max_message_size: 552 5.3.4), ``"line_length"`` (a text
-    line over max_text_line octets with its CRLF: 554 5.6.0), ``"bare_newline"``
-    (a bare CR or LF in DATA: 554 5.5.2), ``"header_size"`` (header block over
+    line over max_text_line octets with its CRLF, DATA only: 554 5.6.0),
+    ``"bare_newline"`` (a bare CR or LF in DATA: 554 5.5.2), ``"header_size"`` (header block over
     max_header_size: 552 5.3.4), with the reply in code/enhanced/text (code 0
     and "" when error is None).  The first error found wins.
     DataChunk events stop once an error is found; the rest of the message is
