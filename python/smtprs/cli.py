@@ -15,7 +15,7 @@ import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -37,12 +37,14 @@ async def _serve(cfg: config_mod.Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
+    failed = False
     try:
         trio.run(_serve, cfg)
-    except OSError as e:
-        maillog.error(f"cannot serve: {e}")
-        return 1
-    return 0
+    except* ListenError as group:
+        failed = True
+        for e in group.exceptions:
+            maillog.error(str(e))
+    return 1 if failed else 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
