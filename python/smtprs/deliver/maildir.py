@@ -85,7 +85,7 @@ class MaildirAgent:
         conv = _core.LfConverter()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with open(request.content, "rb") as src, os.fdopen(fd, "wb", buffering=CHUNK, closefd=False) as out:
+            with request.content.open() as src, os.fdopen(fd, "wb", buffering=CHUNK, closefd=False) as out:
                 out.write(head)
                 while chunk := src.read(CHUNK):
                     out.write(conv.feed(chunk))
