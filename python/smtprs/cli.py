@@ -22,7 +22,7 @@ import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -44,12 +44,18 @@ async def _serve(cfg: config_mod.Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
+    failed = False
     try:
         trio.run(_serve, cfg)
-    except OSError as e:
-        maillog.error(f"cannot serve: {e}")
-        return 1
-    return 0
+    except* ListenError as group:
+        failed = True
+        for e in group.exceptions:
+            maillog.error(str(e))
+    except* ConfigError as group:  # found while starting: the TLS certificate or key
+        for e in group.exceptions:
+            print(f"smtprs: configuration error: {e}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -186,6 +186,58 @@ proptest! {
         prop_assert_eq!(out, want);
     }
 
+    /// Arbitrary octets, in any mode, never panic, and memory stays bounded.
+    #[test]
+    fn server_survives_garbage(
+        data in proptest::collection::vec(any::<u8>(), 0..3000),
+        cuts in proptest::collection::vec(0u16..1000, 0..10),
+        mode in 0u8..4,
+    ) {
+        let mut c = ServerConnection::new(ServerConfig { max_message_size: 500, ..ServerConfig::default() });
+        match mode {
+            1 => c.start_data().unwrap(),
+            2 => c.read_line().unwrap(),
+            3 => {
+                c.receive_data(b"BDAT 100\r\n").unwrap();
+            }
+            _ => {}
+        }
+        for p in pieces(&data, &cuts).into_iter().filter(|p| !p.is_empty()) {
+            c.receive_data(p).unwrap();
+            while let Some(ev) = c.next_event() {
+                if let Event::Command(cmd) = ev {
+                    if cmd.verb == _core::command::Verb::Data {
+                        c.start_data().unwrap();
+                    }
+                }
+            }
+            prop_assert!(c.in_data() || c.buffered() <= _core::server::MAX_AUTH_LINE);
+        }
+    }
+
+    /// The text parsers never panic on arbitrary input.
+    #[test]
+    fn parsers_survive_garbage(text in "\\PC{0,300}", bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        for opts in [
+            PathOptions { smtputf8: false, allow_null: true, allow_postmaster: false },
+            PathOptions { smtputf8: true, allow_null: false, allow_postmaster: true },
+        ] {
+            let _ = parse_path(&text, opts);
+            let _ = parse_path(&format!("<{text}>"), opts);
+        }
+        let _ = _core::address::parse_mailbox(&text, true);
+        let _ = _core::params::parse_params(&text, true);
+        let _ = xtext_decode(&text);
+        let opts = _core::command::CommandOptions { smtputf8: true, rcpt_utf8: true };
+        let _ = _core::command::parse_command(&bytes, opts);
+        let _ = _core::command::parse_command(format!("MAIL FROM:{text}").as_bytes(), opts);
+        let _ = _core::command::parse_command(format!("RCPT TO:{text}").as_bytes(), opts);
+        let mut r = _core::reply::ReplyParser::new(512);
+        r.receive_data(&bytes);
+        while let Ok(Some(_)) = r.next_reply() {}
+        let _ = _core::data::unstuff(&bytes);
+    }
+
     #[test]
     fn xtext_round_trips(s in "\\PC*") {
         let back = xtext_decode(&xtext_encode(&s));
