@@ -44,18 +44,18 @@ async def _serve(cfg: config_mod.Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
-    failed = False
+    status = 0
     try:
         trio.run(_serve, cfg)
     except* ListenError as group:
-        failed = True
+        status = 1
         for e in group.exceptions:
             maillog.error(str(e))
-    except* ConfigError as group:  # found while starting: the TLS certificate or key
-        for e in group.exceptions:
-            print(f"smtprs: configuration error: {e}", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
+    except* ConfigError as errors:  # found while starting: the TLS certificate or key
+        status = 2
+        for c in errors.exceptions:
+            print(f"smtprs: configuration error: {c}", file=sys.stderr)
+    return status
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
@@ -324,7 +324,6 @@ def test_passwd_command(tmp_path: Path, msa: Server, credentials: dict[str, Path
 
 
 def test_check_config_with_submission(tmp_path: Path, credentials: dict[str, Path]) -> None:
-    base: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "hostname": "mx.test"}
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'data_dir = "{tmp_path}/data"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2587"\nmode = "submission"\n')
     p = run("check-config", "--config", str(cfg), cwd=tmp_path)
@@ -336,7 +335,17 @@ def test_check_config_with_submission(tmp_path: Path, credentials: dict[str, Pat
     p = run("check-config", "--config", str(cfg), cwd=tmp_path)
     assert p.returncode == 0 and "config ok" in p.stdout
     assert "no users" in p.stderr  # a warning: nobody could log in yet
-    del base
+
+
+def test_serve_refuses_an_unusable_certificate(tmp_path: Path, credentials: dict[str, Path]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path}/data"\n[[smtpd.listeners]]\naddress = "127.0.0.1:0"\nmode = "submissions"\n'
+        f'[smtpd.tls]\ncert_file = "{credentials["cert"]}"\nkey_file = "{credentials["cert"]}"\n'
+    )
+    p = run("serve", "--config", str(cfg), cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "smtpd.tls.cert_file: cannot use" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_example_config(tmp_path: Path) -> None:
