@@ -272,6 +272,10 @@ async def test_auth_login_and_plain_exchanges(sub_ctx, client_tls):
         assert (r.code, r.enhanced) == (501, "5.5.2")
         r = await c.cmd("AUTH CRAM-MD5")
         assert (r.code, r.enhanced) == (504, "5.5.4")
+        assert (await c.cmd("AUTH LOGIN")).code == 334
+        r = await c.cmd("x" * 13000)  # over RFC 4954's 12288 octets: the exchange ends
+        assert (r.code, r.enhanced) == (500, "5.5.6")
+        assert (await c.cmd("NOOP")).code == 250  # and the line after it is a command again
         r = await c.cmd(f"AUTH LOGIN {b64(USER)}")  # initial response: straight to the password
         assert (r.code, r.text) == (334, b64("Password:"))
         r = await c.cmd(b64(PASSWORD))

@@ -194,7 +194,8 @@ class UsersFile:
 # Checking credentials
 
 
-Verdict = Literal["ok", "bad", "unavailable"]
+# "unknown": no such user (a failure like "bad", but the name is not worth logging)
+Verdict = Literal["ok", "bad", "unknown", "unavailable"]
 
 
 class Authenticator:
@@ -221,15 +222,8 @@ class Authenticator:
             if self._dummy is None:
                 self._dummy = hash_password(secrets.token_urlsafe(16))
             verify_password(password, self._dummy)
-            return "bad"
+            return "unknown"
         return "ok" if verify_password(password, encoded) else "bad"
-
-    def known(self, username: str) -> bool:
-        """Whether ``username`` is in the users file (for logging it, not for deciding)."""
-        try:
-            return normalize_username(username) in self.users.load()
-        except UsersFileError:
-            return False
 
 
 class FailureDelays:

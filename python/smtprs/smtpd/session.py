@@ -239,6 +239,7 @@ class Session:
             self._bdat_chunk_end(event)
         elif isinstance(event, _core.CommandError):
             self.commands += 1
+            self.sasl = None  # e.g. an AUTH line over 12288 octets ends the exchange
             maillog.reject(self.id, self.peer, event.verb or "command", f"{event.code} {event.enhanced} {event.text}")
             self.reply(R.Reply(event.code, event.enhanced, event.text))
             if event.fatal:
@@ -377,7 +378,7 @@ class Session:
             self.reply(step.reply)
             return
         authenticator = self.ctx.authenticator
-        verdict: sasl.Verdict = "bad"
+        verdict: sasl.Verdict = "unknown"  # another authorization identity: refused unchecked
         if not step.authzid or sasl.normalize_username(step.authzid) == sasl.normalize_username(step.username):
             verdict = await authenticator.verify(step.username, step.password)
         if verdict == "ok":
@@ -391,7 +392,7 @@ class Session:
             return
         delays = self.ctx.auth_delays
         delay = delays.record(self.peer_ip, trio.current_time())
-        known = sasl.normalize_username(step.username) if authenticator.known(step.username) else None
+        known = sasl.normalize_username(step.username) if verdict == "bad" else None
         maillog.auth_failed(self.id, self.peer, mech.name, known, delays.failures(self.peer_ip, trio.current_time()), delay)
         await self.flush()  # what was answered before goes out now, not after the delay
         await trio.sleep(delay)
