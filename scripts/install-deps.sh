@@ -2,6 +2,9 @@
 # Install the Debian packages that building smtprs and running its tests need.
 #
 #   swaks          the SMTP test client of the end-to-end suite
+#   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
+#                  tests; swaks only recommends it, and we install without
+#                  recommends
 #   gcc, libc6-dev the linker (cc) that cargo and maturin call
 #   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
 #                  extension-module), when the interpreter is Debian's own
@@ -24,6 +27,7 @@ missing=()
 
 if [ "$what" != build ]; then
     command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+    perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 

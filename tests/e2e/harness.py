@@ -1,7 +1,9 @@
 """The end-to-end harness: a real ``smtprs serve`` process and small clients.
 
 ``Server`` writes a per-test TOML configuration, starts ``smtprs serve`` on a
-free loopback port with its standard error in a log file, waits until the port
+free loopback port (an ``mx`` listener, plus one more free port per extra
+listener mode asked for, e.g. ``modes=("submission", "submissions")``) with
+its standard error in a log file, waits until the port
 accepts connections, and stops it with SIGTERM (SIGKILL after a bound).
 ``SMTPClient`` is a raw-socket SMTP client for what smtplib will not do
 (pipelining, BDAT, bad input).  The Maildir helpers poll with a bounded wait,
@@ -61,6 +63,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for nested dicts (tables) and lists of dicts (arrays of tables)."""
     lines: list[str] = []
@@ -69,9 +75,9 @@ def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_toml_key(key)}"
         if isinstance(value, dict):
             lines.append(f"\n[{name}]")
             lines.append(to_toml(value, name + "."))
@@ -127,13 +133,14 @@ class ServerError(AssertionError):
 class Server:
     """One ``smtprs serve`` process with its own configuration and data directory."""
 
-    def __init__(self, base: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, base: Path, overrides: dict[str, Any] | None = None, modes: Iterable[str] = ()) -> None:
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         self.data_dir = base / "data"
         self.config_path = base / "smtprs.toml"
         self.log_path = base / "server.log"
         self.port = free_port()
+        self.ports: dict[str, int] = {"mx": self.port, **{mode: free_port() for mode in modes}}
         self.overrides = overrides or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -154,6 +161,7 @@ class Server:
         }
         cfg = merge(base, self.overrides)
         cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
+        cfg["smtpd"]["listeners"] += [{"address": f"127.0.0.1:{port}", "mode": mode} for mode, port in self.ports.items() if mode != "mx"]
         return cfg
 
     def write_config(self) -> None:
@@ -173,7 +181,8 @@ class Server:
                 return self
             except ServerError as e:
                 if "in use" in str(e) and attempt < 2:  # the free port was taken meanwhile
-                    self.port = free_port()
+                    self.ports = {mode: free_port() for mode in self.ports}
+                    self.port = self.ports["mx"]
                     self.write_config()
                     continue
                 raise
@@ -203,7 +212,7 @@ class Server:
             text = self._read_log(offset)
             if self.proc.poll() is not None:
                 raise ServerError(f"smtprs serve exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if announce in text and _accepts(self.port):
+            if announce in text and all(f"listening on 127.0.0.1:{p}" in text for p in self.ports.values()) and _accepts(self.port):
                 return
             if time.monotonic() > deadline:
                 self.dump_and_kill()
@@ -618,7 +627,7 @@ def check_delivered(
     rec = got["received"]
     assert re.search(rf"\bby {re.escape(HOSTNAME)} \(smtprs\)", rec), f"Received: {rec!r} lacks 'by {HOSTNAME} (smtprs)'"
     assert re.match(r"from \S", rec), f"Received: {rec!r} should start with 'from'"
-    m = re.search(r"\bwith (\S+)", rec)
+    m = re.search(r"\bby \S+ \(smtprs\) with (\S+)", rec)  # not a "with" inside a comment (TLS)
     assert m, f"Received: {rec!r} lacks 'with PROTOCOL'"
     if with_protocol is not None:
         assert m.group(1).rstrip(";") == with_protocol, f"Received: {rec!r}: expected 'with {with_protocol}'"

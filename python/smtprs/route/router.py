@@ -1,9 +1,10 @@
 """The router: recipient address -> next hop, the one place routing is decided.
 
 Reads the configuration (local domains, users, Maildir template).  Used twice:
-by the session at RCPT time (accept, reject, or refuse to relay) and by the
-scheduler at delivery time (which agent, which mailbox), so a configuration
-change applies to mail already queued.
+by the session at RCPT time (accept, reject, or refuse to relay: mail for
+another domain is accepted only when the session's policy lets this client
+relay) and by the scheduler at delivery time (which agent, which mailbox), so
+a configuration change applies to mail already queued.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class LocalMailbox:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """Deliver to another host over SMTP (the SMTP agent finds the MX for ``domain``)."""
+
+    domain: str
+
+    kind = "smtp"
+
+
+@dataclass(frozen=True)
 class Unroutable:
     """No way to deliver: the reply says why (permanent)."""
 
@@ -42,7 +52,7 @@ class Unroutable:
     kind = "none"
 
 
-NextHop = LocalMailbox | Unroutable
+NextHop = LocalMailbox | Remote | Unroutable
 
 
 class Router:
@@ -55,9 +65,15 @@ class Router:
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self._domains
 
-    def check_recipient(self, path: _core.Path) -> R.Reply | None:
-        """At RCPT: None if we take mail for ``path``, else the reply refusing it."""
+    def check_recipient(self, path: _core.Path, *, relay_allowed: bool = False) -> R.Reply | None:
+        """At RCPT: None if we take mail for ``path``, else the reply refusing it.
+
+        Mail for other domains is taken only when the session's policy allows
+        this client to relay (``relay_allowed``); otherwise 554 5.7.1.
+        """
         hop = self._route(path.local_part, path.domain)
+        if isinstance(hop, Remote) and not relay_allowed:
+            return R.RELAY_DENIED
         return hop.reply if isinstance(hop, Unroutable) else None
 
     def route(self, address: str) -> NextHop:
@@ -77,7 +93,7 @@ class Router:
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
         if not self.is_local(domain):
-            return Unroutable(R.RELAY_DENIED)
+            return Remote(domain.lower())
         user = local_part.lower()
         if not _SAFE_USER.fullmatch(user) or ".." in user:
             return Unroutable(R.BAD_MAILBOX_NAME)
