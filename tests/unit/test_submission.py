@@ -16,7 +16,6 @@ import trio.testing
 
 from smtprs import config
 from smtprs.config import Listener
-from smtprs.envelope import Envelope
 from smtprs.errors import ConfigError
 from smtprs.smtpd import auth
 from smtprs.smtpd.server import ServerContext
@@ -54,6 +53,14 @@ def sub_ctx(ctx_factory: Any, tls_pair: tuple[Path, Path], tmp_path: Path):  # t
         return ctx_factory(smtpd=smtpd, **sections)  # type: ignore[no-any-return]
 
     return factory
+
+
+@pytest.fixture
+def hashing_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 0.2 s of real idleness: AUTH hashes
+    passwords in a real thread, and a clock that jumped at once would run the
+    session's 300 s timeout out while the hash is being computed."""
+    return trio.testing.MockClock(autojump_threshold=0.2)
 
 
 async def open_session(
@@ -294,7 +301,7 @@ async def test_auth_plain_continuation_and_case_of_user_name(sub_ctx, client_tls
         n.cancel_scope.cancel()
 
 
-async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client_tls, autojump_clock):
+async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx()
     async with trio.open_nursery() as n:
         c = await open_session(n, ctx)
@@ -306,7 +313,7 @@ async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client
         n.cancel_scope.cancel()
 
 
-async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tls, autojump_clock):
+async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx(smtpd={"max_errors": 100, "auth": {"failure_delay": 1.0, "max_failure_delay": 5.0, "failure_window": 600.0}})
 
     async def attempt(c: Client, password: str) -> tuple[int, float]:
@@ -340,7 +347,7 @@ async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tl
         n.cancel_scope.cancel()
 
 
-async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_tls, autojump_clock, caplog):
+async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_tls, hashing_clock, caplog):
     caplog.set_level(logging.DEBUG, logger="smtprs")
     caplog.set_level(logging.DEBUG)
     ctx = sub_ctx()
@@ -359,7 +366,7 @@ async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_
         assert secret not in caplog.text
 
 
-async def test_users_file_is_read_again_when_it_changes(sub_ctx, client_tls, autojump_clock):
+async def test_users_file_is_read_again_when_it_changes(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx()
     users_file = ctx.cfg.users_path
     async with trio.open_nursery() as n:
