@@ -1,7 +1,8 @@
 """The ``smtprs`` command: serve, check-config, passwd, tls.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
-SIGTERM or SIGINT; ``smtprs check-config [--config FILE]`` loads and validates
+SIGTERM or SIGINT (a graceful shutdown: see ``smtpd/server.py``; a second
+signal stops at once), and reloads the configuration on SIGHUP; ``smtprs check-config [--config FILE]`` loads and validates
 the configuration (and the TLS certificate and users file it names) and exits
 0 ("config ok") or 2 with the key at fault.  ``smtprs passwd add|remove|list``
 manages the users file of SMTP AUTH: a password is read from the terminal
@@ -18,27 +19,49 @@ import signal
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from . import config as config_mod
 from . import maillog
 from .errors import ConfigError, ListenError
 
+if TYPE_CHECKING:
+    from .smtpd.server import Server
+
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
-async def _serve(cfg: config_mod.Config) -> None:
-    from .smtpd.server import serve
+async def _serve(cfg: config_mod.Config, config_path: str | None) -> None:
+    from .smtpd.server import Server
 
+    server = Server(cfg, config_path)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve, cfg)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                maillog.warning(f"received {signal.Signals(signum).name}, shutting down")
-                nursery.cancel_scope.cancel()
-                break
+        await nursery.start(_signals, server)
+        await server.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM/SIGINT: graceful shutdown (a second one: at once); SIGHUP: reload."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        stopping = False
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                maillog.warning(f"received {name}, reloading the configuration")
+                await server.reload()
+            elif not stopping:
+                stopping = True
+                maillog.warning(f"received {name}, shutting down")
+                server.stop()
+            else:
+                maillog.warning(f"received {name} again, stopping now")
+                server.stop(now=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     maillog.setup(cfg.log.level, cfg.log.file)
     status = 0
     try:
-        trio.run(_serve, cfg)
+        trio.run(_serve, cfg, args.config)
     except* ListenError as group:
         status = 1
         for e in group.exceptions:

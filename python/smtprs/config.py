@@ -101,12 +101,42 @@ class Smtpd:
     max_recipients: int = _f(100, "Most recipients in one transaction; more get 452 4.5.3.", min=1)
     max_errors: int = _f(10, "Error replies in one session before it is closed with 421 4.7.0.", min=1)
     max_connections: int = _f(1000, "Concurrent sessions; more get 421 4.3.2 and are closed.", min=1)
+    max_connections_per_client: int = _f(
+        50, "Concurrent sessions from one client address (an IPv6 /64 counts as one address); more get 421 4.7.0 and are closed.", min=1
+    )
+    max_connection_rate: int = _f(
+        0,
+        "Connections one client address (an IPv6 /64) may open within `connection_rate_window` seconds; more get 421 4.7.0 and are closed "
+        "(every attempt counts, refused ones too). 0: no limit.",
+        min=0,
+    )
+    connection_rate_window: float = _f(60.0, "The time window of `max_connection_rate`, in seconds.", min=0.001)
+    max_junk_commands: int = _f(
+        100, "NOOP, RSET, VRFY and HELP commands a session may send between two accepted messages before each further one counts as an error.", min=1
+    )
     max_received_headers: int = _f(50, "A message with more Received headers than this is refused with 554 5.4.6 (mail loop).", min=1)
     max_header_size: int = _f(1024 * 1024, "Largest header block accepted, in octets (552 5.3.4 beyond).", min=1)
     max_command_line: int = _f(512, "Longest command line in octets including CRLF (RFC 5321 4.5.3.1.4).", min=512)
     max_text_line: int = _f(1000, "Longest message text line in octets including CRLF (RFC 5321 4.5.3.1.6).", min=1000)
-    command_timeout: float = _f(300.0, "Seconds to wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).", min=0.001)
+    command_timeout: float = _f(
+        300.0,
+        "Seconds a client has to send its next whole command line, counted from the previous reply: a deadline, not a time per read, "
+        "so a client trickling bytes is dropped too (RFC 5321 4.5.3.2.7: at least 5 minutes).",
+        min=0.001,
+    )
     data_timeout: float = _f(180.0, "Seconds to wait for each block of message data (RFC 5321 4.5.3.2.5).", min=0.001)
+    min_data_rate: int = _f(
+        500,
+        "Slowest average rate, in octets per second, at which message content (DATA or BDAT) may arrive: the content must be complete "
+        "within data_timeout plus its size divided by this rate, else 421 4.4.2. 0: only data_timeout per read.",
+        min=0,
+    )
+    shutdown_timeout: float = _f(
+        30.0,
+        "On SIGTERM: seconds sessions in the middle of a transaction get to finish it (idle sessions get 421 4.3.2 at once; "
+        "what is unfinished then gets 421 4.3.2 and is not kept).",
+        min=0.0,
+    )
     send_timeout: float = _f(300.0, "Seconds a reply may take to be sent before the session is dropped.", min=0.001)
     tls: Tls = _f(Tls(), "TLS.")
     auth: Auth = _f(Auth(), "SMTP AUTH and the senders authenticated users may use.")
@@ -130,6 +160,12 @@ class Queue:
     retry_max: float = _f(14400.0, "Longest delay between two retries, in seconds.", min=0.001)
     max_lifetime: float = _f(5 * 86400.0, "Seconds a message may stay in the queue before its undelivered recipients fail.", min=0.001)
     delivery_concurrency: int = _f(20, "Deliveries running at once.", min=1)
+    min_free_space: int = _f(
+        0,
+        "MAIL is answered 452 4.3.1 when the spool's file system has less free space than this many octets plus 1.5 times the SIZE the client "
+        "declared (as Postfix's queue_minfree). A full disk is answered 452 4.3.1 at the end of the data in any case.",
+        min=0,
+    )
     fsync: bool = _f(True, "fsync content, envelope and directory before answering 250. Turning it off breaks the durability promise; it exists for sink benchmarks only.")
 
 

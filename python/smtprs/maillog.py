@@ -15,17 +15,52 @@ log = logging.getLogger("smtprs.mail")
 
 
 def setup(level: str = "info", file: str = "") -> None:
+    use_handler(make_handler(file), level)
+
+
+def make_handler(file: str = "") -> logging.Handler:
+    """A handler for ``file`` (opened now, so a reload can refuse a file it cannot open), or stderr."""
     handler: logging.Handler
     handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s smtprs[%(process)d]: %(message)s"))
+    return handler
+
+
+def use_handler(handler: logging.Handler, level: str) -> None:
+    """Log through ``handler`` from now on (the previous one is closed: a reopened log file)."""
     root = logging.getLogger("smtprs")
+    old = list(root.handlers)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    for h in old:
+        if h is not handler:
+            h.close()
 
 
 def listening(address: str, mode: str) -> None:
     log.info("listening on %s mode=%s", address, mode)
+
+
+def accept_capacity(address: str, reason: str) -> None:
+    """accept() ran out of a resource (file descriptors, memory): waited out, not fatal."""
+    log.warning("cannot accept connections on %s: %s; trying again shortly", address, reason)
+
+
+def listener_closed(address: str) -> None:
+    log.info("no longer listening on %s (removed from the configuration)", address)
+
+
+def shutting_down(sessions: int, busy: int, timeout: float) -> None:
+    log.warning("shutting down: no new connections; %d sessions open, %d in a transaction, given %.0fs to finish", sessions, busy, timeout)
+
+
+def reloaded(path: str, sessions: int, added: int, removed: int) -> None:
+    log.warning("reloaded the configuration from %s (new sessions use it; %d open sessions keep theirs; listeners: %d added, %d removed)", path, sessions, added, removed)
+
+
+def reload_refused(path: str, why: str) -> None:
+    log.error("reload refused, the running configuration stays: %s: %s", path, why)
 
 
 def connect(session: str, peer: str) -> None:

@@ -154,6 +154,7 @@ class Server:
             "smtpd": {
                 "command_timeout": 30.0,
                 "data_timeout": 30.0,
+                "shutdown_timeout": 3.0,  # below STOP_TIMEOUT, so a test's leftover session cannot fail the teardown
                 "listeners": [{"address": f"127.0.0.1:{self.port}"}],
             },
             "local": {"domains": [DOMAIN], "users": [], "maildir": "mail/{user}"},

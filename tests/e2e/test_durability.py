@@ -33,13 +33,13 @@ def test_sigterm_exits_0(server: Server) -> None:
 
 
 def test_sigterm_with_an_open_session(server: Server) -> None:
+    """A session left in the middle of a transaction gets shutdown_timeout (3 s here), then 421 4.3.2."""
     c = server.connect()
     c.ehlo()
     c.expect(f"MAIL FROM:<{SENDER}>", 250)
-    t0 = time.monotonic()
     code = server.stop(timeout=20)
     assert code == 0, server.log_tail()
-    assert time.monotonic() - t0 < 20
+    check(c.reply(timeout=5), 421, "4.3.2")
     c.close()
 
 

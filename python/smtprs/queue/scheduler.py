@@ -59,6 +59,12 @@ class Scheduler:
         self._slots = trio.Semaphore(cfg.queue.delivery_concurrency)
         self.on_final_failure: Callable[[Envelope, list[int]], Any] | None = None
 
+    def reconfigure(self, cfg: Config, router: Router) -> None:
+        """A reloaded configuration: retry times, lifetime and routing follow it
+        (delivery_concurrency needs a restart)."""
+        self.cfg = cfg
+        self.router = router
+
     # -- feeding ---------------------------------------------------------------
     def submit(self, envelope: Envelope) -> None:
         """A message was just committed: deliver it as soon as possible."""

@@ -331,6 +331,14 @@ class Spool:
     def close(self) -> None:
         self._close_active()
 
+    def free_space(self) -> int | None:
+        """Octets free for us on the spool's file system (None if it cannot be told)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     # -- receiving -----------------------------------------------------------
     def _reserve(self, n: int) -> bool:
         if self._reserved + n > self.memory_budget:

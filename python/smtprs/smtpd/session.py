@@ -60,6 +60,10 @@ _session_ids = itertools.count(1)
 _FIXUP_FIELDS = re.compile(rb"^(date|message-id):", re.I | re.M)
 
 
+# Commands that do not move a transaction forward (Postfix's "junk commands").
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+
+
 class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
 
@@ -135,6 +139,10 @@ class Session:
         self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
         self.auth_user: str | None = None
         self.sasl: sasl.Mechanism | None = None  # an AUTH exchange waiting for the client's line
+        self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
+        self._read_scope: trio.CancelScope | None = None  # the wait for the client's next bytes
+        self._content_since: float | None = None  # when the current message's content started
+        self._content_octets = 0  # octets read since then
 
     def _new_engine(self) -> _core.ServerConnection:
         s = self.cfg.smtpd
@@ -169,45 +177,132 @@ class Session:
                 await self.stream.send_all(data)
 
     async def run(self) -> None:
-        """Serve the session until QUIT, EOF, timeout or too many errors.
+        """Serve the session until QUIT, EOF, timeout, too many errors or shutdown.
 
         Never raises for anything the peer does; a broken connection ends the
         session quietly, and a message not yet acknowledged is dropped from the spool.
         """
+        runtime = self.ctx.runtime
+        runtime.add(self)
+        s = self.cfg.smtpd
         maillog.connect(self.id, self.peer)
+        admitted = False
         try:
+            refusal = runtime.limits.admit(
+                self.peer_ip, trio.current_time(), per_client=s.max_connections_per_client, rate=s.max_connection_rate, window=s.connection_rate_window
+            )
+            admitted = refusal is None
+            if refusal is None and self.ctx.active_sessions > s.max_connections:
+                refusal = R.TOO_MANY_CONNECTIONS
+            if refusal is None and runtime.closing:
+                refusal = R.SHUTTING_DOWN
+            if refusal is not None and self.mode == "submissions":
+                # no plaintext reply is possible before TLS, and a refused client gets no handshake
+                maillog.reject(self.id, self.peer, "CONNECT", refusal, "closed without a reply (implicit TLS)")
+                return
             if self.mode == "submissions" and not await self._start_tls():  # RFC 8314: TLS from the first byte
                 return
-            if self.ctx.active_sessions > self.cfg.smtpd.max_connections:
-                self.reply(R.TOO_MANY_CONNECTIONS)
+            if refusal is not None:
+                maillog.reject(self.id, self.peer, "CONNECT", refusal)
+                self.out += refusal.encode()
                 await self.flush()
                 return
-            self.out += R.Reply(220, None, f"{self.ctx.hostname} {self.cfg.smtpd.banner}").encode()
+            self.out += R.Reply(220, None, f"{self.ctx.hostname} {s.banner}").encode()
             await self.flush()
             await self._loop()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError):
             pass
         finally:
             self._abort_message()
+            if admitted:
+                runtime.limits.release(self.peer_ip)
+            runtime.discard(self)
             maillog.disconnect(self.id, self.peer, self.commands, self.errors)
+
+    # -- shutdown ----------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No transaction open and no AUTH exchange under way: nothing would be lost by closing now."""
+        return self.txn is None and self.sasl is None and not self.conn.in_data
+
+    def shutdown_notice(self) -> None:
+        """The server is shutting down: an idle session stops waiting at once,
+        a busy one waits no longer than the shutdown deadline."""
+        scope = self._read_scope
+        if scope is None:
+            return  # it is working; it looks at the shutdown state before its next read
+        if self.idle:
+            scope.cancel()
+        else:
+            scope.deadline = min(scope.deadline, self.ctx.runtime.drain_deadline)
+
+    def _must_close(self) -> bool:
+        runtime = self.ctx.runtime
+        return runtime.closing and (self.idle or trio.current_time() >= runtime.drain_deadline)
+
+    async def _close_for_shutdown(self) -> None:
+        if not self.idle:
+            detail = "message not accepted" if self.txn is not None and self.txn.writer is not None else "transaction not finished"
+            maillog.reject(self.id, self.peer, "shutdown", R.SHUTTING_DOWN, detail)
+        self._abort_message()
+        self.txn = None
+        self.out += R.SHUTTING_DOWN.encode()
+        with trio.move_on_after(min(self.cfg.smtpd.send_timeout, 2.0)):
+            await self.flush()
+
+    # -- the loop ----------------------------------------------------------------
+    def _read_deadline(self, command_deadline: float) -> tuple[float, str]:
+        """When to stop waiting for the client's next bytes, and what that wait is for."""
+        s = self.cfg.smtpd
+        now = trio.current_time()
+        if self.conn.in_data:
+            deadline, what = now + s.data_timeout, "in DATA"
+        else:
+            deadline, what = command_deadline, "waiting for a command"
+        if self._content_since is not None and s.min_data_rate:
+            # the whole message must come at min_data_rate on average, after a grace of data_timeout
+            content_deadline = self._content_since + s.data_timeout + self._content_octets / s.min_data_rate
+            if content_deadline < deadline:
+                deadline, what = content_deadline, "too slow"
+        runtime = self.ctx.runtime
+        if runtime.closing:
+            deadline = min(deadline, runtime.drain_deadline)
+        return deadline, what
 
     async def _loop(self) -> None:
         s = self.cfg.smtpd
+        # command_timeout is a deadline for a whole command line, counted from
+        # the previous reply: bytes that do not complete a command do not extend it.
+        command_deadline = trio.current_time() + s.command_timeout
         while True:
-            timeout = s.data_timeout if self.conn.in_data else s.command_timeout
+            if self._must_close():
+                await self._close_for_shutdown()
+                return
+            deadline, waiting = self._read_deadline(command_deadline)
             data: bytes | bytearray = b""
-            with trio.move_on_after(timeout) as scope:
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._read_scope = scope
                 data = await self.stream.receive_some(65536)
-            if not isinstance(data, bytes):  # TLS streams hand out bytearrays
-                data = bytes(data)
+            self._read_scope = None
             if scope.cancelled_caught:
-                maillog.reject(self.id, self.peer, "timeout", R.TIMEOUT, "in DATA" if self.conn.in_data else "waiting for a command")
-                self.reply(R.TIMEOUT)
+                if self._must_close():  # woken for the shutdown, or its deadline passed
+                    await self._close_for_shutdown()
+                    return
+                reply = R.TOO_SLOW if waiting == "too slow" else R.TIMEOUT
+                maillog.reject(self.id, self.peer, "timeout", reply, waiting)
+                self._abort_message()
+                self.reply(reply)
                 await self.flush()
                 return
+            if not isinstance(data, bytes):  # TLS streams hand out bytearrays
+                data = bytes(data)
+            if self._content_since is not None:
+                self._content_octets += len(data)
             self.conn.receive_data(data)
+            progressed = False
             try:
                 while (event := self.conn.next_event()) is not None:
+                    progressed = True
                     if isinstance(event, _core.ConnectionClosed):
                         await self.flush()
                         return
@@ -220,6 +315,8 @@ class Session:
                 await self.flush()
                 return
             await self.flush()
+            if progressed:
+                command_deadline = trio.current_time() + s.command_timeout
 
     # -- events ----------------------------------------------------------------
     async def _handle(self, event: _core.Event) -> None:
@@ -250,6 +347,13 @@ class Session:
 
     async def _command(self, cmd: _core.Command) -> None:
         verb = cmd.verb
+        if self.ctx.runtime.closing and self.idle and verb not in ("QUIT", "RSET", "NOOP"):
+            await self._close_for_shutdown()  # no new transaction (or anything else) once shutting down
+            raise CloseSession
+        if verb in _JUNK:
+            self.junk += 1
+            if self.junk > self.cfg.smtpd.max_junk_commands:
+                self.errors += 1  # counts towards max_errors, as in Postfix
         problem = check_sequence(verb, self.greeting is not None, self.txn)
         if problem is not None:
             if verb == "BDAT":
@@ -415,6 +519,13 @@ class Session:
                 maillog.reject(self.id, self.peer, "MAIL", R.SIZE_EXCEEDED, f"SIZE={size}")
                 self.reply(R.SIZE_EXCEEDED)
                 return
+        need = self.cfg.queue.min_free_space + (int(size) * 3 // 2 if size else 0)
+        if need:
+            free = self.ctx.spool.free_space()
+            if free is not None and free < need:
+                maillog.reject(self.id, self.peer, "MAIL", R.SPOOL_FULL, f"{free} octets free in the spool, {need} wanted")
+                self.reply(R.SPOOL_FULL)
+                return
         body = params.pop("BODY", None)
         if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
             self.reply(R.BAD_BODY)
@@ -568,6 +679,7 @@ class Session:
                 self.reply(r)
             return False
         txn.writer = writer
+        self._content_since, self._content_octets = trio.current_time(), 0
         writer.write(self._received_header(writer.queue_id, self._protocol(txn), txn))
         if self.submission:
             txn.hold = bytearray()
@@ -599,6 +711,7 @@ class Session:
         failure = self._bdat_failure()
         txn = self.txn
         self.txn = None
+        self._content_since = None
         if failure is not None or txn is None or txn.writer is None:
             if txn is not None and txn.writer is not None:
                 self.ctx.spool.abort(txn.writer)
@@ -641,6 +754,7 @@ class Session:
             return
         maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer, self.auth_user)
         self.ctx.scheduler.submit(env)
+        self.junk = 0
         self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
 
     # -- submission fix-ups (RFC 6409 8) -----------------------------------------
@@ -674,6 +788,7 @@ class Session:
         writer.write(bytes(hold))
 
     def _abort_message(self) -> None:
+        self._content_since = None
         if self.txn is not None and self.txn.writer is not None:
             self.ctx.spool.abort(self.txn.writer)
             self.txn.writer = None
