@@ -25,7 +25,7 @@ import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError, ListenError
+from .errors import ConfigError, ListenError, SpoolError
 
 if TYPE_CHECKING:
     from .smtpd.server import Server
@@ -70,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     status = 0
     try:
         trio.run(_serve, cfg, args.config)
-    except* ListenError as group:
+    except* (ListenError, SpoolError) as group:
         status = 1
         for e in group.exceptions:
             maillog.error(str(e))

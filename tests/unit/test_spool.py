@@ -186,3 +186,121 @@ async def test_read_queue_lists_without_touching(tmp_path):
     listed = {e.queue_id: (size, e.recipients[0].state) for e, size in read_queue(tmp_path)}
     assert listed == {a: (4, "pending"), b: (2, "deferred")}
     assert sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+async def test_a_failed_batch_is_cut_off_and_never_comes_back(tmp_path, monkeypatch):
+    """The batch's records were written whole, but its fdatasync failed (ENOSPC, EIO): nobody got a
+    250, so none of it may come back after a restart."""
+    import errno
+
+    spool = Spool(tmp_path)
+    spool.open()
+    good = await _put(spool, b"before the disk filled\r\n")
+    real_sync = os.fdatasync
+    failures = []
+
+    def sync_fails_once(fd):
+        if not failures:
+            failures.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(fd)
+
+    monkeypatch.setattr(spool_mod.os, "fdatasync", sync_fails_once)
+    writers = [spool.create() for _ in range(3)]
+    for w in writers:
+        w.write(b"x" * 100 + b"\r\n")
+    errors = []
+
+    async def commit(w):
+        try:
+            await spool.commit(w, _env(w.queue_id))
+        except spool_mod.SpoolError as e:
+            errors.append(e)
+
+    async with trio.open_nursery() as n:
+        for w in writers:
+            n.start_soon(commit, w)
+    assert failures and errors and all(e.storage_full for e in errors)
+    refused = len(errors)
+    after = await _put(spool, b"after the disk had room again\r\n")
+    spool.close()
+    again = Spool(tmp_path)
+    found = again.open()
+    assert good in found and after in found
+    assert len(found) == 2 + (3 - refused), (found, refused)  # only those that were acknowledged
+    assert _read(again, after) == b"after the disk had room again\r\n"
+    assert os.listdir(again.corrupt_dir) == []
+
+
+async def test_damaged_and_foreign_segments_never_stop_the_start(tmp_path, caplog):
+    spool = Spool(tmp_path)
+    spool.open()
+    first = await _put(spool, b"first\r\n")
+    second = await _put(spool, b"second\r\n")
+    spool.close()
+    (seg,) = list(spool.seg_dir.iterdir())
+    data = bytearray(seg.read_bytes())
+    # damage the first record's content (a bad checksum, with a good record after it)
+    data[spool_mod._HEAD.size + spool_mod._MHEAD.size + 5] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    (spool.seg_dir / "000000000077.seg").write_bytes(b"this is not a segment at all\n" * 10)  # foreign, segment-named
+    (spool.seg_dir / "000000000078.seg").mkdir()  # cannot be read as a file
+    again = Spool(tmp_path)
+    assert again.open() == []  # the damaged record and everything after it are not used ...
+    aside = sorted(os.listdir(again.corrupt_dir))
+    # ... but kept for a human: a copy of each damaged segment, the directory moved aside
+    assert any(n.startswith(seg.name) for n in aside), aside
+    assert any(n.startswith("000000000077.seg") for n in aside), aside
+    assert any(n.startswith("000000000078.seg") for n in aside), aside
+    assert "unreadable record" in caplog.text
+    assert first and second
+    # and it works: new mail goes to a new segment
+    qid = await _put(again, b"third\r\n")
+    again.close()
+    assert Spool(tmp_path).open() == [qid]
+
+
+async def test_zeros_after_the_last_record_are_a_torn_tail_not_damage(tmp_path):
+    spool = Spool(tmp_path)
+    spool.open()
+    qid = await _put(spool, b"kept\r\n")
+    spool.close()
+    (seg,) = list(spool.seg_dir.iterdir())
+    with seg.open("ab") as fh:
+        fh.write(b"\0" * 4096)  # a file extended by the crash, never written
+    again = Spool(tmp_path)
+    assert again.open() == [qid]
+    assert os.listdir(again.corrupt_dir) == []
+
+
+async def test_a_file_where_a_spool_directory_belongs_is_moved_aside(tmp_path):
+    (tmp_path / "seg").write_text("someone's notes\n")
+    spool = Spool(tmp_path)
+    assert spool.open() == []
+    assert spool.seg_dir.is_dir()
+    assert any(n.startswith("seg.") for n in os.listdir(spool.corrupt_dir))
+    assert await _put(spool, b"x\r\n")
+
+
+async def test_remove_that_cannot_be_written_keeps_the_message(tmp_path, monkeypatch):
+    import errno
+
+    spool = Spool(tmp_path)
+    spool.open()
+    qid = await _put(spool, b"still here\r\n")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_mod.os, "write", full)
+    try:
+        await spool.remove(qid)
+    except spool_mod.SpoolError:
+        pass
+    else:
+        raise AssertionError("remove() did not report the failure")
+    assert qid in spool and spool.load(qid) is not None  # still queued: the scheduler tries again
+    monkeypatch.undo()
+    await spool.remove(qid)
+    spool.close()
+    assert Spool(tmp_path).open() == []

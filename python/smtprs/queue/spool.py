@@ -44,6 +44,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import struct
 import time
 import zlib
@@ -228,15 +229,19 @@ class Spool:
     def open(self) -> list[str]:
         """Create the directories, read the segments and files, clear what no
         250 was ever given for, and return the ids of queued messages (oldest first)."""
-        for d in (self.root, self.seg_dir, self.files_dir, self.corrupt_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            self._make_dirs()
+        except OSError as e:
+            raise SpoolError(f"cannot use the spool directory {self.root}: {e.strerror or e}") from e
         self._close_active()
         self._index.clear()
         self._live.clear()
         envs, contents = set(), set()
         for entry in os.scandir(self.files_dir):
             stem, _, ext = entry.name.rpartition(".")
-            if ext == "env":
+            if not _regular_file(entry):
+                self._move_aside(Path(entry.path), "not a regular file")
+            elif ext == "env":
                 envs.add(stem)
             elif ext == "msg":
                 contents.add(stem)
@@ -251,13 +256,20 @@ class Spool:
         self._segments = []
         for entry in os.scandir(self.seg_dir):
             stem, _, ext = entry.name.rpartition(".")
-            if ext == "seg" and stem.isdigit():
+            if ext == "seg" and stem.isdigit() and _regular_file(entry):
                 self._segments.append(int(stem))
             else:
                 self._move_aside(Path(entry.path), "not a segment")
         self._segments.sort()
-        for seg in self._segments:
-            self._scan_segment(seg, contents)
+        for seg in list(self._segments):
+            try:
+                self._scan_segment(seg, contents)
+            except OSError as e:  # unreadable (EIO, EACCES): set aside whole, never a crash loop
+                self._segments.remove(seg)
+                self._live.pop(seg, None)
+                for qid in [q for q, entry in self._index.items() if entry.seg == seg]:
+                    del self._index[qid]
+                self._move_aside(self._seg_path(seg), f"unreadable segment: {e.strerror or e}")
         for qid in contents - set(self._index):  # content whose record never landed: no 250
             os.unlink(self.files_dir / f"{qid}.msg")
         self._active = (self._segments[-1] if self._segments else 0) + 1  # never append after a torn tail
@@ -265,6 +277,17 @@ class Spool:
         if self.fsync:
             fsync_dir(self.files_dir)
         return sorted(self._index)
+
+    def _make_dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.corrupt_dir, self.seg_dir, self.files_dir):
+            if (d.exists() or d.is_symlink()) and not d.is_dir():
+                if d == self.corrupt_dir:
+                    os.replace(d, d.with_name(f"corrupt.{int(time.time())}.{secrets.token_hex(3)}"))
+                else:
+                    self.corrupt_dir.mkdir(exist_ok=True)
+                    self._move_aside(d, "a file where the spool keeps a directory")
+            d.mkdir(exist_ok=True)
 
     def _scan_segment(self, seg: int, contents: set[str]) -> None:
         path = self._seg_path(seg)
@@ -277,8 +300,7 @@ class Spool:
             start = pos + _HEAD.size
             payload = data[start : start + length]
             if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                if pos + _HEAD.size + length < len(data) and magic == _MAGIC:
-                    maillog.spool_problem(f"segment {seg}: bad record at {pos}; the rest of it is ignored")
+                self._bad_tail(seg, path, data, pos)
                 break
             if kind == _KIND_MESSAGE:
                 env_len, flags = _MHEAD.unpack_from(payload, 0)
@@ -312,8 +334,32 @@ class Spool:
                             pass
             pos = start + length
 
+    def _bad_tail(self, seg: int, path: Path, data: bytes, pos: int) -> None:
+        """What follows the last good record of a segment cannot be read.
+
+        A crash in the middle of a batch leaves a short or garbled last record,
+        or zeros (a file extended but not written), and nothing after it: that
+        batch was never acknowledged, and the tail is ignored.  Anything else (a bad
+        checksum with more records after it, foreign bytes) is damage: the
+        records before it are used, and a copy of the whole segment is kept in
+        corrupt/ for a human to look at.
+        """
+        tail = data[pos:]
+        magic, _, length, _ = _HEAD.unpack_from(data, pos)
+        last = magic == _MAGIC and pos + _HEAD.size + length >= len(data)  # the last record, short or garbled
+        torn = last or not tail.strip(b"\0")
+        if torn:
+            return
+        target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"
+        try:
+            shutil.copyfile(path, target)
+            where = f"a copy is in {target}"
+        except OSError as e:
+            where = f"no copy could be kept: {e.strerror or e}"
+        maillog.spool_problem(f"segment {seg}: unreadable record at offset {pos} of {len(data)}; the {pos} octets before it are used, the rest is ignored ({where})")
+
     def _move_aside(self, path: Path, why: str) -> None:
-        target = self.corrupt_dir / f"{path.name}.{int(time.time())}"
+        target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"
         try:
             os.replace(path, target)
             maillog.spool_problem(f"moved {path.name} to {target}: {why}")
@@ -410,13 +456,14 @@ class Spool:
                 spilled = True
             except OSError as e:
                 p.error = _spool_error("cannot write queue file", e)
+        start = -1  # where this batch begins in the active segment
         try:
             if spilled and self.fsync:
                 fsync_dir(self.files_dir)
             new_segment = self._active_fd < 0 or self._active_size >= SEGMENT_MAX
             if new_segment:
                 self._rotate()
-            offset = self._active_size
+            start = offset = self._active_size
             chunks = []
             for p in batch:
                 if p.error is None:
@@ -433,7 +480,16 @@ class Spool:
                     fsync_dir(self.seg_dir)
             self._active_size += len(data)
         except OSError as e:
-            # the segment's tail is now unknown: start a new one for the next batch
+            # None of this batch is acknowledged, so none of it may come back
+            # after a restart: cut off what was written (whole records among
+            # it would be valid).  The next batch goes to a new segment.
+            if start >= 0 and self._active_fd >= 0:
+                try:
+                    os.ftruncate(self._active_fd, start)
+                    if self.fsync:
+                        os.fdatasync(self._active_fd)
+                except OSError as e2:
+                    maillog.spool_problem(f"segment {self._active}: cannot cut off a failed batch at {start}: {e2.strerror or e2}")
             self._close_active()
             err = _spool_error("cannot write the queue", e)
             for p in batch:
@@ -511,11 +567,13 @@ class Spool:
             return Envelope.from_json(raw)
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError) as e:
             if not entry.seg:
                 self._move_aside(self.files_dir / f"{qid}.env", f"unreadable envelope: {e}")
                 self._move_aside(self.files_dir / f"{qid}.msg", "its envelope was unreadable")
                 del self._index[qid]
+            else:
+                maillog.spool_problem(f"{qid}: cannot read its envelope in segment {entry.seg}: {e}")
             return None
 
     async def save(self, envelope: Envelope) -> None:
@@ -575,7 +633,11 @@ class Spool:
         if entry is None:
             return
         if entry.seg:
-            await self._finish_in_segment(qid, entry)
+            try:
+                await self._finish_in_segment(qid, entry)
+            except SpoolError:
+                self._index[qid] = entry  # still queued; the scheduler tries again
+                raise
             if entry.content_off < 0:
                 await trio.to_thread.run_sync(_unlink_quietly, self.files_dir / f"{qid}.msg")
             return
@@ -587,6 +649,13 @@ class Spool:
                 fsync_dir(self.files_dir)
 
         await trio.to_thread.run_sync(work)
+
+
+def _regular_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _unlink_quietly(path: Path) -> None:
