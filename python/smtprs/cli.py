@@ -72,13 +72,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(_serve, cfg, args.config)
     except* (ListenError, SpoolError) as group:
         status = 1
-        for e in group.exceptions:
+        for e in _leaves(group):
             maillog.error(str(e))
     except* ConfigError as errors:  # found while starting: the TLS certificate or key
         status = 2
-        for c in errors.exceptions:
+        for c in _leaves(errors):
             print(f"smtprs: configuration error: {c}", file=sys.stderr)
     return status
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside (nested) groups: errors raised in nested nurseries."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -335,8 +335,8 @@ class Server:
         return out
 
     # -- clients ---------------------------------------------------------
-    def connect(self, timeout: float = 10.0, greet: bool = True) -> "SMTPClient":
-        c = SMTPClient(self.port, timeout=timeout)
+    def connect(self, timeout: float = 10.0, greet: bool = True, source: str | None = None, port: int | None = None) -> "SMTPClient":
+        c = SMTPClient(port or self.port, timeout=timeout, source=source)
         if greet:
             r = c.reply()
             assert r.code == 220, r
@@ -401,8 +401,9 @@ class ConnectionClosed(AssertionError):
 class SMTPClient:
     """A raw-socket SMTP client: send bytes, read whole replies, bounded waits."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        # source: connect from this address (any 127.x.y.z works on Linux), to look like another client
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.buf = b""
         self.eof = False
