@@ -599,6 +599,9 @@ class Spool:
                 data = data[os.write(fd, data) :]
             if self.fsync:
                 os.fsync(fd)
+        except OSError:
+            _unlink_quietly(tmp)  # a full disk must not leave half an envelope behind
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -606,20 +609,27 @@ class Spool:
             fsync_dir(self.files_dir)
 
     def _move_out(self, envelope: Envelope, content: Content, copy: bool) -> None:
-        if copy:
-            path = self.files_dir / f"{envelope.queue_id}.msg"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                with content.open() as src:
-                    while chunk := src.read(1024 * 1024):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._write_env_file(envelope)  # fsyncs files/ as well
+        """Copy the content out of its segment (if it is there) and write the envelope file.
+        On failure (a full disk) nothing is left behind: the message stays in its segment."""
+        path = self.files_dir / f"{envelope.queue_id}.msg"
+        try:
+            if copy:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    with content.open() as src:
+                        while chunk := src.read(1024 * 1024):
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._write_env_file(envelope)  # fsyncs files/ as well
+        except OSError:
+            if copy:
+                _unlink_quietly(path)
+            raise
 
     async def _finish_in_segment(self, qid: str, entry: _Entry) -> None:
         record = qid.encode("ascii")
