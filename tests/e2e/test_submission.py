@@ -287,6 +287,44 @@ def test_starttls_then_rset_in_one_packet_gets_no_reply_to_rset(msa: Server, cre
     msa.wait_log(r"sent 6 octets after STARTTLS before the TLS handshake; discarded, not executed")
 
 
+def test_starttls_injection_of_a_whole_transaction(msa: Server, credentials: dict[str, Path]) -> None:
+    """A man in the middle appends a whole transaction to STARTTLS, in the clear; none of it runs,
+    on mx or submission listeners, whether it arrives with the STARTTLS line or just after it."""
+    injected = (
+        f"MAIL FROM:<admin@{DOMAIN}>\r\nRCPT TO:<bob@{DOMAIN}>\r\nDATA\r\n"
+        "Subject: injected\r\n\r\ninjected in the clear\r\n.\r\nQUIT\r\n"
+    ).encode()
+    for port in (msa.port, msa.ports["submission"]):
+        for together in (True, False):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = SMTPClient.__new__(SMTPClient)
+            c.sock, c.timeout, c.buf, c.eof = sock, 10.0, b"", False
+            check(c.reply(), 220)
+            c.ehlo()
+            if together:
+                c.send(b"STARTTLS\r\n" + injected)
+            else:
+                c.send(b"STARTTLS\r\n")
+                c.send(injected)  # before the 220 is read: still before the handshake
+            check(c.reply(), 220, "2.0.0")
+            assert c.nothing_more(0.3), f"a reply came in the clear after 220: {c.buf!r}"
+            try:
+                c.sock = client_context(credentials).wrap_socket(sock, server_hostname="mx.test")
+            except (ssl.SSLError, OSError):
+                sock.close()  # the injected bytes were read as the handshake and broke it: fine too
+                continue
+            r = c.ehlo()
+            assert r.lines[0] == "mx.test"
+            c.expect("NOOP", 250)
+            assert c.nothing_more(0.3)
+            c.expect("QUIT", 221)
+            c.close()
+    time.sleep(0.5)
+    assert msa.mail("bob") == []
+    assert read_queue(msa.spool_dir) == []
+
+
 # -- the commands and the example --------------------------------------------------------
 
 

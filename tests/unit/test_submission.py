@@ -549,6 +549,30 @@ async def test_fixups_across_chunks_without_body_and_without_header(sub_ctx, cli
     assert out.split(b"\r\n")[1].startswith(b"Message-ID: ") and out.endswith(b"\r\n\r\nbody only\r\n")
 
 
+async def test_held_header_block_is_bounded_by_max_header_size(sub_ctx, client_tls):
+    """Submission holds the header block until its end; a block that never ends is refused at
+    max_header_size (552 5.3.4) and the held bytes are dropped, whatever keeps coming."""
+    ctx = sub_ctx(smtpd={"max_header_size": 4096})
+    async with trio.open_nursery() as n:
+        c = await open_session(n, ctx)
+        await login(c, client_tls)
+        assert (await c.cmd(f"MAIL FROM:<{USER}>")).code == 250
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250
+        assert (await c.cmd("DATA")).code == 354
+        for i in range(2000):  # 160 kB of header fields, no blank line
+            await c.send(f"X-Header-{i:05d}: {'h' * 60}\r\n".encode())
+        r = await c.cmd(b".")
+        assert (r.code, r.enhanced) == (552, "5.3.4")
+        # the session goes on, and a header under the limit is fine
+        assert (await c.cmd(f"MAIL FROM:<{USER}>")).code == 250
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250
+        assert (await c.cmd("DATA")).code == 354
+        r = await c.cmd(b"Subject: fits\r\n\r\nbody\r\n.")
+        assert r.code == 250
+        n.cancel_scope.cancel()
+    assert ctx.spool.count == 1
+
+
 async def test_no_fixups_on_mx(sub_ctx, client_tls):
     ctx = sub_ctx()
     msg = b"Subject: from the internet\r\n\r\nbody\r\n"
