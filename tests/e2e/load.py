@@ -35,6 +35,10 @@ from .harness import DOMAIN, ConnectionClosed, SMTPClient, check_delivered, make
 TOKEN_RE = re.compile(rb"^Subject: load (\S+)$", re.M)
 
 
+class GoingAway(Exception):
+    """The server said 421 (shutting down, too busy): connect again."""
+
+
 @dataclass
 class Sent:
     token: str
@@ -121,29 +125,34 @@ class Load:
                     if r.code != 220:
                         time.sleep(0.05)
                         continue
-                    c.ehlo(f"client{k}.test")
+                    r = c.cmd(f"EHLO client{k}.test")
+                    if r.code != 250:
+                        raise GoingAway(str(r))
                     for _ in range(rng.randint(1, self.max_per_session)):
                         if self._stop.is_set():
                             break
                         n += 1
                         self._send_one(c, rng, self._message(rng, k, n))
                     c.cmd("QUIT")
-            except (OSError, ConnectionClosed, TimeoutError):
+            except (OSError, ConnectionClosed, TimeoutError, GoingAway):
                 pass  # the server went away: connect again
             except AssertionError as e:  # a reply that makes no sense
                 self.errors.append(f"client {k}: {e}")
                 return
 
     def _send_one(self, c: SMTPClient, rng: random.Random, m: Sent) -> None:
-        r = c.cmd(f"MAIL FROM:<{m.sender}>")
-        assert r.code == 250, f"MAIL: {r}"
+        def expect(line: str, code: int) -> None:
+            r = c.cmd(line)
+            if r.code == 421:
+                raise GoingAway(str(r))
+            assert r.code == code, f"{line}: {r}"
+
+        expect(f"MAIL FROM:<{m.sender}>", 250)
         for rcpt in m.rcpts:
-            r = c.cmd(f"RCPT TO:<{rcpt}>")
-            assert r.code == 250, f"RCPT: {r}"
+            expect(f"RCPT TO:<{rcpt}>", 250)
         bdat = rng.random() < 0.15
         if not bdat:
-            r = c.cmd("DATA")
-            assert r.code == 354, f"DATA: {r}"
+            expect("DATA", 354)
         with self._lock:
             self.sent.append(m)  # from here on the server may have it
         if bdat:
