@@ -35,7 +35,7 @@ async def test_reload_without_a_config_file_is_refused(tmp_path, caplog):
 
 
 async def test_stop_answers_idle_sessions_and_waits_for_busy_ones(tmp_path):
-    cfg = make_config(tmp_path, smtpd={"listeners": [{"address": "127.0.0.1:0"}], "shutdown_timeout": 0.5})
+    cfg = make_config(tmp_path, smtpd={"listeners": [{"address": "127.0.0.1:0"}], "shutdown_timeout": 2.0})
     server = Server(cfg, None)
     async with trio.open_nursery() as n:
         ctx = await n.start(server.run)
@@ -51,7 +51,7 @@ async def test_stop_answers_idle_sessions_and_waits_for_busy_ones(tmp_path):
         server.stop()
         r = await _reply(idle, pi)
         assert (r.code, r.enhanced) == (421, "4.3.2")
-        with trio.fail_after(0.4):  # before the deadline, the idle session is gone and the busy one is not
+        with trio.fail_after(1.5):  # before the deadline, the idle session is gone and the busy one is not
             while ctx.active_sessions > 1:
                 await trio.sleep(0.01)
         assert ctx.runtime.closing and ctx.active_sessions == 1
