@@ -108,6 +108,13 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
     return None
 
 
+def _unsupported(keyword: str) -> R.Reply:
+    """555 for an ESMTP parameter we do not support, naming it.  The keyword
+    is cut short: it comes from the client, and a long one (a 500-octet
+    command line allows it) would make a reply line over 512 octets."""
+    return R.Reply(555, "5.5.4", f"Unsupported option: {keyword[:64]}")
+
+
 class Session:
     def __init__(
         self,
@@ -431,7 +438,7 @@ class Session:
             self.reply(R.BAD_AUTH_PARAM)
             return
         if params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
+            self.reply(_unsupported(next(iter(params))))
             return
         if self.auth_user is not None and not self.ctx.policy.sender_allowed(self.auth_user, cmd.path.address()):
             maillog.reject(self.id, self.peer, "MAIL", R.SENDER_NOT_OWNED, f"from=<{cmd.path.address()}> sasl_username={self.auth_user}")
@@ -474,7 +481,7 @@ class Session:
         assert txn is not None and cmd.path is not None
         txn.rcpt_attempts += 1
         if cmd.params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(cmd.params))}"))
+            self.reply(_unsupported(next(iter(cmd.params))))
             return
         if cmd.path.is_utf8 and not txn.smtputf8:
             self.reply(R.UTF8_NOT_ASKED)
