@@ -16,24 +16,25 @@ import argparse
 import getpass
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError, ListenError
+from .errors import ConfigError, ListenError, SpoolError
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
-async def _serve(cfg: config_mod.Config) -> None:
+async def _serve(cfg: config_mod.Config, worker: int, workers: int) -> None:
     from .smtpd.server import serve
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve, cfg)
+        await nursery.start(partial(serve, cfg, worker=worker, workers=workers))
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 maillog.warning(f"received {signal.Signals(signum).name}, shutting down")
@@ -44,10 +45,21 @@ async def _serve(cfg: config_mod.Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
+    workers = args.workers if args.workers is not None else cfg.worker_count()
+    if workers < 1:
+        raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
+    if args.worker_index is None and workers > 1:
+        from . import supervisor
+
+        return supervisor.run(args.config, workers)
+    if args.worker_index is not None:
+        from .supervisor import die_with_parent
+
+        die_with_parent()
     status = 0
     try:
-        trio.run(_serve, cfg)
-    except* ListenError as group:
+        trio.run(_serve, cfg, args.worker_index or 0, workers)
+    except* (ListenError, SpoolError) as group:
         status = 1
         for e in group.exceptions:
             maillog.error(str(e))
@@ -154,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the server in the foreground")
     p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
+    p.add_argument("--workers", "-w", type=int, help="worker processes (default: the config's `workers`, 0 there meaning one per CPU)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate the configuration and exit")
     p.add_argument("--config", "-c")

@@ -147,6 +147,7 @@ class Config:
 
     hostname: str = _f("", "Our host name in the greeting, EHLO reply and Received headers; empty for the machine's FQDN.")
     data_dir: str = _f("smtprs-data", "Directory for the spool and mailboxes; relative paths in the config are relative to it.")
+    workers: int = _f(0, "Worker processes sharing the listening sockets (SO_REUSEPORT), each with its own spool shard; 0 means one per CPU. `smtprs serve --workers N` overrides it.", min=0)
     smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
     local: Local = _f(Local(), "Local domains and mailboxes.")
     queue: Queue = _f(Queue(), "Spool and scheduler.")
@@ -163,7 +164,11 @@ class Config:
 
     @property
     def spool_path(self) -> Path:
+        """The spool root; each worker's shard is ``shard-N`` inside it."""
         return self.data_path / self.queue.directory
+
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     def maildir_path(self, user: str, domain: str) -> Path:
         return self.data_path / self.local.maildir.format(user=user, domain=domain)

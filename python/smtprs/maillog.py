@@ -97,3 +97,7 @@ def warning(what: str) -> None:
 
 def error(what: str) -> None:
     log.error("%s", what)
+
+
+def supervisor(what: str) -> None:
+    log.info("supervisor: %s", what)

@@ -151,6 +151,9 @@ class Server:
         base: dict[str, Any] = {
             "data_dir": str(self.data_dir),
             "hostname": HOSTNAME,
+            # one process, so /proc/PID, signals and per-process limits speak of the
+            # server itself; tests/e2e/test_workers.py covers several workers
+            "workers": 1,
             "smtpd": {
                 "command_timeout": 30.0,
                 "data_timeout": 30.0,

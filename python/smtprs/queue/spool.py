@@ -594,7 +594,12 @@ def _spool_error(what: str, e: OSError) -> SpoolError:
 
 def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
     """Every queued envelope with its content size, read without changing anything
-    (for `smtprs queue list` while the server runs)."""
+    (for `smtprs queue list` while the server runs).  ``directory`` is a shard, or
+    the spool root holding ``shard-N`` directories (all of them are read)."""
+    directory = Path(directory)
+    shards = sorted(p for p in directory.glob("shard-*") if p.is_dir()) if directory.is_dir() else []
+    if shards:
+        return [item for shard in shards for item in read_queue(shard)]
     spool = Spool(directory)
     out: list[tuple[Envelope, int]] = []
     # a read-only variant of open(): no clean-up, no directory creation

@@ -16,16 +16,20 @@ ends that session only.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
+
+from pathlib import Path
 
 import trio
 
 from .. import maillog
 from ..config import SUBMISSION_MODES, Config, Listener, parse_host_port
-from ..errors import ListenError
+from ..errors import ListenError, SpoolError
 from ..deliver.maildir import MaildirAgent
 from ..envelope import Envelope
 from ..queue.scheduler import Scheduler
@@ -54,9 +58,9 @@ class ServerContext:
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
 
-def build(cfg: Config) -> ServerContext:
+def build(cfg: Config, shard: int = 0) -> ServerContext:
     hostname = cfg.host_name
-    spool = Spool(cfg.spool_path, fsync=cfg.queue.fsync)
+    spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
     agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
     scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
@@ -73,6 +77,35 @@ def build(cfg: Config) -> ServerContext:
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
     )
+
+
+def shard_path(cfg: Config, shard: int) -> Path:
+    return cfg.spool_path / f"shard-{shard}"
+
+
+def owned_shards(cfg: Config, worker: int, workers: int) -> list[int]:
+    """The spool shards worker ``worker`` of ``workers`` delivers from: its own,
+    and those left by an earlier run with more workers (shard s goes to worker s mod N)."""
+    found = set()
+    if cfg.spool_path.is_dir():
+        for p in cfg.spool_path.iterdir():
+            name = p.name
+            if p.is_dir() and name.startswith("shard-") and name[6:].isdigit():
+                found.add(int(name[6:]))
+    return [worker] + sorted(s for s in found if s >= workers and s % workers == worker)
+
+
+def lock_shard(path: Path) -> int:
+    """Hold an exclusive lock on a spool shard for the life of the process, so two
+    servers never deliver from one shard. Returns the lock's fd; raises SpoolError."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolError(f"spool shard {path} is in use by another smtprs process") from None
+    return fd
 
 
 def _check_users(ctx: ServerContext) -> None:
@@ -93,8 +126,29 @@ async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
     maillog.warning(f"{env.queue_id}: no bounce sent to <{env.sender}> for {rcpts}: bounces are not implemented yet")
 
 
-async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
-    ctx = build(cfg)
+async def serve(
+    cfg: Config,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve as worker ``worker`` of ``workers`` (see supervisor.py); with more
+    than one worker the listening sockets are opened with SO_REUSEPORT, so the
+    kernel spreads connections over the workers."""
+    shards = owned_shards(cfg, worker, workers)
+    locks = [lock_shard(shard_path(cfg, shards[0]))]  # our own shard: refuse to start without it
+    ctx = build(cfg, shards[0])
+    extra: list[Scheduler] = []
+    for s in shards[1:]:
+        try:
+            locks.append(lock_shard(shard_path(cfg, s)))
+        except SpoolError as e:
+            maillog.warning(str(e))
+            continue
+        maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
+        extra.append(Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents))
+        extra[-1].on_final_failure = ctx.scheduler.on_final_failure
     _check_users(ctx)
     # Bind every listener first, so a port in use fails the start with one clear error.
     bound: list[list[trio.SocketListener]] = []
@@ -102,22 +156,59 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = tr
         host, port = parse_host_port(lst.address, "smtpd.listeners")
         bind_host = None if host in ("*", "") else host
         try:
-            bound.append(await trio.open_tcp_listeners(port, host=bind_host))
+            if workers > 1:
+                bound.append(await _reuseport_listeners(bind_host, port))
+            else:
+                bound.append(await trio.open_tcp_listeners(port, host=bind_host))
         except OSError as e:
             for group in bound:
                 for tl in group:
                     await tl.aclose()
             raise ListenError(f"cannot listen on {lst.address}: {e.strerror or e}") from e
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ctx.scheduler.run)
-        for lst, listeners in zip(cfg.smtpd.listeners, bound):
-            for tl in listeners:
-                sockname = tl.socket.getsockname()
-                addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
-                ctx.bound.append((sockname[0], sockname[1], lst.mode))
-                maillog.listening(addr, lst.mode)
-            nursery.start_soon(trio.serve_listeners, _handler(ctx, lst), listeners)
-        task_status.started(ctx)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ctx.scheduler.run)
+            for sched in extra:
+                await nursery.start(sched.run)
+            for lst, listeners in zip(cfg.smtpd.listeners, bound):
+                for tl in listeners:
+                    sockname = tl.socket.getsockname()
+                    addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
+                    ctx.bound.append((sockname[0], sockname[1], lst.mode))
+                    maillog.listening(addr, lst.mode)
+                nursery.start_soon(trio.serve_listeners, _handler(ctx, lst), listeners)
+            task_status.started(ctx)
+    finally:
+        ctx.spool.close()
+        for sched in extra:
+            sched.spool.close()
+        for fd in locks:
+            os.close(fd)
+
+
+async def _reuseport_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, with SO_REUSEPORT on every socket."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(4096)
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for tl in listeners:
+            await tl.aclose()
+        raise
+    return listeners
 
 
 def _handler(ctx: ServerContext, listener: Listener):  # type: ignore[no-untyped-def]
