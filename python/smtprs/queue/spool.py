@@ -232,6 +232,23 @@ class Spool:
         os.close(fd)
         os.replace(tmp, final)
 
+    # -- reading without changing anything (queue tools, safe while a server runs)
+    def list_envelopes(self) -> list[Envelope]:
+        """Every envelope in the queue, oldest first; never moves or removes a file.
+        A message that leaves meanwhile, or an envelope that cannot be read, is skipped."""
+        out = []
+        try:
+            names = sorted(e.name for e in os.scandir(self.queue_dir) if e.name.endswith(".env"))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                out.append(Envelope.from_json((self.queue_dir / name).read_bytes()))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        out.sort(key=lambda e: (e.arrival, e.queue_id))
+        return out
+
     # -- the scheduler's side -------------------------------------------------
     def content_path(self, qid: str) -> Path:
         return self.queue_dir / f"{qid}.msg"

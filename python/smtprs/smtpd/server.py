@@ -1,8 +1,10 @@
 """The running server: listeners, sessions and the queue, in one Trio nursery.
 
 ``serve(cfg)`` opens the spool, starts the scheduler (which picks up mail left
-in the spool by an earlier run), binds every listener and serves sessions
-until cancelled.  Binding happens before ``task_status.started()``, which
+in the spool by an earlier run) and the SMTP delivery agent (whose idle
+connections live in its own task), opens the control socket
+(queue/control.py), binds every listener and serves sessions until
+cancelled.  Binding happens before ``task_status.started()``, which
 returns the bound addresses, so callers (tests) can use port 0.
 
 Resource policy: each connection runs in its own task and closes its stream in
@@ -13,15 +15,18 @@ gets 421 and is closed.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 
 import trio
 
 from .. import maillog
+from ..bounce import Notifier
 from ..config import Config, parse_host_port
 from ..deliver.maildir import MaildirAgent
-from ..envelope import Envelope
+from ..deliver.smtp import SmtpAgent
+from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
 from ..route.router import Router
@@ -37,28 +42,40 @@ class ServerContext:
     router: Router
     scheduler: Scheduler
     hostname: str
+    smtp: SmtpAgent
+    trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     active_sessions: int = 0
     bound: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def trusted(self, ip: str) -> bool:
+        """Is a client at ``ip`` in relay.trusted_networks (may it relay without AUTH)?"""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_networks)
 
 
 def build(cfg: Config) -> ServerContext:
     hostname = cfg.host_name
     spool = Spool(cfg.spool_path, fsync=cfg.queue.fsync)
     router = Router(cfg)
-    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
+    smtp = SmtpAgent(cfg, hostname)
+    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync), "smtp": smtp}
     scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
-    scheduler.on_final_failure = _no_bounce_yet
-    return ServerContext(cfg, spool, router, scheduler, hostname)
-
-
-async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
-    rcpts = ", ".join(env.recipients[i].address for i in failed)
-    maillog.warning(f"{env.queue_id}: no bounce sent to <{env.sender}> for {rcpts}: bounces are not implemented yet")
+    scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
+    networks = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.trusted_networks]
+    return ServerContext(cfg, spool, router, scheduler, hostname, smtp, networks)
 
 
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
     ctx = build(cfg)
     async with trio.open_nursery() as nursery:
+        # the control socket first: it refuses to start when another server uses this data directory
+        await nursery.start(control.serve, ctx.cfg.control_socket_path, ctx.scheduler)
+        await nursery.start(ctx.smtp.run)
         await nursery.start(ctx.scheduler.run)
         for lst in cfg.smtpd.listeners:
             host, port = parse_host_port(lst.address, "smtpd.listeners")

@@ -7,6 +7,12 @@ commands are collected and sent in one write when the engine needs more data
 into the spool file; the 250 reply is sent only after the spool's commit has
 made content and envelope durable.
 
+Relaying: ``relay_allowed`` says whether this client may send to domains that
+are not local; it is true for clients in ``relay.trusted_networks`` (the
+submission work will also set it for authenticated users).  The router gives
+the verdict per recipient.  DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and
+ORCPT on RCPT are checked and kept in the envelope.
+
 Resource policy: every read is bounded by a timeout (command_timeout between
 commands, data_timeout inside DATA/BDAT), every write by send_timeout; too many
 error replies close the session with 421; the engine bounds line and message
@@ -36,6 +42,11 @@ if TYPE_CHECKING:
 _session_ids = itertools.count(1)
 
 
+def _valid_envid(value: str) -> bool:
+    """RFC 3461 4.4: printable US-ASCII, at most 100 characters (after xtext decoding)."""
+    return 0 < len(value) <= 100 and all(32 <= ord(c) < 127 for c in value)
+
+
 class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
 
@@ -48,6 +59,7 @@ class Transaction:
     params: dict[str, str | None]
     smtputf8: bool = False
     recipients: list[str] = field(default_factory=list)
+    rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> NOTIFY/ORCPT
     rcpt_attempts: int = 0
     writer: MessageWriter | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
@@ -103,6 +115,8 @@ class Session:
         self.txn: Transaction | None = None
         self.errors = 0
         self.commands = 0
+        # the relay hook: may this client send mail to non-local domains?
+        self.relay_allowed = ctx.trusted(peer_ip)
 
     # -- I/O -----------------------------------------------------------------
     def reply(self, r: R.Reply) -> None:
@@ -219,6 +233,7 @@ class Session:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
         )
         self.reply(R.Reply(250, None, lines))
 
@@ -251,6 +266,14 @@ class Session:
         if smtputf8 and params.pop("SMTPUTF8") is not None:
             self.reply(R.Reply(501, "5.5.4", "SMTPUTF8 takes no value"))
             return
+        ret = params.pop("RET", None)
+        if ret is not None and (ret or "").upper() not in ("FULL", "HDRS"):
+            self.reply(R.BAD_RET)
+            return
+        envid = params.pop("ENVID", None)
+        if envid is not None and not _valid_envid(envid):
+            self.reply(R.BAD_ENVID)
+            return
         if params:
             self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
             return
@@ -262,6 +285,10 @@ class Session:
             kept["BODY"] = body.upper()
         if smtputf8:
             kept["SMTPUTF8"] = None
+        if ret is not None:
+            kept["RET"] = ret.upper()
+        if envid is not None:
+            kept["ENVID"] = envid
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
         self.reply(R.SENDER_OK)
 
@@ -269,8 +296,24 @@ class Session:
         txn = self.txn
         assert txn is not None and cmd.path is not None
         txn.rcpt_attempts += 1
-        if cmd.params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(cmd.params))}"))
+        params = dict(cmd.params)
+        dsn: dict[str, str] = {}
+        notify = params.pop("NOTIFY", None)
+        if notify is not None:
+            words = [w.strip().upper() for w in (notify or "").split(",")]
+            if not all(w in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) or ("NEVER" in words and len(words) > 1) or len(set(words)) != len(words):
+                self.reply(R.BAD_NOTIFY)
+                return
+            dsn["NOTIFY"] = ",".join(words)
+        orcpt = params.pop("ORCPT", None)
+        if orcpt is not None:
+            kind, sep, value = (orcpt or "").partition(";")
+            if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(orcpt) > 500:
+                self.reply(R.BAD_ORCPT)
+                return
+            dsn["ORCPT"] = f"{kind.strip().lower()};{value}"
+        if params:
+            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
             return
         if cmd.path.is_utf8 and not txn.smtputf8:
             self.reply(R.UTF8_NOT_ASKED)
@@ -278,7 +321,7 @@ class Session:
         if len(txn.recipients) >= self.cfg.smtpd.max_recipients:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
-        refusal = self.ctx.router.check_recipient(cmd.path)
+        refusal = self.ctx.router.check_recipient(cmd.path, relay_allowed=self.relay_allowed)
         address = cmd.path.address()
         if refusal is not None:
             maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
@@ -286,6 +329,7 @@ class Session:
             return
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
             txn.recipients.append(address)
+            txn.rcpt_params[address] = dsn
         self.reply(R.RECIPIENT_OK)
 
     async def _cmd_data(self, cmd: _core.Command) -> None:
@@ -400,7 +444,7 @@ class Session:
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
-            recipients=[Recipient(a) for a in txn.recipients],
+            recipients=[Recipient(a, params=txn.rcpt_params.get(a, {})) for a in txn.recipients],
             arrival=time.time(),
             size=writer.size,
             client_address=self.peer_ip,

@@ -1,0 +1,120 @@
+"""The control socket: how ``smtprs queue ...`` talks to the running server.
+
+A Unix stream socket in the data directory (``queue.control_socket``, mode
+0600, so only the server's own user can use it).  The protocol is one command
+line in, one reply line out, then the server closes::
+
+    FLUSH   ->  OK 3 messages scheduled now
+    PING    ->  OK smtprs
+    other   ->  ERR unknown command
+
+Replies start with ``OK`` or ``ERR``.  Later queue tools add commands here.
+At start-up a socket that still answers means another server uses this data
+directory: serving is refused rather than sharing a spool.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+import trio
+
+from .. import maillog
+from ..errors import SmtprsError
+from .scheduler import Scheduler
+
+MAX_LINE = 1024
+TIMEOUT = 5.0
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path, minus the NUL
+
+
+class ControlError(SmtprsError):
+    """The control socket cannot be served or reached."""
+
+
+async def serve(path: Path, scheduler: Scheduler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the control socket at ``path`` until cancelled; removes it on exit."""
+    sock = await _bind(path)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+    try:
+        await trio.serve_listeners(lambda stream: _handle(stream, scheduler), [listener])
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+async def _bind(path: Path) -> trio.socket.SocketType:
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ControlError(f"queue.control_socket: path too long for a Unix socket ({len(os.fsencode(path))} > {_SUN_PATH_MAX} octets): {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        try:
+            reply = await request(path, "PING")
+        except ControlError:
+            reply = ""
+        if reply.startswith("OK"):
+            raise ControlError(f"another smtprs serve is using {path.parent} (its control socket {path} answers)")
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return sock
+
+
+async def _handle(stream: trio.SocketStream, scheduler: Scheduler) -> None:
+    try:
+        with trio.move_on_after(TIMEOUT):
+            data = b""
+            while b"\n" not in data and len(data) < MAX_LINE:
+                chunk = await stream.receive_some(MAX_LINE)
+                if not chunk:
+                    break
+                data += chunk
+            command = data.split(b"\n", 1)[0].strip().decode("ascii", "replace").upper()
+            if command == "FLUSH":
+                n = scheduler.flush()
+                answer = f"OK {n} messages scheduled now"
+            elif command == "PING":
+                answer = "OK smtprs"
+            else:
+                answer = "ERR unknown command (FLUSH, PING)"
+            maillog.control(command or "(empty)", answer)
+            await stream.send_all(answer.encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def request(path: Path, command: str) -> str:
+    """Send one command to the server at ``path``; return its reply line."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await sock.connect(str(path))
+            await sock.send(command.encode() + b"\n")
+            data = b""
+            while b"\n" not in data:
+                chunk = await sock.recv(MAX_LINE)
+                if not chunk:
+                    break
+                data += chunk
+    except trio.TooSlowError:
+        raise ControlError(f"{path}: no answer from the server") from None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            raise ControlError(f"{path}: no server is running (is `smtprs serve` started with this configuration?)") from None
+        raise ControlError(f"{path}: {e.strerror or e}") from None
+    finally:
+        sock.close()
+    return data.decode("utf-8", "replace").strip()
