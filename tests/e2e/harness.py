@@ -61,6 +61,11 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted one ("example.org" = ...)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for nested dicts (tables) and lists of dicts (arrays of tables)."""
     lines: list[str] = []
@@ -69,7 +74,7 @@ def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables:
         name = f"{prefix}{key}"
         if isinstance(value, dict):

@@ -311,7 +311,7 @@ class ScriptedPeer:
         self.auth_attempts: list[tuple[str, str]] = []
         self.connections = 0
         self.lock = threading.Lock()
-        kwargs: dict[str, Any] = {"ident": "peer", "hostname": hostname, "enable_SMTPUTF8": smtputf8}
+        kwargs: dict[str, Any] = {"ident": "peer", "server_hostname": hostname, "enable_SMTPUTF8": smtputf8}
         if data_size_limit is not None:
             kwargs["data_size_limit"] = data_size_limit
         if tls_cert is not None:

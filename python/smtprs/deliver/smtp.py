@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -240,13 +241,7 @@ class SmtpAgent:
     # -- connection set-up -----------------------------------------------------
     async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True) -> Connection:
         relay = f"{host.name}[{host.ip}]:{hop.port}"
-        try:
-            with trio.fail_after(self.r.connect_timeout):
-                stream = await trio.open_tcp_stream(host.ip, hop.port)
-        except trio.TooSlowError:
-            raise _HostError("4.4.1", f"connect to {relay}: timed out") from None
-        except OSError as e:
-            raise _HostError("4.4.1", f"connect to {relay}: {e.strerror or e}") from None
+        stream = await self._connect(host, hop.port, relay)
         self.connections_opened += 1
         conn = Connection(stream, host, hop.port)
         stage = "receiving the initial server greeting"
@@ -286,6 +281,24 @@ class SmtpAgent:
             await conn.close(quit=True)
             raise
         return conn
+
+    async def _connect(self, host: Host, port: int, relay: str) -> trio.SocketStream:
+        """A TCP connection to one address (the MX order is ours, so no Happy Eyeballs here)."""
+        family = socket.AF_INET6 if ":" in host.ip else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            with trio.fail_after(self.r.connect_timeout):
+                await sock.connect((host.ip, port))
+        except trio.TooSlowError:
+            sock.close()
+            raise _HostError("4.4.1", f"connect to {relay}: timed out") from None
+        except OSError as e:
+            sock.close()
+            raise _HostError("4.4.1", f"connect to {relay}: {e.strerror or e}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
 
     async def _hello(self, conn: Connection) -> None:
         t = self.r.command_timeout
