@@ -23,7 +23,7 @@ import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 from .queue.control import ControlError
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     failed = False
     try:
         trio.run(_serve, cfg)
-    except* (OSError, ControlError) as group:
-        for e in _leaves(group):
-            maillog.error(f"cannot serve: {e}")
+    except* (ListenError, ControlError) as group:
         failed = True
+        for e in _leaves(group):
+            maillog.error(str(e))
     return 1 if failed else 0
 
 

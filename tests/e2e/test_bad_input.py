@@ -88,6 +88,21 @@ def test_tail_of_long_line_is_not_a_command(server: Server) -> None:
     assert server.mail("alice") == []
 
 
+def test_syntax_errors(server: Server) -> None:
+    with server.connect() as c:
+        c.expect("HELO", 501, "5.5.4")
+        c.expect("EHLO", 501, "5.5.4")
+        c.ehlo()
+        c.expect(f"MAIL FROM <{SENDER}>", 501, "5.5.4")
+        c.expect(f"MAIL <{SENDER}>", 501, "5.5.4")
+        c.expect(f"MAIL FROM:<{SENDER}>", 250)
+        c.expect(f"RCPT <alice@{DOMAIN}>", 501, "5.5.4")
+        c.expect("XYZZY", 500, "5.5.2")
+        c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
+        c.expect("RSET", 250)
+        same_session_delivers(c, server, "alice")
+
+
 def test_nul_bytes_in_commands(server: Server) -> None:
     with server.connect() as c:
         c.ehlo()
@@ -585,6 +600,8 @@ def test_relay_refused(server: Server) -> None:
     assert not [k for k in server.spool_snapshot() if k not in before and r.qid not in k], server.spool_snapshot()
     for line in server.log().splitlines():
         assert not re.search(r": [0-9A-Z]+: to=<someone@", line), f"a refused recipient reached the queue: {line}"
+    rejects = [line for line in server.log().splitlines() if "reject" in line and "someone@elsewhere.test" in line]
+    assert rejects and all("554 5.7.1" in line for line in rejects), "each refused RCPT is logged with its reply"
 
 
 def test_connection_dropped_mid_transaction(server: Server) -> None:

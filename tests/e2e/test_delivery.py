@@ -93,6 +93,7 @@ def test_plain_message_smtplib(server: Server) -> None:
     server.wait_log(rf"{qid}: to=<alice@{DOMAIN}>, relay=local.*status=sent")
     lines = server.log_lines(qid)
     assert any(f"from=<{SENDER}>" in line and f"size=" in line and "nrcpt=1" in line for line in lines), lines
+    assert any("connect" in line and "127.0.0.1" in line for line in server.log().splitlines()), "no connect line in the log"
 
 
 def test_sendmail_with_size_parameter(server: Server) -> None:

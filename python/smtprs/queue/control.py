@@ -50,6 +50,13 @@ async def serve(path: Path, scheduler: Scheduler, *, task_status: trio.TaskStatu
 
 
 async def _bind(path: Path) -> trio.socket.SocketType:
+    try:
+        return await _bind_socket(path)
+    except OSError as e:
+        raise ControlError(f"cannot open the control socket {path}: {e.strerror or e}") from e
+
+
+async def _bind_socket(path: Path) -> trio.socket.SocketType:
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise ControlError(f"queue.control_socket: path too long for a Unix socket ({len(os.fsencode(path))} > {_SUN_PATH_MAX} octets): {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +72,12 @@ async def _bind(path: Path) -> trio.socket.SocketType:
     old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
     try:
         await sock.bind(str(path))
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old)
-    sock.listen(16)
     return sock
 
 

@@ -26,6 +26,7 @@ from ..bounce import Notifier
 from ..config import Config, parse_host_port
 from ..deliver.maildir import MaildirAgent
 from ..deliver.smtp import SmtpAgent
+from ..errors import ListenError
 from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
@@ -72,15 +73,24 @@ def build(cfg: Config) -> ServerContext:
 
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
     ctx = build(cfg)
+    # Bind every listener first, so a port in use fails the start with one clear error.
+    bound: list[list[trio.SocketListener]] = []
+    for lst in cfg.smtpd.listeners:
+        host, port = parse_host_port(lst.address, "smtpd.listeners")
+        bind_host = None if host in ("*", "") else host
+        try:
+            bound.append(await trio.open_tcp_listeners(port, host=bind_host))
+        except OSError as e:
+            for group in bound:
+                for tl in group:
+                    await tl.aclose()
+            raise ListenError(f"cannot listen on {lst.address}: {e.strerror or e}") from e
     async with trio.open_nursery() as nursery:
         # the control socket first: it refuses to start when another server uses this data directory
         await nursery.start(control.serve, ctx.cfg.control_socket_path, ctx.scheduler)
         await nursery.start(ctx.smtp.run)
         await nursery.start(ctx.scheduler.run)
-        for lst in cfg.smtpd.listeners:
-            host, port = parse_host_port(lst.address, "smtpd.listeners")
-            bind_host = None if host in ("*", "") else host
-            listeners = await trio.open_tcp_listeners(port, host=bind_host)
+        for lst, listeners in zip(cfg.smtpd.listeners, bound):
             for tl in listeners:
                 sockname = tl.socket.getsockname()
                 addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
