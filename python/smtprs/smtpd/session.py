@@ -266,12 +266,14 @@ class Session:
         if smtputf8 and params.pop("SMTPUTF8") is not None:
             self.reply(R.Reply(501, "5.5.4", "SMTPUTF8 takes no value"))
             return
-        ret = params.pop("RET", None)
-        if ret is not None and (ret or "").upper() not in ("FULL", "HDRS"):
-            self.reply(R.BAD_RET)
-            return
-        envid = params.pop("ENVID", None)
-        if envid is not None and not _valid_envid(envid):
+        ret = params.pop("RET", None) if "RET" in params else None
+        if ret is not None or "RET" in cmd.params:
+            ret = (ret or "").upper()
+            if ret not in ("FULL", "HDRS"):
+                self.reply(R.BAD_RET)
+                return
+        envid = params.pop("ENVID", None) if "ENVID" in params else None
+        if "ENVID" in cmd.params and (envid is None or not _valid_envid(envid)):
             self.reply(R.BAD_ENVID)
             return
         if params:
@@ -286,7 +288,7 @@ class Session:
         if smtputf8:
             kept["SMTPUTF8"] = None
         if ret is not None:
-            kept["RET"] = ret.upper()
+            kept["RET"] = ret
         if envid is not None:
             kept["ENVID"] = envid
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
@@ -299,14 +301,14 @@ class Session:
         params = dict(cmd.params)
         dsn: dict[str, str] = {}
         notify = params.pop("NOTIFY", None)
-        if notify is not None:
+        if "NOTIFY" in cmd.params:
             words = [w.strip().upper() for w in (notify or "").split(",")]
             if not all(w in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) or ("NEVER" in words and len(words) > 1) or len(set(words)) != len(words):
                 self.reply(R.BAD_NOTIFY)
                 return
             dsn["NOTIFY"] = ",".join(words)
         orcpt = params.pop("ORCPT", None)
-        if orcpt is not None:
+        if "ORCPT" in cmd.params:
             kind, sep, value = (orcpt or "").partition(";")
             if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(orcpt) > 500:
                 self.reply(R.BAD_ORCPT)
