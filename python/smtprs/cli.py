@@ -17,7 +17,7 @@ import signal
 import stat
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -107,7 +107,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry(env: "Envelope", now: float) -> dict[str, object]:
+def _entry(env: "Envelope", now: float) -> dict[str, Any]:
     return {
         "id": env.queue_id,
         "size": env.size,

@@ -51,7 +51,7 @@ from ..config import Config
 from ..errors import ParseError
 from ..route.mx import DnsFailure, Host, Resolver
 from ..route.router import RemoteHop
-from .base import DeliveryRequest, Outcome, Target
+from .base import DeliveryRequest, Outcome, Status, Target
 
 CHUNK = 256 * 1024
 QUIT_TIMEOUT = 5.0
@@ -203,7 +203,7 @@ class SmtpAgent:
             try:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
-                status = "failed" if e.permanent else "deferred"
+                status: Status = "failed" if e.permanent else "deferred"
                 return [Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets]
             final: dict[int, Outcome] = {}
             last: dict[int, Outcome] = {}

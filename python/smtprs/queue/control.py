@@ -40,8 +40,12 @@ async def serve(path: Path, scheduler: Scheduler, *, task_status: trio.TaskStatu
     sock = await _bind(path)
     listener = trio.SocketListener(sock)
     task_status.started()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await _handle(stream, scheduler)
+
     try:
-        await trio.serve_listeners(lambda stream: _handle(stream, scheduler), [listener])
+        await trio.serve_listeners(handle, [listener])
     finally:
         try:
             os.unlink(path)
@@ -81,7 +85,7 @@ async def _bind_socket(path: Path) -> trio.socket.SocketType:
     return sock
 
 
-async def _handle(stream: trio.SocketStream, scheduler: Scheduler) -> None:
+async def _handle(stream: trio.abc.Stream, scheduler: Scheduler) -> None:
     try:
         with trio.move_on_after(TIMEOUT):
             data = b""

@@ -310,7 +310,7 @@ class Session:
         orcpt = params.pop("ORCPT", None)
         if "ORCPT" in cmd.params:
             kind, sep, value = (orcpt or "").partition(";")
-            if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(orcpt) > 500:
+            if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(value) > 500:
                 self.reply(R.BAD_ORCPT)
                 return
             dsn["ORCPT"] = f"{kind.strip().lower()};{value}"
