@@ -15,9 +15,11 @@ directory: serving is refused rather than sharing a spool.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -60,9 +62,25 @@ async def _bind(path: Path) -> trio.socket.SocketType:
         raise ControlError(f"cannot open the control socket {path}: {e.strerror or e}") from e
 
 
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """The address to bind or connect: the path itself, or, when it is longer
+    than a Unix socket address may be, the same file reached through
+    /proc/self/fd/N of its directory (Linux)."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/{path.name}"
+        if len(os.fsencode(short)) > _SUN_PATH_MAX:
+            raise ControlError(f"queue.control_socket: name too long for a Unix socket: {path.name}")
+        yield short
+    finally:
+        os.close(fd)
+
+
 async def _bind_socket(path: Path) -> trio.socket.SocketType:
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise ControlError(f"queue.control_socket: path too long for a Unix socket ({len(os.fsencode(path))} > {_SUN_PATH_MAX} octets): {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         try:
@@ -75,7 +93,8 @@ async def _bind_socket(path: Path) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
     try:
-        await sock.bind(str(path))
+        with _address(path) as address:
+            await sock.bind(address)
         sock.listen(16)
     except BaseException:
         sock.close()
@@ -97,7 +116,7 @@ async def _handle(stream: trio.abc.Stream, scheduler: Scheduler) -> None:
             command = data.split(b"\n", 1)[0].strip().decode("ascii", "replace").upper()
             if command == "FLUSH":
                 n = scheduler.flush()
-                answer = f"OK {n} messages scheduled now"
+                answer = f"OK {n} message{'' if n == 1 else 's'} scheduled now"
             elif command == "PING":
                 answer = "OK smtprs"
             else:
@@ -114,8 +133,8 @@ async def request(path: Path, command: str) -> str:
     """Send one command to the server at ``path``; return its reply line."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with trio.fail_after(TIMEOUT):
-            await sock.connect(str(path))
+        with trio.fail_after(TIMEOUT), _address(path) as address:
+            await sock.connect(address)
             await sock.send(command.encode() + b"\n")
             data = b""
             while b"\n" not in data:
