@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import ssl
 import tomllib
 import types
 import typing
@@ -411,8 +412,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"relay.smtp_port: port out of range: {r.smtp_port}")
     if bool(r.auth_username) != bool(r.auth_password):
         raise ConfigError("relay.auth_password: relay.auth_username and relay.auth_password go together")
-    if r.tls_ca_file and not (cfg.data_path / r.tls_ca_file).is_file():
-        raise ConfigError(f"relay.tls_ca_file: no such file: {r.tls_ca_file!r}")
+    if r.tls_ca_file:
+        ca = cfg.data_path / r.tls_ca_file
+        if not ca.is_file():
+            raise ConfigError(f"relay.tls_ca_file: no such file: {r.tls_ca_file!r}")
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"relay.tls_ca_file: cannot load {r.tls_ca_file!r}: {e}") from None
     for i, ns in enumerate(cfg.dns.nameservers):
         try:
             ipaddress.ip_address(ns)

@@ -32,6 +32,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
+from .. import maillog
 from ..config import Dns
 
 MAX_MX_HOSTS = 10  # MX hosts considered per domain (the rest are never reached in practice)
@@ -67,7 +68,13 @@ class Resolver:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = list(cfg.nameservers)
         else:
-            r = dns.asyncresolver.Resolver(configure=True)
+            try:
+                r = dns.asyncresolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                # no /etc/resolv.conf: a local resolver is the only sensible guess
+                maillog.warning("dns: no name server in /etc/resolv.conf; using 127.0.0.1 (set dns.nameservers)")
+                r = dns.asyncresolver.Resolver(configure=False)
+                r.nameservers = ["127.0.0.1"]
         r.port = cfg.port
         r.lifetime = cfg.timeout
         r.timeout = min(cfg.timeout, 2.0)  # per try; the lifetime bounds the retries
