@@ -617,3 +617,43 @@ def test_connection_dropped_mid_transaction(server: Server) -> None:
     assert_still_serves(server)
     time.sleep(0.5)
     assert server.mail("alice") == []
+
+
+def test_bdat_without_a_valid_size(server: Server) -> None:
+    """A BDAT whose size cannot be read leaves the stream unframed: refused, and the server goes on."""
+    with server.connect() as c:
+        c.ehlo()
+        c.expect(f"MAIL FROM:<{SENDER}>", 250)
+        c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
+        c.send(b"BDAT abc\r\nQUIT\r\n")
+        check(c.reply(), 501, "5.5.4", "BDAT abc")
+        try:
+            r = c.reply(timeout=5)
+        except ConnectionClosed:
+            r = None
+        # either the session ends (421) or it goes on (and the QUIT that followed is answered)
+        assert r is None or r.code in (421, 221), r
+    time.sleep(0.5)
+    assert server.mail("alice") == []
+    assert_still_serves(server)
+
+
+def test_connection_limit(make_server) -> None:
+    srv = make_server({"smtpd": {"max_connections": 2}})
+    first, second = srv.connect(), srv.connect()
+    with SMTPClient(srv.port) as third:
+        check(third.reply(), 421, "4.3.2", "a session over max_connections")
+        third.wait_closed(5)
+    second.ehlo()  # the sessions already open are not disturbed
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:  # the freed slot is given to the next client
+        with SMTPClient(srv.port) as c:
+            r = c.reply()
+            if r.code == 220:
+                c.ehlo()
+                same_session_delivers(c, srv, "alice")
+                break
+        assert time.monotonic() < deadline, "a closed session did not free its slot"
+        time.sleep(0.1)
+    second.close()
