@@ -8,6 +8,9 @@
 #                  preseeded "No configuration", so no system MTA is set up or
 #                  started (smtprs tests never use or disturb one)
 #   openssl        makes the test certificates (STARTTLS to the next hop)
+#   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
+#                  tests; swaks only recommends it, and we install without
+#                  recommends
 #   gcc, libc6-dev the linker (cc) that cargo and maturin call
 #   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
 #                  extension-module), when the interpreter is Debian's own
@@ -31,6 +34,7 @@ if [ "$what" != build ]; then
     command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
     command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 

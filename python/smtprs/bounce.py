@@ -25,7 +25,6 @@ import secrets
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -33,7 +32,7 @@ from . import maillog
 from .config import Config
 from .envelope import Envelope, Recipient
 from .errors import SpoolError
-from .queue.spool import Spool
+from .queue.spool import Content, Spool
 
 # kind -> (Subject, the human part's first paragraph)
 _WORDING = {
@@ -267,7 +266,7 @@ class Notifier:
     async def _queue_notice(self, env: Envelope, entries: list[Entry], kind: str, now: float) -> None:
         q = self.cfg.queue
         full = kind == "failed" and env.params.get("RET", "").upper() == "FULL" and env.size <= q.bounce_size_limit
-        original = await trio.to_thread.run_sync(_read_original, self.spool.content_path(env.queue_id), full)
+        original = await trio.to_thread.run_sync(_read_original, self.spool.content(env.queue_id), full)
         writer = self.spool.create()
         try:
             data = build_dsn(
@@ -304,10 +303,10 @@ class Notifier:
         self.submit(notice)
 
 
-def _read_original(path: Path, full: bool) -> bytes:
+def _read_original(content: Content, full: bool) -> bytes:
     """The whole message, or its header block (read until the blank line)."""
     try:
-        with open(path, "rb") as fh:
+        with content.open() as fh:
             if full:
                 return fh.read()
             data = b""

@@ -1,9 +1,14 @@
-"""The ``smtprs`` command: serve, check-config, queue list/flush.
+"""The ``smtprs`` command: serve, check-config, passwd, tls, queue list/flush.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
 SIGTERM or SIGINT; ``smtprs check-config [--config FILE]`` loads and validates
-the configuration and exits 0 ("config ok") or 2 with the key at fault.
-``smtprs queue list`` reads the spool directly (read-only, safe while the
+the configuration (and the TLS certificate and users file it names) and exits
+0 ("config ok") or 2 with the key at fault.  ``smtprs passwd add|remove|list``
+manages the users file of SMTP AUTH: a password is read from the terminal
+(twice) or, with ``--stdin``, from one line of standard input -- never from the
+command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
+--out DIR`` writes a self-signed certificate and key for trying TLS out.
+``smtprs queue list`` reads the spool without changing it (safe while the
 server runs); ``smtprs queue flush`` asks the running server, through its
 control socket (queue/control.py), to retry every queued message now.
 """
@@ -11,12 +16,14 @@ control socket (queue/control.py), to retry every queued message now.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import signal
 import stat
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -50,14 +57,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
     _warn_readable_secrets(args.config, cfg)
-    failed = False
+    status = 0
     try:
         trio.run(_serve, cfg)
     except* (ListenError, ControlError) as group:
-        failed = True
+        status = 1
         for e in _leaves(group):
             maillog.error(str(e))
-    return 1 if failed else 0
+    except* ConfigError as errors:  # found while starting: the TLS certificate or key
+        status = 2
+        for c in errors.exceptions:
+            print(f"smtprs: configuration error: {c}", file=sys.stderr)
+    return status
 
 
 def _leaves(group: BaseException) -> list[BaseException]:
@@ -79,20 +90,20 @@ def _warn_readable_secrets(path: str | None, cfg: config_mod.Config) -> None:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    from .queue.spool import Spool
+    from .queue.spool import read_queue
 
     cfg = _load(args)
-    envelopes = Spool(cfg.spool_path, fsync=False).list_envelopes()
+    queued = sorted(read_queue(cfg.spool_path), key=lambda pair: (pair[0].arrival, pair[0].queue_id))
     now = time.time()
+    entries = [_entry(env, size, now) for env, size in queued]
     if args.json:
-        json.dump([_entry(e, now) for e in envelopes], sys.stdout, indent=1, ensure_ascii=False)
+        json.dump(entries, sys.stdout, indent=1, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
-    if not envelopes:
+    if not entries:
         print("queue is empty")
         return 0
-    for env in envelopes:
-        e = _entry(env, now)
+    for e in entries:
         print(f"{e['id']:<16} {e['size']:>9}  {_age(e['age'])} ago  <{e['sender']}>")
         for r in e["recipients"]:
             line = f"    <{r['address']}>  {r['state']}"
@@ -103,14 +114,15 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
             print(line)
             if r["last_error"]:
                 print(f"        {r['last_error']}")
-    print(f"-- {len(envelopes)} message{'s' if len(envelopes) != 1 else ''}, {sum(e.size for e in envelopes)} octets")
+    total = sum(e["size"] for e in entries)
+    print(f"-- {len(entries)} message{'s' if len(entries) != 1 else ''}, {total} octets")
     return 0
 
 
-def _entry(env: "Envelope", now: float) -> dict[str, Any]:
+def _entry(env: "Envelope", size: int, now: float) -> dict[str, Any]:
     return {
         "id": env.queue_id,
-        "size": env.size,
+        "size": size,
         "arrival": env.arrival,
         "age": max(0.0, now - env.arrival),
         "sender": env.sender,
@@ -153,8 +165,88 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load(args)
+    from .smtpd import auth, tls
+
+    cfg = _load(args)
+    tls.server_context(cfg)  # ConfigError naming smtpd.tls.* if the files are unusable
+    if any(lst.mode in config_mod.SUBMISSION_MODES for lst in cfg.smtpd.listeners):
+        try:
+            users = auth.read_users(cfg.users_path)
+        except auth.UsersFileError as e:
+            raise ConfigError(f"smtpd.auth.users_file: {e}") from None
+        if not users:
+            print(f"warning: smtpd.auth.users_file: no users in {cfg.users_path}; add them with `smtprs passwd add`", file=sys.stderr)
     print("config ok")
+    return 0
+
+
+def _users_path(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    return _load(args).users_path
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("smtprs passwd: the passwords differ; nothing changed", file=sys.stderr)
+            return None
+    if not password:
+        print("smtprs passwd: empty password refused; nothing changed", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from .smtpd import auth
+
+    path = _users_path(args)
+    try:
+        users = auth.read_users(path)
+    except auth.UsersFileError as e:
+        print(f"smtprs passwd: {e}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        for name in sorted(users):
+            print(name)
+        return 0
+    name = auth.normalize_username(args.user)
+    if args.action == "remove":
+        if users.pop(name, None) is None:
+            print(f"smtprs passwd: no user {name} in {path}", file=sys.stderr)
+            return 1
+        auth.write_users(path, users)
+        print(f"removed {name} from {path}")
+        return 0
+    if not auth.valid_username(name):
+        print(f"smtprs passwd: {name!r} is not a valid user name (printable, no spaces, no colon)", file=sys.stderr)
+        return 2
+    password = _read_password(args)
+    if password is None:
+        return 1
+    existed = name in users
+    users[name] = auth.hash_password(password)
+    auth.write_users(path, users)
+    print(f"{'updated' if existed else 'added'} {name} in {path}")
+    return 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    from .smtpd import tls
+
+    hostname = args.hostname or _load(args).host_name
+    try:
+        cert, key = tls.make_self_signed(Path(args.out), hostname, days=args.days, overwrite=args.force)
+    except (FileExistsError, OSError) as e:
+        print(f"smtprs tls: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)")
+    print(f'[smtpd.tls]\ncert_file = "{cert.resolve()}"\nkey_file = "{key.resolve()}"')
     return 0
 
 
@@ -174,12 +266,35 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
-    q = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(dest="queue_command", required=True)
-    p = q.add_parser("list", help="list queued messages with each recipient's state (reads the spool)")
+
+    p = sub.add_parser("passwd", help="manage the users of SMTP AUTH (the users file)")
+    psub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a user or change a password"), ("remove", "remove a user"), ("list", "list the users")):
+        q = psub.add_parser(action, help=text)
+        if action != "list":
+            q.add_argument("user", help="the login name (an address such as alice@example.org, or a bare name)")
+        if action == "add":
+            q.add_argument("--stdin", action="store_true", help="read the password from one line of standard input instead of the terminal")
+        q.add_argument("--config", "-c", help="take the users file from this configuration (smtpd.auth.users_file)")
+        q.add_argument("--file", "-f", help="the users file to edit (overrides --config)")
+        q.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("tls", help="TLS helpers")
+    tsub = p.add_subparsers(dest="action", required=True)
+    q = tsub.add_parser("selfsigned", help="write a self-signed certificate and key (cert.pem, key.pem) for trying TLS out")
+    q.add_argument("--out", "-o", required=True, help="directory to write cert.pem and key.pem into")
+    q.add_argument("--hostname", help="the name in the certificate (default: the configured hostname)")
+    q.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    q.add_argument("--force", action="store_true", help="replace existing files")
+    q.add_argument("--config", "-c", help="configuration to take the hostname from")
+    q.set_defaults(func=cmd_tls)
+
+    qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(dest="queue_command", required=True)
+    p = qsub.add_parser("list", help="list queued messages with each recipient's state (reads the spool)")
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_queue_list)
-    p = q.add_parser("flush", help="ask the running server to retry every queued message now")
+    p = qsub.add_parser("flush", help="ask the running server to retry every queued message now")
     p.add_argument("--config", "-c")
     p.set_defaults(func=cmd_queue_flush)
     args = parser.parse_args(argv)

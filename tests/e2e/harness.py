@@ -1,7 +1,9 @@
 """The end-to-end harness: a real ``smtprs serve`` process and small clients.
 
 ``Server`` writes a per-test TOML configuration, starts ``smtprs serve`` on a
-free loopback port with its standard error in a log file, waits until the port
+free loopback port (an ``mx`` listener, plus one more free port per extra
+listener mode asked for, e.g. ``modes=("submission", "submissions")``) with
+its standard error in a log file, waits until the port
 accepts connections, and stops it with SIGTERM (SIGKILL after a bound).
 ``SMTPClient`` is a raw-socket SMTP client for what smtplib will not do
 (pipelining, BDAT, bad input).  The Maildir helpers poll with a bounded wait,
@@ -76,7 +78,7 @@ def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
         else:
             lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_toml_key(key)}"
         if isinstance(value, dict):
             lines.append(f"\n[{name}]")
             lines.append(to_toml(value, name + "."))
@@ -132,13 +134,14 @@ class ServerError(AssertionError):
 class Server:
     """One ``smtprs serve`` process with its own configuration and data directory."""
 
-    def __init__(self, base: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, base: Path, overrides: dict[str, Any] | None = None, modes: Iterable[str] = ()) -> None:
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         self.data_dir = base / "data"
         self.config_path = base / "smtprs.toml"
         self.log_path = base / "server.log"
         self.port = free_port()
+        self.ports: dict[str, int] = {"mx": self.port, **{mode: free_port() for mode in modes}}
         self.overrides = overrides or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -159,6 +162,7 @@ class Server:
         }
         cfg = merge(base, self.overrides)
         cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
+        cfg["smtpd"]["listeners"] += [{"address": f"127.0.0.1:{port}", "mode": mode} for mode, port in self.ports.items() if mode != "mx"]
         return cfg
 
     def write_config(self) -> None:
@@ -178,7 +182,8 @@ class Server:
                 return self
             except ServerError as e:
                 if "in use" in str(e) and attempt < 2:  # the free port was taken meanwhile
-                    self.port = free_port()
+                    self.ports = {mode: free_port() for mode in self.ports}
+                    self.port = self.ports["mx"]
                     self.write_config()
                     continue
                 raise
@@ -208,7 +213,7 @@ class Server:
             text = self._read_log(offset)
             if self.proc.poll() is not None:
                 raise ServerError(f"smtprs serve exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if announce in text and _accepts(self.port):
+            if announce in text and all(f"listening on 127.0.0.1:{p}" in text for p in self.ports.values()) and _accepts(self.port):
                 return
             if time.monotonic() > deadline:
                 self.dump_and_kill()
@@ -321,7 +326,13 @@ class Server:
         return {d.name: maildir_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
 
     def spool_snapshot(self) -> dict[str, int]:
-        return tree_snapshot(self.spool_dir)
+        """What the spool holds: each queued message (queue id -> content size, read
+        with the spool's own read-only lister) and every file in spool/files."""
+        from smtprs.queue.spool import read_queue
+
+        out = {env.queue_id: size for env, size in read_queue(self.spool_dir)}
+        out.update({f"files/{k}": v for k, v in tree_snapshot(self.spool_dir / "files").items()})
+        return out
 
     # -- clients ---------------------------------------------------------
     def connect(self, timeout: float = 10.0, greet: bool = True) -> "SMTPClient":
@@ -617,7 +628,7 @@ def check_delivered(
     rec = got["received"]
     assert re.search(rf"\bby {re.escape(HOSTNAME)} \(smtprs\)", rec), f"Received: {rec!r} lacks 'by {HOSTNAME} (smtprs)'"
     assert re.match(r"from \S", rec), f"Received: {rec!r} should start with 'from'"
-    m = re.search(r"\bwith (\S+)", rec)
+    m = re.search(r"\bby \S+ \(smtprs\) with (\S+)", rec)  # not a "with" inside a comment (TLS)
     assert m, f"Received: {rec!r} lacks 'with PROTOCOL'"
     if with_protocol is not None:
         assert m.group(1).rstrip(";") == with_protocol, f"Received: {rec!r}: expected 'with {with_protocol}'"

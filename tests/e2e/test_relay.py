@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from smtprs.queue.spool import read_queue
+
 from .harness import DOMAIN, HOSTNAME, Server, merge, stuff
 from .peers import Dnsmasq, Script, ScriptedPeer, SinkDump, SmtpSink, free_port, make_cert, wait_until
 
@@ -162,7 +164,7 @@ def test_relay_by_mx_byte_for_byte(tmp_path: Path, dns_server: Dnsmasq, make_ser
     assert added.startswith(b"Received: from client.test ([127.0.0.1])\n\tby mx.test (smtprs) with ESMTP id " + qid.encode())
     assert added.count(b"\n") == 3, added  # exactly our three-line Received field, nothing else
     server.wait_log(rf"{qid}: removed")
-    assert not list((server.spool_dir / "queue").glob(f"{qid}.*"))
+    assert [env.queue_id for env, _ in read_queue(server.spool_dir)] == []
 
 
 @pytest.mark.slow
@@ -357,8 +359,8 @@ def test_restart_with_deferred_mail_still_delivers(tmp_path: Path, dns_server: D
     server.wait_log(rf"{qid}: to=<someone@good.test>, .*status=deferred")
     server.wait_mail("local", 1)
     server.stop()
-    env = json.loads((server.spool_dir / "queue" / f"{qid}.env").read_bytes())
-    states = {r["address"]: r["state"] for r in env["recipients"]}
+    ((env, _),) = read_queue(server.spool_dir)
+    states = {r.address: r.state for r in env.recipients}
     assert states == {"someone@good.test": "deferred", "local@example.test": "delivered"}
     peer = ScriptedPeer(port=port).start()
     peers.append(peer)

@@ -152,7 +152,8 @@ async def test_notifier_queues_a_bounce_from_the_null_sender(ctx_factory):
     assert notice.sender == "" and [r.address for r in notice.recipients] == ["sender@example.test"]
     stored = ctx.spool.load(notice.queue_id)
     assert stored is not None and stored.sender == ""
-    msg = _parse(ctx.spool.content_path(notice.queue_id).read_bytes())
+    with ctx.spool.content(notice.queue_id).open() as fh:
+        msg = _parse(fh.read())
     assert len(_blocks(msg)) == 3
 
 

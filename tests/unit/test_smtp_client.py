@@ -16,6 +16,7 @@ import trio
 
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.smtp import SmtpAgent
+from smtprs.queue.spool import Content
 from smtprs.route.mx import Host
 from smtprs.route.router import RemoteHop
 
@@ -82,7 +83,8 @@ async def start_peer(nursery: trio.Nursery, peer: Peer) -> int:
 def request(tmp_path: Path, name: str, targets: list[Target]) -> DeliveryRequest:
     content = tmp_path / f"{name}.msg"
     content.write_bytes(b"Subject: " + name.encode() + b"\r\n\r\nbody\r\n.dot\r\n")
-    return DeliveryRequest(name, "a@example.test", content, 1.0, tuple(targets), content.stat().st_size, {})
+    size = content.stat().st_size
+    return DeliveryRequest(name, "a@example.test", Content(content, 0, size), 1.0, tuple(targets), size, {})
 
 
 def target(i: int, address: str, port: int, host: str = "127.0.0.1") -> Target:

@@ -265,7 +265,7 @@ class SmtpAgent:
                         raise
                     # opportunistic: a failed handshake is no reason not to deliver
                     await conn.close(quit=False)
-                    maillog.tls_fallback(relay)
+                    maillog.relay_tls_fallback(relay)
                     return await self._open(host, hop, tls=False)
                 stage = "sending EHLO after STARTTLS"
                 await self._hello(conn)
@@ -343,7 +343,7 @@ class SmtpAgent:
         conn.tls_verified = verify
         obj = tls_stream.version() or "TLS"
         cipher = tls_stream.cipher()
-        maillog.tls_established(conn.relay, verify, obj, cipher[0] if cipher else "")
+        maillog.relay_tls_established(conn.relay, verify, obj, cipher[0] if cipher else "")
 
     async def _auth(self, conn: Connection) -> None:
         user, password = self.r.auth_username, self.r.auth_password
@@ -370,7 +370,7 @@ class SmtpAgent:
                 await conn.command("*", t)
             # a refused login is a configuration problem: defer, never bounce (as Postfix does)
             raise _HostError("4.7.0", f"SASL authentication to {conn.relay} as {user} failed: {show(reply)}", reply)
-        maillog.auth_ok(conn.relay, user)
+        maillog.relay_auth_ok(conn.relay, user)
 
     # -- the message -----------------------------------------------------------
     async def _send(
@@ -537,8 +537,8 @@ class SmtpAgent:
     async def _send_content(self, conn: Connection, request: DeliveryRequest) -> None:
         stuffer = _core.DotStuffer()
         timeout = self.r.data_block_timeout
-        async with await trio.open_file(request.content, "rb") as f:
-            while chunk := await f.read(CHUNK):
+        with request.content.open() as f:
+            while chunk := await trio.to_thread.run_sync(f.read, CHUNK):
                 await conn.send(stuffer.feed(chunk), timeout)
         await conn.send(stuffer.finish(), timeout)
 
@@ -604,9 +604,9 @@ def _is_ip(name: str) -> bool:
 
 async def _header_8bit(request: DeliveryRequest) -> bool:
     """Does the header block hold non-ASCII octets (UTF-8 headers, RFC 6532)?"""
-    async with await trio.open_file(request.content, "rb") as f:
+    with request.content.open() as f:
         seen = b""
-        while chunk := await f.read(CHUNK):
+        while chunk := await trio.to_thread.run_sync(f.read, CHUNK):
             seen += chunk
             end = seen.find(b"\r\n\r\n")
             head = seen if end < 0 else seen[:end]

@@ -154,7 +154,7 @@ class Scheduler:
                 outcomes.extend(Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets)
                 return
             request = DeliveryRequest(
-                env.queue_id, env.sender, self.spool.content_path(env.queue_id), env.arrival, tuple(targets), env.size, dict(env.params)
+                env.queue_id, env.sender, self.spool.content(env.queue_id), env.arrival, tuple(targets), env.size, dict(env.params)
             )
             try:
                 outcomes.extend(await agent.deliver(request))

@@ -10,7 +10,8 @@ A remote recipient's next hop comes from, in order: the transport map (the
 domain itself, then ``.parent`` keys for its subdomains), the relayhost, and
 DNS (the MX records of the recipient's domain, looked up by the SMTP agent
 through route/mx.py).  Whether a client may relay at all is the session's
-decision (``relay_allowed``), passed in here; the router only refuses.
+decision (``relay_allowed``, from smtpd/policy.py), passed in here; the
+router only refuses.
 """
 
 from __future__ import annotations
