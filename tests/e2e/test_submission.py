@@ -100,8 +100,8 @@ def assert_no_secrets(server: Server) -> None:
 
 
 def queue_files(server: Server) -> list[str]:
-    """The ids of the messages in the server's queue (read as `smtprs queue list` does)."""
-    return sorted(env.queue_id for env, _ in read_queue(server.spool_dir))
+    """What the spool holds (queued ids and content files), as the spool's own reader sees it."""
+    return sorted(server.spool_snapshot())
 
 
 # -- swaks ------------------------------------------------------------------------

@@ -23,15 +23,10 @@ from smtprs.smtpd.server import ServerContext
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
-from .conftest import Client, make_config
+from .conftest import Client, make_config, spooled
 
 USER = "alice@example.test"
 PASSWORD = "correct horse battery staple"
-
-
-def _content(ctx, qid: str) -> bytes:  # type: ignore[no-untyped-def]
-    with ctx.spool.content(qid).open() as fh:
-        return fh.read()
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +191,7 @@ async def test_mx_offers_starttls_only_with_a_certificate(ctx_factory, sub_ctx, 
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     assert b" with ESMTPS id " in content and b"(using TLSv1." in content
     assert content.endswith(b"\r\nSubject: t\r\n\r\nhi\r\n")  # no fix-ups on an MX listener
 
@@ -243,7 +238,7 @@ async def test_submissions_is_tls_from_the_first_byte(sub_ctx, client_tls):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Date: Fri, 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     head, _, rest = content.partition(b"\r\nDate: Fri")
     assert b"with ESMTPSA id " + qid.encode() in head
     assert b"(using TLSv1." in head
@@ -401,7 +396,7 @@ async def test_plaintext_auth_only_when_allowed(sub_ctx):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    assert b" with ESMTPA id " in _content(ctx, qid)
+    assert b" with ESMTPA id " in spooled(ctx, qid)
 
 
 # -- relay and senders ------------------------------------------------------------
@@ -512,7 +507,7 @@ async def submit(ctx: ServerContext, client_tls: ssl.SSLContext, message: bytes,
                 r = await c.reply()
         qid = queued_id(r)
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     received_end = content.index(b"\r\n", content.index(b"\tfor <")) + 2
     return content[received_end:]
 
