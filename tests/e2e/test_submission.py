@@ -17,8 +17,6 @@ from typing import Any, Callable
 
 import pytest
 
-from smtprs.queue.spool import read_queue
-
 from .harness import DOMAIN, SMTPClient, Server, check, check_delivered, merge, smtprs_command, split_fields
 from .peers import SinkDump, SmtpSink
 
