@@ -83,6 +83,35 @@ def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str) -> None:
     log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, relay, delay, reason)
 
 
+def relay_problem(qid: str, relay: str, detail: str) -> None:
+    log.info("%s: relay=%s: %s", qid, relay, detail)
+
+
+def relay_tls_established(relay: str, verified: bool, version: str, cipher: str) -> None:
+    log.info("%s TLS connection established to %s: %s with cipher %s", "Verified" if verified else "Untrusted", relay, version, cipher)
+
+
+def relay_tls_fallback(relay: str) -> None:
+    log.info("TLS handshake with %s failed: trying again without TLS (relay.tls = may)", relay)
+
+
+def relay_auth_ok(relay: str, user: str) -> None:
+    log.info("authenticated to %s as %s", relay, user)
+
+
+def notice(qid: str, kind: str, sender: str, notice_qid: str, rcpts: list[str]) -> None:
+    """A delivery status notification about ``qid`` was queued as ``notice_qid``."""
+    log.info("%s: sender %s notification: %s (queued as %s; about %s)", qid, kind, f"<{sender}>", notice_qid, ", ".join(f"<{r}>" for r in rcpts))
+
+
+def no_notice(qid: str, why: str) -> None:
+    log.info("%s: no notification sent: %s", qid, why)
+
+
+def control(command: str, result: str) -> None:
+    log.info("control: %s: %s", command, result)
+
+
 def removed(qid: str) -> None:
     log.info("%s: removed", qid)
 

@@ -64,6 +64,7 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted one ("example.org" = ...)."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 

@@ -1,21 +1,29 @@
 """The router: recipient address -> next hop, the one place routing is decided.
 
-Reads the configuration (local domains, users, Maildir template).  Used twice:
-by the session at RCPT time (accept, reject, or refuse to relay: mail for
-another domain is accepted only when the session's policy lets this client
-relay) and by the scheduler at delivery time (which agent, which mailbox), so
-a configuration change applies to mail already queued.
+Reads the configuration (local domains, users, Maildir template, the relay
+section: transport map, relayhost, TLS policy, SMTP port).  Used twice: by the
+session at RCPT time (accept, reject, or refuse to relay) and by the scheduler
+at delivery time (which agent, which mailbox or next hop), so a configuration
+change applies to mail already queued.
+
+A remote recipient's next hop comes from, in order: the transport map (the
+domain itself, then ``.parent`` keys for its subdomains), the relayhost, and
+DNS (the MX records of the recipient's domain, looked up by the SMTP agent
+through route/mx.py).  Whether a client may relay at all is the session's
+decision (``relay_allowed``, from smtpd/policy.py), passed in here; the
+router only refuses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _core
 from .. import reply as R
-from ..config import Config
+from ..config import Config, parse_nexthop
 from ..errors import AddressError
 
 # Local parts that may name a mailbox directory: no "/", no leading dot, no
@@ -33,14 +41,37 @@ class LocalMailbox:
 
     kind = "local"
 
+    @property
+    def destination(self) -> str:
+        return "local"
+
 
 @dataclass(frozen=True)
-class Remote:
-    """Deliver to another host over SMTP (the SMTP agent finds the MX for ``domain``)."""
+class RemoteHop:
+    """Deliver over SMTP to another host.
 
-    domain: str
+    ``host`` is what the SMTP agent looks up: with ``mx`` true, a domain whose
+    MX records (or, without any, its own address: the implicit MX) give the
+    hosts; with ``mx`` false, one host (a name looked up as A/AAAA, or an IP
+    address).  ``auth`` says the relayhost credentials are to be used.
+    """
+
+    domain: str  # the recipient's domain, lower case
+    host: str
+    port: int
+    mx: bool
+    tls: str  # "none" | "may" | "verify"
+    auth: bool = False
 
     kind = "smtp"
+
+    @property
+    def destination(self) -> str:
+        """What groups recipients into one transaction, shares connections and
+        counts towards the per-destination concurrency limit."""
+        if self.mx:
+            return self.host if self.port == 25 else f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -51,8 +82,12 @@ class Unroutable:
 
     kind = "none"
 
+    @property
+    def destination(self) -> str:
+        return "none"
 
-NextHop = LocalMailbox | Remote | Unroutable
+
+NextHop = LocalMailbox | RemoteHop | Unroutable
 
 
 class Router:
@@ -61,6 +96,9 @@ class Router:
         self._domains = {d.lower() for d in cfg.local.domains}
         self._users = {u.lower() for u in cfg.local.users}
         self._default_domain = cfg.local.domains[0].lower()
+        r = cfg.relay
+        self._transport = {k.lower().rstrip("."): v for k, v in r.transport.items()}
+        self._tls_policy = {k.lower().strip("[]"): v for k, v in r.tls_policy.items()}
 
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self._domains
@@ -68,13 +106,18 @@ class Router:
     def check_recipient(self, path: _core.Path, *, relay_allowed: bool = False) -> R.Reply | None:
         """At RCPT: None if we take mail for ``path``, else the reply refusing it.
 
-        Mail for other domains is taken only when the session's policy allows
-        this client to relay (``relay_allowed``); otherwise 554 5.7.1.
+        ``relay_allowed`` is the session's verdict on the client (a trusted
+        network; later an authenticated user).  Only the domain decides what
+        is remote: source routes are dropped by the parser (RFC 5321 C) and
+        ``%`` or ``!`` in a local part of a local domain is refused, so
+        neither can turn into a relay.
         """
         hop = self._route(path.local_part, path.domain)
-        if isinstance(hop, Remote) and not relay_allowed:
+        if isinstance(hop, Unroutable):
+            return hop.reply
+        if isinstance(hop, RemoteHop) and not relay_allowed:
             return R.RELAY_DENIED
-        return hop.reply if isinstance(hop, Unroutable) else None
+        return None
 
     def route(self, address: str) -> NextHop:
         """At delivery: the next hop for an address stored in an envelope."""
@@ -93,10 +136,44 @@ class Router:
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
         if not self.is_local(domain):
-            return Remote(domain.lower())
+            return self._remote(domain)
         user = local_part.lower()
         if not _SAFE_USER.fullmatch(user) or ".." in user:
             return Unroutable(R.BAD_MAILBOX_NAME)
         if self._users and user not in self._users and user != "postmaster":
             return Unroutable(R.UNKNOWN_USER)
         return LocalMailbox(user, domain.lower(), self.cfg.maildir_path(user, domain.lower()))
+
+    def _remote(self, domain: str) -> RemoteHop | Unroutable:
+        r = self.cfg.relay
+        d = domain.lower().rstrip(".")
+        if d.startswith("["):  # an address literal: that host, no DNS
+            literal = d[1:-1]
+            if literal.startswith("ipv6:"):
+                literal = literal[5:]
+            try:
+                ip = ipaddress.ip_address(literal)
+            except ValueError:
+                return Unroutable(R.Reply(550, "5.1.2", "Unsupported address literal"))
+            return RemoteHop(d, str(ip), r.smtp_port, False, self._tls_for(d, str(ip)))
+        spec = self._transport_for(d)
+        if spec is not None:
+            host, port, mx = parse_nexthop(spec, f"relay.transport.{d}", r.smtp_port)
+            return RemoteHop(d, host, port, mx, self._tls_for(d, host))
+        if r.relayhost:
+            host, port, mx = parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
+            return RemoteHop(d, host, port, mx, self._tls_for(d, host), auth=bool(r.auth_username))
+        return RemoteHop(d, d, r.smtp_port, True, self._tls_for(d, d))
+
+    def _transport_for(self, domain: str) -> str | None:
+        if domain in self._transport:
+            return self._transport[domain]
+        parts = domain.split(".")
+        for i in range(1, len(parts)):
+            key = "." + ".".join(parts[i:])
+            if key in self._transport:
+                return self._transport[key]
+        return None
+
+    def _tls_for(self, domain: str, host: str) -> str:
+        return self._tls_policy.get(domain) or self._tls_policy.get(host) or self.cfg.relay.tls

@@ -1,10 +1,14 @@
 """The running server: listeners, sessions and the queue, in one Trio nursery.
 
 ``serve(cfg)`` opens the spool, starts the scheduler (which picks up mail left
-in the spool by an earlier run), binds every listener and serves sessions
-until cancelled.  ``build(cfg)`` makes what sessions share: the TLS context
+in the spool by an earlier run) and the SMTP delivery agent (whose idle
+connections live in its own task), opens the control socket
+(queue/control.py), binds every listener and serves sessions until
+cancelled.  ``build(cfg)`` makes what sessions share: the TLS context
 (loaded once; a bad certificate stops the start with a ConfigError), the
-users file and failure delays of AUTH, and the relay/sender policy.  Binding happens before ``task_status.started()``, which
+users file and failure delays of AUTH, the relay/sender policy, the delivery
+agents and the notifier (bounce.py).  Binding happens before
+``task_status.started()``, which
 returns the bound addresses, so callers (tests) can use port 0.
 
 Resource policy: each connection runs in its own task and closes its stream in
@@ -28,10 +32,12 @@ from pathlib import Path
 import trio
 
 from .. import maillog
+from ..bounce import Notifier
 from ..config import SUBMISSION_MODES, Config, Listener, parse_host_port
-from ..errors import ListenError, SpoolError
 from ..deliver.maildir import MaildirAgent
-from ..envelope import Envelope
+from ..deliver.smtp import SmtpAgent
+from ..errors import ListenError, SpoolError
+from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
 from ..route.router import Router
@@ -54,6 +60,7 @@ class ServerContext:
     authenticator: Authenticator
     auth_delays: FailureDelays
     policy: Policy
+    smtp: SmtpAgent
     active_sessions: int = 0
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
@@ -62,9 +69,10 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
     hostname = cfg.host_name
     spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
-    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
+    smtp = SmtpAgent(cfg, hostname)
+    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync), "smtp": smtp}
     scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
-    scheduler.on_final_failure = _no_bounce_yet
+    scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
     a = cfg.smtpd.auth
     return ServerContext(
         cfg,
@@ -76,6 +84,7 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
+        smtp=smtp,
     )
 
 
@@ -121,11 +130,6 @@ def _check_users(ctx: ServerContext) -> None:
         maillog.warning(f"smtpd.auth.users_file: no users in {ctx.cfg.users_path} (add some with `smtprs passwd add`): nobody can authenticate")
 
 
-async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
-    rcpts = ", ".join(env.recipients[i].address for i in failed)
-    maillog.warning(f"{env.queue_id}: no bounce sent to <{env.sender}> for {rcpts}: bounces are not implemented yet")
-
-
 async def serve(
     cfg: Config,
     *,
@@ -148,7 +152,7 @@ async def serve(
             continue
         maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
         extra.append(Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents))
-        extra[-1].on_final_failure = ctx.scheduler.on_final_failure
+        extra[-1].notifier = Notifier(cfg, ctx.hostname, extra[-1].spool, extra[-1].submit)
     _check_users(ctx)
     # Bind every listener first, so a port in use fails the start with one clear error.
     bound: list[list[trio.SocketListener]] = []
@@ -167,6 +171,9 @@ async def serve(
             raise ListenError(f"cannot listen on {lst.address}: {e.strerror or e}") from e
     try:
         async with trio.open_nursery() as nursery:
+            # the control socket first: it refuses to start when another server uses this data directory
+            await nursery.start(control.serve, cfg.control_socket_for(worker), [ctx.scheduler, *extra])
+            await nursery.start(ctx.smtp.run)
             await nursery.start(ctx.scheduler.run)
             for sched in extra:
                 await nursery.start(sched.run)

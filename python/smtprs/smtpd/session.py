@@ -21,6 +21,9 @@ listeners a message without Date or Message-ID gets them (RFC 6409 8.2, 8.3):
 the header block is held (at most max_header_size) until its end is seen, the
 missing fields are written after our Received field, and the rest streams on.
 
+DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT are checked
+and kept in the envelope, for bounce.py and for the next hop.
+
 Resource policy: every read is bounded by a timeout (command_timeout between
 commands, data_timeout inside DATA/BDAT), every write by send_timeout, every
 TLS handshake by tls.handshake_timeout; too many error replies close the
@@ -60,6 +63,11 @@ _session_ids = itertools.count(1)
 _FIXUP_FIELDS = re.compile(rb"^(date|message-id):", re.I | re.M)
 
 
+def _valid_envid(value: str) -> bool:
+    """RFC 3461 4.4: printable US-ASCII, at most 100 characters (after xtext decoding)."""
+    return 0 < len(value) <= 100 and all(32 <= ord(c) < 127 for c in value)
+
+
 class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
 
@@ -72,6 +80,7 @@ class Transaction:
     params: dict[str, str | None]
     smtputf8: bool = False
     recipients: list[str] = field(default_factory=list)
+    rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> NOTIFY/ORCPT
     rcpt_attempts: int = 0
     writer: MessageWriter | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
@@ -277,6 +286,7 @@ class Session:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
         ]
         if self.starttls_offered:
             lines.append("STARTTLS")
@@ -430,6 +440,16 @@ class Session:
         if bad:
             self.reply(R.BAD_AUTH_PARAM)
             return
+        ret = params.pop("RET", None) if "RET" in params else None
+        if ret is not None or "RET" in cmd.params:
+            ret = (ret or "").upper()
+            if ret not in ("FULL", "HDRS"):
+                self.reply(R.BAD_RET)
+                return
+        envid = params.pop("ENVID", None) if "ENVID" in params else None
+        if "ENVID" in cmd.params and (envid is None or not _valid_envid(envid)):
+            self.reply(R.BAD_ENVID)
+            return
         if params:
             self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
             return
@@ -442,6 +462,10 @@ class Session:
             kept["BODY"] = body.upper()
         if smtputf8:
             kept["SMTPUTF8"] = None
+        if ret is not None:
+            kept["RET"] = ret
+        if envid is not None:
+            kept["ENVID"] = envid
         if auth_param is not None:
             kept["AUTH"] = auth_param
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
@@ -473,8 +497,24 @@ class Session:
         txn = self.txn
         assert txn is not None and cmd.path is not None
         txn.rcpt_attempts += 1
-        if cmd.params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(cmd.params))}"))
+        params = dict(cmd.params)
+        dsn: dict[str, str] = {}
+        notify = params.pop("NOTIFY", None)
+        if "NOTIFY" in cmd.params:
+            words = [w.strip().upper() for w in (notify or "").split(",")]
+            if not all(w in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) or ("NEVER" in words and len(words) > 1) or len(set(words)) != len(words):
+                self.reply(R.BAD_NOTIFY)
+                return
+            dsn["NOTIFY"] = ",".join(words)
+        orcpt = params.pop("ORCPT", None)
+        if "ORCPT" in cmd.params:
+            kind, sep, value = (orcpt or "").partition(";")
+            if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(value) > 500:
+                self.reply(R.BAD_ORCPT)
+                return
+            dsn["ORCPT"] = f"{kind.strip().lower()};{value}"
+        if params:
+            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
             return
         if cmd.path.is_utf8 and not txn.smtputf8:
             self.reply(R.UTF8_NOT_ASKED)
@@ -491,6 +531,7 @@ class Session:
             return
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
             txn.recipients.append(address)
+            txn.rcpt_params[address] = dsn
         self.reply(R.RECIPIENT_OK)
 
     async def _cmd_data(self, cmd: _core.Command) -> None:
@@ -624,7 +665,7 @@ class Session:
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
-            recipients=[Recipient(a) for a in txn.recipients],
+            recipients=[Recipient(a, params=txn.rcpt_params.get(a, {})) for a in txn.recipients],
             arrival=time.time(),
             size=writer.size,
             client_address=self.peer_ip,
