@@ -18,8 +18,14 @@ from . import maillog
 from .errors import ConfigError
 
 
-def _load(args: argparse.Namespace) -> config_mod.Config:
-    return config_mod.load(args.config)
+def _load(args: argparse.Namespace) -> tuple[config_mod.Config, list[str]]:
+    """The configuration, with the files it names (aliases, virtual map) read
+    and checked; returns the aliases that cannot be expanded (loops), to warn of."""
+    from .route.router import Router
+
+    cfg = config_mod.load(args.config)
+    router = Router(cfg)  # reads the addressing tables: raises ConfigError naming file:line
+    return cfg, router.alias_problems()
 
 
 async def _serve(cfg: config_mod.Config) -> None:
@@ -35,8 +41,10 @@ async def _serve(cfg: config_mod.Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg, problems = _load(args)
     maillog.setup(cfg.log.level, cfg.log.file)
+    for problem in problems:
+        maillog.warning(f"aliases: {problem}")
     try:
         trio.run(_serve, cfg)
     except OSError as e:
@@ -46,7 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load(args)
+    _cfg, problems = _load(args)
+    for problem in problems:
+        print(f"warning: {problem}")
     print("config ok")
     return 0
 

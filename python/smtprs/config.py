@@ -45,7 +45,7 @@ def _copy(value: Any) -> Any:
     return value
 
 
-Mode = Literal["mx"]
+Mode = Literal["mx", "lmtp"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Listener:
     """One listening socket."""
 
     address: str = _f("127.0.0.1:2525", "Address and port to listen on: `host:port`, `[ipv6]:port`.")
-    mode: Mode = _f("mx", "What the listener serves: `mx` (SMTP from other servers and clients, port 25 behaviour).")
+    mode: Mode = _f("mx", "What the listener serves: `mx` (SMTP from other servers and clients, port 25 behaviour); `lmtp` (RFC 2033 for another MTA handing mail over for final delivery: LHLO, one reply per recipient after the data, each given only once the mail is in the mailbox; nothing is queued).")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,16 @@ class Local:
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
     users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
+    delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
+    mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
+    lock_timeout: float = _f(30.0, "Seconds an mbox delivery waits for the mailbox lock (fcntl and dotlock) before it is deferred.", min=0.001)
+    lmtp: str = _f("127.0.0.1:24", "The LMTP server that gets local mail when local.delivery is `lmtp`: `host:port`, `[ipv6]:port` or `unix:/path/to/socket`.")
+    lmtp_timeout: float = _f(300.0, "Seconds to wait for the LMTP server: for the connection and for each reply.", min=0.001)
+    aliases: str = _f("", "Aliases file in the /etc/aliases format (`name: address, address`); empty for none. Names apply to every local domain; read at start-up.")
+    virtual_domains: list[str] = _f([], "Virtual domains: domains we take mail for whose addresses exist only in local.virtual_map (no mailbox of their own).")
+    virtual_map: str = _f("", "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.")
+    recipient_delimiter: str = _f("+", "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).")
+    case_sensitive: bool = _f(False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox).")
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,13 @@ class Config:
 
     def maildir_path(self, user: str, domain: str) -> Path:
         return self.data_path / self.local.maildir.format(user=user, domain=domain)
+
+    def mbox_path(self, user: str, domain: str) -> Path:
+        return self.data_path / self.local.mbox.format(user=user, domain=domain)
+
+    def file_path(self, name: str) -> Path | None:
+        """A file named in the config (aliases, virtual map): None when empty, else relative to data_dir."""
+        return self.data_path / name if name else None
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in {d.lower() for d in self.local.domains}
@@ -263,6 +280,16 @@ def parse_host_port(text: str, key: str) -> tuple[str, int]:
     return host, n
 
 
+def parse_socket_address(text: str, key: str) -> tuple[str, int] | str:
+    """``unix:/path`` -> the path (a str); ``host:port`` -> (host, port)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ConfigError(f"{key}: expected unix:/path, got {text!r}")
+        return path
+    return parse_host_port(text, key)
+
+
 def _check(cfg: Config) -> None:
     """Checks across keys, after the types are right."""
     if not cfg.smtpd.listeners:
@@ -279,12 +306,23 @@ def _check(cfg: Config) -> None:
     for i, d in enumerate(cfg.local.domains):
         if not d or any(c in d for c in " /@[]"):
             raise ConfigError(f"local.domains[{i}]: not a domain name: {d!r}")
-    try:
-        cfg.local.maildir.format(user="u", domain="d")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"local.maildir: bad template {cfg.local.maildir!r} (only {{user}} and {{domain}}): {e}") from None
-    if "{user}" not in cfg.local.maildir:
-        raise ConfigError("local.maildir: the template must contain {user}")
+    for key in ("maildir", "mbox"):
+        template = getattr(cfg.local, key)
+        try:
+            template.format(user="u", domain="d")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"local.{key}: bad template {template!r} (only {{user}} and {{domain}}): {e}") from None
+        if "{user}" not in template:
+            raise ConfigError(f"local.{key}: the template must contain {{user}}")
+    parse_socket_address(cfg.local.lmtp, "local.lmtp")
+    local = {d.lower() for d in cfg.local.domains}
+    for i, d in enumerate(cfg.local.virtual_domains):
+        if not d or any(c in d for c in " /@[]"):
+            raise ConfigError(f"local.virtual_domains[{i}]: not a domain name: {d!r}")
+        if d.lower() in local:
+            raise ConfigError(f"local.virtual_domains[{i}]: {d!r} is also in local.domains (a domain is either local or virtual)")
+    if any(c in cfg.local.recipient_delimiter for c in '@" \t\\'):
+        raise ConfigError(f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes")
     if cfg.queue.retry_max < cfg.queue.retry_min:
         raise ConfigError("queue.retry_max: must be >= queue.retry_min")
 

@@ -25,6 +25,9 @@ class Recipient:
     next_attempt: float = 0.0
     last_error: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    # the address given at RCPT when alias/virtual expansion or sub-addressing
+    # changed it ("" when ``address`` is what the client gave)
+    original: str = ""
 
     @property
     def final(self) -> bool:

@@ -45,16 +45,26 @@ def queued(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
     log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queue active)", qid, sender, size, nrcpt, peer)
 
 
-def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, relay, delay, detail)
+def _orig(orig: str) -> str:
+    return f", orig_to=<{orig}>" if orig else ""
 
 
-def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=deferred (%s), retry in %.0fs", qid, rcpt, relay, delay, reason, retry_in)
+def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str, *, orig: str = "") -> None:
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, _orig(orig), relay, delay, detail)
 
 
-def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, relay, delay, reason)
+def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float | None, *, orig: str = "") -> None:
+    """``retry_in`` None: not ours to retry (an LMTP client was told 4xx)."""
+    retry = f", retry in {retry_in:.0f}s" if retry_in is not None else ""
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=deferred (%s)%s", qid, rcpt, _orig(orig), relay, delay, reason, retry)
+
+
+def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str, *, orig: str = "") -> None:
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, _orig(orig), relay, delay, reason)
+
+
+def lmtp_received(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
+    log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (LMTP: delivering now, not queued)", qid, sender, size, nrcpt, peer)
 
 
 def removed(qid: str) -> None:

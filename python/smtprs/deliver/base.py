@@ -8,7 +8,7 @@ again later" (4xx, network or disk trouble); ``failed`` is permanent (5xx).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -31,6 +31,7 @@ class DeliveryRequest:
     content: Path
     arrival: float
     targets: tuple[Target, ...]
+    params: dict[str, str] = field(default_factory=dict)  # the envelope's MAIL parameters (BODY, SMTPUTF8)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class MaildirAgent:
-    name = "local"
+    name = "maildir"
 
     def __init__(self, hostname: str, *, fsync: bool = True) -> None:
         self.hostname = hostname

@@ -133,7 +133,7 @@ class Scheduler:
             if agent is None:
                 outcomes += [Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets]
                 continue
-            request = DeliveryRequest(env.queue_id, env.sender, self.spool.content_path(env.queue_id), env.arrival, tuple(targets))
+            request = DeliveryRequest(env.queue_id, env.sender, self.spool.content_path(env.queue_id), env.arrival, tuple(targets), dict(env.params))
             try:
                 outcomes += await agent.deliver(request)
             except Exception as e:
@@ -161,18 +161,18 @@ class Scheduler:
             if o.status == "delivered":
                 r.state = "delivered"
                 r.last_error = ""
-                maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail)
+                maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail, orig=r.original)
             elif o.status == "failed":
                 r.state = "failed"
                 r.last_error = o.detail
-                maillog.failed(env.queue_id, r.address, o.relay, delay, o.detail)
+                maillog.failed(env.queue_id, r.address, o.relay, delay, o.detail, orig=r.original)
             elif delay >= q.max_lifetime:
                 r.state = "failed"
                 r.last_error = f"message expired after {delay:.0f}s in the queue; last error: {o.detail}"
-                maillog.failed(env.queue_id, r.address, o.relay, delay, r.last_error)
+                maillog.failed(env.queue_id, r.address, o.relay, delay, r.last_error, orig=r.original)
             else:
                 r.state = "deferred"
                 r.last_error = o.detail
                 wait = backoff(r.attempts, q.retry_min, q.retry_max)
                 r.next_attempt = now + wait
-                maillog.deferred(env.queue_id, r.address, o.relay, delay, o.detail, wait)
+                maillog.deferred(env.queue_id, r.address, o.relay, delay, o.detail, wait, orig=r.original)

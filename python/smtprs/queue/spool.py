@@ -76,6 +76,14 @@ class MessageWriter:
         except OSError as e:  # ENOSPC, EDQUOT, EIO: remembered, reported at commit
             self.failed = e
 
+    def flush(self) -> None:
+        """Hand buffered content to the file (no fsync), so another reader sees it all."""
+        if self.failed is None and not self._fh.closed:
+            try:
+                self._fh.flush()
+            except OSError as e:
+                self.failed = e
+
     def _close(self) -> None:
         if not self._fh.closed:
             try:

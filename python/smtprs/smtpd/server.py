@@ -20,7 +20,10 @@ import trio
 
 from .. import maillog
 from ..config import Config, parse_host_port
+from ..deliver.base import DeliveryAgent
+from ..deliver.lmtp import LmtpAgent
 from ..deliver.maildir import MaildirAgent
+from ..deliver.mbox import MboxAgent
 from ..envelope import Envelope
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
@@ -37,6 +40,7 @@ class ServerContext:
     router: Router
     scheduler: Scheduler
     hostname: str
+    agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
     active_sessions: int = 0
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
@@ -45,10 +49,14 @@ def build(cfg: Config) -> ServerContext:
     hostname = cfg.host_name
     spool = Spool(cfg.spool_path, fsync=cfg.queue.fsync)
     router = Router(cfg)
-    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
-    scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
+    agents: dict[str, DeliveryAgent] = {
+        "maildir": MaildirAgent(hostname, fsync=cfg.queue.fsync),
+        "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=cfg.queue.fsync),
+        "lmtp": LmtpAgent(hostname, timeout=cfg.local.lmtp_timeout),
+    }
+    scheduler = Scheduler(cfg, spool, router, agents)
     scheduler.on_final_failure = _no_bounce_yet
-    return ServerContext(cfg, spool, router, scheduler, hostname)
+    return ServerContext(cfg, spool, router, scheduler, hostname, agents)
 
 
 async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
@@ -69,11 +77,11 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = tr
                 addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
                 ctx.bound.append((sockname[0], sockname[1], lst.mode))
                 maillog.listening(addr, lst.mode)
-            nursery.start_soon(trio.serve_listeners, _handler(ctx), listeners)
+            nursery.start_soon(trio.serve_listeners, _handler(ctx, lst.mode), listeners)
         task_status.started(ctx)
 
 
-def _handler(ctx: ServerContext):  # type: ignore[no-untyped-def]
+def _handler(ctx: ServerContext, mode: str):  # type: ignore[no-untyped-def]
     async def handle(stream: trio.SocketStream) -> None:
         ctx.active_sessions += 1
         try:
@@ -81,7 +89,7 @@ def _handler(ctx: ServerContext):  # type: ignore[no-untyped-def]
                 peer = stream.socket.getpeername()
             except OSError:
                 return
-            await Session(ctx, stream, peer[0], peer[1]).run()
+            await Session(ctx, stream, peer[0], peer[1], mode=mode).run()
         finally:
             ctx.active_sessions -= 1
             with trio.move_on_after(1):

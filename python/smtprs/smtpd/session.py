@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _core, maillog
+from . import lmtp
 from .. import reply as R
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
 from ..queue.spool import MessageWriter
+from ..route.router import Unroutable
 
 if TYPE_CHECKING:
     from .server import ServerContext
@@ -47,7 +49,9 @@ class Transaction:
     sender: _core.Path
     params: dict[str, str | None]
     smtputf8: bool = False
-    recipients: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)  # accepted RCPT addresses, as given
+    targets: dict[str, str] = field(default_factory=dict)  # expanded recipient -> the RCPT address it came from
+    lmtp_slots: list[lmtp.Slot] = field(default_factory=list)  # LMTP: every accepted RCPT, one reply each after the data
     rcpt_attempts: int = 0
     writer: MessageWriter | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
@@ -82,8 +86,11 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
 
 
 class Session:
-    def __init__(self, ctx: ServerContext, stream: trio.abc.Stream, peer_ip: str, peer_port: int) -> None:
+    def __init__(self, ctx: ServerContext, stream: trio.abc.Stream, peer_ip: str, peer_port: int, *, mode: str = "mx") -> None:
         self.ctx = ctx
+        # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
+        # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
+        self.lmtp = mode == "lmtp"
         self.cfg = ctx.cfg
         self.stream = stream
         self.peer_ip = peer_ip
@@ -128,7 +135,8 @@ class Session:
                 self.reply(R.TOO_MANY_CONNECTIONS)
                 await self.flush()
                 return
-            self.out += R.Reply(220, None, f"{self.ctx.hostname} {self.cfg.smtpd.banner}").encode()
+            banner = "LMTP smtprs" if self.lmtp else self.cfg.smtpd.banner
+            self.out += R.Reply(220, None, f"{self.ctx.hostname} {banner}").encode()
             await self.flush()
             await self._loop()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError):
@@ -206,11 +214,20 @@ class Session:
         await handler(cmd)
 
     async def _cmd_helo(self, cmd: _core.Command) -> None:
+        if self.lmtp:
+            self.reply(R.LMTP_USE_LHLO)
+            return
         self._greet("HELO", cmd.arg)
         self.reply(R.Reply(250, None, self.ctx.hostname))
 
     async def _cmd_ehlo(self, cmd: _core.Command) -> None:
+        if self.lmtp:
+            self.reply(R.LMTP_USE_LHLO)
+            return
         self._greet("EHLO", cmd.arg)
+        self._extensions()
+
+    def _extensions(self) -> None:
         lines = (
             self.ctx.hostname,
             "PIPELINING",
@@ -223,7 +240,11 @@ class Session:
         self.reply(R.Reply(250, None, lines))
 
     async def _cmd_lhlo(self, cmd: _core.Command) -> None:
-        self.reply(R.NOT_IMPLEMENTED)
+        if not self.lmtp:
+            self.reply(R.NOT_IMPLEMENTED)
+            return
+        self._greet("LHLO", cmd.arg)
+        self._extensions()
 
     def _greet(self, kind: str, name: str) -> None:
         self._abort_message()
@@ -278,14 +299,23 @@ class Session:
         if len(txn.recipients) >= self.cfg.smtpd.max_recipients:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
-        refusal = self.ctx.router.check_recipient(cmd.path)
+        expansion = self.ctx.router.expand(cmd.path)
         address = cmd.path.address()
-        if refusal is not None:
-            maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
-            self.reply(refusal)
+        if isinstance(expansion, Unroutable):
+            maillog.reject(self.id, self.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
+            self.reply(expansion.reply)
             return
+        if self.lmtp:
+            refusal = lmtp.check_targets(self.ctx, address, expansion.addresses)
+            if refusal is not None:
+                maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+                self.reply(refusal)
+                return
+            txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
             txn.recipients.append(address)
+        for target in expansion.addresses:  # so does a mailbox reached twice
+            txn.targets.setdefault(target, address)
         self.reply(R.RECIPIENT_OK)
 
     async def _cmd_data(self, cmd: _core.Command) -> None:
@@ -294,7 +324,7 @@ class Session:
         if txn.mode == "BDAT":
             self.reply(R.BDAT_AFTER_DATA)
             return
-        if not self._open_message(txn, "ESMTP" if self.greeting == "EHLO" else "SMTP"):
+        if not self._open_message(txn, {"EHLO": "ESMTP", "LHLO": "LMTP"}.get(self.greeting or "", "SMTP")):
             return
         txn.mode = "DATA"
         self.reply(R.START_DATA)
@@ -310,7 +340,7 @@ class Session:
             self._bdat_refused(R.BDAT_AFTER_DATA)
             return
         if txn.writer is None:
-            if not self._open_message(txn, "ESMTP", quiet=True):
+            if not self._open_message(txn, "LMTP" if self.lmtp else "ESMTP", quiet=True):
                 return
             txn.mode = "BDAT"
 
@@ -353,7 +383,7 @@ class Session:
             return False
         txn.writer = writer
         if txn.smtputf8:
-            protocol = "UTF8SMTP"
+            protocol = "UTF8LMTP" if self.lmtp else "UTF8SMTP"
         writer.write(self._received_header(writer.queue_id, protocol, txn))
         return True
 
@@ -380,27 +410,31 @@ class Session:
         if failure is not None or txn is None or txn.writer is None:
             if txn is not None and txn.writer is not None:
                 self.ctx.spool.abort(txn.writer)
-            self.reply(failure or R.NEED_MAIL)
+            self._final_reply(txn, failure or R.NEED_MAIL)
             return
         writer = txn.writer
         if event.error is not None:
             self.ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
             maillog.reject(self.id, self.peer, "DATA", r, f"from=<{txn.sender.address()}> size={event.size}")
-            self.reply(r)
+            self._final_reply(txn, r)
             return
         if event.received_count > self.cfg.smtpd.max_received_headers:
             self.ctx.spool.abort(writer)
             maillog.reject(self.id, self.peer, "DATA", R.TOO_MANY_HOPS, f"from=<{txn.sender.address()}> received={event.received_count}")
-            self.reply(R.TOO_MANY_HOPS)
+            self._final_reply(txn, R.TOO_MANY_HOPS)
             return
         params = {k: v or "" for k, v in txn.params.items()}
         if event.eight_bit and "BODY" not in params:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
+        if self.lmtp:
+            for r in await lmtp.deliver_now(self.ctx, writer, txn.sender.address(), txn.lmtp_slots, params, self.id, self.peer):
+                self.out += r.encode()  # a mailbox's trouble is not the client's error: not counted
+            return
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
-            recipients=[Recipient(a) for a in txn.recipients],
+            recipients=[Recipient(t, original=o if o != t else "") for t, o in txn.targets.items()],
             arrival=time.time(),
             size=writer.size,
             client_address=self.peer_ip,
@@ -417,6 +451,11 @@ class Session:
         maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer)
         self.ctx.scheduler.submit(env)
         self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
+
+    def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
+        """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
+        for _ in (txn.lmtp_slots if self.lmtp and txn is not None and txn.lmtp_slots else (None,)):
+            self.reply(r)
 
     def _abort_message(self) -> None:
         if self.txn is not None and self.txn.writer is not None:
