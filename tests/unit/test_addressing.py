@@ -228,3 +228,36 @@ def test_postmaster_always_accepted(tmp_path):
     r = router(tmp_path, users=["alice"])
     assert expand(r, "Postmaster") == ("postmaster@example.test",)
     assert expand(r, "postmaster@example.test") == ("postmaster@example.test",)
+
+
+# -- the session stores the expanded recipients --------------------------------------
+
+
+async def test_session_stores_expanded_recipients_with_their_original(ctx_factory, tmp_path):
+    import trio
+
+    from smtprs.envelope import Envelope
+
+    from .conftest import start_session
+
+    (tmp_path / "aliases").write_text("staff: alice, bob\nloop1: loop2\nloop2: loop1\n")
+    ctx = ctx_factory(local={"aliases": "aliases"})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO x")
+        await c.cmd("MAIL FROM:<a@remote.test>")
+        assert (await c.cmd("RCPT TO:<Staff@example.test>")).code == 250
+        assert (await c.cmd("RCPT TO:<alice+tag@example.test>")).code == 250
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250  # already reached through staff
+        r = await c.cmd("RCPT TO:<loop1@example.test>")
+        assert (r.code, r.enhanced) == (550, "5.4.6") and "Alias loop" in r.text
+        await c.cmd("DATA")
+        r = await c.cmd(b"Subject: x\r\n\r\ny\r\n.")
+        qid = r.text.rsplit(" ", 1)[1]
+        n.cancel_scope.cancel()
+    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    assert [(r.address, r.original) for r in env.recipients] == [
+        ("alice@example.test", "Staff@example.test"),
+        ("bob@example.test", "Staff@example.test"),
+        ("alice+tag@example.test", ""),
+    ]
