@@ -135,6 +135,10 @@ class Server:
         self.log_path = base / "server.log"
         self.port = free_port()
         self.overrides = overrides or {}
+        # listeners in the overrides are extra ones (lmtp, pop3, ...) beside the
+        # main mx listener; each gets a free port unless it names an address
+        self.extra_listeners: list[dict[str, Any]] = list(self.overrides.get("smtpd", {}).get("listeners", []))
+        self.extra_ports = [free_port() for _ in self.extra_listeners]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.write_config()
@@ -153,8 +157,17 @@ class Server:
             "queue": {"retry_min": 0.5, "retry_max": 2.0},
         }
         cfg = merge(base, self.overrides)
-        cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
+        cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}] + [
+            {**lst, "address": lst.get("address") or f"127.0.0.1:{port}"} for lst, port in zip(self.extra_listeners, self.extra_ports)
+        ]
         return cfg
+
+    def port_of(self, mode: str) -> int:
+        """The port of the (first) extra listener in ``mode``."""
+        for lst, port in zip(self.extra_listeners, self.extra_ports):
+            if lst.get("mode") == mode:
+                return port
+        raise KeyError(f"no {mode} listener in this server's configuration")
 
     def write_config(self) -> None:
         self.config_path.write_text(to_toml(self.config()))
@@ -174,6 +187,7 @@ class Server:
             except ServerError as e:
                 if "in use" in str(e) and attempt < 2:  # the free port was taken meanwhile
                     self.port = free_port()
+                    self.extra_ports = [free_port() for _ in self.extra_listeners]
                     self.write_config()
                     continue
                 raise
@@ -199,11 +213,12 @@ class Server:
             _LIVE.add(self)
         deadline = time.monotonic() + timeout
         announce = f"listening on 127.0.0.1:{self.port}"
+        extra = [f"listening on 127.0.0.1:{p}" for lst, p in zip(self.extra_listeners, self.extra_ports) if not lst.get("address")]
         while True:
             text = self._read_log(offset)
             if self.proc.poll() is not None:
                 raise ServerError(f"smtprs serve exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if announce in text and _accepts(self.port):
+            if announce in text and all(a in text for a in extra) and _accepts(self.port):
                 return
             if time.monotonic() > deadline:
                 self.dump_and_kill()
