@@ -6,7 +6,8 @@
 #   make test    install everything the tests need on a fresh Debian 12 (Debian
 #                packages such as swaks, the Rust build, the Python test
 #                packages) and run the whole suite: cargo test, then pytest
-#   make bench   the pytest-benchmark benchmarks of the Rust core (benches/)
+#   make bench   the pytest-benchmark benchmarks of the Rust core (benches/);
+#                make bench-rust for the criterion ones (rust/benches/)
 #   make e2e     only the end-to-end tests (no reinstall)
 #   make lint    clippy, rustfmt --check, mypy and mypy.stubtest
 #
@@ -26,7 +27,7 @@ VENV := $(CURDIR)/build/venv
 # libpython for `cargo test` (pyo3 links it when extension-module is off)
 PY_LIBDIR = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 
-.PHONY: run test bench e2e unit core lint deps deps-build python-env install-test cargo-test pytest clean
+.PHONY: run test bench bench-rust e2e unit core lint deps deps-build python-env install-test cargo-test pytest clean
 
 run: deps-build python-env
 	$(PIP) install .
@@ -67,6 +68,9 @@ unit:
 
 bench: deps-build install-test
 	$(PYTHON) -m pytest benches --benchmark-only $(PYTEST_ARGS)
+
+bench-rust:
+	PYO3_PYTHON="$(PYTHON)" LD_LIBRARY_PATH="$(PY_LIBDIR)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" cargo bench --workspace
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

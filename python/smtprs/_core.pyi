@@ -122,7 +122,8 @@ class CommandError:
     Covers: unknown verb (500 5.5.2), line too long (500 5.5.2), bare CR or LF
     in a command line (500 5.5.2), NUL or invalid UTF-8 (500 5.5.2), bad syntax
     (501 5.5.4), bad address (553 5.1.7 for MAIL, 553 5.1.3 for RCPT),
-    unknown or repeated ESMTP parameter (555 5.5.4).
+    repeated ESMTP parameter (555 5.5.4).  Whether a well-formed parameter is
+    supported is the session's call (555 5.5.4 too).
     """
 
     @property
@@ -167,8 +168,8 @@ class DataEnd:
 
     ``error`` is None when the content is acceptable; otherwise one of
     ``"size"`` (over max_message_size: 552 5.3.4), ``"line_length"`` (a text
-    line over max_text_line octets with its CRLF: 554 5.6.0), ``"bare_newline"``
-    (a bare CR or LF in DATA: 554 5.5.2), ``"header_size"`` (header block over
+    line over max_text_line octets with its CRLF, DATA only: 554 5.6.0),
+    ``"bare_newline"`` (a bare CR or LF in DATA: 554 5.5.2), ``"header_size"`` (header block over
     max_header_size: 552 5.3.4), with the reply in code/enhanced/text (code 0
     and "" when error is None).  The first error found wins.
     DataChunk events stop once an error is found; the rest of the message is
@@ -229,7 +230,7 @@ class ServerConnection:
         max_header_size: int = 1048576,
         smtputf8: bool = True,
     ) -> Self: ...
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes read from the peer; ``b""`` means the peer closed."""
     def next_event(self) -> Event | None:
         """The next event, or None when more data is needed."""
@@ -282,7 +283,7 @@ class ReplyParser:
     """Incremental parser for server replies (client side); multi-line replies joined."""
 
     def __new__(cls, *, max_line: int = 4096) -> Self: ...
-    def receive_data(self, data: bytes) -> None: ...
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None: ...
     def next_reply(self) -> Reply | None:
         """A whole reply, or None when more data is needed; raises smtprs.errors.ParseError on garbage."""
 
@@ -295,19 +296,23 @@ class DotStuffer:
     """
 
     def __init__(self) -> None: ...
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes: ...
     def finish(self) -> bytes: ...
 
-def dot_stuff(data: bytes) -> bytes:
+def dot_stuff(data: bytes | bytearray | memoryview) -> bytes:
     """One-shot DotStuffer: the whole DATA payload including the final ``.\\r\\n``."""
 
-def dot_unstuff(data: bytes) -> bytes:
-    """Un-stuff a complete DATA payload ending in ``\\r\\n.\\r\\n`` (tests, benchmarks)."""
+def dot_unstuff(data: bytes | bytearray | memoryview) -> bytes:
+    """Un-stuff a complete DATA payload ending in ``\\r\\n.\\r\\n`` (tests, benchmarks).
+
+    Raises smtprs.errors.ParseError on a bare CR or LF, a missing end, or
+    octets after the end.
+    """
 
 @final
 class LfConverter:
     """Streaming CRLF -> LF conversion for Unix mailbox files (Maildir/mbox)."""
 
     def __init__(self) -> None: ...
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes: ...
     def finish(self) -> bytes: ...

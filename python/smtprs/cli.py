@@ -15,7 +15,7 @@ import trio
 
 from . import config as config_mod
 from . import maillog
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 
 
 def _load(args: argparse.Namespace) -> tuple[config_mod.Config, list[str]]:
@@ -45,12 +45,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     maillog.setup(cfg.log.level, cfg.log.file)
     for problem in problems:
         maillog.warning(f"aliases: {problem}")
+    failed = False
     try:
         trio.run(_serve, cfg)
-    except OSError as e:
-        maillog.error(f"cannot serve: {e}")
-        return 1
-    return 0
+    except* ListenError as group:
+        failed = True
+        for e in group.exceptions:
+            maillog.error(str(e))
+    return 1 if failed else 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -45,3 +45,7 @@ class SpoolError(SmtprsError):
     def __init__(self, message: str, *, storage_full: bool = False) -> None:
         super().__init__(message)
         self.storage_full = storage_full
+
+
+class ListenError(SmtprsError):
+    """A listening socket could not be opened (address in use, permission)."""

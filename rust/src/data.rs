@@ -314,12 +314,20 @@ impl DataDecoder {
                     Some(k) => {
                         let p = i + k;
                         self.line_len += k as u64 + 1;
-                        if input[p] == b'\r' {
-                            self.state = State::Cr;
-                        } else {
+                        if input[p] != b'\r' {
                             self.scan.fail(ContentError::BareNewline);
+                            i = p + 1;
+                        } else if p + 2 < n && input[p + 1] == b'\n' && input[p + 2] != b'.' {
+                            // The common case: CRLF and a line that does not
+                            // start with a dot; stay in the line loop.
+                            self.line_len += 1;
+                            self.check_line();
+                            self.line_len = 0;
+                            i = p + 2;
+                        } else {
+                            self.state = State::Cr;
+                            i = p + 1;
                         }
-                        i = p + 1;
                     }
                     None => {
                         self.line_len += (n - i) as u64;

@@ -88,6 +88,21 @@ def test_tail_of_long_line_is_not_a_command(server: Server) -> None:
     assert server.mail("alice") == []
 
 
+def test_syntax_errors(server: Server) -> None:
+    with server.connect() as c:
+        c.expect("HELO", 501, "5.5.4")
+        c.expect("EHLO", 501, "5.5.4")
+        c.ehlo()
+        c.expect(f"MAIL FROM <{SENDER}>", 501, "5.5.4")
+        c.expect(f"MAIL <{SENDER}>", 501, "5.5.4")
+        c.expect(f"MAIL FROM:<{SENDER}>", 250)
+        c.expect(f"RCPT <alice@{DOMAIN}>", 501, "5.5.4")
+        c.expect("XYZZY", 500, "5.5.2")
+        c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
+        c.expect("RSET", 250)
+        same_session_delivers(c, server, "alice")
+
+
 def test_nul_bytes_in_commands(server: Server) -> None:
     with server.connect() as c:
         c.ehlo()
@@ -585,6 +600,8 @@ def test_relay_refused(server: Server) -> None:
     assert not [k for k in server.spool_snapshot() if k not in before and r.qid not in k], server.spool_snapshot()
     for line in server.log().splitlines():
         assert not re.search(r": [0-9A-Z]+: to=<someone@", line), f"a refused recipient reached the queue: {line}"
+    rejects = [line for line in server.log().splitlines() if "reject" in line and "someone@elsewhere.test" in line]
+    assert rejects and all("554 5.7.1" in line for line in rejects), "each refused RCPT is logged with its reply"
 
 
 def test_connection_dropped_mid_transaction(server: Server) -> None:
@@ -600,3 +617,43 @@ def test_connection_dropped_mid_transaction(server: Server) -> None:
     assert_still_serves(server)
     time.sleep(0.5)
     assert server.mail("alice") == []
+
+
+def test_bdat_without_a_valid_size(server: Server) -> None:
+    """A BDAT whose size cannot be read leaves the stream unframed: refused, and the server goes on."""
+    with server.connect() as c:
+        c.ehlo()
+        c.expect(f"MAIL FROM:<{SENDER}>", 250)
+        c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
+        c.send(b"BDAT abc\r\nQUIT\r\n")
+        check(c.reply(), 501, "5.5.4", "BDAT abc")
+        try:
+            r = c.reply(timeout=5)
+        except ConnectionClosed:
+            r = None
+        # either the session ends (421) or it goes on (and the QUIT that followed is answered)
+        assert r is None or r.code in (421, 221), r
+    time.sleep(0.5)
+    assert server.mail("alice") == []
+    assert_still_serves(server)
+
+
+def test_connection_limit(make_server) -> None:
+    srv = make_server({"smtpd": {"max_connections": 2}})
+    first, second = srv.connect(), srv.connect()
+    with SMTPClient(srv.port) as third:
+        check(third.reply(), 421, "4.3.2", "a session over max_connections")
+        third.wait_closed(5)
+    second.ehlo()  # the sessions already open are not disturbed
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:  # the freed slot is given to the next client
+        with SMTPClient(srv.port) as c:
+            r = c.reply()
+            if r.code == 220:
+                c.ehlo()
+                same_session_delivers(c, srv, "alice")
+                break
+        assert time.monotonic() < deadline, "a closed session did not free its slot"
+        time.sleep(0.1)
+    second.close()

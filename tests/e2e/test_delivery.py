@@ -93,6 +93,7 @@ def test_plain_message_smtplib(server: Server) -> None:
     server.wait_log(rf"{qid}: to=<alice@{DOMAIN}>, relay=local.*status=sent")
     lines = server.log_lines(qid)
     assert any(f"from=<{SENDER}>" in line and f"size=" in line and "nrcpt=1" in line for line in lines), lines
+    assert any("connect" in line and "127.0.0.1" in line for line in server.log().splitlines()), "no connect line in the log"
 
 
 def test_sendmail_with_size_parameter(server: Server) -> None:
@@ -330,7 +331,7 @@ def test_null_sender_and_special_addresses(server: Server) -> None:
 
 
 def test_leading_dots(server: Server) -> None:
-    body = b".\r\n..\r\n...\r\n.hidden\r\n. space\r\nmiddle . dot\r\n.\r\n"
+    body = b".\r\n..\r\n...\r\n.hidden\r\n. space\r\nmiddle . dot\r\n   \r\n\t\r\ntrailing  \r\n\r\n\r\n.\r\n"
     msg = make_message("dots", body)
     with server.connect() as c:
         c.ehlo()
@@ -338,7 +339,7 @@ def test_leading_dots(server: Server) -> None:
         check(r, 250, "2.0.0")
     (f,) = server.wait_mail("alice", 1, settle=0.3)
     check_delivered(f, msg, sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=r.qid)
-    assert f.read_bytes().endswith(b"\n.\n..\n...\n.hidden\n. space\nmiddle . dot\n.\n")
+    assert f.read_bytes().endswith(b"\n.\n..\n...\n.hidden\n. space\nmiddle . dot\n   \n\t\ntrailing  \n\n\n.\n")
 
 
 def test_line_of_998_octets(server: Server) -> None:
@@ -356,6 +357,16 @@ def test_line_of_998_octets(server: Server) -> None:
         check(r, 250, "2.0.0")
     (f,) = server.wait_mail("alice", 1, settle=0.3)
     check_delivered(f, msg, sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=r.qid)
+
+
+def test_empty_message(server: Server) -> None:
+    """DATA followed at once by the final dot: a message of zero octets, delivered as our three fields."""
+    with server.connect() as c:
+        c.ehlo()
+        r = c.send_message(SENDER, [f"alice@{DOMAIN}"], b"")
+        check(r, 250, "2.0.0")
+    (f,) = server.wait_mail("alice", 1, settle=0.3)
+    check_delivered(f, b"", sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=r.qid)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import maillog
+from ..errors import ListenError
 from ..config import Config, parse_host_port
 from ..deliver.base import DeliveryAgent
 from ..deliver.lmtp import LmtpAgent
@@ -66,12 +67,21 @@ async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
 
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
     ctx = build(cfg)
+    # Bind every listener first, so a port in use fails the start with one clear error.
+    bound: list[list[trio.SocketListener]] = []
+    for lst in cfg.smtpd.listeners:
+        host, port = parse_host_port(lst.address, "smtpd.listeners")
+        bind_host = None if host in ("*", "") else host
+        try:
+            bound.append(await trio.open_tcp_listeners(port, host=bind_host))
+        except OSError as e:
+            for group in bound:
+                for tl in group:
+                    await tl.aclose()
+            raise ListenError(f"cannot listen on {lst.address}: {e.strerror or e}") from e
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.scheduler.run)
-        for lst in cfg.smtpd.listeners:
-            host, port = parse_host_port(lst.address, "smtpd.listeners")
-            bind_host = None if host in ("*", "") else host
-            listeners = await trio.open_tcp_listeners(port, host=bind_host)
+        for lst, listeners in zip(cfg.smtpd.listeners, bound):
             for tl in listeners:
                 sockname = tl.socket.getsockname()
                 addr = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
