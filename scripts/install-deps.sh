@@ -2,6 +2,10 @@
 # Install the Debian packages that building smtprs and running its tests need.
 #
 #   swaks          the SMTP test client of the end-to-end suite
+#   dovecot-imapd, dovecot-lmtpd, dovecot-pop3d
+#                  the mailbox tests' peer: a private Dovecot (own config, own
+#                  ports) receives over LMTP and reads our Maildirs over IMAP
+#   fetchmail      a POP3 client of the mailbox tests
 #   gcc, libc6-dev the linker (cc) that cargo and maturin call
 #   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
 #                  extension-module), when the interpreter is Debian's own
@@ -24,6 +28,10 @@ missing=()
 
 if [ "$what" != build ]; then
     command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+    for part in imap lmtp pop3; do
+        [ -x "/usr/lib/dovecot/$part" ] || missing+=("dovecot-${part}d")
+    done
+    command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
@@ -66,6 +74,15 @@ else
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    # Installing Dovecot would start the system's Dovecot on ports 110/143;
+    # the tests run their own.  policy-rc.d (exit 101) tells the packages'
+    # scripts not to start services, for the duration of this install only.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
     "${SUDO[@]}" apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
