@@ -67,6 +67,19 @@ def lmtp_received(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> No
     log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (LMTP: delivering now, not queued)", qid, sender, size, nrcpt, peer)
 
 
+def pop3_login(session: str, peer: str, user: str, result: str) -> None:
+    log.info("%s: pop3 login user=<%s> from %s: %s", session, user, peer, result)
+
+
+def pop3_update(session: str, user: str, deleted: int, problems: list[str]) -> None:
+    extra = f"; not removed: {'; '.join(problems)}" if problems else ""
+    log.info("%s: pop3 update user=<%s>: %d deleted%s", session, user, deleted, extra)
+
+
+def pop3_disconnect(session: str, peer: str, user: str, commands: int) -> None:
+    log.info("%s: pop3 disconnect from %s user=<%s> commands=%d", session, peer, user, commands)
+
+
 def removed(qid: str) -> None:
     log.info("%s: removed", qid)
 
