@@ -314,7 +314,11 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"local.{key}: bad template {template!r} (only {{user}} and {{domain}}): {e}") from None
         if "{user}" not in template:
             raise ConfigError(f"local.{key}: the template must contain {{user}}")
-    parse_socket_address(cfg.local.lmtp, "local.lmtp")
+    lmtp_target = parse_socket_address(cfg.local.lmtp, "local.lmtp")
+    if cfg.local.delivery == "lmtp":
+        for i, lst in enumerate(cfg.smtpd.listeners):
+            if lst.mode == "lmtp" and parse_host_port(lst.address, "") == lmtp_target:
+                raise ConfigError(f"local.lmtp: {cfg.local.lmtp} is smtprs's own lmtp listener (smtpd.listeners[{i}]): mail would loop")
     local = {d.lower() for d in cfg.local.domains}
     for i, d in enumerate(cfg.local.virtual_domains):
         if not d or any(c in d for c in " /@[]"):
