@@ -2,8 +2,9 @@
 
 ``server`` is a running server with the default test configuration (local
 domain example.test, any user, hostname mx.test, retries after 0.5 s);
-``make_server(**overrides)`` starts one with a configuration tree merged over
-that default.  Every server is stopped at teardown (SIGTERM, then SIGKILL) and,
+``make_server(overrides, modes=(...))`` starts one with a configuration tree
+merged over that default, and extra listeners of the given modes (their ports
+in ``server.ports``).  Every server is stopped at teardown (SIGTERM, then SIGKILL) and,
 when a test fails, the end of each server's log is shown in the report.
 
 Each test here is bounded in time with SIGALRM (``--e2e-timeout``, or a
@@ -34,8 +35,8 @@ def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
     servers: list[Server] = []
     request.node._smtprs_servers = servers
 
-    def factory(overrides: dict[str, Any] | None = None, *, start: bool = True, name: str | None = None) -> Server:
-        srv = Server(tmp_path / (name or f"server{len(servers)}"), overrides)
+    def factory(overrides: dict[str, Any] | None = None, *, start: bool = True, name: str | None = None, modes: tuple[str, ...] = ()) -> Server:
+        srv = Server(tmp_path / (name or f"server{len(servers)}"), overrides, modes)
         servers.append(srv)
         if start:
             srv.start()

@@ -1,7 +1,9 @@
 """The end-to-end harness: a real ``smtprs serve`` process and small clients.
 
 ``Server`` writes a per-test TOML configuration, starts ``smtprs serve`` on a
-free loopback port with its standard error in a log file, waits until the port
+free loopback port (an ``mx`` listener, plus one more free port per extra
+listener mode asked for, e.g. ``modes=("submission", "submissions")``) with
+its standard error in a log file, waits until the port
 accepts connections, and stops it with SIGTERM (SIGKILL after a bound).
 ``SMTPClient`` is a raw-socket SMTP client for what smtplib will not do
 (pipelining, BDAT, bad input).  The Maildir helpers poll with a bounded wait,
@@ -61,6 +63,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for nested dicts (tables) and lists of dicts (arrays of tables)."""
     lines: list[str] = []
@@ -69,9 +75,9 @@ def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_toml_key(key)}"
         if isinstance(value, dict):
             lines.append(f"\n[{name}]")
             lines.append(to_toml(value, name + "."))
@@ -127,18 +133,15 @@ class ServerError(AssertionError):
 class Server:
     """One ``smtprs serve`` process with its own configuration and data directory."""
 
-    def __init__(self, base: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, base: Path, overrides: dict[str, Any] | None = None, modes: Iterable[str] = ()) -> None:
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         self.data_dir = base / "data"
         self.config_path = base / "smtprs.toml"
         self.log_path = base / "server.log"
         self.port = free_port()
+        self.ports: dict[str, int] = {"mx": self.port, **{mode: free_port() for mode in modes}}
         self.overrides = overrides or {}
-        # listeners in the overrides are extra ones (lmtp, pop3, ...) beside the
-        # main mx listener; each gets a free port unless it names an address
-        self.extra_listeners: list[dict[str, Any]] = list(self.overrides.get("smtpd", {}).get("listeners", []))
-        self.extra_ports = [free_port() for _ in self.extra_listeners]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.write_config()
@@ -157,17 +160,9 @@ class Server:
             "queue": {"retry_min": 0.5, "retry_max": 2.0},
         }
         cfg = merge(base, self.overrides)
-        cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}] + [
-            {**lst, "address": lst.get("address") or f"127.0.0.1:{port}"} for lst, port in zip(self.extra_listeners, self.extra_ports)
-        ]
+        cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
+        cfg["smtpd"]["listeners"] += [{"address": f"127.0.0.1:{port}", "mode": mode} for mode, port in self.ports.items() if mode != "mx"]
         return cfg
-
-    def port_of(self, mode: str) -> int:
-        """The port of the (first) extra listener in ``mode``."""
-        for lst, port in zip(self.extra_listeners, self.extra_ports):
-            if lst.get("mode") == mode:
-                return port
-        raise KeyError(f"no {mode} listener in this server's configuration")
 
     def write_config(self) -> None:
         self.config_path.write_text(to_toml(self.config()))
@@ -186,8 +181,8 @@ class Server:
                 return self
             except ServerError as e:
                 if "in use" in str(e) and attempt < 2:  # the free port was taken meanwhile
-                    self.port = free_port()
-                    self.extra_ports = [free_port() for _ in self.extra_listeners]
+                    self.ports = {mode: free_port() for mode in self.ports}
+                    self.port = self.ports["mx"]
                     self.write_config()
                     continue
                 raise
@@ -213,12 +208,11 @@ class Server:
             _LIVE.add(self)
         deadline = time.monotonic() + timeout
         announce = f"listening on 127.0.0.1:{self.port}"
-        extra = [f"listening on 127.0.0.1:{p}" for lst, p in zip(self.extra_listeners, self.extra_ports) if not lst.get("address")]
         while True:
             text = self._read_log(offset)
             if self.proc.poll() is not None:
                 raise ServerError(f"smtprs serve exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if announce in text and all(a in text for a in extra) and _accepts(self.port):
+            if announce in text and all(f"listening on 127.0.0.1:{p}" in text for p in self.ports.values()) and _accepts(self.port):
                 return
             if time.monotonic() > deadline:
                 self.dump_and_kill()
@@ -627,7 +621,7 @@ def check_delivered(
     rec = got["received"]
     assert re.search(rf"\bby {re.escape(HOSTNAME)} \(smtprs\)", rec), f"Received: {rec!r} lacks 'by {HOSTNAME} (smtprs)'"
     assert re.match(r"from \S", rec), f"Received: {rec!r} should start with 'from'"
-    m = re.search(r"\bwith (\S+)", rec)
+    m = re.search(r"\bby \S+ \(smtprs\) with (\S+)", rec)  # not a "with" inside a comment (TLS)
     assert m, f"Received: {rec!r} lacks 'with PROTOCOL'"
     if with_protocol is not None:
         assert m.group(1).rstrip(";") == with_protocol, f"Received: {rec!r}: expected 'with {with_protocol}'"

@@ -188,12 +188,12 @@ def test_mbox_read_by_python_mailbox(make_server) -> None:
 
 
 def lmtp_server(make_server, **local) -> Server:  # type: ignore[no-untyped-def]
-    return make_server({"smtpd": {"listeners": [{"mode": "lmtp"}]}, "local": {"users": ["alice", "bob"], **local}})
+    return make_server({"local": {"users": ["alice", "bob"], **local}}, modes=("lmtp",))
 
 
 def test_lmtp_listener_smtplib_one_reply_per_recipient(make_server) -> None:
     srv = lmtp_server(make_server)
-    port = srv.port_of("lmtp")
+    port = srv.ports["lmtp"]
     # bob's Maildir cannot be made: his recipient gets its own 4xx after the data
     (srv.data_dir / "mail").mkdir(parents=True, exist_ok=True)
     (srv.data_dir / "mail" / "bob").write_text("not a directory")
@@ -223,7 +223,7 @@ def test_lmtp_listener_smtplib_one_reply_per_recipient(make_server) -> None:
 
 def test_lmtp_listener_swaks(make_server) -> None:
     srv = lmtp_server(make_server, delivery="mbox")
-    port = srv.port_of("lmtp")
+    port = srv.ports["lmtp"]
     p = subprocess.run(
         ["swaks", "--protocol", "LMTP", "--server", f"127.0.0.1:{port}", "--helo", "client.test", "--from", SENDER,
          "--to", f"alice@{DOMAIN},bob@{DOMAIN}", "--body", "From swaks\n.dot line\n", "--timeout", "10"],
