@@ -6,6 +6,9 @@
 #                  the mailbox tests' peer: a private Dovecot (own config, own
 #                  ports) receives over LMTP and reads our Maildirs over IMAP
 #   fetchmail      a POP3 client of the mailbox tests
+#   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
+#                  tests; swaks only recommends it, and we install without
+#                  recommends
 #   gcc, libc6-dev the linker (cc) that cargo and maturin call
 #   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
 #                  extension-module), when the interpreter is Debian's own
@@ -32,6 +35,7 @@ if [ "$what" != build ]; then
         [ -x "/usr/lib/dovecot/$part" ] || missing+=("dovecot-${part}d")
     done
     command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+    perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 

@@ -1,15 +1,22 @@
-"""The ``smtprs`` command: serve, check-config.
+"""The ``smtprs`` command: serve, check-config, passwd, tls.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
 SIGTERM or SIGINT; ``smtprs check-config [--config FILE]`` loads and validates
-the configuration and exits 0 ("config ok") or 2 with the key at fault.
+the configuration (and the TLS certificate and users file it names) and exits
+0 ("config ok") or 2 with the key at fault.  ``smtprs passwd add|remove|list``
+manages the users file of SMTP AUTH: a password is read from the terminal
+(twice) or, with ``--stdin``, from one line of standard input -- never from the
+command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
+--out DIR`` writes a self-signed certificate and key for trying TLS out.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
@@ -18,14 +25,17 @@ from . import maillog
 from .errors import ConfigError, ListenError
 
 
-def _load(args: argparse.Namespace) -> tuple[config_mod.Config, list[str]]:
-    """The configuration, with the files it names (aliases, virtual map) read
-    and checked; returns the aliases that cannot be expanded (loops), to warn of."""
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(args.config)
+
+
+def _alias_problems(cfg: config_mod.Config) -> list[str]:
+    """Read the addressing tables the configuration names (aliases, virtual
+    map: a ConfigError names file:line); return the aliases that cannot be
+    expanded (loops, unknown targets), to warn of."""
     from .route.router import Router
 
-    cfg = config_mod.load(args.config)
-    router = Router(cfg)  # reads the addressing tables: raises ConfigError naming file:line
-    return cfg, router.alias_problems()
+    return Router(cfg).alias_problems()
 
 
 async def _serve(cfg: config_mod.Config) -> None:
@@ -41,25 +51,110 @@ async def _serve(cfg: config_mod.Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg, problems = _load(args)
+    cfg = _load(args)
+    problems = _alias_problems(cfg)
     maillog.setup(cfg.log.level, cfg.log.file)
     for problem in problems:
         maillog.warning(f"aliases: {problem}")
-    failed = False
+    status = 0
     try:
         trio.run(_serve, cfg)
     except* ListenError as group:
-        failed = True
+        status = 1
         for e in group.exceptions:
             maillog.error(str(e))
-    return 1 if failed else 0
+    except* ConfigError as errors:  # found while starting: the TLS certificate or key
+        status = 2
+        for c in errors.exceptions:
+            print(f"smtprs: configuration error: {c}", file=sys.stderr)
+    return status
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _cfg, problems = _load(args)
-    for problem in problems:
+    from .smtpd import auth, tls
+
+    cfg = _load(args)
+    for problem in _alias_problems(cfg):
         print(f"warning: {problem}")
+    tls.server_context(cfg)  # ConfigError naming smtpd.tls.* if the files are unusable
+    if any(lst.mode in config_mod.SUBMISSION_MODES + config_mod.POP3_MODES for lst in cfg.smtpd.listeners):
+        try:
+            users = auth.read_users(cfg.users_path)
+        except auth.UsersFileError as e:
+            raise ConfigError(f"smtpd.auth.users_file: {e}") from None
+        if not users:
+            print(f"warning: smtpd.auth.users_file: no users in {cfg.users_path}; add them with `smtprs passwd add`", file=sys.stderr)
     print("config ok")
+    return 0
+
+
+def _users_path(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    return _load(args).users_path
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("smtprs passwd: the passwords differ; nothing changed", file=sys.stderr)
+            return None
+    if not password:
+        print("smtprs passwd: empty password refused; nothing changed", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from .smtpd import auth
+
+    path = _users_path(args)
+    try:
+        users = auth.read_users(path)
+    except auth.UsersFileError as e:
+        print(f"smtprs passwd: {e}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        for name in sorted(users):
+            print(name)
+        return 0
+    name = auth.normalize_username(args.user)
+    if args.action == "remove":
+        if users.pop(name, None) is None:
+            print(f"smtprs passwd: no user {name} in {path}", file=sys.stderr)
+            return 1
+        auth.write_users(path, users)
+        print(f"removed {name} from {path}")
+        return 0
+    if not auth.valid_username(name):
+        print(f"smtprs passwd: {name!r} is not a valid user name (printable, no spaces, no colon)", file=sys.stderr)
+        return 2
+    password = _read_password(args)
+    if password is None:
+        return 1
+    existed = name in users
+    users[name] = auth.hash_password(password)
+    auth.write_users(path, users)
+    print(f"{'updated' if existed else 'added'} {name} in {path}")
+    return 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    from .smtpd import tls
+
+    hostname = args.hostname or _load(args).host_name
+    try:
+        cert, key = tls.make_self_signed(Path(args.out), hostname, days=args.days, overwrite=args.force)
+    except (FileExistsError, OSError) as e:
+        print(f"smtprs tls: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)")
+    print(f'[smtpd.tls]\ncert_file = "{cert.resolve()}"\nkey_file = "{key.resolve()}"')
     return 0
 
 
@@ -79,6 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
+
+    p = sub.add_parser("passwd", help="manage the users of SMTP AUTH (the users file)")
+    psub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a user or change a password"), ("remove", "remove a user"), ("list", "list the users")):
+        q = psub.add_parser(action, help=text)
+        if action != "list":
+            q.add_argument("user", help="the login name (an address such as alice@example.org, or a bare name)")
+        if action == "add":
+            q.add_argument("--stdin", action="store_true", help="read the password from one line of standard input instead of the terminal")
+        q.add_argument("--config", "-c", help="take the users file from this configuration (smtpd.auth.users_file)")
+        q.add_argument("--file", "-f", help="the users file to edit (overrides --config)")
+        q.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("tls", help="TLS helpers")
+    tsub = p.add_subparsers(dest="action", required=True)
+    q = tsub.add_parser("selfsigned", help="write a self-signed certificate and key (cert.pem, key.pem) for trying TLS out")
+    q.add_argument("--out", "-o", required=True, help="directory to write cert.pem and key.pem into")
+    q.add_argument("--hostname", help="the name in the certificate (default: the configured hostname)")
+    q.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    q.add_argument("--force", action="store_true", help="replace existing files")
+    q.add_argument("--config", "-c", help="configuration to take the hostname from")
+    q.set_defaults(func=cmd_tls)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -45,7 +45,9 @@ def _copy(value: Any) -> Any:
     return value
 
 
-Mode = Literal["mx", "lmtp"]
+Mode = Literal["mx", "submission", "submissions", "lmtp", "pop3", "pop3s"]
+SUBMISSION_MODES = ("submission", "submissions")
+POP3_MODES = ("pop3", "pop3s")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,44 @@ class Listener:
     """One listening socket."""
 
     address: str = _f("127.0.0.1:2525", "Address and port to listen on: `host:port`, `[ipv6]:port`.")
-    mode: Mode = _f("mx", "What the listener serves: `mx` (SMTP from other servers and clients, port 25 behaviour); `lmtp` (RFC 2033 for another MTA handing mail over for final delivery: LHLO, one reply per recipient after the data, each given only once the mail is in the mailbox; nothing is queued).")
+    mode: Mode = _f(
+        "mx",
+        "What the listener serves: `mx` (mail from other servers, port 25 behaviour; STARTTLS offered when a certificate is configured), "
+        "`submission` (mail from users, port 587: STARTTLS, AUTH required before MAIL, RFC 6409), "
+        "`submissions` (the same over implicit TLS, port 465, RFC 8314), "
+        "`lmtp` (RFC 2033 for another MTA handing mail over for final delivery: LHLO, one reply per recipient after the data, each given only once the mail is in the mailbox; nothing is queued), "
+        "`pop3` (users fetch their Maildir, port 110: STLS, then USER/PASS or AUTH PLAIN against the users file, RFC 1939/2449/2595), "
+        "`pop3s` (the same over implicit TLS, port 995, RFC 8314).",
+    )
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS for STARTTLS and implicit-TLS listeners."""
+
+    cert_file: str = _f("", "PEM certificate chain (server certificate first); relative to data_dir. Empty: no TLS (STARTTLS not offered; submission listeners then refuse to start).")
+    key_file: str = _f("", "PEM private key of the certificate; relative to data_dir.")
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = _f("TLSv1.2", "Oldest TLS version accepted.")
+    ciphers: str = _f("", "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); empty keeps Python's secure default.")
+    handshake_timeout: float = _f(30.0, "Seconds a TLS handshake may take.", min=0.001)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """SMTP AUTH (RFC 4954) on submission listeners, and what authenticated users may do."""
+
+    users_file: str = _f("users", "Users and their password hashes (scrypt), managed with `smtprs passwd`; relative to data_dir. Re-read when it changes.")
+    allow_plaintext: bool = _f(False, "Offer AUTH on connections without TLS. Off: AUTH is offered only after STARTTLS (or on implicit TLS) and answered 538 5.7.11 before.")
+    failure_delay: float = _f(1.0, "Seconds before the 535 reply to the first failed AUTH from a client address (an IPv6 /64); it doubles with each further failure.", min=0.0)
+    max_failure_delay: float = _f(30.0, "Longest delay before a 535 reply, in seconds.", min=0.0)
+    failure_window: float = _f(900.0, "Seconds after which a client address's failed AUTH attempts are forgotten.", min=0.001)
+    restrict_senders: bool = _f(True, "An authenticated user may use only the envelope senders `senders` allows (553 5.7.1 otherwise).")
+    senders: dict[str, list[str]] = _f(
+        {},
+        "Envelope senders each user may use, besides the default (the login itself if it is an address, else login@ each local domain): "
+        'a table `user = ["addr@example.org", "*@dept.example.org"]` of shell-style patterns, compared case-insensitively. The null sender `<>` is always allowed.',
+    )
+    received_user: bool = _f(False, "Name the authenticated user in the Received header field (`(Authenticated sender: NAME)`).")
 
 
 @dataclass(frozen=True)
@@ -73,6 +112,8 @@ class Smtpd:
     command_timeout: float = _f(300.0, "Seconds to wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).", min=0.001)
     data_timeout: float = _f(180.0, "Seconds to wait for each block of message data (RFC 5321 4.5.3.2.5).", min=0.001)
     send_timeout: float = _f(300.0, "Seconds a reply may take to be sent before the session is dropped.", min=0.001)
+    tls: Tls = _f(Tls(), "TLS.")
+    auth: Auth = _f(Auth(), "SMTP AUTH and the senders authenticated users may use.")
 
 
 @dataclass(frozen=True)
@@ -144,9 +185,17 @@ class Config:
     def mbox_path(self, user: str, domain: str) -> Path:
         return self.data_path / self.local.mbox.format(user=user, domain=domain)
 
+    def path(self, value: str) -> Path:
+        """A path from the configuration: relative ones are relative to data_dir."""
+        return self.data_path / value
+
     def file_path(self, name: str) -> Path | None:
-        """A file named in the config (aliases, virtual map): None when empty, else relative to data_dir."""
-        return self.data_path / name if name else None
+        """A file named in the config (aliases, virtual map): None when empty, else ``path(name)``."""
+        return self.path(name) if name else None
+
+    @property
+    def users_path(self) -> Path:
+        return self.path(self.smtpd.auth.users_file)
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in {d.lower() for d in self.local.domains}
@@ -216,6 +265,11 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {_show(value)}")
         return [_convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_show(value)}")
+        return {str(k): _convert(item, v, f"{key}.{k}", {}) for k, v in value.items()}
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -329,6 +383,34 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes")
     if cfg.queue.retry_max < cfg.queue.retry_min:
         raise ConfigError("queue.retry_max: must be >= queue.retry_min")
+    tls = cfg.smtpd.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        missing = "smtpd.tls.key_file" if tls.cert_file else "smtpd.tls.cert_file"
+        raise ConfigError(f"{missing}: smtpd.tls.cert_file and smtpd.tls.key_file go together")
+    for i, lst in enumerate(cfg.smtpd.listeners):
+        if tls.cert_file:
+            continue
+        if lst.mode == "submissions":
+            raise ConfigError(f"smtpd.listeners[{i}].mode: a submissions listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+        if lst.mode == "submission" and not cfg.smtpd.auth.allow_plaintext:
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a submission listener needs smtpd.tls.cert_file and smtpd.tls.key_file "
+                "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
+            )
+        if lst.mode == "pop3s":
+            raise ConfigError(f"smtpd.listeners[{i}].mode: a pop3s listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+        if lst.mode == "pop3" and not cfg.smtpd.auth.allow_plaintext:
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a pop3 listener needs smtpd.tls.cert_file and smtpd.tls.key_file for STLS "
+                "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
+            )
+    auth = cfg.smtpd.auth
+    if auth.max_failure_delay < auth.failure_delay:
+        raise ConfigError("smtpd.auth.max_failure_delay: must be >= smtpd.auth.failure_delay")
+    for user, patterns in auth.senders.items():
+        for j, pattern in enumerate(patterns):
+            if not pattern or any(c.isspace() for c in pattern) or "@" not in pattern:
+                raise ConfigError(f"smtpd.auth.senders.{user}[{j}]: not an address pattern: {pattern!r}")
 
 
 # --------------------------------------------------------------------------
@@ -361,6 +443,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"table of {_type_name(typing.get_args(tp)[1])}"
     if origin is Literal:
         return " \\| ".join(f'"{a}"' for a in typing.get_args(tp))
     return {int: "integer", float: "seconds", str: "string", bool: "boolean"}.get(tp, str(tp))
@@ -373,6 +457,8 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -45,6 +45,7 @@ class Envelope:
     client_helo: str = ""
     protocol: str = "ESMTP"
     params: dict[str, str] = field(default_factory=dict)
+    auth: str = ""  # the authenticated (SMTP AUTH) user who submitted it, "" if none
 
     @property
     def done(self) -> bool:

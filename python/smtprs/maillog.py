@@ -41,8 +41,34 @@ def reject(session: str, peer: str, stage: str, reply: object, detail: str = "")
     log.info("%s: reject: %s from %s: %s%s", session, stage, peer, reply, extra)
 
 
-def queued(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
-    log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queue active)", qid, sender, size, nrcpt, peer)
+def queued(qid: str, sender: str, size: int, nrcpt: int, peer: str, auth_user: str | None = None) -> None:
+    if auth_user is None:
+        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queue active)", qid, sender, size, nrcpt, peer)
+    else:
+        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s, sasl_username=%s (queue active)", qid, sender, size, nrcpt, peer, auth_user)
+
+
+def tls_established(session: str, peer: str, description: str) -> None:
+    log.info("%s: TLS established with %s: %s", session, peer, description)
+
+
+def tls_failed(session: str, peer: str, reason: str) -> None:
+    log.info("%s: TLS handshake with %s failed: %s", session, peer, reason)
+
+
+def starttls_pipelined(session: str, peer: str, octets: int) -> None:
+    """Bytes sent after STARTTLS before the handshake (CVE-2011-0411): dropped unread."""
+    log.warning("%s: %s sent %d octets after STARTTLS before the TLS handshake; discarded, not executed", session, peer, octets)
+
+
+def auth_ok(session: str, peer: str, mechanism: str, user: str) -> None:
+    log.info("%s: AUTH %s from %s: authenticated as %s", session, mechanism, peer, user)
+
+
+def auth_failed(session: str, peer: str, mechanism: str, user: str | None, failures: int, delay: float) -> None:
+    """``user`` only when it names a known user: an unknown "name" may be a mistyped password."""
+    who = f" as {user}" if user is not None else ""
+    log.info("%s: AUTH %s from %s failed%s (failure %d from this address, reply delayed %.1fs)", session, mechanism, peer, who, failures, delay)
 
 
 def _orig(orig: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from smtprs import _core
 from smtprs.errors import ConfigError
 from smtprs.route.aliases import load_aliases, load_virtual
-from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, LmtpMailbox, LocalMailbox, MboxMailbox, Router, Unroutable
+from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, LmtpMailbox, LocalMailbox, MboxMailbox, Remote, Router, Unroutable
 
 from .conftest import make_config
 
@@ -111,11 +111,15 @@ def test_alias_expansion_local_and_remote_targets(tmp_path):
     r = router(tmp_path, "staff: alice, Bob\nlist: staff, carol@example.test\n", users=["alice", "bob", "carol"])
     assert expand(r, "staff@example.test") == ("alice@example.test", "bob@example.test")
     assert expand(r, "LIST@example.test") == ("alice@example.test", "bob@example.test", "carol@example.test")
-    # a remote target is routed like any remote address: without relaying (issue 3) it is refused, clearly
+    # a remote target is the administrator's choice: accepted without relay permission, routed over SMTP
     r2 = router(tmp_path, "fwd: someone@remote.test\n")
-    got = expand(r2, "fwd@example.test")
-    assert isinstance(got, Unroutable)
-    assert got.reply.code == 554 and "<fwd@example.test> expands to <someone@remote.test>" in str(got.reply)
+    assert expand(r2, "fwd@example.test") == ("someone@remote.test",)
+    assert r2.route("someone@remote.test") == Remote("remote.test")
+    # a remote RCPT needs the session's relay permission
+    got = expand(r2, "someone@remote.test")
+    assert isinstance(got, Unroutable) and got.reply.code == 554
+    path = _core.parse_path("<someone@remote.test>")
+    assert r2.expand(path, relay_allowed=True) == Expansion(("someone@remote.test",))
 
 
 def test_nested_aliases_and_diamonds_deliver_once(tmp_path):

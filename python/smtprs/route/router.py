@@ -7,12 +7,13 @@ file and the virtual map).  Used twice:
 - by the session at RCPT time: ``expand(path)`` turns the address the client
   gave into the final recipients -- virtual map, aliases (nested, with loop
   detection and a depth bound), sub-addressing, case folding, catch-all -- or
-  refuses it (unknown user, relay denied, alias loop).  The expanded
+  refuses it (unknown user, alias loop, or relay denied: mail for another
+  domain is taken only when the session's policy lets this client relay).  The expanded
   recipients are what the envelope stores, each with its own delivery state.
   An address enters an envelope only through ``expand``.
 - by the scheduler at delivery time: ``route(address)`` maps a stored (already
-  expanded) address to its next hop -- a Maildir, an mbox file or the LMTP
-  server -- without expanding again, so a configuration change of the
+  expanded) address to its next hop -- a Maildir, an mbox file, the LMTP
+  server, or another host over SMTP -- without expanding again, so a configuration change of the
   delivery kind or of the mailbox paths applies to mail already queued.
 
 Why expand at RCPT and not at delivery (Postfix's local does aliases at
@@ -80,6 +81,15 @@ class LmtpMailbox:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """Deliver to another host over SMTP (the SMTP agent finds the MX for ``domain``)."""
+
+    domain: str
+
+    kind = "smtp"
+
+
+@dataclass(frozen=True)
 class Unroutable:
     """No way to deliver: the reply says why (permanent)."""
 
@@ -88,7 +98,7 @@ class Unroutable:
     kind = "none"
 
 
-NextHop = LocalMailbox | MboxMailbox | LmtpMailbox | Unroutable
+NextHop = LocalMailbox | MboxMailbox | LmtpMailbox | Remote | Unroutable
 Mailbox = LocalMailbox | MboxMailbox | LmtpMailbox
 
 
@@ -144,13 +154,19 @@ class Router:
         return d in self._domains or d in self._virtual_domains
 
     # -- at RCPT -------------------------------------------------------------------
-    def check_recipient(self, path: _core.Path) -> R.Reply | None:
+    def check_recipient(self, path: _core.Path, *, relay_allowed: bool = False) -> R.Reply | None:
         """At RCPT: None if we take mail for ``path``, else the reply refusing it."""
-        result = self.expand(path)
+        result = self.expand(path, relay_allowed=relay_allowed)
         return result.reply if isinstance(result, Unroutable) else None
 
-    def expand(self, path: _core.Path) -> Expansion | Unroutable:
-        """At RCPT: the final recipients of ``path``, or the reply refusing it."""
+    def expand(self, path: _core.Path, *, relay_allowed: bool = False) -> Expansion | Unroutable:
+        """At RCPT: the final recipients of ``path``, or the reply refusing it.
+
+        Mail for other domains is taken only when the session's policy allows
+        this client to relay (``relay_allowed``); otherwise 554 5.7.1.  Remote
+        targets of aliases and virtual entries are the administrator's choice
+        and need no relay permission.
+        """
         local_part, domain = path.local_part, path.domain
         if not domain:
             # RFC 5321 4.1.1.3: <Postmaster> without a domain must be accepted
@@ -158,7 +174,10 @@ class Router:
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
         if not self.is_ours(domain):
-            return Unroutable(R.RELAY_DENIED)
+            if not relay_allowed:
+                return Unroutable(R.RELAY_DENIED)
+            hop = self.route(path.address())
+            return hop if isinstance(hop, Unroutable) else Expansion((path.address(),))
         out: dict[str, None] = {}
         visits = [0]
         try:
@@ -299,7 +318,7 @@ class Router:
                 return Unroutable(R.Reply(550, "5.1.1", "Virtual address was not expanded"))
             return self.route(result.addresses[0])
         if not self.is_local(d):
-            return Unroutable(R.RELAY_DENIED)
+            return Remote(d)
         user = self._base(self._fold(local_part))
         if not self._safe.fullmatch(user) or ".." in user:
             return Unroutable(R.BAD_MAILBOX_NAME)

@@ -7,10 +7,25 @@ commands are collected and sent in one write when the engine needs more data
 into the spool file; the 250 reply is sent only after the spool's commit has
 made content and envelope durable.
 
+The listener's mode decides the rest: ``mx`` offers STARTTLS when a
+certificate is configured; ``submission`` (RFC 6409) offers STARTTLS and AUTH
+and wants AUTH before MAIL; ``submissions`` (RFC 8314) is the same inside TLS
+from the first byte.  After STARTTLS the session starts over with a fresh
+engine, and whatever the client sent after the STARTTLS line before the
+handshake is discarded unread (CVE-2011-0411).  AUTH (RFC 4954: PLAIN, LOGIN)
+runs its continuation lines through the engine's line mode and checks the
+password in a worker thread (``auth.Authenticator``); failed attempts are
+answered after a delay that grows per client address.  Who may relay and who
+may use which envelope sender is ``policy.Policy``'s answer.  On submission
+listeners a message without Date or Message-ID gets them (RFC 6409 8.2, 8.3):
+the header block is held (at most max_header_size) until its end is seen, the
+missing fields are written after our Received field, and the rest streams on.
+
 Resource policy: every read is bounded by a timeout (command_timeout between
-commands, data_timeout inside DATA/BDAT), every write by send_timeout; too many
-error replies close the session with 421; the engine bounds line and message
-sizes, so a session's memory does not grow with what the peer sends.
+commands, data_timeout inside DATA/BDAT), every write by send_timeout, every
+TLS handshake by tls.handshake_timeout; too many error replies close the
+session with 421; the engine bounds line and message sizes, so a session's
+memory does not grow with what the peer sends.  No password is logged.
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import itertools
+import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,15 +44,22 @@ import trio
 from .. import _core, maillog
 from . import lmtp
 from .. import reply as R
+from ..config import SUBMISSION_MODES, Listener
 from ..envelope import Envelope, Recipient
-from ..errors import SpoolError
+from ..errors import AddressError, SpoolError
 from ..queue.spool import MessageWriter
 from ..route.router import Unroutable
+from . import auth as sasl
+from .tls import describe as describe_tls
 
 if TYPE_CHECKING:
     from .server import ServerContext
 
 _session_ids = itertools.count(1)
+
+# Header fields RFC 6409 8 lets a submission server add, found as the core's
+# header scan finds them: at the start of a line of the header block.
+_FIXUP_FIELDS = re.compile(rb"^(date|message-id):", re.I | re.M)
 
 
 class CloseSession(Exception):
@@ -56,11 +80,14 @@ class Transaction:
     writer: MessageWriter | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
     bdat_error: R.Reply | None = None  # the reply every further BDAT of this transaction gets
+    hold: bytearray | None = None  # submission: the header block, held until its end is seen
 
 
 # The sequence table: for each verb, what must have happened before it.
 # (needs greeting, needs MAIL, needs RCPT, refused inside a transaction)
 _SEQUENCE: dict[str, tuple[bool, bool, bool, bool]] = {
+    "STARTTLS": (True, False, False, True),
+    "AUTH": (True, False, False, True),
     "MAIL": (True, False, False, True),
     "RCPT": (False, True, False, False),
     "DATA": (False, True, True, False),
@@ -77,7 +104,7 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
     if need_greeting and not greeted:
         return R.NEED_HELO
     if no_txn and txn is not None:
-        return R.NESTED_MAIL
+        return R.NESTED_MAIL if verb == "MAIL" else R.TXN_IN_PROGRESS
     if need_mail and txn is None:
         return R.NEED_MAIL
     if need_rcpt and txn is not None and not txn.recipients:
@@ -86,30 +113,55 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
 
 
 class Session:
-    def __init__(self, ctx: ServerContext, stream: trio.abc.Stream, peer_ip: str, peer_port: int, *, mode: str = "mx") -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        stream: trio.abc.Stream,
+        peer_ip: str,
+        peer_port: int,
+        listener: Listener | None = None,
+    ) -> None:
         self.ctx = ctx
-        # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
-        # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
-        self.lmtp = mode == "lmtp"
         self.cfg = ctx.cfg
         self.stream = stream
         self.peer_ip = peer_ip
         self.peer = f"[{peer_ip}]:{peer_port}"
         self.id = f"C{next(_session_ids):06d}"
-        s = self.cfg.smtpd
-        self.conn = _core.ServerConnection(
-            max_command_line=s.max_command_line,
-            max_text_line=s.max_text_line,
-            max_message_size=s.max_message_size,
-            max_header_size=s.max_header_size,
-            smtputf8=True,
-        )
+        self.mode = (listener or Listener()).mode
+        self.submission = self.mode in SUBMISSION_MODES
+        # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
+        # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
+        self.lmtp = self.mode == "lmtp"
+        self.conn = self._new_engine()
         self.out = bytearray()
         self.greeting: str | None = None  # "HELO" or "EHLO" once greeted
         self.helo_name = ""
         self.txn: Transaction | None = None
         self.errors = 0
         self.commands = 0
+        self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
+        self.auth_user: str | None = None
+        self.sasl: sasl.Mechanism | None = None  # an AUTH exchange waiting for the client's line
+
+    def _new_engine(self) -> _core.ServerConnection:
+        s = self.cfg.smtpd
+        return _core.ServerConnection(
+            max_command_line=s.max_command_line,
+            max_text_line=s.max_text_line,
+            max_message_size=s.max_message_size,
+            max_header_size=s.max_header_size,
+            smtputf8=True,
+        )
+
+    # -- what this session offers ---------------------------------------------
+    @property
+    def starttls_offered(self) -> bool:
+        return self.ctx.tls is not None and self.tls is None
+
+    @property
+    def auth_offered(self) -> bool:
+        """AUTH is a submission service; without TLS only if the config allows plaintext."""
+        return self.submission and (self.tls is not None or self.cfg.smtpd.auth.allow_plaintext)
 
     # -- I/O -----------------------------------------------------------------
     def reply(self, r: R.Reply) -> None:
@@ -131,6 +183,8 @@ class Session:
         """
         maillog.connect(self.id, self.peer)
         try:
+            if self.mode == "submissions" and not await self._start_tls():  # RFC 8314: TLS from the first byte
+                return
             if self.ctx.active_sessions > self.cfg.smtpd.max_connections:
                 self.reply(R.TOO_MANY_CONNECTIONS)
                 await self.flush()
@@ -180,7 +234,10 @@ class Session:
         if isinstance(event, _core.DataChunk):
             txn = self.txn
             if txn is not None and txn.writer is not None and txn.bdat_error is None:
-                txn.writer.write(event.data)
+                if txn.hold is None:
+                    txn.writer.write(event.data)
+                else:
+                    self._hold_header(txn, txn.writer, event.data)
         elif isinstance(event, _core.Command):
             self.commands += 1
             await self._command(event)
@@ -190,13 +247,14 @@ class Session:
             self._bdat_chunk_end(event)
         elif isinstance(event, _core.CommandError):
             self.commands += 1
+            self.sasl = None  # e.g. an AUTH line over 12288 octets ends the exchange
             maillog.reject(self.id, self.peer, event.verb or "command", f"{event.code} {event.enhanced} {event.text}")
             self.reply(R.Reply(event.code, event.enhanced, event.text))
             if event.fatal:
                 self.reply(R.Reply(421, "4.5.0", "Error: cannot continue this session"))
                 raise CloseSession
-        elif isinstance(event, _core.RawLine):  # no AUTH yet: nothing asks for raw lines
-            self.reply(R.Reply(500, "5.5.2", "Error: unexpected line"))
+        elif isinstance(event, _core.RawLine):
+            await self._auth_line(event.line)
 
     async def _command(self, cmd: _core.Command) -> None:
         verb = cmd.verb
@@ -228,7 +286,7 @@ class Session:
         self._extensions()
 
     def _extensions(self) -> None:
-        lines = (
+        lines = [
             self.ctx.hostname,
             "PIPELINING",
             f"SIZE {self.cfg.smtpd.max_message_size}",
@@ -236,8 +294,12 @@ class Session:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
-        )
-        self.reply(R.Reply(250, None, lines))
+        ]
+        if self.starttls_offered:
+            lines.append("STARTTLS")
+        if self.auth_offered:
+            lines.append("AUTH " + " ".join(sasl.MECHANISMS))
+        self.reply(R.Reply(250, None, tuple(lines)))
 
     async def _cmd_lhlo(self, cmd: _core.Command) -> None:
         if not self.lmtp:
@@ -252,8 +314,118 @@ class Session:
         self.greeting = kind
         self.helo_name = name.strip()
 
+    # -- STARTTLS (RFC 3207) ---------------------------------------------------
+    async def _cmd_starttls(self, cmd: _core.Command) -> None:
+        if self.tls is not None:
+            self.reply(R.TLS_ACTIVE)
+            return
+        if self.ctx.tls is None:
+            self.reply(R.NOT_IMPLEMENTED)
+            return
+        # Whatever came after the STARTTLS line came before the handshake: it
+        # was sent in the clear and must never be executed (CVE-2011-0411).
+        dropped = self.conn.discard_buffer()
+        if dropped:
+            maillog.starttls_pipelined(self.id, self.peer, dropped)
+        self.reply(R.TLS_READY)
+        await self.flush()
+        if not await self._start_tls():
+            raise CloseSession
+        # RFC 3207 4.2: forget everything learnt from the client before TLS.
+        self._abort_message()
+        self.conn = self._new_engine()
+        self.txn = None
+        self.greeting = None
+        self.helo_name = ""
+        self.auth_user = None
+        self.sasl = None
+
+    async def _start_tls(self) -> bool:
+        """Handshake as the server on the current stream; False (logged) if it fails."""
+        assert self.ctx.tls is not None
+        stream = trio.SSLStream(self.stream, self.ctx.tls, server_side=True)
+        try:
+            with trio.fail_after(self.cfg.smtpd.tls.handshake_timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            maillog.tls_failed(self.id, self.peer, "timeout")
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            maillog.tls_failed(self.id, self.peer, str(e.__cause__ or e) or type(e).__name__)
+            return False
+        self.stream = stream
+        self.tls = describe_tls(stream)
+        maillog.tls_established(self.id, self.peer, self.tls)
+        return True
+
+    # -- AUTH (RFC 4954) -------------------------------------------------------
+    async def _cmd_auth(self, cmd: _core.Command) -> None:
+        if not self.submission:
+            self.reply(R.AUTH_NOT_ENABLED)
+            return
+        if self.auth_user is not None:
+            self.reply(R.AUTH_ALREADY)
+            return
+        if not self.auth_offered:
+            self.reply(R.AUTH_NEEDS_TLS)
+            return
+        name, _, initial = cmd.arg.strip().partition(" ")
+        mech = sasl.mechanism(name)
+        if mech is None:
+            self.reply(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        await self._auth_step(mech, mech.start(initial.strip() or None))
+
+    async def _auth_line(self, line: bytes) -> None:
+        mech, self.sasl = self.sasl, None
+        if mech is None:  # nothing asked for a line; cannot happen, but never execute it
+            self.reply(R.Reply(500, "5.5.2", "Error: unexpected line"))
+            return
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            maillog.reject(self.id, self.peer, "AUTH", R.AUTH_CANCELLED)
+            self.reply(R.AUTH_CANCELLED)
+            return
+        await self._auth_step(mech, mech.respond(text))
+
+    async def _auth_step(self, mech: sasl.Mechanism, step: sasl.Step) -> None:
+        if isinstance(step, sasl.Challenge):
+            self.out += step.encode()
+            self.sasl = mech
+            self.conn.read_line()
+            return
+        if isinstance(step, sasl.Malformed):
+            maillog.reject(self.id, self.peer, "AUTH", step.reply)
+            self.reply(step.reply)
+            return
+        authenticator = self.ctx.authenticator
+        verdict: sasl.Verdict = "unknown"  # another authorization identity: refused unchecked
+        if not step.authzid or sasl.normalize_username(step.authzid) == sasl.normalize_username(step.username):
+            verdict = await authenticator.verify(step.username, step.password)
+        if verdict == "ok":
+            self.auth_user = sasl.normalize_username(step.username)
+            maillog.auth_ok(self.id, self.peer, mech.name, self.auth_user)
+            self.reply(R.AUTH_OK)
+            return
+        if verdict == "unavailable":
+            maillog.warning(f"{self.id}: AUTH {mech.name}: users file unavailable: {authenticator.last_error}")
+            self.reply(R.AUTH_UNAVAILABLE)
+            return
+        delays = self.ctx.auth_delays
+        delay = delays.record(self.peer_ip, trio.current_time())
+        known = sasl.normalize_username(step.username) if verdict == "bad" else None
+        maillog.auth_failed(self.id, self.peer, mech.name, known, delays.failures(self.peer_ip, trio.current_time()), delay)
+        await self.flush()  # what was answered before goes out now, not after the delay
+        await trio.sleep(delay)
+        self.reply(R.AUTH_FAILED)
+
+    # -- the transaction -------------------------------------------------------
     async def _cmd_mail(self, cmd: _core.Command) -> None:
         assert cmd.path is not None
+        if self.submission and self.auth_user is None:
+            maillog.reject(self.id, self.peer, "MAIL", R.AUTH_REQUIRED, f"from=<{cmd.path.address()}>")
+            self.reply(R.AUTH_REQUIRED)
+            return
         params = dict(cmd.params)
         size = params.pop("SIZE", None)
         if size is not None:
@@ -272,19 +444,51 @@ class Session:
         if smtputf8 and params.pop("SMTPUTF8") is not None:
             self.reply(R.Reply(501, "5.5.4", "SMTPUTF8 takes no value"))
             return
+        if cmd.path.is_utf8 and not smtputf8:
+            self.reply(R.UTF8_NOT_ASKED)
+            return
+        auth_param, bad = self._auth_param(params)
+        if bad:
+            self.reply(R.BAD_AUTH_PARAM)
+            return
         if params:
             self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
             return
-        if cmd.path.is_utf8 and not smtputf8:
-            self.reply(R.UTF8_NOT_ASKED)
+        if self.auth_user is not None and not self.ctx.policy.sender_allowed(self.auth_user, cmd.path.address()):
+            maillog.reject(self.id, self.peer, "MAIL", R.SENDER_NOT_OWNED, f"from=<{cmd.path.address()}> sasl_username={self.auth_user}")
+            self.reply(R.SENDER_NOT_OWNED)
             return
         kept: dict[str, str | None] = {}
         if body is not None:
             kept["BODY"] = body.upper()
         if smtputf8:
             kept["SMTPUTF8"] = None
+        if auth_param is not None:
+            kept["AUTH"] = auth_param
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
         self.reply(R.SENDER_OK)
+
+    def _auth_param(self, params: dict[str, str | None]) -> tuple[str | None, bool]:
+        """MAIL's AUTH= (RFC 4954 5), already xtext-decoded: (value to keep, malformed).
+
+        Kept only from an authenticated client, and only when that user may
+        claim the mailbox as a sender; otherwise it is treated as AUTH=<>, that
+        is, forgotten.
+        """
+        if "AUTH" not in params:
+            return None, False
+        value = params.pop("AUTH")
+        if value is None:
+            return None, True
+        if value == "<>":
+            return None, False
+        try:
+            mailbox = _core.parse_mailbox(value, smtputf8=True).address()
+        except AddressError:
+            return None, True
+        if self.auth_user is not None and self.ctx.policy.sender_allowed(self.auth_user, mailbox):
+            return mailbox, False
+        return None, False
 
     async def _cmd_rcpt(self, cmd: _core.Command) -> None:
         txn = self.txn
@@ -299,7 +503,8 @@ class Session:
         if len(txn.recipients) >= self.cfg.smtpd.max_recipients:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
-        expansion = self.ctx.router.expand(cmd.path)
+        relay_allowed = self.ctx.policy.relay_allowed(self.peer_ip, self.auth_user)
+        expansion = self.ctx.router.expand(cmd.path, relay_allowed=relay_allowed)
         address = cmd.path.address()
         if isinstance(expansion, Unroutable):
             maillog.reject(self.id, self.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
@@ -324,7 +529,7 @@ class Session:
         if txn.mode == "BDAT":
             self.reply(R.BDAT_AFTER_DATA)
             return
-        if not self._open_message(txn, {"EHLO": "ESMTP", "LHLO": "LMTP"}.get(self.greeting or "", "SMTP")):
+        if not self._open_message(txn):
             return
         txn.mode = "DATA"
         self.reply(R.START_DATA)
@@ -340,7 +545,7 @@ class Session:
             self._bdat_refused(R.BDAT_AFTER_DATA)
             return
         if txn.writer is None:
-            if not self._open_message(txn, "LMTP" if self.lmtp else "ESMTP", quiet=True):
+            if not self._open_message(txn, quiet=True):
                 return
             txn.mode = "BDAT"
 
@@ -370,7 +575,18 @@ class Session:
             return self.txn.bdat_error
         return None
 
-    def _open_message(self, txn: Transaction, protocol: str, quiet: bool = False) -> bool:
+    def _protocol(self, txn: Transaction) -> str:
+        """The ``with`` of our Received field: SMTP, ESMTP or UTF8SMTP, then S for
+        TLS and A for AUTH (RFC 3848, RFC 6531)."""
+        if txn.smtputf8:
+            base = "UTF8LMTP" if self.lmtp else "UTF8SMTP"
+        elif self.greeting == "HELO":
+            return "SMTP"
+        else:
+            base = "LMTP" if self.lmtp else "ESMTP"
+        return base + ("S" if self.tls else "") + ("A" if self.auth_user else "")
+
+    def _open_message(self, txn: Transaction, quiet: bool = False) -> bool:
         try:
             writer = self.ctx.spool.create()
         except SpoolError as e:
@@ -382,9 +598,9 @@ class Session:
                 self.reply(r)
             return False
         txn.writer = writer
-        if txn.smtputf8:
-            protocol = "UTF8LMTP" if self.lmtp else "UTF8SMTP"
-        writer.write(self._received_header(writer.queue_id, protocol, txn))
+        writer.write(self._received_header(writer.queue_id, self._protocol(txn), txn))
+        if self.submission:
+            txn.hold = bytearray()
         return True
 
     def _received_header(self, qid: str, protocol: str, txn: Transaction) -> bytes:
@@ -395,7 +611,13 @@ class Session:
             literal = f"IPv6:{ip}" if ip.version == 6 else str(ip)
         except ValueError:
             literal = self.peer_ip
-        lines = [f"Received: from {helo} ([{literal}])", f"\tby {self.ctx.hostname} (smtprs) with {protocol} id {qid}"]
+        lines = [f"Received: from {helo} ([{literal}])"]
+        if self.tls:
+            lines.append(f"\t(using {self.tls})")
+        if self.auth_user and self.cfg.smtpd.auth.received_user:
+            user = "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in self.auth_user)
+            lines.append(f"\t(Authenticated sender: {user})")
+        lines.append(f"\tby {self.ctx.hostname} (smtprs) with {protocol} id {qid}")
         date = email.utils.formatdate(localtime=True)
         if len(txn.recipients) == 1:
             lines.append(f"\tfor <{txn.recipients[0]}>; {date}")
@@ -413,6 +635,8 @@ class Session:
             self._final_reply(txn, failure or R.NEED_MAIL)
             return
         writer = txn.writer
+        if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
+            self._release_header(txn, writer, len(txn.hold))
         if event.error is not None:
             self.ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
@@ -439,8 +663,9 @@ class Session:
             size=writer.size,
             client_address=self.peer_ip,
             client_helo=self.helo_name,
-            protocol=self.greeting or "",
+            protocol=self._protocol(txn),
             params=params,
+            auth=self.auth_user or "",
         )
         try:
             await self.ctx.spool.commit(writer, env)
@@ -448,7 +673,7 @@ class Session:
             maillog.spool_problem(f"{writer.queue_id}: {e}")
             self.reply(R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED)
             return
-        maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer)
+        maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer, self.auth_user)
         self.ctx.scheduler.submit(env)
         self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
 
@@ -456,6 +681,36 @@ class Session:
         """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
         for _ in (txn.lmtp_slots if self.lmtp and txn is not None and txn.lmtp_slots else (None,)):
             self.reply(r)
+
+    # -- submission fix-ups (RFC 6409 8) -----------------------------------------
+    def _hold_header(self, txn: Transaction, writer: MessageWriter, data: bytes) -> None:
+        """Hold content until the header block's blank line has been seen."""
+        assert txn.hold is not None
+        hold = txn.hold
+        start = max(0, len(hold) - 3)
+        hold += data
+        if hold.startswith(b"\r\n"):
+            end = 0  # no header fields at all
+        else:
+            i = hold.find(b"\r\n\r\n", start)
+            if i < 0:
+                return  # bounded: the engine stops the chunks beyond max_header_size
+            end = i + 2
+        self._release_header(txn, writer, end)
+
+    def _release_header(self, txn: Transaction, writer: MessageWriter, end: int) -> None:
+        """Write the missing Date / Message-ID, then the held content; stream from now on."""
+        assert txn.hold is not None
+        hold, txn.hold = txn.hold, None
+        present = {m.group(1).lower() for m in _FIXUP_FIELDS.finditer(hold, 0, end)}
+        added = []
+        if b"date" not in present:
+            added.append(f"Date: {email.utils.formatdate(localtime=True)}\r\n")
+        if b"message-id" not in present:
+            added.append(f"Message-ID: <{writer.queue_id}.{secrets.token_hex(6)}@{self.ctx.hostname}>\r\n")
+        if added:
+            writer.write("".join(added).encode())
+        writer.write(bytes(hold))
 
     def _abort_message(self) -> None:
         if self.txn is not None and self.txn.writer is not None:
