@@ -148,6 +148,13 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class Pop3:
+    """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
+
+    timeout: float = _f(600.0, "Seconds a POP3 session may be idle before it is closed (RFC 1939's autologout timer: at least 10 minutes advised); nothing is deleted then.", min=0.001)
+
+
+@dataclass(frozen=True)
 class Log:
     """Logging."""
 
@@ -164,6 +171,7 @@ class Config:
     smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
     local: Local = _f(Local(), "Local domains and mailboxes.")
     queue: Queue = _f(Queue(), "Spool and scheduler.")
+    pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     log: Log = _f(Log(), "Logging.")
 
     # -- derived values -------------------------------------------------

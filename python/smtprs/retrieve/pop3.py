@@ -31,11 +31,10 @@ import base64
 import binascii
 import itertools
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -44,13 +43,11 @@ from .maildrop import CHUNK, Maildrop, MaildropLocked, Message
 
 MAX_LINE = 1024  # RFC 2449 says 255 for commands; AUTH responses can be longer
 
-Verdict = Literal["ok", "bad", "unavailable"]
-
-
 class Verifier(Protocol):
-    """Checks a user name and password (the users file)."""
+    """Checks a user name and password (the users file): "ok", "unavailable"
+    (the users file cannot be read), anything else is a failure."""
 
-    async def verify(self, username: str, password: str) -> Verdict: ...
+    async def verify(self, username: str, password: str) -> str: ...
 
 
 class Delays(Protocol):
@@ -65,7 +62,7 @@ class Pop3Context:
 
     hostname: str
     verifier: Verifier
-    maildir_of: Callable[[str], Path]  # login name -> the user's Maildir
+    maildir_of: Callable[[str], Path]  # login name -> the user's Maildir (ValueError: none)
     tls: ssl.SSLContext | None = None
     allow_plaintext: bool = False  # USER/PASS and AUTH without TLS
     delays: Delays | None = None
@@ -294,12 +291,18 @@ class Pop3Session:
             self.err("Authentication is unavailable, try again later", "SYS/TEMP")
             return
         if verdict != "ok":
-            maillog.pop3_login(self.id, self.peer, user, "failed")
+            # a name that is not a user is often a password typed in the wrong field: not logged
+            maillog.pop3_login(self.id, self.peer, user if verdict != "unknown" else "(unknown)", "failed")
             if self.ctx.delays is not None:
-                await trio.sleep(self.ctx.delays.record(self.peer_ip, time.monotonic()))
+                await trio.sleep(self.ctx.delays.record(self.peer_ip, trio.current_time()))
             self.err("Authentication failed", "AUTH")
             return
-        drop = Maildrop(self.ctx.maildir_of(user))
+        try:
+            drop = Maildrop(self.ctx.maildir_of(user))
+        except ValueError:
+            maillog.pop3_login(self.id, self.peer, user, "no local mailbox for this login")
+            self.err("No mailbox for this login", "SYS/PERM")
+            return
         try:
             await trio.to_thread.run_sync(drop.open)
         except MaildropLocked:

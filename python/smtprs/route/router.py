@@ -326,6 +326,18 @@ class Router:
             return Unroutable(R.UNKNOWN_USER)
         return self.mailbox(user, d)
 
+    def maildir_of(self, login: str) -> Path:
+        """The Maildir that POP3 serves to ``login`` (``user`` or ``user@local.domain``,
+        matched as RCPT would be: case-folded, sub-address tag removed).
+        Raises ValueError for a login that names no local mailbox."""
+        local, at, domain = login.rpartition("@")
+        if not at:
+            local, domain = login, self._default_domain
+        user, d = self._base(self._fold(local)), domain.lower()
+        if not self.is_local(d) or not self._safe.fullmatch(user) or ".." in user:
+            raise ValueError(f"{login!r} names no local mailbox")
+        return self.cfg.maildir_path(user, d)
+
     def mailbox(self, user: str, domain: str) -> Mailbox:
         """The next hop of a local mailbox, by ``local.delivery``."""
         kind = self.cfg.local.delivery

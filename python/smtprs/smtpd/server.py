@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import maillog
-from ..config import SUBMISSION_MODES, Config, Listener, parse_host_port
+from ..config import POP3_MODES, SUBMISSION_MODES, Config, Listener, parse_host_port
 from ..errors import ListenError
 from ..deliver.base import DeliveryAgent
 from ..deliver.lmtp import LmtpAgent
@@ -33,6 +33,7 @@ from ..deliver.mbox import MboxAgent
 from ..envelope import Envelope
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
+from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
@@ -54,6 +55,7 @@ class ServerContext:
     auth_delays: FailureDelays
     policy: Policy
     agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
+    pop3: Pop3Context | None = None
     active_sessions: int = 0
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
@@ -70,7 +72,7 @@ def build(cfg: Config) -> ServerContext:
     scheduler = Scheduler(cfg, spool, router, agents)
     scheduler.on_final_failure = _no_bounce_yet
     a = cfg.smtpd.auth
-    return ServerContext(
+    ctx = ServerContext(
         cfg,
         spool,
         router,
@@ -82,11 +84,23 @@ def build(cfg: Config) -> ServerContext:
         policy=Policy(cfg),
         agents=agents,
     )
+    ctx.pop3 = Pop3Context(
+        hostname,
+        verifier=ctx.authenticator,
+        maildir_of=router.maildir_of,
+        tls=ctx.tls,
+        allow_plaintext=a.allow_plaintext,
+        delays=ctx.auth_delays,
+        timeout=cfg.pop3.timeout,
+        send_timeout=cfg.smtpd.send_timeout,
+        handshake_timeout=cfg.smtpd.tls.handshake_timeout,
+    )
+    return ctx
 
 
 def _check_users(ctx: ServerContext) -> None:
     """At start: say so in the log if nobody will be able to authenticate."""
-    if not any(lst.mode in SUBMISSION_MODES for lst in ctx.cfg.smtpd.listeners):
+    if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
         return
     try:
         users = ctx.authenticator.users.load()
@@ -137,7 +151,12 @@ def _handler(ctx: ServerContext, listener: Listener):  # type: ignore[no-untyped
                 peer = stream.socket.getpeername()
             except OSError:
                 return
-            session = Session(ctx, stream, peer[0], peer[1], listener)
+            session: Session | Pop3Session
+            if listener.mode in POP3_MODES:
+                assert ctx.pop3 is not None
+                session = Pop3Session(ctx.pop3, stream, peer[0], peer[1], implicit_tls=listener.mode == "pop3s")
+            else:
+                session = Session(ctx, stream, peer[0], peer[1], listener)
             try:
                 await session.run()
             except Exception as e:  # a bug in one session must not stop the server
