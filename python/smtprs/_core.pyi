@@ -5,6 +5,7 @@ bytes it read (``receive_data``) and pulls events (``next_event``) until it
 returns ``None`` ("need more data"); it formats replies and un-/stuffs data.
 """
 
+import os
 from typing import Final, Self, final
 
 __version__: Final[str]
@@ -37,6 +38,7 @@ __all__ = [
     "format_reply",
     "dot_stuff",
     "dot_unstuff",
+    "write_files",
     "Event",
 ]
 
@@ -316,3 +318,19 @@ class LfConverter:
     def __init__(self) -> None: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bytes: ...
     def finish(self) -> bytes: ...
+
+def write_files(
+    jobs: list[tuple[str | os.PathLike[str], int, int, bytes, str | os.PathLike[str], str | os.PathLike[str]]],
+    *,
+    to_lf: bool = True,
+    fsync: bool = True,
+) -> list[tuple[int, str] | None]:
+    """Write files durably in one batch with the GIL released (local delivery).
+
+    Each job is ``(src, offset, length, head, tmp, dst)``: ``head`` followed by
+    ``length`` octets of ``src`` from ``offset`` (CRLF -> LF when ``to_lf``) is
+    written to ``tmp``, fsync'd and renamed to ``dst``; each directory of a
+    ``dst`` is fsync'd once.  A job whose ``dst`` exists is already done.
+    Returns, per job, None or ``(errno, message)``.  The one function of the
+    module that touches files (rust/src/fileio.rs says why).
+    """

@@ -132,12 +132,30 @@ pub struct CommandError {
     pub fatal: bool,
 }
 
+/// The longest text of an error reply: with the codes and CRLF the reply line
+/// stays within RFC 5321's 512 octets, however much of the client's line the
+/// text quotes (a parameter, say).
+const MAX_ERROR_TEXT: usize = 400;
+
+/// `text`, cut at a character boundary and marked with "..." if too long.
+fn clamp_text(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 impl CommandError {
     fn new(code: u16, enhanced: &'static str, text: impl Into<String>, verb: Option<Verb>) -> Self {
         CommandError {
             code,
             enhanced,
-            text: text.into(),
+            text: clamp_text(text.into()),
             verb,
             fatal: false,
         }
@@ -463,6 +481,30 @@ mod tests {
         );
         let e = parse_command(b"MAIL x", OPTS).unwrap_err();
         assert!(e.text.contains("Syntax: MAIL FROM:<address>"));
+    }
+
+    /// Found by the `command` fuzz target: a 501 quoting a long parameter made
+    /// a reply line over 512 octets, which format_reply refuses (the Python
+    /// session died with ValueError on `MAIL FROM:<a@b> X!X!...`).
+    #[test]
+    fn error_text_fits_a_reply_line() {
+        let lines = [
+            [&b"MAIL FROM:<a@b> "[..], &b"X!".repeat(240)].concat(),
+            [&b"RCPT TO:<a@b> K="[..], "\u{e9}".repeat(300).as_bytes()].concat(),
+            [
+                &b"MAIL FROM:<a@b> "[..],
+                &b"K".repeat(3000),
+                b" ",
+                &b"K".repeat(3000),
+            ]
+            .concat(),
+        ];
+        for line in lines {
+            let e = parse_command(&line, OPTS).unwrap_err();
+            assert!(e.text.len() <= MAX_ERROR_TEXT, "{}", e.text.len());
+            assert!(e.text.ends_with("..."), "{}", e.text);
+            crate::reply::format_reply(e.code, Some(e.enhanced), &[&e.text]).unwrap();
+        }
     }
 
     #[test]

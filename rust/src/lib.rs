@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod command;
 pub mod data;
 pub mod error;
+pub mod fileio;
 pub mod params;
 pub mod reply;
 pub mod server;
@@ -552,6 +553,47 @@ impl LfConverter {
     }
 }
 
+// ------------------------------------------------------------------ files
+
+type FileJobArgs<'py> = (
+    std::path::PathBuf,
+    u64,
+    u64,
+    Bound<'py, PyBytes>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+);
+
+/// Batched durable writes for local delivery, with the GIL released (fileio.rs).
+#[pyfunction]
+#[pyo3(signature = (jobs, *, to_lf = true, fsync = true))]
+fn write_files(
+    py: Python<'_>,
+    jobs: Vec<FileJobArgs<'_>>,
+    to_lf: bool,
+    fsync: bool,
+) -> Vec<Option<(i32, String)>> {
+    let jobs: Vec<fileio::FileJob> = jobs
+        .into_iter()
+        .map(|(src, offset, length, head, tmp, dst)| fileio::FileJob {
+            src,
+            offset,
+            length,
+            head: head.as_bytes().to_vec(),
+            tmp,
+            dst,
+        })
+        .collect();
+    let results = py.detach(|| fileio::write_batch(&jobs, to_lf, fsync));
+    results
+        .into_iter()
+        .map(|r| {
+            r.err()
+                .map(|e| (e.raw_os_error().unwrap_or(0), e.to_string()))
+        })
+        .collect()
+}
+
 // ------------------------------------------------------------------ module
 
 #[pymodule]
@@ -581,6 +623,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_reply, m)?)?;
     m.add_function(wrap_pyfunction!(dot_stuff, m)?)?;
     m.add_function(wrap_pyfunction!(dot_unstuff, m)?)?;
+    m.add_function(wrap_pyfunction!(write_files, m)?)?;
     // Event = Command | CommandError | ... (a types.UnionType, as in the stub).
     let mut event = py.get_type::<Command>().into_any();
     for t in [

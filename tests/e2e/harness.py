@@ -325,7 +325,13 @@ class Server:
         return {d.name: maildir_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
 
     def spool_snapshot(self) -> dict[str, int]:
-        return tree_snapshot(self.spool_dir)
+        """What the spool holds: each queued message (queue id -> content size, read
+        with the spool's own read-only lister) and every file in spool/files."""
+        from smtprs.queue.spool import read_queue
+
+        out = {env.queue_id: size for env, size in read_queue(self.spool_dir)}
+        out.update({f"files/{k}": v for k, v in tree_snapshot(self.spool_dir / "files").items()})
+        return out
 
     # -- clients ---------------------------------------------------------
     def connect(self, timeout: float = 10.0, greet: bool = True) -> "SMTPClient":

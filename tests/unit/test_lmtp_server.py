@@ -70,7 +70,7 @@ async def test_one_reply_per_rcpt_after_delivery(ctx_factory, tmp_path):
         assert content.startswith(b"Return-Path: <a@remote.test>\nDelivered-To: bob+x@example.test\nReceived: from client.test")
         assert b"with LMTP id" in content and content.endswith(b"\n\nSubject: lmtp\n\nbody\n"[2:])
         assert (await c.cmd("QUIT")).code == 221
-    assert list(ctx.spool.queue_dir.iterdir()) == []  # nothing queued, nothing left behind
+    assert ctx.spool.count == 0 and list(ctx.spool.files_dir.iterdir()) == []  # nothing queued, nothing left behind
 
 
 async def test_each_rcpt_gets_its_own_outcome(ctx_factory, tmp_path):

@@ -18,6 +18,7 @@ import pytest
 from smtprs.deliver import mbox as mbox_mod
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.mbox import MboxAgent, MboxrdQuoter
+from smtprs.queue.spool import Content
 from smtprs.route.router import MboxMailbox
 
 BODY_WITH_FROMS = (
@@ -68,7 +69,7 @@ def request(tmp_path: Path, content: bytes, qid: str = "Q1", sender: str = "s@re
     path = tmp_path / f"{qid}.msg"
     path.write_bytes(content)
     targets = tuple(Target(i, f"{u}@example.test", MboxMailbox(u, "example.test", tmp_path / "mbox" / u)) for i, u in enumerate(users))
-    return DeliveryRequest(qid, sender, path, arrival, targets)
+    return DeliveryRequest(qid, sender, Content(path, 0, len(content)), arrival, targets)
 
 
 async def test_delivered_mbox_reads_back_with_python_mailbox(tmp_path):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from smtprs.envelope import Envelope
-
 from .conftest import start_session
+
+
+def _content(ctx, qid: str) -> bytes:
+    with ctx.spool.content(qid).open() as fh:
+        return fh.read()
 
 
 async def test_happy_path_queues_message_durably(ctx_factory):
@@ -24,10 +27,10 @@ async def test_happy_path_queues_message_durably(ctx_factory):
         qid = r.text.rsplit(" ", 1)[1]
         assert (await c.cmd("QUIT")).code == 221
         assert await c.closed()
-    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    env = ctx.spool.load(qid)
     assert env.sender == "a@remote.test"
     assert [r.address for r in env.recipients] == ["bob@example.test"]
-    content = ctx.spool.content_path(qid).read_bytes()
+    content = _content(ctx, qid)
     assert content.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test (smtprs) with ESMTP id " + qid.encode())
     assert content.endswith(b"\r\n\r\nSubject: hi\r\n\r\n.dot\r\nbody\r\n"[4:])
 
@@ -55,7 +58,7 @@ async def test_sequence_errors(ctx_factory):
         r = await c.cmd("FOO")
         assert (r.code, r.enhanced) == (500, "5.5.2")
         n.cancel_scope.cancel()
-    assert list(ctx.spool.queue_dir.iterdir()) == []
+    assert ctx.spool.count == 0
 
 
 async def test_too_many_errors_closes_with_421(ctx_factory):
@@ -95,7 +98,7 @@ async def test_timeout_inside_data_drops_the_message(ctx_factory, autojump_clock
         assert r.code == 421
         assert 179 <= trio.current_time() - before <= 181
         assert await c.closed()
-    assert list(ctx.spool.queue_dir.iterdir()) == []
+    assert ctx.spool.count == 0
 
 
 async def test_pipelined_replies_come_in_order_in_one_write(ctx_factory):
@@ -128,7 +131,7 @@ async def test_bdat_chunks_and_refusals(ctx_factory):
         assert r.code == 250 and "queued as" in r.text
         qid = r.text.rsplit(" ", 1)[1]
         n.cancel_scope.cancel()
-    assert ctx.spool.content_path(qid).read_bytes().endswith(b"Subject: x\r\n\r\nbody")
+    assert _content(ctx, qid).endswith(b"Subject: x\r\n\r\nbody")
 
 
 async def test_size_declared_too_big(ctx_factory):

@@ -16,7 +16,6 @@ import trio.testing
 
 from smtprs import config
 from smtprs.config import Listener
-from smtprs.envelope import Envelope
 from smtprs.errors import ConfigError
 from smtprs.smtpd import auth
 from smtprs.smtpd.server import ServerContext
@@ -27,6 +26,11 @@ from .conftest import Client, make_config
 
 USER = "alice@example.test"
 PASSWORD = "correct horse battery staple"
+
+
+def _content(ctx, qid: str) -> bytes:  # type: ignore[no-untyped-def]
+    with ctx.spool.content(qid).open() as fh:
+        return fh.read()
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +195,7 @@ async def test_mx_offers_starttls_only_with_a_certificate(ctx_factory, sub_ctx, 
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = ctx.spool.content_path(qid).read_bytes()
+    content = _content(ctx, qid)
     assert b" with ESMTPS id " in content and b"(using TLSv1." in content
     assert content.endswith(b"\r\nSubject: t\r\n\r\nhi\r\n")  # no fix-ups on an MX listener
 
@@ -238,13 +242,13 @@ async def test_submissions_is_tls_from_the_first_byte(sub_ctx, client_tls):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Date: Fri, 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = ctx.spool.content_path(qid).read_bytes()
+    content = _content(ctx, qid)
     head, _, rest = content.partition(b"\r\nDate: Fri")
     assert b"with ESMTPSA id " + qid.encode() in head
     assert b"(using TLSv1." in head
     assert b"(Authenticated sender: alice@example.test)" in head
     assert rest == b", 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n"
-    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    env = ctx.spool.load(qid)
     assert (env.auth, env.protocol) == (USER, "ESMTPSA")
 
 
@@ -396,7 +400,7 @@ async def test_plaintext_auth_only_when_allowed(sub_ctx):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    assert b" with ESMTPA id " in ctx.spool.content_path(qid).read_bytes()
+    assert b" with ESMTPA id " in _content(ctx, qid)
 
 
 # -- relay and senders ------------------------------------------------------------
@@ -437,7 +441,7 @@ async def test_authenticated_user_relays_and_owns_senders(sub_ctx, client_tls):
         await c2.cmd("RSET")
         assert (await c2.cmd(f"MAIL FROM:<{USER}>")).code == 553
         n.cancel_scope.cancel()
-    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    env = ctx.spool.load(qid)
     assert [r.address for r in env.recipients] == ["friend@elsewhere.test", "bob@example.test"]
     assert env.auth == USER
 
@@ -467,7 +471,7 @@ async def test_mail_auth_parameter(sub_ctx, client_tls):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    env = ctx.spool.load(qid)
     assert env.params.get("AUTH") == USER
 
 
@@ -481,7 +485,7 @@ async def test_mx_accepts_auth_parameter_from_unauthenticated_clients(ctx_factor
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    env = Envelope.from_json((ctx.spool.queue_dir / f"{qid}.env").read_bytes())
+    env = ctx.spool.load(qid)
     assert "AUTH" not in env.params
 
 
@@ -507,7 +511,7 @@ async def submit(ctx: ServerContext, client_tls: ssl.SSLContext, message: bytes,
                 r = await c.reply()
         qid = queued_id(r)
         n.cancel_scope.cancel()
-    content = ctx.spool.content_path(qid).read_bytes()
+    content = _content(ctx, qid)
     received_end = content.index(b"\r\n", content.index(b"\tfor <")) + 2
     return content[received_end:]
 

@@ -1,7 +1,7 @@
 """The delivery contract: a request in, one outcome per recipient out.
 
 Agents know nothing of routing or of the queue: the scheduler hands them a
-``DeliveryRequest`` (queue id, content file, sender, recipients with their next
+``DeliveryRequest`` (queue id, content, sender, recipients with their next
 hop) and records the ``Outcome`` of each recipient.  ``deferred`` means "try
 again later" (4xx, network or disk trouble); ``failed`` is permanent (5xx).
 """
@@ -9,9 +9,9 @@ again later" (4xx, network or disk trouble); ``failed`` is permanent (5xx).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Protocol
 
+from ..queue.spool import Content
 from ..route.router import NextHop
 
 Status = Literal["delivered", "deferred", "failed"]
@@ -28,7 +28,7 @@ class Target:
 class DeliveryRequest:
     queue_id: str
     sender: str
-    content: Path
+    content: Content  # content.open() reads it (a file, or a range of a spool segment)
     arrival: float
     targets: tuple[Target, ...]
     params: dict[str, str] = field(default_factory=dict)  # the envelope's MAIL parameters (BODY, SMTPUTF8)

@@ -156,7 +156,7 @@ class LmtpAgent:
                 return
             params += " SMTPUTF8"
         if "SIZE" in caps:
-            params += f" SIZE={request.content.stat().st_size}"
+            params += f" SIZE={request.content.length}"
         commands = [f"MAIL FROM:<{request.sender}>{params}\r\n".encode("utf-8")]
         commands += [f"RCPT TO:<{t.hop.rcpt}>\r\n".encode("utf-8") for t in targets]  # type: ignore[union-attr]
         commands.append(b"DATA\r\n")
@@ -191,9 +191,12 @@ class LmtpAgent:
             await self._quit(c)
             return
         stuffer = _core.DotStuffer()
-        async with await trio.open_file(request.content, "rb") as src:
-            while chunk := await src.read(CHUNK):
+        src = await trio.to_thread.run_sync(request.content.open)
+        try:
+            while chunk := await trio.to_thread.run_sync(src.read, CHUNK):
                 await c.send(stuffer.feed(chunk))
+        finally:
+            src.close()
         await c.send(stuffer.finish())
         for t in accepted:  # RFC 2033 4.2: one reply per accepted recipient, in order
             r = await c.reply()

@@ -1,10 +1,15 @@
 """Maildir delivery: the MDA for local mailboxes.
 
-Writes each recipient's copy as ``tmp/NAME`` (O_EXCL-free rewrite of a stale
-temp file is fine: the name is ours), fsyncs it, renames it into ``new/`` and
-fsyncs ``new/``.  NAME is derived from the queue id and the recipient's index
-(``<arrival>.Q<qid>R<index>.<host>``), so delivering the same recipient twice
-after a crash finds ``new/NAME`` and does not make a second copy.
+Each recipient's copy is written as ``tmp/NAME``, fsync'd, renamed into
+``new/`` and ``new/`` is fsync'd.  NAME is derived from the queue id and the
+recipient's index (``<arrival>.Q<qid>R<index>.<host>``), so delivering the
+same recipient again after a crash finds ``new/NAME`` and makes no second copy.
+
+Deliveries that arrive while a batch is being written go together into the
+next one: one call into the Rust core (``_core.write_files``) writes the whole
+batch with the GIL released and fsyncs each ``new/`` directory once per batch
+(group commit again; see ARCHITECTURE.md for why this is not done with
+Python file calls in a worker thread).
 
 The copy is the spooled content with LF line ends (as Unix mailbox files and
 Dovecot expect), preceded by ``Return-Path:`` (RFC 5321 4.4) and
@@ -15,7 +20,7 @@ the queue retries.
 from __future__ import annotations
 
 import errno
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -23,8 +28,6 @@ import trio
 from .. import _core
 from ..route.router import LocalMailbox
 from .base import DeliveryRequest, Outcome
-
-CHUNK = 256 * 1024
 
 
 def _safe_host(host: str) -> str:
@@ -41,12 +44,11 @@ def ensure_maildir(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass
+class _Batch:
+    jobs: list[tuple[Path, int, int, bytes, Path, Path]] = field(default_factory=list)
+    results: list[tuple[int, str] | None] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 class MaildirAgent:
@@ -55,52 +57,66 @@ class MaildirAgent:
     def __init__(self, hostname: str, *, fsync: bool = True) -> None:
         self.hostname = hostname
         self.fsync = fsync
+        self._known: set[Path] = set()  # Maildirs seen to exist (tmp/ new/ cur/)
+        self._next = _Batch()
+        self._writing = False
+        self.batches = 0
+        self.files = 0
 
     async def deliver(self, request: DeliveryRequest) -> list[Outcome]:
-        return await trio.to_thread.run_sync(self._deliver_all, request)
-
-    def _deliver_all(self, request: DeliveryRequest) -> list[Outcome]:
-        outcomes = []
+        outcomes: list[Outcome] = []
+        jobs: list[tuple[Path, int, int, bytes, Path, Path]] = []
+        targets: list[tuple[int, LocalMailbox]] = []
+        content = request.content
         for t in request.targets:
             assert isinstance(t.hop, LocalMailbox)
+            box = t.hop
             try:
-                name = self._deliver_one(request, t.index, t.address, t.hop)
-                outcomes.append(Outcome(t.index, "delivered", f"delivered to maildir {t.hop.maildir}/new/{name}", "local"))
+                if box.maildir not in self._known:
+                    await trio.to_thread.run_sync(ensure_maildir, box.maildir)
+                    self._known.add(box.maildir)
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    detail = f"452 4.2.2 mailbox full: {e.strerror}"
-                else:
-                    detail = f"451 4.3.0 cannot write maildir {t.hop.maildir}: {e.strerror or e}"
-                outcomes.append(Outcome(t.index, "deferred", detail, "local"))
+                outcomes.append(_failure(t.index, box, e.errno, e.strerror or str(e)))
+                continue
+            name = maildir_name(request, t.index, self.hostname)
+            head = f"Return-Path: <{request.sender}>\nDelivered-To: {t.address}\n".encode()
+            targets.append((t.index, box))
+            jobs.append((content.path, content.offset, content.length, head, box.maildir / "tmp" / name, box.maildir / "new" / name))
+        if not jobs:
+            return outcomes
+        batch = self._next  # no await between here and the append: the batch is still open
+        first = len(batch.jobs)
+        batch.jobs.extend(jobs)
+        await self._run(batch)
+        for k, (index, box) in enumerate(targets):
+            err = batch.results[first + k]
+            if err is None:
+                outcomes.append(Outcome(index, "delivered", f"delivered to maildir {jobs[k][5]}", "local"))
+            else:
+                if err[0] == errno.ENOENT:
+                    self._known.discard(box.maildir)  # someone removed it: make it again next time
+                outcomes.append(_failure(index, box, err[0], err[1]))
         return outcomes
 
-    def _deliver_one(self, request: DeliveryRequest, index: int, address: str, box: LocalMailbox) -> str:
-        name = maildir_name(request, index, self.hostname)
-        final = box.maildir / "new" / name
-        if final.exists():  # delivered before a crash lost the bookkeeping
-            return name
-        ensure_maildir(box.maildir)
-        tmp = box.maildir / "tmp" / name
-        head = f"Return-Path: <{request.sender}>\nDelivered-To: {address}\n".encode()
-        conv = _core.LfConverter()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with open(request.content, "rb") as src, os.fdopen(fd, "wb", buffering=CHUNK, closefd=False) as out:
-                out.write(head)
-                while chunk := src.read(CHUNK):
-                    out.write(conv.feed(chunk))
-                out.write(conv.finish())
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
+    async def _run(self, batch: _Batch) -> None:
+        """Wait until ``batch`` has been written: the first caller writes batches
+        until none is left; the others wait for theirs."""
+        if not self._writing:
+            self._writing = True
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        os.close(fd)
-        os.rename(tmp, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
-        return name
+                while self._next.jobs:
+                    current, self._next = self._next, _Batch()
+                    jobs = current.jobs
+                    current.results = await trio.to_thread.run_sync(lambda: _core.write_files(jobs, to_lf=True, fsync=self.fsync))  # type: ignore[arg-type]
+                    self.batches += 1
+                    self.files += len(current.jobs)
+                    current.done.set()
+            finally:
+                self._writing = False
+        await batch.done.wait()
+
+
+def _failure(index: int, box: LocalMailbox, code: int | None, text: str) -> Outcome:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return Outcome(index, "deferred", f"452 4.2.2 mailbox full: {text}", "local")
+    return Outcome(index, "deferred", f"451 4.3.0 cannot write maildir {box.maildir}: {text}", "local")

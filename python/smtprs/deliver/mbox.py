@@ -118,7 +118,7 @@ def render(request: DeliveryRequest, address: str) -> Iterator[bytes]:
     conv = _core.LfConverter()
     quote = MboxrdQuoter()
     last = b"\n"
-    with open(request.content, "rb") as src:
+    with request.content.open() as src:
         while chunk := src.read(CHUNK):
             out = quote.feed(conv.feed(chunk))
             if out:

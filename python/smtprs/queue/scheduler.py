@@ -133,7 +133,7 @@ class Scheduler:
             if agent is None:
                 outcomes += [Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets]
                 continue
-            request = DeliveryRequest(env.queue_id, env.sender, self.spool.content_path(env.queue_id), env.arrival, tuple(targets), dict(env.params))
+            request = DeliveryRequest(env.queue_id, env.sender, self.spool.content(env.queue_id), env.arrival, tuple(targets), dict(env.params))
             try:
                 outcomes += await agent.deliver(request)
             except Exception as e:

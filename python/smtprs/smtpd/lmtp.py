@@ -3,8 +3,9 @@
 The session (``smtpd/session.py``, listener mode ``lmtp``) speaks the protocol
 -- LHLO instead of HELO/EHLO, and after the data one reply per accepted RCPT,
 in order -- and hands the received message here.  Nothing is queued: the
-content the session streamed into a spool file (never committed, so it is
-not a queued message and is removed at start-up if we crash) is delivered
+content the session handed to a spool writer (never committed, so it is not
+a queued message; staged in a file of its own, removed at start-up if we
+crash) is delivered
 now by the local delivery agents (Maildir, mbox, or an LMTP server further
 on), and each RCPT's reply is given only after its mailboxes have the
 message durably.  The spool file is removed afterwards.
@@ -20,10 +21,13 @@ remote host.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import trio
 
 from .. import maillog
 from .. import reply as R
@@ -73,10 +77,11 @@ async def deliver_now(
     """Deliver the received message to every slot's mailboxes; one reply per slot."""
     arrival = time.time()
     try:
-        writer.flush()
-        if writer.failed is not None:
-            maillog.spool_problem(f"{writer.queue_id}: {writer.failed}")
-            return [R.SPOOL_FAILED for _ in slots]
+        try:
+            content = await trio.to_thread.run_sync(writer.staged)
+        except OSError as e:
+            maillog.spool_problem(f"{writer.queue_id}: {e}")
+            return [R.SPOOL_FULL if e.errno in (errno.ENOSPC, errno.EDQUOT) else R.SPOOL_FAILED for _ in slots]
         addresses = list(dict.fromkeys(t for s in slots for t in s.targets))
         original: dict[str, str] = {}
         for s in slots:
@@ -92,7 +97,7 @@ async def deliver_now(
                 continue
             groups.setdefault(hop.kind, []).append(Target(i, address, hop))
         for kind, targets in groups.items():
-            request = DeliveryRequest(writer.queue_id, sender, writer.path, arrival, tuple(targets), params)
+            request = DeliveryRequest(writer.queue_id, sender, content, arrival, tuple(targets), params)
             try:
                 got = await ctx.agents[kind].deliver(request)
             except Exception as e:  # an agent bug must not leave the client without its replies

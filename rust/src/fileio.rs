@@ -1,0 +1,203 @@
+//! Batched durable file writes for the local delivery agents.
+//!
+//! This is the one module of the crate that touches files; the protocol
+//! engine stays sans-I/O.  It exists because a Maildir delivery is a dozen
+//! small syscalls (open, pread, write, fsync, close, rename, directory fsync)
+//! and, done from Python in a worker thread, each of them drops and retakes the
+//! GIL while the event loop wants it: the convoy costs far more than the
+//! syscalls.  Here a whole batch runs with the GIL released, and the batch
+//! shares its directory fsyncs.
+//!
+//! For each job: if `dst` exists the job is already done (deliveries are
+//! idempotent by name); otherwise `head` plus the content range of `src`
+//! (optionally CRLF -> LF) is written to `tmp`; then every tmp file is
+//! fsync'd, renamed to its `dst`, and each distinct directory of a `dst` is
+//! fsync'd once.  A failed job leaves no tmp file behind.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::stuff::LfConverter;
+
+/// One file to write.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub src: PathBuf,
+    pub offset: u64,
+    pub length: u64,
+    pub head: Vec<u8>,
+    pub tmp: PathBuf,
+    pub dst: PathBuf,
+}
+
+const CHUNK: usize = 1 << 20;
+
+fn write_tmp(job: &FileJob, to_lf: bool) -> io::Result<File> {
+    let src = File::open(&job.src)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&job.tmp)?;
+    let mut buf = vec![0u8; CHUNK.min(job.length as usize).max(1)];
+    let mut conv = LfConverter::new();
+    let mut converted = Vec::with_capacity(buf.len() + 1);
+    let mut pending = job.head.clone();
+    let mut pos = job.offset;
+    let end = job.offset + job.length;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spooled content is shorter than recorded",
+            ));
+        }
+        pos += n as u64;
+        if to_lf {
+            converted.clear();
+            conv.feed_into(&buf[..n], &mut converted);
+            pending.extend_from_slice(&converted);
+        } else {
+            pending.extend_from_slice(&buf[..n]);
+        }
+        if pending.len() >= CHUNK {
+            out.write_all(&pending)?;
+            pending.clear();
+        }
+    }
+    if to_lf {
+        pending.extend_from_slice(&conv.finish());
+    }
+    out.write_all(&pending)?;
+    Ok(out)
+}
+
+/// Write every job durably; one result per job, in order.
+pub fn write_batch(jobs: &[FileJob], to_lf: bool, sync: bool) -> Vec<io::Result<()>> {
+    let mut results: Vec<io::Result<()>> = Vec::with_capacity(jobs.len());
+    let mut open: Vec<Option<File>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if job.dst.exists() {
+            results.push(Ok(()));
+            open.push(None);
+            continue;
+        }
+        match write_tmp(job, to_lf) {
+            Ok(f) => {
+                results.push(Ok(()));
+                open.push(Some(f));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&job.tmp);
+                results.push(Err(e));
+                open.push(None);
+            }
+        }
+    }
+    let mut dirs: BTreeSet<&Path> = BTreeSet::new();
+    for ((job, file), result) in jobs.iter().zip(open).zip(results.iter_mut()) {
+        let Some(file) = file else { continue };
+        let done = (|| {
+            if sync {
+                file.sync_all()?;
+            }
+            drop(file);
+            fs::rename(&job.tmp, &job.dst)
+        })();
+        if let Err(e) = done {
+            let _ = fs::remove_file(&job.tmp);
+            *result = Err(e);
+        } else if let Some(parent) = job.dst.parent() {
+            dirs.insert(parent);
+        }
+    }
+    if sync {
+        for dir in dirs {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                for (job, result) in jobs.iter().zip(results.iter_mut()) {
+                    if result.is_ok() && job.dst.parent() == Some(dir) {
+                        *result = Err(io::Error::new(e.kind(), e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("smtprs-fileio-{}-{}", name, std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("tmp")).unwrap();
+        fs::create_dir_all(d.join("new")).unwrap();
+        d
+    }
+
+    #[test]
+    fn writes_range_with_head_and_lf() {
+        let d = tmpdir("range");
+        fs::write(d.join("seg"), b"XXXXa\r\nb\r\nYYYY").unwrap();
+        let job = FileJob {
+            src: d.join("seg"),
+            offset: 4,
+            length: 6,
+            head: b"H: 1\n".to_vec(),
+            tmp: d.join("tmp/m1"),
+            dst: d.join("new/m1"),
+        };
+        let r = write_batch(std::slice::from_ref(&job), true, true);
+        assert!(r[0].is_ok());
+        assert_eq!(fs::read(&job.dst).unwrap(), b"H: 1\na\nb\n");
+        assert!(!job.tmp.exists());
+        // idempotent: an existing destination is left alone
+        fs::write(&job.dst, b"kept").unwrap();
+        assert!(write_batch(std::slice::from_ref(&job), true, true)[0].is_ok());
+        assert_eq!(fs::read(&job.dst).unwrap(), b"kept");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failing_job_does_not_stop_the_others() {
+        let d = tmpdir("fail");
+        fs::write(d.join("seg"), b"hello\r\n").unwrap();
+        let good = FileJob {
+            src: d.join("seg"),
+            offset: 0,
+            length: 7,
+            head: vec![],
+            tmp: d.join("tmp/g"),
+            dst: d.join("new/g"),
+        };
+        let missing = FileJob {
+            src: d.join("nope"),
+            offset: 0,
+            length: 7,
+            head: vec![],
+            tmp: d.join("tmp/b"),
+            dst: d.join("new/b"),
+        };
+        let short = FileJob {
+            src: d.join("seg"),
+            offset: 0,
+            length: 70,
+            head: vec![],
+            tmp: d.join("tmp/s"),
+            dst: d.join("new/s"),
+        };
+        let r = write_batch(&[missing, good, short], false, true);
+        assert!(r[0].is_err() && r[1].is_ok() && r[2].is_err());
+        assert_eq!(fs::read(d.join("new/g")).unwrap(), b"hello\r\n");
+        assert!(!d.join("tmp/s").exists() && !d.join("new/s").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
