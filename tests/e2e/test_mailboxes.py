@@ -11,9 +11,13 @@ import mailbox
 import re
 import smtplib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from smtprs.envelope import Envelope
+from smtprs.queue.spool import read_queue
 
 from .dovecot import Dovecot, make_dovecot  # noqa: F401  (fixture)
 from .harness import DOMAIN, HOSTNAME, Server, check, make_message, stuff, wait_maildir
@@ -21,6 +25,11 @@ from .harness import DOMAIN, HOSTNAME, Server, check, make_message, stuff, wait_
 pytestmark = pytest.mark.e2e
 
 SENDER = "sender@client.test"
+
+
+def queued(srv: Server) -> dict[str, Envelope]:
+    """The envelopes in the server's queue, read with the spool's read-only lister."""
+    return {env.queue_id: env for env, _size in read_queue(srv.spool_dir)}
 
 
 def imap_messages(dv: Dovecot, user: str, password: str) -> list[bytes]:
@@ -86,7 +95,7 @@ def test_lmtp_over_unix_socket_defers_until_dovecot_is_up(make_server, make_dove
         check(r, 250)
     line = srv.wait_log(rf"{r.qid}: to=<alice@{DOMAIN}>, .*status=deferred")
     assert "cannot connect" in line and "4.4.1" in line, line
-    assert any(p.name.endswith(".env") for p in (srv.spool_dir / "queue").iterdir())
+    assert r.qid in queued(srv)
     dv.start()
     srv.wait_log(rf"{r.qid}: to=<alice@{DOMAIN}>, relay=unix:.*status=sent")
     (got,) = imap_messages(dv, "alice", "pw-alice")
@@ -115,8 +124,10 @@ plugin {
     line = srv.wait_log(rf"{r.qid}: to=<bob@{DOMAIN}>, .*status=deferred")
     assert "452 4.2.2" in line or "4.2.2" in line, line
     # the message stays queued for bob alone
-    env = next(p for p in (srv.spool_dir / "queue").iterdir() if p.name.endswith(".env")).read_text()
-    assert '"address":"alice@example.test","state":"delivered"' in env and '"address":"bob@example.test","state":"deferred"' in env
+    deadline = time.monotonic() + 10
+    while [(rc.address, rc.state) for rc in queued(srv)[r.qid].recipients] != [(f"alice@{DOMAIN}", "delivered"), (f"bob@{DOMAIN}", "deferred")]:
+        assert time.monotonic() < deadline, queued(srv)
+        time.sleep(0.05)
     assert len(imap_messages(dv, "alice", "pw-alice")) == 1
 
 
@@ -217,7 +228,7 @@ def test_lmtp_listener_smtplib_one_reply_per_recipient(make_server) -> None:
         assert s.docmd("NOOP")[0] == 250
     files = wait_maildir(srv.data_dir / "mail" / "alice", 2)
     assert len(files) == 2 and all(f.read_bytes().endswith(msg.replace(b"\r\n", b"\n")) for f in files)
-    assert list((srv.spool_dir / "queue").iterdir()) == []  # delivered, never queued
+    assert queued(srv) == {} and list((srv.spool_dir / "files").iterdir()) == []  # delivered, never queued
     assert "LMTP: delivering now, not queued" in srv.log()
 
 

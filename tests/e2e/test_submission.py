@@ -6,7 +6,6 @@ smtplib and raw sockets; the certificate and the users file are made with the
 from __future__ import annotations
 
 import base64
-import json
 import smtplib
 import socket
 import ssl
@@ -97,8 +96,8 @@ def assert_no_secrets(server: Server) -> None:
 
 
 def queue_files(server: Server) -> list[str]:
-    q = server.spool_dir / "queue"
-    return sorted(p.name for p in q.iterdir()) if q.is_dir() else []
+    """What the spool holds (queued messages and files), per the segment spool's lister."""
+    return sorted(server.spool_snapshot())
 
 
 # -- swaks ------------------------------------------------------------------------
@@ -226,9 +225,11 @@ def test_authenticated_user_relays_and_it_is_queued(msa: Server, credentials: di
     # peer is the SMTP client's job (issue 3): until it exists the recipient
     # is deferred and stays in the queue.
     msa.wait_log(rf"{qid}: to=<friend@elsewhere\.test>, relay=smtp, .*status=deferred")
-    env = json.loads((msa.spool_dir / "queue" / f"{qid}.env").read_text())
-    assert [r["address"] for r in env["recipients"]] == ["friend@elsewhere.test"]
-    assert env["auth"] == USER and env["protocol"] == "ESMTPSA"
+    from smtprs.queue.spool import read_queue
+
+    (env,) = [e for e, _size in read_queue(msa.spool_dir) if e.queue_id == qid]
+    assert [r.address for r in env.recipients] == ["friend@elsewhere.test"]
+    assert env.auth == USER and env.protocol == "ESMTPSA"
 
 
 def test_sending_as_someone_else_gets_553(msa: Server, credentials: dict[str, Path]) -> None:
