@@ -294,3 +294,22 @@ def test_aliases_nested_loop_and_sub_addressing(make_server, tmp_path: Path) -> 
     log = srv.log()
     assert f"to=<alice@{DOMAIN}>, orig_to=<everyone@{DOMAIN}>" in log
     assert f"to=<carol@{DOMAIN}>, orig_to=<everyone@{DOMAIN}>" in log
+
+
+def test_check_config_reads_the_addressing_tables(tmp_path: Path) -> None:
+    from .harness import smtprs_command
+
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: alice, bob\nping: pong\npong: ping\n")
+    cfg = tmp_path / "smtprs.toml"
+    cfg.write_text(f'data_dir = "{tmp_path}"\n[local]\ndomains = ["example.test"]\naliases = "{aliases}"\n')
+    p = subprocess.run([*smtprs_command(), "check-config", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "config ok" in p.stdout
+    assert f"{aliases}:2: alias ping: 550 5.4.6 Alias loop: ping@example.test -> pong@example.test -> ping@example.test" in p.stdout
+    aliases.write_text("ok: alice\nmail: |/usr/bin/procmail\n")
+    for command in ("check-config", "serve"):
+        p = subprocess.run([*smtprs_command(), command, "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert f"{aliases}:2: target '|/usr/bin/procmail': file, command and :include: targets are not supported" in p.stderr
+        assert "Traceback" not in p.stderr
