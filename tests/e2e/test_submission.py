@@ -17,6 +17,8 @@ from typing import Callable
 
 import pytest
 
+from smtprs.queue.spool import read_queue
+
 from .harness import DOMAIN, SMTPClient, Server, check, check_delivered, smtprs_command, split_fields
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +98,7 @@ def assert_no_secrets(server: Server) -> None:
 
 
 def queue_files(server: Server) -> list[str]:
-    """What the spool holds (queued messages and files), per the segment spool's lister."""
+    """What the spool holds (queued ids and content files), as the spool's own reader sees it."""
     return sorted(server.spool_snapshot())
 
 
@@ -225,8 +227,6 @@ def test_authenticated_user_relays_and_it_is_queued(msa: Server, credentials: di
     # peer is the SMTP client's job (issue 3): until it exists the recipient
     # is deferred and stays in the queue.
     msa.wait_log(rf"{qid}: to=<friend@elsewhere\.test>, relay=smtp, .*status=deferred")
-    from smtprs.queue.spool import read_queue
-
     (env,) = [e for e, _size in read_queue(msa.spool_dir) if e.queue_id == qid]
     assert [r.address for r in env.recipients] == ["friend@elsewhere.test"]
     assert env.auth == USER and env.protocol == "ESMTPSA"

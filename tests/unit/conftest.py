@@ -76,3 +76,9 @@ async def start_session(nursery: trio.Nursery, ctx: ServerContext) -> Client:
     greeting = await client.reply()
     assert greeting.code == 220
     return client
+
+
+def spooled(ctx: ServerContext, qid: str) -> bytes:
+    """The content the spool holds for ``qid``."""
+    with ctx.spool.content(qid).open() as fh:
+        return fh.read()

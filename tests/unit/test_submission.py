@@ -22,15 +22,10 @@ from smtprs.smtpd.server import ServerContext
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
-from .conftest import Client, make_config
+from .conftest import Client, make_config, spooled
 
 USER = "alice@example.test"
 PASSWORD = "correct horse battery staple"
-
-
-def _content(ctx, qid: str) -> bytes:  # type: ignore[no-untyped-def]
-    with ctx.spool.content(qid).open() as fh:
-        return fh.read()
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +53,14 @@ def sub_ctx(ctx_factory: Any, tls_pair: tuple[Path, Path], tmp_path: Path):  # t
         return ctx_factory(smtpd=smtpd, **sections)  # type: ignore[no-any-return]
 
     return factory
+
+
+@pytest.fixture
+def hashing_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 0.2 s of real idleness: AUTH hashes
+    passwords in a real thread, and a clock that jumped at once would run the
+    session's 300 s timeout out while the hash is being computed."""
+    return trio.testing.MockClock(autojump_threshold=0.2)
 
 
 async def open_session(
@@ -195,7 +198,7 @@ async def test_mx_offers_starttls_only_with_a_certificate(ctx_factory, sub_ctx, 
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     assert b" with ESMTPS id " in content and b"(using TLSv1." in content
     assert content.endswith(b"\r\nSubject: t\r\n\r\nhi\r\n")  # no fix-ups on an MX listener
 
@@ -242,7 +245,7 @@ async def test_submissions_is_tls_from_the_first_byte(sub_ctx, client_tls):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Date: Fri, 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     head, _, rest = content.partition(b"\r\nDate: Fri")
     assert b"with ESMTPSA id " + qid.encode() in head
     assert b"(using TLSv1." in head
@@ -298,7 +301,7 @@ async def test_auth_plain_continuation_and_case_of_user_name(sub_ctx, client_tls
         n.cancel_scope.cancel()
 
 
-async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client_tls, autojump_clock):
+async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx()
     async with trio.open_nursery() as n:
         c = await open_session(n, ctx)
@@ -310,7 +313,7 @@ async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client
         n.cancel_scope.cancel()
 
 
-async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tls, autojump_clock):
+async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx(smtpd={"max_errors": 100, "auth": {"failure_delay": 1.0, "max_failure_delay": 5.0, "failure_window": 600.0}})
 
     async def attempt(c: Client, password: str) -> tuple[int, float]:
@@ -344,7 +347,7 @@ async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tl
         n.cancel_scope.cancel()
 
 
-async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_tls, autojump_clock, caplog):
+async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_tls, hashing_clock, caplog):
     caplog.set_level(logging.DEBUG, logger="smtprs")
     caplog.set_level(logging.DEBUG)
     ctx = sub_ctx()
@@ -363,7 +366,7 @@ async def test_unknown_user_is_not_logged_and_password_never_is(sub_ctx, client_
         assert secret not in caplog.text
 
 
-async def test_users_file_is_read_again_when_it_changes(sub_ctx, client_tls, autojump_clock):
+async def test_users_file_is_read_again_when_it_changes(sub_ctx, client_tls, hashing_clock):
     ctx = sub_ctx()
     users_file = ctx.cfg.users_path
     async with trio.open_nursery() as n:
@@ -400,7 +403,7 @@ async def test_plaintext_auth_only_when_allowed(sub_ctx):
         assert (await c.cmd("DATA")).code == 354
         qid = queued_id(await c.cmd(b"Subject: t\r\n\r\nhi\r\n."))
         n.cancel_scope.cancel()
-    assert b" with ESMTPA id " in _content(ctx, qid)
+    assert b" with ESMTPA id " in spooled(ctx, qid)
 
 
 # -- relay and senders ------------------------------------------------------------
@@ -511,7 +514,7 @@ async def submit(ctx: ServerContext, client_tls: ssl.SSLContext, message: bytes,
                 r = await c.reply()
         qid = queued_id(r)
         n.cancel_scope.cancel()
-    content = _content(ctx, qid)
+    content = spooled(ctx, qid)
     received_end = content.index(b"\r\n", content.index(b"\tfor <")) + 2
     return content[received_end:]
 
