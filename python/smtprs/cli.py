@@ -42,6 +42,15 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
+def _alias_problems(cfg: config_mod.Config) -> list[str]:
+    """Read the addressing tables the configuration names (aliases, virtual
+    map: a ConfigError names file:line); return the aliases that cannot be
+    expanded (loops, unknown targets), to warn of."""
+    from .route.router import Router
+
+    return Router(cfg).alias_problems()
+
+
 async def _serve(cfg: config_mod.Config, worker: int, workers: int) -> None:
     from .smtpd.server import serve
 
@@ -56,8 +65,12 @@ async def _serve(cfg: config_mod.Config, worker: int, workers: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    problems = _alias_problems(cfg)
     maillog.setup(cfg.log.level, cfg.log.file)
     _warn_readable_secrets(args.config, cfg)
+    if args.worker_index is None:
+        for problem in problems:
+            maillog.warning(f"aliases: {problem}")
     workers = args.workers if args.workers is not None else cfg.worker_count()
     if workers < 1:
         raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
@@ -189,8 +202,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .smtpd import auth, tls
 
     cfg = _load(args)
+    for problem in _alias_problems(cfg):
+        print(f"warning: {problem}")
     tls.server_context(cfg)  # ConfigError naming smtpd.tls.* if the files are unusable
-    if any(lst.mode in config_mod.SUBMISSION_MODES for lst in cfg.smtpd.listeners):
+    if any(lst.mode in config_mod.SUBMISSION_MODES + config_mod.POP3_MODES for lst in cfg.smtpd.listeners):
         try:
             users = auth.read_users(cfg.users_path)
         except auth.UsersFileError as e:

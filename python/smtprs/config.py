@@ -46,8 +46,9 @@ def _copy(value: Any) -> Any:
     return value
 
 
-Mode = Literal["mx", "submission", "submissions"]
+Mode = Literal["mx", "submission", "submissions", "lmtp", "pop3", "pop3s"]
 SUBMISSION_MODES = ("submission", "submissions")
+POP3_MODES = ("pop3", "pop3s")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,10 @@ class Listener:
         "mx",
         "What the listener serves: `mx` (mail from other servers, port 25 behaviour; STARTTLS offered when a certificate is configured), "
         "`submission` (mail from users, port 587: STARTTLS, AUTH required before MAIL, RFC 6409), "
-        "`submissions` (the same over implicit TLS, port 465, RFC 8314).",
+        "`submissions` (the same over implicit TLS, port 465, RFC 8314), "
+        "`lmtp` (RFC 2033 for another MTA handing mail over for final delivery: LHLO, one reply per recipient after the data, each given only once the mail is in the mailbox; nothing is queued), "
+        "`pop3` (users fetch their Maildir, port 110: STLS, then USER/PASS or AUTH PLAIN against the users file, RFC 1939/2449/2595), "
+        "`pop3s` (the same over implicit TLS, port 995, RFC 8314).",
     )
 
 
@@ -120,6 +124,16 @@ class Local:
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
     users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
+    delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
+    mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
+    lock_timeout: float = _f(30.0, "Seconds an mbox delivery waits for the mailbox lock (fcntl and dotlock) before it is deferred.", min=0.001)
+    lmtp: str = _f("127.0.0.1:24", "The LMTP server that gets local mail when local.delivery is `lmtp`: `host:port`, `[ipv6]:port` or `unix:/path/to/socket`.")
+    lmtp_timeout: float = _f(300.0, "Seconds to wait for the LMTP server: for the connection and for each reply.", min=0.001)
+    aliases: str = _f("", "Aliases file in the /etc/aliases format (`name: address, address`); empty for none. Names apply to every local domain; read at start-up.")
+    virtual_domains: list[str] = _f([], "Virtual domains: domains we take mail for whose addresses exist only in local.virtual_map (no mailbox of their own).")
+    virtual_map: str = _f("", "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.")
+    recipient_delimiter: str = _f("+", "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).")
+    case_sensitive: bool = _f(False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox).")
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,13 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class Pop3:
+    """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
+
+    timeout: float = _f(600.0, "Seconds a POP3 session may be idle before it is closed (RFC 1939's autologout timer: at least 10 minutes advised); nothing is deleted then.", min=0.001)
+
+
+@dataclass(frozen=True)
 class Log:
     """Logging."""
 
@@ -195,6 +216,7 @@ class Config:
     queue: Queue = _f(Queue(), "Spool and scheduler.")
     relay: Relay = _f(Relay(), "Relaying to other hosts.")
     dns: Dns = _f(Dns(), "DNS resolver.")
+    pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     log: Log = _f(Log(), "Logging.")
 
     # -- derived values -------------------------------------------------
@@ -235,10 +257,16 @@ class Config:
     @property
     def tls_ca_path(self) -> Path | None:
         return self.data_path / self.relay.tls_ca_file if self.relay.tls_ca_file else None
+    def mbox_path(self, user: str, domain: str) -> Path:
+        return self.data_path / self.local.mbox.format(user=user, domain=domain)
 
     def path(self, value: str) -> Path:
         """A path from the configuration: relative ones are relative to data_dir."""
         return self.data_path / value
+
+    def file_path(self, name: str) -> Path | None:
+        """A file named in the config (aliases, virtual map): None when empty, else ``path(name)``."""
+        return self.path(name) if name else None
 
     @property
     def users_path(self) -> Path:
@@ -429,6 +457,14 @@ def _port(text: str, key: str) -> int:
     if not 1 <= n <= 65535:
         raise ConfigError(f"{key}: port out of range: {n}")
     return n
+def parse_socket_address(text: str, key: str) -> tuple[str, int] | str:
+    """``unix:/path`` -> the path (a str); ``host:port`` -> (host, port)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ConfigError(f"{key}: expected unix:/path, got {text!r}")
+        return path
+    return parse_host_port(text, key)
 
 
 def _check(cfg: Config) -> None:
@@ -447,12 +483,27 @@ def _check(cfg: Config) -> None:
     for i, d in enumerate(cfg.local.domains):
         if not d or any(c in d for c in " /@[]"):
             raise ConfigError(f"local.domains[{i}]: not a domain name: {d!r}")
-    try:
-        cfg.local.maildir.format(user="u", domain="d")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"local.maildir: bad template {cfg.local.maildir!r} (only {{user}} and {{domain}}): {e}") from None
-    if "{user}" not in cfg.local.maildir:
-        raise ConfigError("local.maildir: the template must contain {user}")
+    for key in ("maildir", "mbox"):
+        template = getattr(cfg.local, key)
+        try:
+            template.format(user="u", domain="d")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"local.{key}: bad template {template!r} (only {{user}} and {{domain}}): {e}") from None
+        if "{user}" not in template:
+            raise ConfigError(f"local.{key}: the template must contain {{user}}")
+    lmtp_target = parse_socket_address(cfg.local.lmtp, "local.lmtp")
+    if cfg.local.delivery == "lmtp":
+        for i, lst in enumerate(cfg.smtpd.listeners):
+            if lst.mode == "lmtp" and parse_host_port(lst.address, "") == lmtp_target:
+                raise ConfigError(f"local.lmtp: {cfg.local.lmtp} is smtprs's own lmtp listener (smtpd.listeners[{i}]): mail would loop")
+    local = {d.lower() for d in cfg.local.domains}
+    for i, d in enumerate(cfg.local.virtual_domains):
+        if not d or any(c in d for c in " /@[]"):
+            raise ConfigError(f"local.virtual_domains[{i}]: not a domain name: {d!r}")
+        if d.lower() in local:
+            raise ConfigError(f"local.virtual_domains[{i}]: {d!r} is also in local.domains (a domain is either local or virtual)")
+    if any(c in cfg.local.recipient_delimiter for c in '@" \t\\'):
+        raise ConfigError(f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes")
     if cfg.queue.retry_max < cfg.queue.retry_min:
         raise ConfigError("queue.retry_max: must be >= queue.retry_min")
     if not cfg.queue.control_socket:
@@ -500,6 +551,13 @@ def _check(cfg: Config) -> None:
         if lst.mode == "submission" and not cfg.smtpd.auth.allow_plaintext:
             raise ConfigError(
                 f"smtpd.listeners[{i}].mode: a submission listener needs smtpd.tls.cert_file and smtpd.tls.key_file "
+                "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
+            )
+        if lst.mode == "pop3s":
+            raise ConfigError(f"smtpd.listeners[{i}].mode: a pop3s listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+        if lst.mode == "pop3" and not cfg.smtpd.auth.allow_plaintext:
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a pop3 listener needs smtpd.tls.cert_file and smtpd.tls.key_file for STLS "
                 "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
             )
     auth = cfg.smtpd.auth

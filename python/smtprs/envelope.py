@@ -37,6 +37,9 @@ class Recipient:
     last_attempt: float = 0.0
     notice: str = ""  # a DSN owed to the sender about this recipient: "failed", "delivered", "relayed"
     delay_notified: bool = False  # a "delayed" DSN has been sent for this recipient
+    # the address given at RCPT when alias/virtual expansion or sub-addressing
+    # changed it ("" when ``address`` is what the client gave)
+    original: str = ""
 
     @property
     def final(self) -> bool:

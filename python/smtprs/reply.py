@@ -55,6 +55,7 @@ SPOOL_FULL = Reply(452, "4.3.1", "Error: insufficient system storage")
 
 # 5xx
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+LMTP_USE_LHLO = Reply(500, "5.5.1", "Error: this is an LMTP server (RFC 2033): use LHLO")
 NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 TXN_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")

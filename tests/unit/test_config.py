@@ -32,6 +32,14 @@ def test_embedded_default_runs_without_a_file():
         ("[queue]\nretry_min = 10\nretry_max = 5\n", "queue.retry_max"),
         ("[queue]\nfsync = 1\n", "queue.fsync"),
         ("smtpd = 3\n", "smtpd"),
+        ('[local]\ndelivery = "pigeon"\n', "local.delivery"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:995"\nmode = "pop3s"\n', "smtpd.listeners[0].mode"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:110"\nmode = "pop3"\n', "smtpd.listeners[0].mode"),
+        ('[local]\nlmtp = "nowhere"\n', "local.lmtp"),
+        ('[local]\nmbox = "mbox/all"\n', "local.mbox"),
+        ('[local]\nvirtual_domains = ["localhost"]\n', "local.virtual_domains[0]"),
+        ('[local]\nrecipient_delimiter = "@"\n', "local.recipient_delimiter"),
+        ('[local]\ndelivery = "lmtp"\nlmtp = "127.0.0.1:2424"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2424"\nmode = "lmtp"\n', "local.lmtp"),
     ],
 )
 def test_errors_name_the_key(tmp_path, toml, key):

@@ -212,7 +212,7 @@ class Scheduler:
                 r.last_error = ""
                 if "SUCCESS" in notify and not o.dsn_relayed:
                     r.notice = "delivered" if o.relay == "local" else "relayed"
-                maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail)
+                maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail, orig=r.original)
             elif o.status == "failed" or delay >= q.max_lifetime:
                 r.state = "failed"
                 r.last_error = o.detail
@@ -221,7 +221,7 @@ class Scheduler:
                     r.last_error = f"message expired after {delay:.0f}s in the queue; last error: {o.detail}"
                 if not notify or "FAILURE" in notify:
                     r.notice = "failed"
-                maillog.failed(env.queue_id, r.address, o.relay, delay, r.last_error)
+                maillog.failed(env.queue_id, r.address, o.relay, delay, r.last_error, orig=r.original)
             else:
                 r.state = "deferred"
                 r.last_error = o.detail
@@ -229,4 +229,4 @@ class Scheduler:
                 # the last try falls on the expiry time, so the bounce is not late by a whole backoff
                 wait = max(0.0, min(wait, env.arrival + q.max_lifetime - now))
                 r.next_attempt = now + wait
-                maillog.deferred(env.queue_id, r.address, o.relay, delay, o.detail, wait)
+                maillog.deferred(env.queue_id, r.address, o.relay, delay, o.detail, wait, orig=r.original)

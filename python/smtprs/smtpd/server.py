@@ -33,13 +33,17 @@ import trio
 
 from .. import maillog
 from ..bounce import Notifier
-from ..config import SUBMISSION_MODES, Config, Listener, parse_host_port
+from ..config import POP3_MODES, SUBMISSION_MODES, Config, Listener, parse_host_port
+from ..deliver.base import DeliveryAgent
+from ..deliver.lmtp import LmtpAgent
 from ..deliver.maildir import MaildirAgent
+from ..deliver.mbox import MboxAgent
 from ..deliver.smtp import SmtpAgent
 from ..errors import ListenError, SpoolError
 from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
+from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
@@ -61,6 +65,8 @@ class ServerContext:
     auth_delays: FailureDelays
     policy: Policy
     smtp: SmtpAgent
+    agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
+    pop3: Pop3Context | None = None
     active_sessions: int = 0
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
@@ -70,11 +76,16 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
     spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
     smtp = SmtpAgent(cfg, hostname)
-    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync), "smtp": smtp}
-    scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
+    agents: dict[str, DeliveryAgent] = {
+        "maildir": MaildirAgent(hostname, fsync=cfg.queue.fsync),
+        "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=cfg.queue.fsync),
+        "lmtp": LmtpAgent(hostname, timeout=cfg.local.lmtp_timeout),
+        "smtp": smtp,
+    }
+    scheduler = Scheduler(cfg, spool, router, agents)
     scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
     a = cfg.smtpd.auth
-    return ServerContext(
+    ctx = ServerContext(
         cfg,
         spool,
         router,
@@ -85,7 +96,20 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
         smtp=smtp,
+        agents=agents,
     )
+    ctx.pop3 = Pop3Context(
+        hostname,
+        verifier=ctx.authenticator,
+        maildir_of=router.maildir_of,
+        tls=ctx.tls,
+        allow_plaintext=a.allow_plaintext,
+        delays=ctx.auth_delays,
+        timeout=cfg.pop3.timeout,
+        send_timeout=cfg.smtpd.send_timeout,
+        handshake_timeout=cfg.smtpd.tls.handshake_timeout,
+    )
+    return ctx
 
 
 def shard_path(cfg: Config, shard: int) -> Path:
@@ -119,7 +143,7 @@ def lock_shard(path: Path) -> int:
 
 def _check_users(ctx: ServerContext) -> None:
     """At start: say so in the log if nobody will be able to authenticate."""
-    if not any(lst.mode in SUBMISSION_MODES for lst in ctx.cfg.smtpd.listeners):
+    if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
         return
     try:
         users = ctx.authenticator.users.load()
@@ -226,7 +250,12 @@ def _handler(ctx: ServerContext, listener: Listener):  # type: ignore[no-untyped
                 peer = stream.socket.getpeername()
             except OSError:
                 return
-            session = Session(ctx, stream, peer[0], peer[1], listener)
+            session: Session | Pop3Session
+            if listener.mode in POP3_MODES:
+                assert ctx.pop3 is not None
+                session = Pop3Session(ctx.pop3, stream, peer[0], peer[1], implicit_tls=listener.mode == "pop3s")
+            else:
+                session = Session(ctx, stream, peer[0], peer[1], listener)
             try:
                 await session.run()
             except Exception as e:  # a bug in one session must not stop the server
