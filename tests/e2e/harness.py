@@ -330,11 +330,12 @@ class Server:
 
     def spool_snapshot(self) -> dict[str, int]:
         """What the spool holds: each queued message (queue id -> content size, read
-        with the spool's own read-only lister) and every file in spool/files."""
+        with the spool's own read-only lister) and every file in each shard's files/."""
         from smtprs.queue.spool import read_queue
 
         out = {env.queue_id: size for env, size in read_queue(self.spool_dir)}
-        out.update({f"files/{k}": v for k, v in tree_snapshot(self.spool_dir / "files").items()})
+        for files in sorted(self.spool_dir.glob("shard-*/files")):
+            out.update({f"{files.parent.name}/files/{k}": v for k, v in tree_snapshot(files).items()})
         return out
 
     # -- clients ---------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from smtprs import _core
 from smtprs.errors import ConfigError
 from smtprs.route.aliases import load_aliases, load_virtual
-from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, LmtpMailbox, LocalMailbox, MboxMailbox, Remote, Router, Unroutable
+from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Router, Unroutable
 
 from .conftest import make_config
 
@@ -114,7 +114,8 @@ def test_alias_expansion_local_and_remote_targets(tmp_path):
     # a remote target is the administrator's choice: accepted without relay permission, routed over SMTP
     r2 = router(tmp_path, "fwd: someone@remote.test\n")
     assert expand(r2, "fwd@example.test") == ("someone@remote.test",)
-    assert r2.route("someone@remote.test") == Remote("remote.test")
+    hop = r2.route("someone@remote.test")
+    assert isinstance(hop, RemoteHop) and (hop.domain, hop.host, hop.mx) == ("remote.test", "remote.test", True)
     # a remote RCPT needs the session's relay permission
     got = expand(r2, "someone@remote.test")
     assert isinstance(got, Unroutable) and got.reply.code == 554

@@ -84,7 +84,7 @@ def make_request(tmp_path: Path, users: list[str], content: bytes = b"Subject: t
     path = tmp_path / "Q1.msg"
     path.write_bytes(content)
     targets = tuple(Target(i, f"{u}@example.test", LmtpMailbox(u, "example.test", f"{u}@example.test", "127.0.0.1:24")) for i, u in enumerate(users))
-    return DeliveryRequest("Q1", "s@remote.test", Content(path, 0, len(content)), 0.0, targets, params or {})
+    return DeliveryRequest("Q1", "s@remote.test", Content(path, 0, len(content)), 0.0, targets, len(content), params or {})
 
 
 async def run_agent(tmp_path, fake_kwargs, users, **req):  # type: ignore[no-untyped-def]
