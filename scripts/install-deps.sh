@@ -2,6 +2,16 @@
 # Install the Debian packages that building smtprs and running its tests need.
 #
 #   swaks          the SMTP test client of the end-to-end suite
+#   dnsmasq-base   the DNS server the relay tests start on a loopback port (the
+#                  binary only: dnsmasq-base runs no system service)
+#   postfix        for smtp-sink, the downstream SMTP server of the relay tests;
+#                  preseeded "No configuration", so no system MTA is set up or
+#                  started (smtprs tests never use or disturb one)
+#   openssl        makes the test certificates (STARTTLS to the next hop)
+#   dovecot-imapd, dovecot-lmtpd, dovecot-pop3d
+#                  the mailbox tests' peer: a private Dovecot (own config, own
+#                  ports) receives over LMTP and reads our Maildirs over IMAP
+#   fetchmail      a POP3 client of the mailbox tests
 #   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
 #                  tests; swaks only recommends it, and we install without
 #                  recommends
@@ -15,9 +25,7 @@
 #
 # Idempotent: what is already there is not installed again, and apt is not
 # touched at all when nothing is missing.  Runs apt as root, or through sudo
-# when that is available.  Postfix is not installed (no test needs smtp-sink);
-# if one ever is, preseed "postfix postfix/main_mailer_type select No
-# configuration" first so that it does not start a system MTA on port 25.
+# when that is available.
 set -euo pipefail
 
 # "build": only what building and running smtprs needs (make run); default: all.
@@ -27,6 +35,13 @@ missing=()
 
 if [ "$what" != build ]; then
     command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+    command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+    command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    for part in imap lmtp pop3; do
+        [ -x "/usr/lib/dovecot/$part" ] || missing+=("dovecot-${part}d")
+    done
+    command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
@@ -70,6 +85,19 @@ else
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    if [[ " ${missing[*]} " == *" postfix "* ]]; then
+        # smtp-sink only: no mail system configured, so no MTA starts on port 25
+        echo "postfix postfix/main_mailer_type select No configuration" | "${SUDO[@]}" debconf-set-selections
+    fi
+    # Installing Dovecot would start the system's Dovecot on ports 110/143;
+    # the tests run their own.  policy-rc.d (exit 101) tells the packages'
+    # scripts not to start services, for the duration of this install only.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
     "${SUDO[@]}" apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

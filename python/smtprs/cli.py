@@ -1,4 +1,4 @@
-"""The ``smtprs`` command: serve, check-config, passwd, tls.
+"""The ``smtprs`` command: serve, check-config, passwd, tls, queue list/flush.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
 SIGTERM or SIGINT (a graceful shutdown: see ``smtpd/server.py``; a second
@@ -9,25 +9,33 @@ manages the users file of SMTP AUTH: a password is read from the terminal
 (twice) or, with ``--stdin``, from one line of standard input -- never from the
 command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
 --out DIR`` writes a self-signed certificate and key for trying TLS out.
+``smtprs queue list`` reads the spool without changing it (safe while the
+server runs); ``smtprs queue flush`` asks the running server, through its
+control socket (queue/control.py), to retry every queued message now.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
 import signal
+import stat
 import sys
+import time
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import config as config_mod
 from . import maillog
 from .errors import ConfigError, ListenError, SpoolError
+from .queue.control import ControlError
 
 if TYPE_CHECKING:
+    from .envelope import Envelope
     from .smtpd.server import Server
 
 
@@ -35,10 +43,19 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
-async def _serve(cfg: config_mod.Config, config_path: str | None) -> None:
+def _alias_problems(cfg: config_mod.Config) -> list[str]:
+    """Read the addressing tables the configuration names (aliases, virtual
+    map: a ConfigError names file:line); return the aliases that cannot be
+    expanded (loops, unknown targets), to warn of."""
+    from .route.router import Router
+
+    return Router(cfg).alias_problems()
+
+
+async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int) -> None:
     from .smtpd.server import Server
 
-    server = Server(cfg, config_path)
+    server = Server(cfg, config_path, worker=worker, workers=workers)
     async with trio.open_nursery() as nursery:
         await nursery.start(_signals, server)
         await server.run()
@@ -66,11 +83,27 @@ async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    problems = _alias_problems(cfg)
     maillog.setup(cfg.log.level, cfg.log.file)
+    _warn_readable_secrets(args.config, cfg)
+    if args.worker_index is None:
+        for problem in problems:
+            maillog.warning(f"aliases: {problem}")
+    workers = args.workers if args.workers is not None else cfg.worker_count()
+    if workers < 1:
+        raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
+    if args.worker_index is None and workers > 1:
+        from . import supervisor
+
+        return supervisor.run(args.config, workers)
+    if args.worker_index is not None:
+        from .supervisor import die_with_parent
+
+        die_with_parent()
     status = 0
     try:
-        trio.run(_serve, cfg, args.config)
-    except* (ListenError, SpoolError) as group:
+        trio.run(_serve, cfg, args.config, args.worker_index or 0, workers)
+    except* (ListenError, SpoolError, ControlError) as group:
         status = 1
         for e in _leaves(group):
             maillog.error(str(e))
@@ -81,20 +114,116 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return status
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside (nested) groups: errors raised in nested nurseries."""
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
-    return out
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for e in group.exceptions for leaf in _leaves(e)]
+    return [group]
+
+
+def _warn_readable_secrets(path: str | None, cfg: config_mod.Config) -> None:
+    """A configuration holding a password should be readable by its owner only."""
+    if path is None or not cfg.relay.auth_password:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        maillog.warning(f"{path} holds relay.auth_password but is readable by others (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from .queue.spool import read_queue
+
+    cfg = _load(args)
+    queued = sorted(read_queue(cfg.spool_path), key=lambda pair: (pair[0].arrival, pair[0].queue_id))
+    now = time.time()
+    entries = [_entry(env, size, now) for env, size in queued]
+    if args.json:
+        json.dump(entries, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    if not entries:
+        print("queue is empty")
+        return 0
+    for e in entries:
+        print(f"{e['id']:<16} {e['size']:>9}  {_age(e['age'])} ago  <{e['sender']}>")
+        for r in e["recipients"]:
+            line = f"    <{r['address']}>  {r['state']}"
+            if r["attempts"]:
+                line += f", {r['attempts']} attempt{'s' if r['attempts'] != 1 else ''}"
+            if r["next_attempt_in"] is not None:
+                line += f", next in {_age(r['next_attempt_in'])}"
+            print(line)
+            if r["last_error"]:
+                print(f"        {r['last_error']}")
+    total = sum(e["size"] for e in entries)
+    print(f"-- {len(entries)} message{'s' if len(entries) != 1 else ''}, {total} octets")
+    return 0
+
+
+def _entry(env: "Envelope", size: int, now: float) -> dict[str, Any]:
+    return {
+        "id": env.queue_id,
+        "size": size,
+        "arrival": env.arrival,
+        "age": max(0.0, now - env.arrival),
+        "sender": env.sender,
+        "recipients": [
+            {
+                "address": r.address,
+                "state": r.state,
+                "attempts": r.attempts,
+                "next_attempt": r.next_attempt if not r.final else None,
+                "next_attempt_in": max(0.0, r.next_attempt - now) if not r.final else None,
+                "last_error": r.last_error,
+            }
+            for r in env.recipients
+        ],
+    }
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def cmd_queue_flush(args: argparse.Namespace) -> int:
+    from .queue.control import request
+
+    cfg = _load(args)
+    answers: list[str] = []
+    first_error: ControlError | None = None
+    for path in cfg.control_sockets():  # one per worker
+        try:
+            answers.append(trio.run(request, path, "FLUSH"))
+        except ControlError as e:  # a stale socket of a worker that is gone
+            first_error = first_error or e
+    if not answers:
+        print(f"smtprs: {first_error}", file=sys.stderr)
+        return 1
+    if len(answers) == 1:
+        print(answers[0])
+        return 0 if answers[0].startswith("OK") else 1
+    total = sum(int(a.split()[1]) for a in answers if a.startswith("OK ") and a.split()[1].isdigit())
+    print(f"OK {total} message{'' if total == 1 else 's'} scheduled now ({len(answers)} workers)")
+    return 0 if all(a.startswith("OK") for a in answers) else 1
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from .smtpd import auth, tls
 
     cfg = _load(args)
+    for problem in _alias_problems(cfg):
+        print(f"warning: {problem}")
     tls.server_context(cfg)  # ConfigError naming smtpd.tls.* if the files are unusable
-    if any(lst.mode in config_mod.SUBMISSION_MODES for lst in cfg.smtpd.listeners):
+    if any(lst.mode in config_mod.SUBMISSION_MODES + config_mod.POP3_MODES for lst in cfg.smtpd.listeners):
         try:
             users = auth.read_users(cfg.users_path)
         except auth.UsersFileError as e:
@@ -185,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the server in the foreground")
     p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
+    p.add_argument("--workers", "-w", type=int, help="worker processes (default: the config's `workers`, 0 there meaning one per CPU)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate the configuration and exit")
     p.add_argument("--config", "-c")
@@ -213,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--force", action="store_true", help="replace existing files")
     q.add_argument("--config", "-c", help="configuration to take the hostname from")
     q.set_defaults(func=cmd_tls)
+
+    qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(dest="queue_command", required=True)
+    p = qsub.add_parser("list", help="list queued messages with each recipient's state (reads the spool)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_queue_list)
+    p = qsub.add_parser("flush", help="ask the running server to retry every queued message now")
+    p.add_argument("--config", "-c")
+    p.set_defaults(func=cmd_queue_flush)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

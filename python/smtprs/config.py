@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import ssl
 import tomllib
 import types
 import typing
@@ -45,8 +46,9 @@ def _copy(value: Any) -> Any:
     return value
 
 
-Mode = Literal["mx", "submission", "submissions"]
+Mode = Literal["mx", "submission", "submissions", "lmtp", "pop3", "pop3s"]
 SUBMISSION_MODES = ("submission", "submissions")
+POP3_MODES = ("pop3", "pop3s")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ class Listener:
         "mx",
         "What the listener serves: `mx` (mail from other servers, port 25 behaviour; STARTTLS offered when a certificate is configured), "
         "`submission` (mail from users, port 587: STARTTLS, AUTH required before MAIL, RFC 6409), "
-        "`submissions` (the same over implicit TLS, port 465, RFC 8314).",
+        "`submissions` (the same over implicit TLS, port 465, RFC 8314), "
+        "`lmtp` (RFC 2033 for another MTA handing mail over for final delivery: LHLO, one reply per recipient after the data, each given only once the mail is in the mailbox; nothing is queued), "
+        "`pop3` (users fetch their Maildir, port 110: STLS, then USER/PASS or AUTH PLAIN against the users file, RFC 1939/2449/2595), "
+        "`pop3s` (the same over implicit TLS, port 995, RFC 8314).",
     )
 
 
@@ -149,6 +154,16 @@ class Local:
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
     users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
+    delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
+    mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
+    lock_timeout: float = _f(30.0, "Seconds an mbox delivery waits for the mailbox lock (fcntl and dotlock) before it is deferred.", min=0.001)
+    lmtp: str = _f("127.0.0.1:24", "The LMTP server that gets local mail when local.delivery is `lmtp`: `host:port`, `[ipv6]:port` or `unix:/path/to/socket`.")
+    lmtp_timeout: float = _f(300.0, "Seconds to wait for the LMTP server: for the connection and for each reply.", min=0.001)
+    aliases: str = _f("", "Aliases file in the /etc/aliases format (`name: address, address`); empty for none. Names apply to every local domain; read at start-up.")
+    virtual_domains: list[str] = _f([], "Virtual domains: domains we take mail for whose addresses exist only in local.virtual_map (no mailbox of their own).")
+    virtual_map: str = _f("", "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.")
+    recipient_delimiter: str = _f("+", "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).")
+    case_sensitive: bool = _f(False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox).")
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,55 @@ class Queue:
         "declared (as Postfix's queue_minfree). A full disk is answered 452 4.3.1 at the end of the data in any case.",
         min=0,
     )
+    delay_warning: float = _f(0.0, "Seconds after arrival when a sender whose mail is still deferred gets a \"delayed\" notice (RFC 3464 Action: delayed), once; 0 turns it off.", min=0)
+    bounce_size_limit: int = _f(1024 * 1024, "Largest original message returned whole in a bounce when the sender asked for it (MAIL ... RET=FULL); larger ones are returned as headers only.", min=0)
+    control_socket: str = _f("control.sock", "Unix socket (relative to data_dir) on which the running server takes queue commands (`smtprs queue flush`); mode 0600.")
     fsync: bool = _f(True, "fsync content, envelope and directory before answering 250. Turning it off breaks the durability promise; it exists for sink benchmarks only.")
+
+
+TlsLevel = Literal["none", "may", "verify"]
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Mail for other domains: who may relay, how the next hop is found, the SMTP client."""
+
+    trusted_networks: list[str] = _f([], "Client networks (CIDR) that may relay without authentication. Empty: nobody; `[\"127.0.0.0/8\", \"::1/128\"]` lets local programs relay (beware of local proxies).")
+    relayhost: str = _f("", "Smart host for all non-local mail: `host` or `host:port` (MX lookup on host), `[host]` or `[host]:port` (no MX lookup). Empty: deliver by DNS (MX records).")
+    transport: dict[str, str] = _f({}, "Per-domain next hop, before relayhost and DNS: `\"example.org\" = \"[10.0.0.5]:2525\"`; a key `.example.org` covers its subdomains. Values as for relayhost.")
+    smtp_port: int = _f(25, "Port used to reach MX and A hosts (and next hops given without a port).", min=1)
+    tls: TlsLevel = _f("may", "TLS to the next hop: `may` (STARTTLS whenever offered, certificate not checked), `verify` (STARTTLS required and the certificate verified for the host name, else deferred), `none`.")
+    tls_policy: dict[str, TlsLevel] = _f({}, "TLS level per recipient domain or next-hop host, overriding `relay.tls`: `\"bank.example\" = \"verify\"`.")
+    tls_ca_file: str = _f("", "CA certificates (PEM) for `verify`; empty for the system's trust store.")
+    auth_username: str = _f("", "User name for AUTH (PLAIN or LOGIN) to the relayhost; empty: no AUTH.")
+    auth_password: str = _f("", "Password for AUTH to the relayhost. It is never logged; keep the configuration file readable by smtprs only (mode 0600): the server warns otherwise.")
+    auth_require_tls: bool = _f(True, "Send the relayhost credentials only over a TLS-protected connection (otherwise the attempt is deferred).")
+    address_preference: Literal["ipv4", "ipv6"] = _f("ipv4", "Which addresses of a host are tried first.")
+    destination_concurrency: int = _f(10, "Connections at once to one destination (a domain, or a relayhost/transport next hop).", min=1)
+    transaction_recipient_limit: int = _f(100, "Most recipients in one SMTP transaction; more go in further transactions on the same connection.", min=1)
+    idle_timeout: float = _f(2.0, "Seconds an idle connection is kept for reuse by further messages to the same destination; 0 closes it after each delivery.", min=0)
+    connect_timeout: float = _f(30.0, "Seconds to establish a TCP connection to a next hop.", min=0.001)
+    greeting_timeout: float = _f(300.0, "Seconds to wait for the 220 greeting (RFC 5321 4.5.3.2.1: 5 minutes).", min=0.001)
+    command_timeout: float = _f(300.0, "Seconds to wait for the reply to EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT (RFC 5321 4.5.3.2.2-3: 5 minutes).", min=0.001)
+    data_init_timeout: float = _f(120.0, "Seconds to wait for the 354 reply to DATA (RFC 5321 4.5.3.2.4: 2 minutes).", min=0.001)
+    data_block_timeout: float = _f(180.0, "Seconds each block of message data may take to send (RFC 5321 4.5.3.2.5: 3 minutes).", min=0.001)
+    data_end_timeout: float = _f(600.0, "Seconds to wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes).", min=0.001)
+
+
+@dataclass(frozen=True)
+class Dns:
+    """The DNS resolver used for MX, A and AAAA lookups."""
+
+    nameservers: list[str] = _f([], "Name server IP addresses; empty for those of /etc/resolv.conf.")
+    port: int = _f(53, "Port of the name servers.", min=1)
+    timeout: float = _f(10.0, "Seconds one lookup may take, retries included; a timeout defers the mail (4.4.3).", min=0.001)
+
+
+@dataclass(frozen=True)
+class Pop3:
+    """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
+
+    timeout: float = _f(600.0, "Seconds a POP3 session may be idle before it is closed (RFC 1939's autologout timer: at least 10 minutes advised); nothing is deleted then.", min=0.001)
 
 
 @dataclass(frozen=True)
@@ -183,9 +246,13 @@ class Config:
 
     hostname: str = _f("", "Our host name in the greeting, EHLO reply and Received headers; empty for the machine's FQDN.")
     data_dir: str = _f("smtprs-data", "Directory for the spool and mailboxes; relative paths in the config are relative to it.")
+    workers: int = _f(0, "Worker processes sharing the listening sockets (SO_REUSEPORT), each with its own spool shard; 0 means one per CPU. `smtprs serve --workers N` overrides it.", min=0)
     smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
     local: Local = _f(Local(), "Local domains and mailboxes.")
     queue: Queue = _f(Queue(), "Spool and scheduler.")
+    relay: Relay = _f(Relay(), "Relaying to other hosts.")
+    dns: Dns = _f(Dns(), "DNS resolver.")
+    pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     log: Log = _f(Log(), "Logging.")
 
     # -- derived values -------------------------------------------------
@@ -199,14 +266,43 @@ class Config:
 
     @property
     def spool_path(self) -> Path:
+        """The spool root; each worker's shard is ``shard-N`` inside it."""
         return self.data_path / self.queue.directory
+
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     def maildir_path(self, user: str, domain: str) -> Path:
         return self.data_path / self.local.maildir.format(user=user, domain=domain)
 
+    @property
+    def control_socket_path(self) -> Path:
+        return self.data_path / self.queue.control_socket
+
+    def control_socket_for(self, worker: int) -> Path:
+        """Worker 0 uses queue.control_socket; worker K > 0 adds ``.K`` to it."""
+        base = self.control_socket_path
+        return base if worker == 0 else base.with_name(f"{base.name}.{worker}")
+
+    def control_sockets(self) -> list[Path]:
+        """Every worker's control socket that exists now (worker 0's always listed)."""
+        base = self.control_socket_path
+        more = [p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()] if base.parent.is_dir() else []
+        return [base] + sorted(more, key=lambda p: int(p.suffix[1:]))
+
+    @property
+    def tls_ca_path(self) -> Path | None:
+        return self.data_path / self.relay.tls_ca_file if self.relay.tls_ca_file else None
+    def mbox_path(self, user: str, domain: str) -> Path:
+        return self.data_path / self.local.mbox.format(user=user, domain=domain)
+
     def path(self, value: str) -> Path:
         """A path from the configuration: relative ones are relative to data_dir."""
         return self.data_path / value
+
+    def file_path(self, name: str) -> Path | None:
+        """A file named in the config (aliases, virtual map): None when empty, else ``path(name)``."""
+        return self.path(name) if name else None
 
     @property
     def users_path(self) -> Path:
@@ -349,6 +445,64 @@ def parse_host_port(text: str, key: str) -> tuple[str, int]:
     return host, n
 
 
+def parse_nexthop(text: str, key: str, default_port: int) -> tuple[str, int, bool]:
+    """A next hop as written in relayhost/transport -> (host, port, mx lookup?).
+
+    ``host`` and ``host:port`` mean "look up the MX records of host";
+    ``[host]`` and ``[host]:port`` mean "connect to host itself" (an IP
+    address or a name looked up as A/AAAA).  ``[IPv6:addr]`` is accepted too.
+    """
+    t = text.strip()
+    if not t:
+        raise ConfigError(f"{key}: empty next hop")
+    port = default_port
+    if t.startswith("["):
+        end = t.find("]")
+        if end < 0:
+            raise ConfigError(f"{key}: missing ']' in {text!r}")
+        host, rest = t[1:end], t[end + 1 :]
+        if host.lower().startswith("ipv6:"):
+            host = host[5:]
+        mx = False
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{key}: expected [host] or [host]:port, got {text!r}")
+            port = _port(rest[1:], key)
+    else:
+        host, sep, p = t.rpartition(":")
+        if not sep:
+            host = t
+        else:
+            port = _port(p, key)
+        mx = True
+        try:
+            ipaddress.ip_address(host)
+            mx = False  # an IP address has no MX records
+        except ValueError:
+            pass
+    if not host or any(c in host for c in " /@[]") or (mx and ":" in host):
+        raise ConfigError(f"{key}: not a host name or address: {text!r}")
+    return host.lower().rstrip("."), port, mx
+
+
+def _port(text: str, key: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"{key}: port must be a number, got {text!r}") from None
+    if not 1 <= n <= 65535:
+        raise ConfigError(f"{key}: port out of range: {n}")
+    return n
+def parse_socket_address(text: str, key: str) -> tuple[str, int] | str:
+    """``unix:/path`` -> the path (a str); ``host:port`` -> (host, port)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ConfigError(f"{key}: expected unix:/path, got {text!r}")
+        return path
+    return parse_host_port(text, key)
+
+
 def _check(cfg: Config) -> None:
     """Checks across keys, after the types are right."""
     if not cfg.smtpd.listeners:
@@ -365,14 +519,62 @@ def _check(cfg: Config) -> None:
     for i, d in enumerate(cfg.local.domains):
         if not d or any(c in d for c in " /@[]"):
             raise ConfigError(f"local.domains[{i}]: not a domain name: {d!r}")
-    try:
-        cfg.local.maildir.format(user="u", domain="d")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"local.maildir: bad template {cfg.local.maildir!r} (only {{user}} and {{domain}}): {e}") from None
-    if "{user}" not in cfg.local.maildir:
-        raise ConfigError("local.maildir: the template must contain {user}")
+    for key in ("maildir", "mbox"):
+        template = getattr(cfg.local, key)
+        try:
+            template.format(user="u", domain="d")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"local.{key}: bad template {template!r} (only {{user}} and {{domain}}): {e}") from None
+        if "{user}" not in template:
+            raise ConfigError(f"local.{key}: the template must contain {{user}}")
+    lmtp_target = parse_socket_address(cfg.local.lmtp, "local.lmtp")
+    if cfg.local.delivery == "lmtp":
+        for i, lst in enumerate(cfg.smtpd.listeners):
+            if lst.mode == "lmtp" and parse_host_port(lst.address, "") == lmtp_target:
+                raise ConfigError(f"local.lmtp: {cfg.local.lmtp} is smtprs's own lmtp listener (smtpd.listeners[{i}]): mail would loop")
+    local = {d.lower() for d in cfg.local.domains}
+    for i, d in enumerate(cfg.local.virtual_domains):
+        if not d or any(c in d for c in " /@[]"):
+            raise ConfigError(f"local.virtual_domains[{i}]: not a domain name: {d!r}")
+        if d.lower() in local:
+            raise ConfigError(f"local.virtual_domains[{i}]: {d!r} is also in local.domains (a domain is either local or virtual)")
+    if any(c in cfg.local.recipient_delimiter for c in '@" \t\\'):
+        raise ConfigError(f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes")
     if cfg.queue.retry_max < cfg.queue.retry_min:
         raise ConfigError("queue.retry_max: must be >= queue.retry_min")
+    if not cfg.queue.control_socket:
+        raise ConfigError("queue.control_socket: must not be empty")
+    r = cfg.relay
+    for i, net in enumerate(r.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"relay.trusted_networks[{i}]: not a network (CIDR): {net!r}") from None
+    if r.relayhost:
+        parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
+    for dom, hop in r.transport.items():
+        if not dom.strip(".") or any(c in dom for c in " /@[]"):
+            raise ConfigError(f"relay.transport.{dom}: not a domain name")
+        parse_nexthop(hop, f"relay.transport.{dom}", r.smtp_port)
+    if r.smtp_port > 65535:
+        raise ConfigError(f"relay.smtp_port: port out of range: {r.smtp_port}")
+    if bool(r.auth_username) != bool(r.auth_password):
+        raise ConfigError("relay.auth_password: relay.auth_username and relay.auth_password go together")
+    if r.tls_ca_file:
+        ca = cfg.data_path / r.tls_ca_file
+        if not ca.is_file():
+            raise ConfigError(f"relay.tls_ca_file: no such file: {r.tls_ca_file!r}")
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"relay.tls_ca_file: cannot load {r.tls_ca_file!r}: {e}") from None
+    for i, ns in enumerate(cfg.dns.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise ConfigError(f"dns.nameservers[{i}]: not an IP address: {ns!r}") from None
+    if cfg.dns.port > 65535:
+        raise ConfigError(f"dns.port: port out of range: {cfg.dns.port}")
     tls = cfg.smtpd.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         missing = "smtpd.tls.key_file" if tls.cert_file else "smtpd.tls.cert_file"
@@ -385,6 +587,13 @@ def _check(cfg: Config) -> None:
         if lst.mode == "submission" and not cfg.smtpd.auth.allow_plaintext:
             raise ConfigError(
                 f"smtpd.listeners[{i}].mode: a submission listener needs smtpd.tls.cert_file and smtpd.tls.key_file "
+                "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
+            )
+        if lst.mode == "pop3s":
+            raise ConfigError(f"smtpd.listeners[{i}].mode: a pop3s listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+        if lst.mode == "pop3" and not cfg.smtpd.auth.allow_plaintext:
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a pop3 listener needs smtpd.tls.cert_file and smtpd.tls.key_file for STLS "
                 "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
             )
     auth = cfg.smtpd.auth
@@ -441,7 +650,7 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -3,6 +3,12 @@
 It is kept apart from the content (RFC 5322), which the spool stores once,
 exactly as it will be delivered.  The envelope is a small JSON record that the
 spool rewrites atomically after each delivery attempt.
+
+ESMTP parameters kept: ``Envelope.params`` holds BODY, SMTPUTF8 and the DSN
+parameters RET and ENVID (RFC 3461, xtext-decoded); ``Recipient.params`` holds
+NOTIFY and ORCPT (``addr-type;address``, decoded).  Besides its state, each
+recipient keeps what a delivery status notification reports about it: the
+enhanced status code, the remote MTA and its reply (``diagnostic``).
 """
 
 from __future__ import annotations
@@ -25,10 +31,25 @@ class Recipient:
     next_attempt: float = 0.0
     last_error: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    status: str = ""  # enhanced status code of the last outcome (RFC 3463), for DSNs
+    remote_mta: str = ""  # the host that gave the last outcome, if remote
+    diagnostic: str = ""  # that host's reply, "550 5.1.1 No such user"
+    last_attempt: float = 0.0
+    notice: str = ""  # a DSN owed to the sender about this recipient: "failed", "delivered", "relayed"
+    delay_notified: bool = False  # a "delayed" DSN has been sent for this recipient
+    # the address given at RCPT when alias/virtual expansion or sub-addressing
+    # changed it ("" when ``address`` is what the client gave)
+    original: str = ""
 
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def notify(self) -> frozenset[str]:
+        """The DSN NOTIFY keywords asked for; empty when none was given (RFC 3461 4.1)."""
+        value = self.params.get("NOTIFY", "")
+        return frozenset(v.strip().upper() for v in value.split(",") if v.strip())
 
 
 @dataclass
@@ -46,7 +67,8 @@ class Envelope:
 
     @property
     def done(self) -> bool:
-        return all(r.final for r in self.recipients)
+        """Every recipient is final and every notice owed has been sent."""
+        return all(r.final and not r.notice for r in self.recipients)
 
     def pending(self, now: float) -> list[int]:
         """Indexes of recipients due for an attempt at ``now``."""

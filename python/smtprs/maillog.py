@@ -106,16 +106,68 @@ def auth_failed(session: str, peer: str, mechanism: str, user: str | None, failu
     log.info("%s: AUTH %s from %s failed%s (failure %d from this address, reply delayed %.1fs)", session, mechanism, peer, who, failures, delay)
 
 
-def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, relay, delay, detail)
+def _orig(orig: str) -> str:
+    return f", orig_to=<{orig}>" if orig else ""
 
 
-def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=deferred (%s), retry in %.0fs", qid, rcpt, relay, delay, reason, retry_in)
+def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str, *, orig: str = "") -> None:
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, _orig(orig), relay, delay, detail)
 
 
-def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str) -> None:
-    log.info("%s: to=<%s>, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, relay, delay, reason)
+def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float | None, *, orig: str = "") -> None:
+    """``retry_in`` None: not ours to retry (an LMTP client was told 4xx)."""
+    retry = f", retry in {retry_in:.0f}s" if retry_in is not None else ""
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=deferred (%s)%s", qid, rcpt, _orig(orig), relay, delay, reason, retry)
+
+
+def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str, *, orig: str = "") -> None:
+    log.info("%s: to=<%s>%s, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, _orig(orig), relay, delay, reason)
+
+
+def lmtp_received(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
+    log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (LMTP: delivering now, not queued)", qid, sender, size, nrcpt, peer)
+
+
+def pop3_login(session: str, peer: str, user: str, result: str) -> None:
+    log.info("%s: pop3 login user=<%s> from %s: %s", session, user, peer, result)
+
+
+def pop3_update(session: str, user: str, deleted: int, problems: list[str]) -> None:
+    extra = f"; not removed: {'; '.join(problems)}" if problems else ""
+    log.info("%s: pop3 update user=<%s>: %d deleted%s", session, user, deleted, extra)
+
+
+def pop3_disconnect(session: str, peer: str, user: str, commands: int) -> None:
+    log.info("%s: pop3 disconnect from %s user=<%s> commands=%d", session, peer, user, commands)
+
+
+def relay_problem(qid: str, relay: str, detail: str) -> None:
+    log.info("%s: relay=%s: %s", qid, relay, detail)
+
+
+def relay_tls_established(relay: str, verified: bool, version: str, cipher: str) -> None:
+    log.info("%s TLS connection established to %s: %s with cipher %s", "Verified" if verified else "Untrusted", relay, version, cipher)
+
+
+def relay_tls_fallback(relay: str) -> None:
+    log.info("TLS handshake with %s failed: trying again without TLS (relay.tls = may)", relay)
+
+
+def relay_auth_ok(relay: str, user: str) -> None:
+    log.info("authenticated to %s as %s", relay, user)
+
+
+def notice(qid: str, kind: str, sender: str, notice_qid: str, rcpts: list[str]) -> None:
+    """A delivery status notification about ``qid`` was queued as ``notice_qid``."""
+    log.info("%s: sender %s notification: %s (queued as %s; about %s)", qid, kind, f"<{sender}>", notice_qid, ", ".join(f"<{r}>" for r in rcpts))
+
+
+def no_notice(qid: str, why: str) -> None:
+    log.info("%s: no notification sent: %s", qid, why)
+
+
+def control(command: str, result: str) -> None:
+    log.info("control: %s: %s", command, result)
 
 
 def removed(qid: str) -> None:
@@ -132,3 +184,8 @@ def warning(what: str) -> None:
 
 def error(what: str) -> None:
     log.error("%s", what)
+
+
+def supervisor(what: str, *, problem: bool = False) -> None:
+    """Worker life cycle; a worker that died or could not start is a warning."""
+    (log.warning if problem else log.info)("supervisor: %s", what)

@@ -64,6 +64,7 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted one ("example.org" = ...)."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 
@@ -151,6 +152,9 @@ class Server:
         base: dict[str, Any] = {
             "data_dir": str(self.data_dir),
             "hostname": HOSTNAME,
+            # one process, so /proc/PID, signals and per-process limits speak of the
+            # server itself; tests/e2e/test_workers.py covers several workers
+            "workers": 1,
             "smtpd": {
                 "command_timeout": 30.0,
                 "data_timeout": 30.0,
@@ -305,6 +309,11 @@ class Server:
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
+    @property
+    def shard_dir(self) -> Path:
+        """The spool shard of a single-worker server (seg/, files/, corrupt/)."""
+        return self.spool_dir / "shard-0"
+
     def maildir(self, user: str) -> Path:
         return self.data_dir / "mail" / user
 
@@ -327,11 +336,12 @@ class Server:
 
     def spool_snapshot(self) -> dict[str, int]:
         """What the spool holds: each queued message (queue id -> content size, read
-        with the spool's own read-only lister) and every file in spool/files."""
+        with the spool's own read-only lister) and every file in each shard's files/."""
         from smtprs.queue.spool import read_queue
 
         out = {env.queue_id: size for env, size in read_queue(self.spool_dir)}
-        out.update({f"files/{k}": v for k, v in tree_snapshot(self.spool_dir / "files").items()})
+        for files in sorted(self.spool_dir.glob("shard-*/files")):
+            out.update({f"{files.parent.name}/files/{k}": v for k, v in tree_snapshot(files).items()})
         return out
 
     # -- clients ---------------------------------------------------------

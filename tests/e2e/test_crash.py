@@ -43,7 +43,7 @@ def _leftovers(srv: Server) -> list[str]:
     if mail.is_dir():
         for box in mail.iterdir():
             out += [str(p) for p in (box / "tmp").iterdir()] if (box / "tmp").is_dir() else []
-    corrupt = srv.spool_dir / "corrupt"
+    corrupt = srv.shard_dir / "corrupt"
     if corrupt.is_dir():
         out += [str(p) for p in corrupt.iterdir()]
     return out
@@ -102,7 +102,7 @@ def test_junk_in_the_spool_is_set_aside_not_a_crash_loop(make_server) -> None:
         check(r, 250, "2.0.0")
     srv.wait_log(rf"{r.qid}: to=<carol@{DOMAIN}>.*status=deferred")
     assert srv.stop() == 0
-    spool = srv.spool_dir
+    spool = srv.shard_dir
     (spool / "seg" / "000000009999.seg").write_bytes(b"GARBAGE that only looks like a segment by its name\n" * 20)
     (spool / "seg" / "000000009998.seg").mkdir()  # a directory: cannot be read as a file
     (spool / "seg" / "notes.txt").write_text("a human's notes\n")

@@ -141,7 +141,7 @@ def test_spool_disk_full_452_then_recovery(make_server, small_fs) -> None:
     assert read_queue(srv.spool_dir) == []
     srv.restart()
     time.sleep(1.5)
-    assert list((srv.spool_dir / "corrupt").iterdir()) == []
+    assert list((srv.shard_dir / "corrupt").iterdir()) == []
     assert "unreadable" not in srv.log()
     assert len(srv.mail("alice")) == 1 and len(srv.mail("bob")) == 1 and len(srv.mail("carol")) == 1
     assert qid_before in srv.mail("alice")[0].read_text()

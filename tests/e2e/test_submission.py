@@ -13,13 +13,12 @@ import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
-from smtprs.queue.spool import read_queue
-
-from .harness import DOMAIN, SMTPClient, Server, check, check_delivered, smtprs_command, split_fields
+from .harness import DOMAIN, SMTPClient, Server, check, check_delivered, merge, smtprs_command, split_fields
+from .peers import SinkDump, SmtpSink
 
 pytestmark = pytest.mark.e2e
 
@@ -45,23 +44,24 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cert": base / "tls" / "cert.pem", "key": base / "tls" / "key.pem", "users": base / "users"}
 
 
+def msa_config(credentials: dict[str, Path]) -> dict[str, Any]:
+    return {
+        "smtpd": {
+            "tls": {"cert_file": str(credentials["cert"]), "key_file": str(credentials["key"])},
+            "auth": {
+                "users_file": str(credentials["users"]),
+                "failure_delay": 0.2,
+                "max_failure_delay": 1.0,
+                "received_user": True,
+                "senders": {USER: [f"postmaster@{DOMAIN}"]},
+            },
+        }
+    }
+
+
 @pytest.fixture
 def msa(make_server: Callable[..., Server], credentials: dict[str, Path]) -> Server:
-    return make_server(
-        {
-            "smtpd": {
-                "tls": {"cert_file": str(credentials["cert"]), "key_file": str(credentials["key"])},
-                "auth": {
-                    "users_file": str(credentials["users"]),
-                    "failure_delay": 0.2,
-                    "max_failure_delay": 1.0,
-                    "received_user": True,
-                    "senders": {USER: [f"postmaster@{DOMAIN}"]},
-                },
-            }
-        },
-        modes=MODES,
-    )
+    return make_server(msa_config(credentials), modes=MODES)
 
 
 def client_context(credentials: dict[str, Path]) -> ssl.SSLContext:
@@ -216,20 +216,24 @@ def test_smtplib_mail_before_auth_gets_530(msa: Server, credentials: dict[str, P
     assert queue_files(msa) == []
 
 
-def test_authenticated_user_relays_and_it_is_queued(msa: Server, credentials: dict[str, Path]) -> None:
-    with smtplib.SMTP("127.0.0.1", msa.ports["submission"], timeout=15) as s:
-        s.starttls(context=client_context(credentials))
-        s.login(USER, PASSWORD)
-        s.sendmail(USER, ["friend@elsewhere.test"], b"Subject: out\r\n\r\nto the world\r\n")
-    line = msa.wait_log(r"from=<alice@example\.test>, .*sasl_username=alice@example\.test \(queue active\)")
-    qid = line.split(": ")[1]
-    # Accepted and queued for the outside recipient.  Delivery to a downstream
-    # peer is the SMTP client's job (issue 3): until it exists the recipient
-    # is deferred and stays in the queue.
-    msa.wait_log(rf"{qid}: to=<friend@elsewhere\.test>, relay=smtp, .*status=deferred")
-    (env,) = [e for e, _size in read_queue(msa.spool_dir) if e.queue_id == qid]
-    assert [r.address for r in env.recipients] == ["friend@elsewhere.test"]
-    assert env.auth == USER and env.protocol == "ESMTPSA"
+def test_authenticated_user_relays_and_it_is_delivered(make_server: Callable[..., Server], credentials: dict[str, Path], tmp_path: Path) -> None:
+    sink = SmtpSink(tmp_path / "sink").start()  # the next hop for elsewhere.test
+    try:
+        msa = make_server(merge(msa_config(credentials), {"relay": {"transport": {"elsewhere.test": f"[127.0.0.1]:{sink.port}"}}}), modes=MODES)
+        with smtplib.SMTP("127.0.0.1", msa.ports["submission"], timeout=15) as s:
+            s.starttls(context=client_context(credentials))
+            s.login(USER, PASSWORD)
+            s.sendmail(USER, ["friend@elsewhere.test"], b"Subject: out\r\n\r\nto the world\r\n")
+        line = msa.wait_log(r"from=<alice@example\.test>, .*sasl_username=alice@example\.test \(queue active\)")
+        qid = line.split(": ")[1]
+        msa.wait_log(rf"{qid}: to=<friend@elsewhere\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, .*status=sent")
+        (dump,) = sink.wait_dumps(1)
+        got = SinkDump.read(dump)
+        assert got.mail_args.startswith(f"<{USER}>") and got.rcpt_args == ["<friend@elsewhere.test>"]
+        assert got.message.endswith(b"Subject: out\n\nto the world\n")
+        assert b" with ESMTPSA id " in got.message  # our Received field says how it was submitted
+    finally:
+        sink.stop()
 
 
 def test_sending_as_someone_else_gets_553(msa: Server, credentials: dict[str, Path]) -> None:
@@ -322,7 +326,7 @@ def test_starttls_injection_of_a_whole_transaction(msa: Server, credentials: dic
             c.close()
     time.sleep(0.5)
     assert msa.mail("bob") == []
-    assert read_queue(msa.spool_dir) == []
+    assert queue_files(msa) == []
 
 
 # -- the commands and the example --------------------------------------------------------

@@ -32,6 +32,14 @@ def test_embedded_default_runs_without_a_file():
         ("[queue]\nretry_min = 10\nretry_max = 5\n", "queue.retry_max"),
         ("[queue]\nfsync = 1\n", "queue.fsync"),
         ("smtpd = 3\n", "smtpd"),
+        ('[local]\ndelivery = "pigeon"\n', "local.delivery"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:995"\nmode = "pop3s"\n', "smtpd.listeners[0].mode"),
+        ('[[smtpd.listeners]]\naddress = "127.0.0.1:110"\nmode = "pop3"\n', "smtpd.listeners[0].mode"),
+        ('[local]\nlmtp = "nowhere"\n', "local.lmtp"),
+        ('[local]\nmbox = "mbox/all"\n', "local.mbox"),
+        ('[local]\nvirtual_domains = ["localhost"]\n', "local.virtual_domains[0]"),
+        ('[local]\nrecipient_delimiter = "@"\n', "local.recipient_delimiter"),
+        ('[local]\ndelivery = "lmtp"\nlmtp = "127.0.0.1:2424"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2424"\nmode = "lmtp"\n', "local.lmtp"),
     ],
 )
 def test_errors_name_the_key(tmp_path, toml, key):
@@ -55,3 +63,25 @@ def test_readme_documents_every_key():
     assert reference in readme, "README's configuration reference is stale: run `smtprs config-reference`"
     for key in re.findall(r"^\| `([^`]+)`", reference, re.M):
         assert f"`{key}`" in readme
+
+
+def test_relay_keys_are_checked(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    cases = [
+        ('[relay]\ntrusted_networks = ["10.0.0.0/33"]\n', "relay.trusted_networks[0]"),
+        ('[relay]\nrelayhost = "[smart.test"\n', "relay.relayhost"),
+        ('[relay]\nrelayhost = "smart.test:99999"\n', "relay.relayhost"),
+        ('[relay.transport]\n"a.test" = "host with space"\n', "relay.transport.a.test"),
+        ('[relay.tls_policy]\n"a.test" = "sometimes"\n', "relay.tls_policy.a.test"),
+        ('[relay]\nauth_username = "u"\n', "relay.auth_password"),
+        (f'[relay]\ntls_ca_file = "{bad}"\n', "relay.tls_ca_file"),
+        ('[dns]\nnameservers = ["dns.example"]\n', "dns.nameservers[0]"),
+        ("[queue]\ndelay_warning = -1\n", "queue.delay_warning"),
+    ]
+    for toml, key in cases:
+        f = tmp_path / "c.toml"
+        f.write_text(toml)
+        with pytest.raises(ConfigError) as e:
+            config.load(f)
+        assert str(e.value).startswith(key + ":"), (toml, str(e.value))

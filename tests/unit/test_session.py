@@ -162,3 +162,41 @@ async def test_known_users_and_postmaster(ctx_factory):
         r = await c.cmd("RCPT TO:<user%other@example.test>")
         assert r.code == 550
         n.cancel_scope.cancel()
+
+
+async def test_dsn_parameters_are_checked_and_kept(ctx_factory):
+    ctx = ctx_factory(smtpd={"max_errors": 50})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        r = await c.cmd("EHLO client.test")
+        assert "DSN" in r.lines
+        for bad in ("RET=ALL", "ENVID=", "RET", "ENVID"):
+            r = await c.cmd(f"MAIL FROM:<a@remote.test> {bad}")
+            assert (r.code, r.enhanced) == (501, "5.5.4"), bad
+        assert (await c.cmd("MAIL FROM:<a@remote.test> RET=hdrs ENVID=abc+2Bdef")).code == 250
+        for bad in ("NOTIFY", "ORCPT", "NOTIFY=NEVER,SUCCESS", "NOTIFY=SOMETIMES", "NOTIFY=SUCCESS,SUCCESS", "ORCPT=nosemicolon", "ORCPT=rfc822;"):
+            r = await c.cmd(f"RCPT TO:<bob@example.test> {bad}")
+            assert (r.code, r.enhanced) == (501, "5.5.4"), bad
+        assert (await c.cmd("RCPT TO:<bob@example.test> NOTIFY=success,delay ORCPT=rfc822;Bob+40example.test")).code == 250
+        assert (await c.cmd("RCPT TO:<carol@example.test>")).code == 250
+        assert (await c.cmd("DATA")).code == 354
+        r = await c.cmd(b"Subject: dsn\r\n\r\nx\r\n.")
+        assert r.code == 250
+        qid = r.text.rsplit(" ", 1)[1]
+        n.cancel_scope.cancel()
+    env = ctx.spool.load(qid)
+    assert env.params == {"RET": "HDRS", "ENVID": "abc+def"}
+    assert env.recipients[0].params == {"NOTIFY": "SUCCESS,DELAY", "ORCPT": "rfc822;Bob@example.test"}
+    assert env.recipients[1].params == {}
+
+
+async def test_trusted_networks_may_relay(ctx_factory):
+    for networks, expected in (([], 554), (["192.0.2.0/24"], 250), (["10.0.0.0/8", "::1/128"], 554)):
+        ctx = ctx_factory(relay={"trusted_networks": networks})
+        async with trio.open_nursery() as n:
+            c = await start_session(n, ctx)
+            await c.cmd("EHLO client.test")
+            await c.cmd("MAIL FROM:<a@example.test>")
+            r = await c.cmd("RCPT TO:<x@remote.test>")
+            assert r.code == expected, networks
+            n.cancel_scope.cancel()

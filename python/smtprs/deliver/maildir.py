@@ -52,7 +52,7 @@ class _Batch:
 
 
 class MaildirAgent:
-    name = "local"
+    name = "maildir"
 
     def __init__(self, hostname: str, *, fsync: bool = True) -> None:
         self.hostname = hostname

@@ -160,6 +160,21 @@ class MessageWriter:
         except OSError as e:  # ENOSPC, EDQUOT, EIO: remembered, reported at commit
             self.failed = e
 
+    def staged(self) -> Content:
+        """The content received so far, as a file another reader can open: for
+        a message delivered without being queued (the LMTP listener).  Spills
+        it to files/ID.msg if it is still in memory and flushes it (no fsync:
+        the mailbox write is the durable one); ``abort`` removes the file, and
+        a crash leaves a file without a record, removed at start-up.
+        Raises OSError."""
+        if self.failed is not None:
+            raise self.failed
+        if self._buf is not None:
+            self._spill()
+        assert self._fh is not None and self.path is not None
+        self._fh.flush()
+        return Content(self.path, 0, self.size)
+
     def _spill(self) -> None:
         path = self._spool.files_dir / f"{self.queue_id}.msg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -681,7 +696,12 @@ def _spool_error(what: str, e: OSError) -> SpoolError:
 
 def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
     """Every queued envelope with its content size, read without changing anything
-    (for `smtprs queue list` while the server runs)."""
+    (for `smtprs queue list` while the server runs).  ``directory`` is a shard, or
+    the spool root holding ``shard-N`` directories (all of them are read)."""
+    directory = Path(directory)
+    shards = sorted(p for p in directory.glob("shard-*") if p.is_dir()) if directory.is_dir() else []
+    if shards:
+        return [item for shard in shards for item in read_queue(shard)]
     spool = Spool(directory)
     out: list[tuple[Envelope, int]] = []
     # a read-only variant of open(): no clean-up, no directory creation

@@ -1,26 +1,57 @@
 """The router: recipient address -> next hop, the one place routing is decided.
 
-Reads the configuration (local domains, users, Maildir template).  Used twice:
-by the session at RCPT time (accept, reject, or refuse to relay: mail for
-another domain is accepted only when the session's policy lets this client
-relay) and by the scheduler at delivery time (which agent, which mailbox), so
-a configuration change applies to mail already queued.
+Reads the configuration (local and virtual domains, users, mailbox templates,
+the delivery kind) and the addressing tables of ``aliases.py`` (the aliases
+file and the virtual map).  Used twice:
+
+- by the session at RCPT time: ``expand(path)`` turns the address the client
+  gave into the final recipients -- virtual map, aliases (nested, with loop
+  detection and a depth bound), sub-addressing, case folding, catch-all -- or
+  refuses it (unknown user, alias loop, or relay denied: mail for another
+  domain is taken only when the session's policy lets this client relay).  The expanded
+  recipients are what the envelope stores, each with its own delivery state.
+  An address enters an envelope only through ``expand``.
+- by the scheduler at delivery time: ``route(address)`` maps a stored (already
+  expanded) address to its next hop -- a Maildir, an mbox file, the LMTP
+  server, or another host over SMTP -- without expanding again, so a configuration change of the
+  delivery kind or of the mailbox paths applies to mail already queued.
+
+Why expand at RCPT and not at delivery (Postfix's local does aliases at
+delivery): a refused alias is refused while the client is still there, and
+every final recipient then has its own state in the envelope -- one delivered,
+another deferred -- with nothing to re-expand (and double) on a retry.  The
+original address is kept beside each expanded one (``Recipient.original``)
+for the log and for delivery status notifications.
+
+A remote recipient's next hop comes from, in order: the transport map (the
+domain itself, then ``.parent`` keys for its subdomains), the relayhost, and
+DNS (the MX records of the recipient's domain, looked up by the SMTP agent
+through route/mx.py).  Whether a client may relay at all is the session's
+decision (``relay_allowed``, from smtpd/policy.py), passed in here; the
+router only refuses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _core
 from .. import reply as R
-from ..config import Config
+from ..config import Config, parse_nexthop
 from ..errors import AddressError
+from .aliases import Table, load_aliases, load_virtual
 
 # Local parts that may name a mailbox directory: no "/", no leading dot, no
 # "%" or "!" (no routing tricks), nothing a shell or a path would read twice.
 _SAFE_USER = re.compile(r"[a-z0-9_=+-][a-z0-9._=+-]{0,63}")
+_SAFE_USER_CASED = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,63}")
+
+MAX_ALIAS_DEPTH = 20  # nesting of aliases / virtual entries before we call it a loop
+MAX_EXPANSION = 1000  # final recipients one address may expand to
+MAX_VISITS = 10000  # lookups one expansion may make (a wide, deep tree)
 
 
 @dataclass(frozen=True)
@@ -31,16 +62,70 @@ class LocalMailbox:
     domain: str
     maildir: Path
 
-    kind = "local"
+    kind = "maildir"
+
+    @property
+    def destination(self) -> str:
+        return "local"
 
 
 @dataclass(frozen=True)
-class Remote:
-    """Deliver to another host over SMTP (the SMTP agent finds the MX for ``domain``)."""
+class MboxMailbox:
+    """Append to a user's mbox file on this machine."""
 
+    user: str
     domain: str
+    path: Path
+
+    kind = "mbox"
+
+    @property
+    def destination(self) -> str:
+        return "local"
+
+
+@dataclass(frozen=True)
+class LmtpMailbox:
+    """Hand the mail to an LMTP server for the mailbox ``rcpt``."""
+
+    user: str
+    domain: str
+    rcpt: str  # the address given to the LMTP server: user@domain (sub-address tag removed)
+    server: str  # local.lmtp: host:port or unix:/path
+
+    kind = "lmtp"
+
+    @property
+    def destination(self) -> str:
+        return "local"
+
+
+@dataclass(frozen=True)
+class RemoteHop:
+    """Deliver over SMTP to another host.
+
+    ``host`` is what the SMTP agent looks up: with ``mx`` true, a domain whose
+    MX records (or, without any, its own address: the implicit MX) give the
+    hosts; with ``mx`` false, one host (a name looked up as A/AAAA, or an IP
+    address).  ``auth`` says the relayhost credentials are to be used.
+    """
+
+    domain: str  # the recipient's domain, lower case
+    host: str
+    port: int
+    mx: bool
+    tls: str  # "none" | "may" | "verify"
+    auth: bool = False
 
     kind = "smtp"
+
+    @property
+    def destination(self) -> str:
+        """What groups recipients into one transaction, shares connections and
+        counts towards the per-destination concurrency limit."""
+        if self.mx:
+            return self.host if self.port == 25 else f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -51,52 +136,293 @@ class Unroutable:
 
     kind = "none"
 
+    @property
+    def destination(self) -> str:
+        return "none"
 
-NextHop = LocalMailbox | Remote | Unroutable
+
+NextHop = LocalMailbox | MboxMailbox | LmtpMailbox | RemoteHop | Unroutable
+Mailbox = LocalMailbox | MboxMailbox | LmtpMailbox
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The final recipients of one address, in order, without duplicates."""
+
+    addresses: tuple[str, ...]
+
+
+class _Refused(Exception):
+    def __init__(self, reply: R.Reply) -> None:
+        self.reply = reply
 
 
 class Router:
     def __init__(self, cfg: Config) -> None:
+        """Reads the aliases file and virtual map now (raises ConfigError)."""
         self.cfg = cfg
-        self._domains = {d.lower() for d in cfg.local.domains}
-        self._users = {u.lower() for u in cfg.local.users}
-        self._default_domain = cfg.local.domains[0].lower()
+        loc = cfg.local
+        self.case_sensitive = loc.case_sensitive
+        self._domains = {d.lower() for d in loc.domains}
+        self._virtual_domains = {d.lower() for d in loc.virtual_domains}
+        self._users = {self._fold(u) for u in loc.users}
+        self._default_domain = loc.domains[0].lower()
+        self._delimiters = loc.recipient_delimiter
+        self._safe = _SAFE_USER_CASED if self.case_sensitive else _SAFE_USER
+        aliases_path = cfg.file_path(loc.aliases)
+        virtual_path = cfg.file_path(loc.virtual_map)
+        self.aliases = load_aliases(aliases_path, case_sensitive=self.case_sensitive) if aliases_path else Table()
+        self.virtual = load_virtual(virtual_path, case_sensitive=self.case_sensitive) if virtual_path else Table()
+        r = cfg.relay
+        self._transport = {k.lower().rstrip("."): v for k, v in r.transport.items()}
+        self._tls_policy = {k.lower().strip("[]"): v for k, v in r.tls_policy.items()}
+
+    # -- small helpers -----------------------------------------------------------
+    def _fold(self, local_part: str) -> str:
+        return local_part if self.case_sensitive else local_part.lower()
+
+    def _base(self, local_part: str) -> str:
+        """``user+tag`` -> ``user`` (the first delimiter character ends the name)."""
+        for i, ch in enumerate(local_part):
+            if ch in self._delimiters and i > 0:
+                return local_part[:i]
+        return local_part
 
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self._domains
 
+    def is_virtual(self, domain: str) -> bool:
+        return domain.lower() in self._virtual_domains
+
+    def is_ours(self, domain: str) -> bool:
+        """A domain we take mail for: local or virtual."""
+        d = domain.lower()
+        return d in self._domains or d in self._virtual_domains
+
+    # -- at RCPT -------------------------------------------------------------------
     def check_recipient(self, path: _core.Path, *, relay_allowed: bool = False) -> R.Reply | None:
-        """At RCPT: None if we take mail for ``path``, else the reply refusing it.
+        """At RCPT: None if we take mail for ``path``, else the reply refusing it."""
+        result = self.expand(path, relay_allowed=relay_allowed)
+        return result.reply if isinstance(result, Unroutable) else None
+
+    def expand(self, path: _core.Path, *, relay_allowed: bool = False) -> Expansion | Unroutable:
+        """At RCPT: the final recipients of ``path``, or the reply refusing it.
 
         Mail for other domains is taken only when the session's policy allows
-        this client to relay (``relay_allowed``); otherwise 554 5.7.1.
+        this client to relay (``relay_allowed``); otherwise 554 5.7.1.  Remote
+        targets of aliases and virtual entries are the administrator's choice
+        and need no relay permission.
         """
-        hop = self._route(path.local_part, path.domain)
-        if isinstance(hop, Remote) and not relay_allowed:
-            return R.RELAY_DENIED
-        return hop.reply if isinstance(hop, Unroutable) else None
-
-    def route(self, address: str) -> NextHop:
-        """At delivery: the next hop for an address stored in an envelope."""
-        if "@" not in address:
-            return self._route(address, "")
-        try:
-            path = _core.parse_mailbox(address, smtputf8=True)
-        except AddressError:
-            return Unroutable(R.Reply(550, "5.1.3", "Bad recipient address syntax"))
-        return self._route(path.local_part, path.domain)
-
-    def _route(self, local_part: str, domain: str) -> NextHop:
+        local_part, domain = path.local_part, path.domain
         if not domain:
             # RFC 5321 4.1.1.3: <Postmaster> without a domain must be accepted
             if local_part.lower() != "postmaster":
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
-        if not self.is_local(domain):
-            return Remote(domain.lower())
-        user = local_part.lower()
-        if not _SAFE_USER.fullmatch(user) or ".." in user:
+        if not self.is_ours(domain):
+            if not relay_allowed:
+                return Unroutable(R.RELAY_DENIED)
+            hop = self.route(path.address())
+            return hop if isinstance(hop, Unroutable) else Expansion((path.address(),))
+        out: dict[str, None] = {}
+        visits = [0]
+        try:
+            self._visit(local_part, domain, (), out, visits)
+        except _Refused as e:
+            return Unroutable(e.reply)
+        original = f"{local_part}@{domain}"
+        for address in out:
+            hop = self.route(address)
+            if isinstance(hop, Unroutable):
+                r = hop.reply
+                return Unroutable(R.Reply(r.code, r.enhanced, f"<{original}> expands to <{address}>: {r.first_line}"))
+        return Expansion(tuple(out))
+
+    def _visit(self, local_part: str, domain: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int]) -> None:
+        visits[0] += 1
+        if visits[0] > MAX_VISITS:
+            raise _Refused(R.Reply(550, "5.4.6", f"Alias expansion of <{chain[0]}> is too large"))
+        d = domain.lower()
+        if not self.is_ours(d):  # a remote target of an alias or virtual entry
+            out[f"{local_part}@{domain}"] = None
+            self._check_size(out, chain)
+            return
+        lp = self._fold(local_part)
+        node = f"{lp}@{d}"
+        if node in chain:
+            raise _Refused(R.Reply(550, "5.4.6", "Alias loop: " + " -> ".join((*chain, node))))
+        if len(chain) >= MAX_ALIAS_DEPTH:
+            raise _Refused(R.Reply(550, "5.4.6", f"Aliases of <{chain[0]}> nested more than {MAX_ALIAS_DEPTH} deep"))
+        chain = (*chain, node)
+        base = self._base(lp)
+        # 1. the virtual map, for virtual and local domains: user+tag@d, then user@d
+        for key in dict.fromkeys((node, f"{base}@{d}")):
+            entry = self.virtual.get(key)
+            if entry is not None:
+                for t in entry.targets:
+                    self._visit_target(t, self._default_domain, None, chain, out, visits)
+                return
+        if self.is_virtual(d):
+            self._catch_all(lp, d, chain, out, visits)
+            return
+        # 2. the aliases file, for local domains: user+tag, then user
+        for key in dict.fromkeys((lp, base)):
+            entry = self.aliases.get(key)
+            if entry is not None:
+                for t in entry.targets:
+                    self._visit_target(t, d, key, chain, out, visits)
+                return
+        # 3. a mailbox
+        self._mailbox(lp, d, chain, out, visits)
+
+    def _visit_target(
+        self, target: str, domain: str, alias: str | None, chain: tuple[str, ...], out: dict[str, None], visits: list[int]
+    ) -> None:
+        """One target of an alias (``alias`` is its name) or of a virtual entry."""
+        if target.startswith("\\"):  # \name: the mailbox itself
+            self._mailbox(self._fold(target[1:]), domain, chain, out, visits, direct=True)
+            return
+        local, at, dom = target.rpartition("@")
+        if not at:
+            local, dom = target, domain
+        if alias is not None and self._fold(local) == alias and self.is_local(dom):
+            # "alice: alice, ..." names alice's own mailbox, not the alias again
+            self._mailbox(alias, dom.lower(), chain, out, visits, direct=True)
+            return
+        self._visit(local, dom, chain, out, visits)
+
+    def _mailbox(self, lp: str, d: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int], direct: bool = False) -> None:
+        user = self._base(lp)
+        if not self._safe.fullmatch(user) or ".." in user:
+            raise _Refused(self._about(chain, R.BAD_MAILBOX_NAME))
+        if self._users and user not in self._users and user.lower() != "postmaster":
+            if not direct:
+                self._catch_all(lp, d, chain, out, visits)
+                return
+            raise _Refused(self._about(chain, R.UNKNOWN_USER))
+        out[f"{lp}@{d}"] = None
+        self._check_size(out, chain)
+
+    def _catch_all(self, lp: str, d: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int]) -> None:
+        entry = self.virtual.get(f"@{d}")
+        if entry is None:
+            raise _Refused(self._about(chain, R.UNKNOWN_USER))
+        for t in entry.targets:
+            self._visit_target(t, self._default_domain, None, chain, out, visits)
+
+    @staticmethod
+    def _about(chain: tuple[str, ...], reply: R.Reply) -> R.Reply:
+        """The reply, naming the alias target at fault when it is not the address itself."""
+        if len(chain) <= 1:
+            return reply
+        return R.Reply(reply.code, reply.enhanced, f"<{chain[0]}>: alias target <{chain[-1]}>: {reply.first_line}")
+
+    @staticmethod
+    def _check_size(out: dict[str, None], chain: tuple[str, ...]) -> None:
+        if len(out) > MAX_EXPANSION:
+            raise _Refused(R.Reply(550, "5.5.3", f"<{chain[0]}> expands to more than {MAX_EXPANSION} recipients"))
+
+    def alias_problems(self) -> list[str]:
+        """Each alias that cannot be expanded (a loop, an unknown target), for check-config and the log."""
+        problems = []
+        for name, entry in self.aliases.entries.items():
+            try:
+                path = _core.parse_mailbox(f"{name}@{self._default_domain}", smtputf8=True)
+            except AddressError:
+                continue
+            result = self.expand(path)
+            if isinstance(result, Unroutable):
+                problems.append(f"{entry.origin}: alias {name}: {result.reply}")
+        return problems
+
+    # -- at delivery ----------------------------------------------------------------
+    def route(self, address: str) -> NextHop:
+        """At delivery: the next hop for an address stored in an envelope (already expanded)."""
+        if "@" not in address:
+            local_part, domain = address, ""
+        else:
+            try:
+                path = _core.parse_mailbox(address, smtputf8=True)
+            except AddressError:
+                return Unroutable(R.Reply(550, "5.1.3", "Bad recipient address syntax"))
+            local_part, domain = path.local_part, path.domain
+        if not domain:
+            if local_part.lower() != "postmaster":
+                return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
+            domain = self._default_domain
+        d = domain.lower()
+        if self.is_virtual(d):
+            # not expected (expand() rewrites virtual addresses), but an address
+            # stored by an older version is still delivered if it maps to one mailbox
+            try:
+                result = self.expand(_core.parse_mailbox(f"{local_part}@{d}", smtputf8=True))
+            except AddressError:
+                return Unroutable(R.Reply(550, "5.1.3", "Bad recipient address syntax"))
+            if isinstance(result, Unroutable):
+                return result
+            if len(result.addresses) != 1 or self.is_virtual(result.addresses[0].rpartition("@")[2]):
+                return Unroutable(R.Reply(550, "5.1.1", "Virtual address was not expanded"))
+            return self.route(result.addresses[0])
+        if not self.is_local(d):
+            return self._remote(d)
+        user = self._base(self._fold(local_part))
+        if not self._safe.fullmatch(user) or ".." in user:
             return Unroutable(R.BAD_MAILBOX_NAME)
-        if self._users and user not in self._users and user != "postmaster":
+        if self._users and user not in self._users and user.lower() != "postmaster":
             return Unroutable(R.UNKNOWN_USER)
-        return LocalMailbox(user, domain.lower(), self.cfg.maildir_path(user, domain.lower()))
+        return self.mailbox(user, d)
+
+    def maildir_of(self, login: str) -> Path:
+        """The Maildir that POP3 serves to ``login`` (``user`` or ``user@local.domain``,
+        matched as RCPT would be: case-folded, sub-address tag removed).
+        Raises ValueError for a login that names no local mailbox."""
+        local, at, domain = login.rpartition("@")
+        if not at:
+            local, domain = login, self._default_domain
+        user, d = self._base(self._fold(local)), domain.lower()
+        if not self.is_local(d) or not self._safe.fullmatch(user) or ".." in user:
+            raise ValueError(f"{login!r} names no local mailbox")
+        return self.cfg.maildir_path(user, d)
+
+    def _remote(self, domain: str) -> RemoteHop | Unroutable:
+        r = self.cfg.relay
+        d = domain.lower().rstrip(".")
+        if d.startswith("["):  # an address literal: that host, no DNS
+            literal = d[1:-1]
+            if literal.startswith("ipv6:"):
+                literal = literal[5:]
+            try:
+                ip = ipaddress.ip_address(literal)
+            except ValueError:
+                return Unroutable(R.Reply(550, "5.1.2", "Unsupported address literal"))
+            return RemoteHop(d, str(ip), r.smtp_port, False, self._tls_for(d, str(ip)))
+        spec = self._transport_for(d)
+        if spec is not None:
+            host, port, mx = parse_nexthop(spec, f"relay.transport.{d}", r.smtp_port)
+            return RemoteHop(d, host, port, mx, self._tls_for(d, host))
+        if r.relayhost:
+            host, port, mx = parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
+            return RemoteHop(d, host, port, mx, self._tls_for(d, host), auth=bool(r.auth_username))
+        return RemoteHop(d, d, r.smtp_port, True, self._tls_for(d, d))
+
+    def _transport_for(self, domain: str) -> str | None:
+        if domain in self._transport:
+            return self._transport[domain]
+        parts = domain.split(".")
+        for i in range(1, len(parts)):
+            key = "." + ".".join(parts[i:])
+            if key in self._transport:
+                return self._transport[key]
+        return None
+
+    def _tls_for(self, domain: str, host: str) -> str:
+        return self._tls_policy.get(domain) or self._tls_policy.get(host) or self.cfg.relay.tls
+
+    def mailbox(self, user: str, domain: str) -> Mailbox:
+        """The next hop of a local mailbox, by ``local.delivery``."""
+        kind = self.cfg.local.delivery
+        if kind == "mbox":
+            return MboxMailbox(user, domain, self.cfg.mbox_path(user, domain))
+        if kind == "lmtp":
+            return LmtpMailbox(user, domain, f"{user}@{domain}", self.cfg.local.lmtp)
+        return LocalMailbox(user, domain, self.cfg.maildir_path(user, domain))

@@ -4,8 +4,8 @@ Reads ``smtpd.auth`` (the senders each user may use) and ``local.domains``.
 The session asks two questions and acts on the answers:
 
 - ``relay_allowed(client_ip, auth_user)``: may this client have mail for
-  non-local domains accepted?  By default nobody may; an authenticated user
-  may.  (Trusted networks, the other way in, belong here too.)
+  non-local domains accepted?  An authenticated user may, and so may a client
+  in ``relay.trusted_networks`` (empty by default: nobody else).
 - ``sender_allowed(auth_user, sender)``: may this authenticated user use this
   envelope sender?  Their login if it is an address (else login@ each local
   domain), plus the patterns ``smtpd.auth.senders`` lists for them; the null
@@ -17,6 +17,7 @@ It holds no state beyond the compiled configuration and writes nothing.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 
 from ..config import Config
 from .auth import normalize_username
@@ -29,10 +30,21 @@ class Policy:
         self.restrict_senders = auth.restrict_senders
         self._senders = {normalize_username(u): [p.lower() for p in pats] for u, pats in auth.senders.items()}
         self._domains = [d.lower() for d in cfg.local.domains]
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.trusted_networks]
 
     def relay_allowed(self, client_ip: str, auth_user: str | None) -> bool:
         """Whether mail for non-local domains is accepted from this client."""
-        return auth_user is not None
+        return auth_user is not None or self.trusted(client_ip)
+
+    def trusted(self, client_ip: str) -> bool:
+        """Is the client in relay.trusted_networks (may it relay without AUTH)?"""
+        try:
+            addr = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._trusted)
 
     def sender_patterns(self, auth_user: str) -> list[str]:
         user = normalize_username(auth_user)

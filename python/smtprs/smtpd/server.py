@@ -1,46 +1,53 @@
 """The running server: listeners, sessions and the queue, and their life cycle.
 
-``Server(cfg, config_path).run()`` opens the spool, starts the scheduler
-(which picks up mail left in the spool by an earlier run), binds every
-listener and serves sessions until ``stop()``.  ``build(cfg)`` makes what
-sessions share (``ServerContext``): the TLS context (loaded once; a bad
-certificate stops the start with a ConfigError), the users file and failure
-delays of AUTH, the relay/sender policy, and the ``Runtime`` that outlives a
-reload (open sessions, per-client counts, the shutdown state).  Binding
-happens before ``task_status.started()``, which returns the context, so
-callers (tests) can use port 0.
+``Server(cfg, config_path).run()`` locks and opens its spool shard, starts the
+scheduler (which picks up mail left in the spool by an earlier run) and the
+SMTP delivery agent (whose idle connections live in its own task), opens the
+control socket (queue/control.py), binds every listener and serves sessions
+until ``stop()``.  ``build(cfg)`` makes what sessions share
+(``ServerContext``): the TLS context (loaded once; a bad certificate stops
+the start with a ConfigError), the users file and failure delays of AUTH, the
+relay/sender policy, the delivery agents and the notifier (bounce.py), and the
+``Runtime`` that outlives a reload (open sessions, per-client counts, the
+shutdown state).  Binding happens before ``task_status.started()``, which
+returns the context, so callers (tests) can use port 0.  As worker K of N
+(supervisor.py) the listening sockets have SO_REUSEPORT and the spool is
+shard K (plus shards left by an earlier run with more workers).
 
 Life cycle (the ``smtprs serve`` command maps signals onto it):
 
-- ``stop()`` (SIGTERM, SIGINT): the listeners are closed at once; sessions
-  with no transaction open get 421 4.3.2 and are closed; sessions in the
-  middle of one get ``smtpd.shutdown_timeout`` seconds to finish it, and then
-  421 4.3.2 (a message whose data is still arriving is not acknowledged and
-  not kept).  A few seconds later whatever is left is cancelled; the spool's
-  fsyncs finish first (they run in threads that are not abandoned), so
-  nothing acknowledged is lost.  ``stop(now=True)`` (a second signal) skips
-  the wait.
+- ``stop()`` (SIGTERM, SIGINT): the listeners are closed at once; SMTP
+  sessions with no transaction open get 421 4.3.2 and are closed; sessions in
+  the middle of one get ``smtpd.shutdown_timeout`` seconds to finish it, and
+  then 421 4.3.2 (a message whose data is still arriving is not acknowledged
+  and not kept).  When they are done (at most a few seconds after the
+  deadline) everything else is cancelled: POP3 sessions (an unfinished POP3
+  session deletes nothing), deliveries in progress (local delivery is
+  idempotent, remote at least once), the scheduler.  The spool's fsyncs
+  finish first (they run in threads that are not abandoned), so nothing
+  acknowledged is lost.  ``stop(now=True)`` (a second signal) skips the wait.
 - ``reload()`` (SIGHUP): the configuration file is read again.  If it loads
   (and its TLS files, and its new listeners bind), new sessions use it and
   sessions already open keep theirs; listeners are added, closed or change
-  mode; the scheduler routes queued mail by it; the log is reopened.  Keys
-  that need a restart (``data_dir``, ``queue.directory``, ``queue.fsync``,
-  ``queue.delivery_concurrency``) keep their running value, with a warning.
-  A configuration that does not load is refused with one log line naming the
+  mode; the scheduler routes and retries queued mail by it; aliases and
+  virtual maps are read again; the log file is reopened.  The keys in
+  ``RESTART_ONLY`` keep their running value, with a warning naming them.  A
+  configuration that does not load is refused with one log line naming the
   key, and the running one stays.
 
 Resource policy: each connection runs in its own task and closes its stream
 in ``finally``; running out of file descriptors while accepting is logged and
 waited out (as ``trio.serve_listeners`` does); limits on sessions (all, and
 per client address) and connection rate are checked by the session, which
-answers 421; an unexpected exception in a session is logged and ends that
-session only.
+answers 421 (with several workers each counts its own connections); an
+unexpected exception in a session is logged and ends that session only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -48,27 +55,30 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
 
 from .. import config as config_mod
 from .. import maillog
-from ..config import SUBMISSION_MODES, Config, parse_host_port
+from ..bounce import Notifier
+from ..config import POP3_MODES, SUBMISSION_MODES, Config, parse_host_port
+from ..deliver.base import DeliveryAgent
+from ..deliver.lmtp import LmtpAgent
 from ..deliver.maildir import MaildirAgent
-from ..envelope import Envelope
-from ..errors import ConfigError, ListenError
+from ..deliver.mbox import MboxAgent
+from ..deliver.smtp import SmtpAgent
+from ..errors import ConfigError, ListenError, SpoolError
+from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
+from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
 from .limits import ClientLimits
 from .policy import Policy
 from .session import Session
-
-if TYPE_CHECKING:
-    from ..config import Listener
 
 # Seconds sessions get, after the shutdown deadline, to send their 421 and close
 # before they are cancelled.
@@ -77,12 +87,32 @@ SHUTDOWN_GRACE = 5.0
 # accept() errors that mean "out of a resource": wait and try again
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
+# Keys (or whole sections) read once at start: a reload keeps their running
+# values and says so.  They name things opened at start (the spool, the
+# control socket, worker processes, the resolver, TLS client contexts) or
+# given to long-lived objects (the delivery agents' host name and timeouts).
+RESTART_ONLY = (
+    "hostname",
+    "data_dir",
+    "workers",
+    "queue.directory",
+    "queue.fsync",
+    "queue.delivery_concurrency",
+    "queue.control_socket",
+    "local.lock_timeout",
+    "local.lmtp_timeout",
+    "relay.tls_ca_file",
+    "relay.address_preference",
+    "dns",
+)
+
 
 @dataclass
 class Runtime:
     """What outlives a configuration reload: open sessions, per-client counts, shutdown state."""
 
     sessions: set[Session] = field(default_factory=set)
+    other_sessions: int = 0  # POP3 sessions (they count towards smtpd.max_connections too)
     limits: ClientLimits = field(default_factory=ClientLimits)
     closing: bool = False
     drain_deadline: float = math.inf
@@ -110,23 +140,32 @@ class ServerContext:
     authenticator: Authenticator
     auth_delays: FailureDelays
     policy: Policy
+    smtp: SmtpAgent
+    agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
+    pop3: Pop3Context | None = None
     runtime: Runtime = field(default_factory=Runtime)
     bound: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def active_sessions(self) -> int:
-        return len(self.runtime.sessions)
+        return len(self.runtime.sessions) + self.runtime.other_sessions
 
 
-def build(cfg: Config) -> ServerContext:
+def build(cfg: Config, shard: int = 0) -> ServerContext:
     hostname = cfg.host_name
-    spool = Spool(cfg.spool_path, fsync=cfg.queue.fsync)
+    spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
-    agents = {"local": MaildirAgent(hostname, fsync=cfg.queue.fsync)}
-    scheduler = Scheduler(cfg, spool, router, agents)  # type: ignore[arg-type]
-    scheduler.on_final_failure = _no_bounce_yet
+    smtp = SmtpAgent(cfg, hostname)
+    agents: dict[str, DeliveryAgent] = {
+        "maildir": MaildirAgent(hostname, fsync=cfg.queue.fsync),
+        "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=cfg.queue.fsync),
+        "lmtp": LmtpAgent(hostname, timeout=cfg.local.lmtp_timeout),
+        "smtp": smtp,
+    }
+    scheduler = Scheduler(cfg, spool, router, agents)
+    scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
     a = cfg.smtpd.auth
-    return ServerContext(
+    ctx = ServerContext(
         cfg,
         spool,
         router,
@@ -136,49 +175,102 @@ def build(cfg: Config) -> ServerContext:
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
+        smtp=smtp,
+        agents=agents,
+    )
+    ctx.pop3 = _pop3_context(ctx)
+    return ctx
+
+
+def _pop3_context(ctx: ServerContext) -> Pop3Context:
+    cfg = ctx.cfg
+    return Pop3Context(
+        ctx.hostname,
+        verifier=ctx.authenticator,
+        maildir_of=ctx.router.maildir_of,
+        tls=ctx.tls,
+        allow_plaintext=cfg.smtpd.auth.allow_plaintext,
+        delays=ctx.auth_delays,
+        timeout=cfg.pop3.timeout,
+        send_timeout=cfg.smtpd.send_timeout,
+        handshake_timeout=cfg.smtpd.tls.handshake_timeout,
     )
 
 
-# Keys read once at start: a reload keeps their running values.
-_RESTART_ONLY = ("data_dir", "queue.directory", "queue.fsync", "queue.delivery_concurrency")
-
-
-def _get(cfg: Config, key: str) -> object:
-    value: object = cfg
+def _get(cfg: Any, key: str) -> Any:
     for part in key.split("."):
-        value = getattr(value, part)
-    return value
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set(cfg: Any, key: str, value: Any) -> Any:
+    head, _, rest = key.partition(".")
+    if not rest:
+        return dataclasses.replace(cfg, **{head: value})
+    return dataclasses.replace(cfg, **{head: _set(getattr(cfg, head), rest, value)})
 
 
 def restart_only_changes(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """``new`` with the restart-only keys of ``old``, and the names of those that differed."""
-    changed = [k for k in _RESTART_ONLY if _get(old, k) != _get(new, k)]
-    queue = dataclasses.replace(
-        new.queue, directory=old.queue.directory, fsync=old.queue.fsync, delivery_concurrency=old.queue.delivery_concurrency
-    )
-    return dataclasses.replace(new, data_dir=old.data_dir, queue=queue), changed
+    """``new`` with the RESTART_ONLY keys of ``old``, and the names of those that differed."""
+    changed = []
+    for key in RESTART_ONLY:
+        if _get(old, key) != _get(new, key):
+            changed.append(key)
+            new = _set(new, key, _get(old, key))
+    return new, changed
 
 
 def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
-    """A context for ``cfg`` that shares the spool, scheduler, AUTH delays and runtime of ``old``.
-    Raises ConfigError (TLS files) without changing anything."""
-    tls = tls_mod.server_context(cfg)
-    a = cfg.smtpd.auth
-    return dataclasses.replace(
+    """A context for ``cfg`` that shares the spool, scheduler, agents, AUTH delays and
+    runtime of ``old``.  Raises ConfigError (TLS files, aliases) without changing anything."""
+    ctx = dataclasses.replace(
         old,
         cfg=cfg,
         router=Router(cfg),
-        hostname=cfg.host_name,
-        tls=tls,
+        tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         policy=Policy(cfg),
         bound=list(old.bound),
     )
+    ctx.pop3 = _pop3_context(ctx)
+    return ctx
+
+
+def shard_path(cfg: Config, shard: int) -> Path:
+    return cfg.spool_path / f"shard-{shard}"
+
+
+def owned_shards(cfg: Config, worker: int, workers: int) -> list[int]:
+    """The spool shards worker ``worker`` of ``workers`` delivers from: its own,
+    and those left by an earlier run with more workers (shard s goes to worker s mod N)."""
+    found = set()
+    if cfg.spool_path.is_dir():
+        for p in cfg.spool_path.iterdir():
+            name = p.name
+            if p.is_dir() and name.startswith("shard-") and name[6:].isdigit():
+                found.add(int(name[6:]))
+    return [worker] + sorted(s for s in found if s >= workers and s % workers == worker)
+
+
+def lock_shard(path: Path) -> int:
+    """Hold an exclusive lock on a spool shard for the life of the process, so two
+    servers never deliver from one shard. Returns the lock's fd; raises SpoolError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise SpoolError(f"cannot use the spool directory {path}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolError(f"spool shard {path} is in use by another smtprs process") from None
+    return fd
 
 
 def _check_users(ctx: ServerContext) -> None:
     """At start and reload: say so in the log if nobody will be able to authenticate."""
-    if not any(lst.mode in SUBMISSION_MODES for lst in ctx.cfg.smtpd.listeners):
+    if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
         return
     try:
         users = ctx.authenticator.users.load()
@@ -187,11 +279,6 @@ def _check_users(ctx: ServerContext) -> None:
         return
     if not users:
         maillog.warning(f"smtpd.auth.users_file: no users in {ctx.cfg.users_path} (add some with `smtprs passwd add`): nobody can authenticate")
-
-
-async def _no_bounce_yet(env: Envelope, failed: list[int]) -> None:
-    rcpts = ", ".join(env.recipients[i].address for i in failed)
-    maillog.warning(f"{env.queue_id}: no bounce sent to <{env.sender}> for {rcpts}: bounces are not implemented yet")
 
 
 @dataclass
@@ -204,13 +291,40 @@ class _Bound:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
-async def _bind(address: str) -> list[trio.SocketListener]:
+async def _bind(address: str, reuseport: bool = False) -> list[trio.SocketListener]:
     host, port = parse_host_port(address, "smtpd.listeners")
     bind_host = None if host in ("*", "") else host
     try:
+        if reuseport:
+            return await _reuseport_listeners(bind_host, port)
         return await trio.open_tcp_listeners(port, host=bind_host)
     except OSError as e:
         raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from e
+
+
+async def _reuseport_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, with SO_REUSEPORT on every socket."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(4096)
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for tl in listeners:
+            await tl.aclose()
+        raise
+    return listeners
 
 
 def _describe(tl: trio.SocketListener) -> tuple[str, int, str]:
@@ -220,17 +334,26 @@ def _describe(tl: trio.SocketListener) -> tuple[str, int, str]:
 
 
 class Server:
-    """One server process: the current context, its listeners, and the life cycle above."""
+    """One server process (or worker): the current context, its listeners, and the life cycle above."""
 
-    def __init__(self, cfg: Config, config_path: str | os.PathLike[str] | None = None) -> None:
-        self.ctx = build(cfg)
+    def __init__(self, cfg: Config, config_path: str | os.PathLike[str] | None = None, *, worker: int = 0, workers: int = 1) -> None:
+        self.cfg = cfg
         self.config_path = Path(config_path) if config_path is not None else None
+        self.worker = worker
+        self.workers = workers
         self._listeners: dict[str, _Bound] = {}
         self._sessions: trio.Nursery | None = None
         self._stop = trio.Event()
         self._stop_now = False
         self._reloading = trio.Lock()
+        self._ctx: ServerContext | None = None
+        self._schedulers: list[Scheduler] = []  # the shard's own, then those of orphaned shards
         self.reloads = 0  # configurations taken by reload() (for tests)
+
+    @property
+    def ctx(self) -> ServerContext:
+        assert self._ctx is not None, "the server is not running"
+        return self._ctx
 
     @property
     def runtime(self) -> Runtime:
@@ -238,33 +361,59 @@ class Server:
 
     # -- running -------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
-        ctx = self.ctx
-        _check_users(ctx)
-        # Bind every listener first, so a port in use fails the start with one clear error.
-        bound: list[_Bound] = []
+        cfg, worker, workers = self.cfg, self.worker, self.workers
+        shards = owned_shards(cfg, worker, workers)
+        locks = [lock_shard(shard_path(cfg, shards[0]))]  # our own shard: refuse to start without it
         try:
-            for lst in ctx.cfg.smtpd.listeners:
-                bound.append(_Bound(lst.address, lst.mode, await _bind(lst.address)))
-        except ListenError:
-            for b in bound:
-                for tl in b.sockets:
-                    await tl.aclose()
-            raise
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(ctx.scheduler.run)
-                async with trio.open_nursery() as sessions:
-                    self._sessions = sessions
-                    for b in bound:
-                        self._start_listener(b)
-                    task_status.started(ctx)
-                    await self._stop.wait()
-                    await self._shut_down()
-                    sessions.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()  # the scheduler: deliveries are idempotent, the spool durable
+            ctx = self._ctx = build(cfg, shards[0])
+            self._schedulers = [ctx.scheduler]
+            for s in shards[1:]:
+                try:
+                    locks.append(lock_shard(shard_path(cfg, s)))
+                except SpoolError as e:
+                    maillog.warning(str(e))
+                    continue
+                maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
+                extra = Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents)
+                extra.notifier = Notifier(cfg, ctx.hostname, extra.spool, extra.submit)
+                self._schedulers.append(extra)
+            _check_users(ctx)
+            # Bind every listener first, so a port in use fails the start with one clear error.
+            bound: list[_Bound] = []
+            try:
+                for lst in cfg.smtpd.listeners:
+                    bound.append(_Bound(lst.address, lst.mode, await _bind(lst.address, workers > 1)))
+            except ListenError:
+                for b in bound:
+                    for tl in b.sockets:
+                        await tl.aclose()
+                raise
+            try:
+                async with trio.open_nursery() as nursery:
+                    # the control socket first: it refuses to start when another server uses this data directory
+                    await nursery.start(control.serve, cfg.control_socket_for(worker), self._schedulers)
+                    await nursery.start(ctx.smtp.run)
+                    for sched in self._schedulers:
+                        await nursery.start(sched.run)
+                    async with trio.open_nursery() as sessions:
+                        self._sessions = sessions
+                        for b in bound:
+                            self._start_listener(b)
+                        task_status.started(ctx)
+                        await self._stop.wait()
+                        await self._shut_down()
+                        sessions.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()  # scheduler and agents: deliveries are idempotent, the spool durable
+            finally:
+                self._sessions = None
+                for b in bound:  # (those never started: a failure before the accept loops)
+                    for tl in b.sockets:
+                        tl.socket.close()
         finally:
-            self._sessions = None
-            ctx.spool.close()
+            for sched in self._schedulers:
+                sched.spool.close()
+            for fd in locks:
+                os.close(fd)
 
     def _start_listener(self, b: _Bound) -> None:
         assert self._sessions is not None
@@ -292,19 +441,29 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream, b: _Bound) -> None:
         ctx = self.ctx  # the configuration of the moment the connection came in
+        pop3 = b.mode in POP3_MODES
+        if pop3:
+            ctx.runtime.other_sessions += 1
         try:
             try:
                 peer = stream.socket.getpeername()
             except OSError:
                 return
             listener = next((lst for lst in ctx.cfg.smtpd.listeners if lst.address == b.address), None)
-            session = Session(ctx, stream, peer[0], peer[1], listener)
+            session: Session | Pop3Session
+            if pop3:
+                assert ctx.pop3 is not None
+                session = Pop3Session(ctx.pop3, stream, peer[0], peer[1], implicit_tls=b.mode == "pop3s")
+            else:
+                session = Session(ctx, stream, peer[0], peer[1], listener)
             try:
                 await session.run()
             except Exception as e:  # a bug in one session must not stop the server
                 maillog.error(f"{session.id}: session ended by an internal error: {e!r}")
                 logging.getLogger("smtprs").debug("session traceback", exc_info=True)
         finally:
+            if pop3:
+                ctx.runtime.other_sessions -= 1
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await stream.aclose()
@@ -312,7 +471,7 @@ class Server:
     # -- stopping ------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
         """Begin the graceful shutdown (see the module docstring); ``now``: no waiting."""
-        if now:
+        if now and self._ctx is not None:
             self._stop_now = True
             self.runtime.drain_deadline = min(self.runtime.drain_deadline, trio.current_time())
             for s in list(self.runtime.sessions):
@@ -344,7 +503,7 @@ class Server:
             return await self._reload()
 
     async def _reload(self) -> bool:
-        if self.runtime.closing:
+        if self._ctx is None or self.runtime.closing:
             return False
         if self.config_path is None:
             maillog.reload_refused("(embedded default)", "there is no configuration file to read again")
@@ -359,7 +518,7 @@ class Server:
             wanted = {lst.address: lst.mode for lst in cfg.smtpd.listeners}
             for address, mode in wanted.items():
                 if address not in self._listeners:
-                    added.append(_Bound(address, mode, await _bind(address)))
+                    added.append(_Bound(address, mode, await _bind(address, self.workers > 1)))
         except (ConfigError, ListenError, OSError) as e:
             for b in added:
                 for tl in b.sockets:
@@ -378,8 +537,12 @@ class Server:
         for address, b in self._listeners.items():
             b.mode = wanted[address]
         ctx.bound = [(host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(_describe, b.sockets)]
-        self.ctx = ctx
-        ctx.scheduler.reconfigure(cfg, ctx.router)
+        self._ctx = ctx
+        for sched in self._schedulers:
+            sched.reconfigure(cfg, ctx.router)
+            if sched.notifier is not None:
+                sched.notifier.cfg = cfg
+        ctx.smtp.cfg, ctx.smtp.r = cfg, cfg.relay
         ctx.auth_delays.base = cfg.smtpd.auth.failure_delay
         ctx.auth_delays.maximum = cfg.smtpd.auth.max_failure_delay
         ctx.auth_delays.window = cfg.smtpd.auth.failure_window
@@ -391,6 +554,13 @@ class Server:
         return True
 
 
-async def serve(cfg: Config, *, config_path: str | os.PathLike[str] | None = None, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    cfg: Config,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    worker: int = 0,
+    workers: int = 1,
+    task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Run a ``Server`` until it is cancelled (for callers that need no life cycle)."""
-    await Server(cfg, config_path).run(task_status=task_status)
+    await Server(cfg, config_path, worker=worker, workers=workers).run(task_status=task_status)

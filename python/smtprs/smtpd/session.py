@@ -21,6 +21,9 @@ listeners a message without Date or Message-ID gets them (RFC 6409 8.2, 8.3):
 the header block is held (at most max_header_size) until its end is seen, the
 missing fields are written after our Received field, and the rest streams on.
 
+DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT are checked
+and kept in the envelope, for bounce.py and for the next hop.
+
 Resource policy: every read is bounded by a timeout (command_timeout between
 commands, data_timeout inside DATA/BDAT), every write by send_timeout, every
 TLS handshake by tls.handshake_timeout; too many error replies close the
@@ -42,11 +45,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _core, maillog
+from . import lmtp
 from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
 from ..envelope import Envelope, Recipient
 from ..errors import AddressError, SpoolError
 from ..queue.spool import MessageWriter
+from ..route.router import Unroutable
 from . import auth as sasl
 from .tls import describe as describe_tls
 
@@ -64,6 +69,11 @@ _FIXUP_FIELDS = re.compile(rb"^(date|message-id):", re.I | re.M)
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 
 
+def _valid_envid(value: str) -> bool:
+    """RFC 3461 4.4: printable US-ASCII, at most 100 characters (after xtext decoding)."""
+    return 0 < len(value) <= 100 and all(32 <= ord(c) < 127 for c in value)
+
+
 class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
 
@@ -76,6 +86,9 @@ class Transaction:
     params: dict[str, str | None]
     smtputf8: bool = False
     recipients: list[str] = field(default_factory=list)
+    rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> NOTIFY/ORCPT
+    targets: dict[str, str] = field(default_factory=dict)  # expanded recipient -> the RCPT address it came from
+    lmtp_slots: list[lmtp.Slot] = field(default_factory=list)  # LMTP: every accepted RCPT, one reply each after the data
     rcpt_attempts: int = 0
     writer: MessageWriter | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
@@ -112,6 +125,13 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
     return None
 
 
+def _unsupported(keyword: str) -> R.Reply:
+    """555 for an ESMTP parameter we do not support, naming it.  The keyword
+    is cut short: it comes from the client, and a long one (a 500-octet
+    command line allows it) would make a reply line over 512 octets."""
+    return R.Reply(555, "5.5.4", f"Unsupported option: {keyword[:64]}")
+
+
 class Session:
     def __init__(
         self,
@@ -129,6 +149,9 @@ class Session:
         self.id = f"C{next(_session_ids):06d}"
         self.mode = (listener or Listener()).mode
         self.submission = self.mode in SUBMISSION_MODES
+        # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
+        # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
+        self.lmtp = self.mode == "lmtp"
         self.conn = self._new_engine()
         self.out = bytearray()
         self.greeting: str | None = None  # "HELO" or "EHLO" once greeted
@@ -207,7 +230,8 @@ class Session:
                 self.out += refusal.encode()
                 await self.flush()
                 return
-            self.out += R.Reply(220, None, f"{self.ctx.hostname} {s.banner}").encode()
+            banner = "LMTP smtprs" if self.lmtp else s.banner
+            self.out += R.Reply(220, None, f"{self.ctx.hostname} {banner}").encode()
             await self.flush()
             await self._loop()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError):
@@ -368,11 +392,20 @@ class Session:
         await handler(cmd)
 
     async def _cmd_helo(self, cmd: _core.Command) -> None:
+        if self.lmtp:
+            self.reply(R.LMTP_USE_LHLO)
+            return
         self._greet("HELO", cmd.arg)
         self.reply(R.Reply(250, None, self.ctx.hostname))
 
     async def _cmd_ehlo(self, cmd: _core.Command) -> None:
+        if self.lmtp:
+            self.reply(R.LMTP_USE_LHLO)
+            return
         self._greet("EHLO", cmd.arg)
+        self._extensions()
+
+    def _extensions(self) -> None:
         lines = [
             self.ctx.hostname,
             "PIPELINING",
@@ -381,6 +414,7 @@ class Session:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
         ]
         if self.starttls_offered:
             lines.append("STARTTLS")
@@ -389,7 +423,11 @@ class Session:
         self.reply(R.Reply(250, None, tuple(lines)))
 
     async def _cmd_lhlo(self, cmd: _core.Command) -> None:
-        self.reply(R.NOT_IMPLEMENTED)
+        if not self.lmtp:
+            self.reply(R.NOT_IMPLEMENTED)
+            return
+        self._greet("LHLO", cmd.arg)
+        self._extensions()
 
     def _greet(self, kind: str, name: str) -> None:
         self._abort_message()
@@ -541,8 +579,18 @@ class Session:
         if bad:
             self.reply(R.BAD_AUTH_PARAM)
             return
+        ret = params.pop("RET", None) if "RET" in params else None
+        if ret is not None or "RET" in cmd.params:
+            ret = (ret or "").upper()
+            if ret not in ("FULL", "HDRS"):
+                self.reply(R.BAD_RET)
+                return
+        envid = params.pop("ENVID", None) if "ENVID" in params else None
+        if "ENVID" in cmd.params and (envid is None or not _valid_envid(envid)):
+            self.reply(R.BAD_ENVID)
+            return
         if params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
+            self.reply(_unsupported(next(iter(params))))
             return
         if self.auth_user is not None and not self.ctx.policy.sender_allowed(self.auth_user, cmd.path.address()):
             maillog.reject(self.id, self.peer, "MAIL", R.SENDER_NOT_OWNED, f"from=<{cmd.path.address()}> sasl_username={self.auth_user}")
@@ -553,6 +601,10 @@ class Session:
             kept["BODY"] = body.upper()
         if smtputf8:
             kept["SMTPUTF8"] = None
+        if ret is not None:
+            kept["RET"] = ret
+        if envid is not None:
+            kept["ENVID"] = envid
         if auth_param is not None:
             kept["AUTH"] = auth_param
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
@@ -584,8 +636,24 @@ class Session:
         txn = self.txn
         assert txn is not None and cmd.path is not None
         txn.rcpt_attempts += 1
-        if cmd.params:
-            self.reply(R.Reply(555, "5.5.4", f"Unsupported option: {next(iter(cmd.params))}"))
+        params = dict(cmd.params)
+        dsn: dict[str, str] = {}
+        notify = params.pop("NOTIFY", None)
+        if "NOTIFY" in cmd.params:
+            words = [w.strip().upper() for w in (notify or "").split(",")]
+            if not all(w in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) or ("NEVER" in words and len(words) > 1) or len(set(words)) != len(words):
+                self.reply(R.BAD_NOTIFY)
+                return
+            dsn["NOTIFY"] = ",".join(words)
+        orcpt = params.pop("ORCPT", None)
+        if "ORCPT" in cmd.params:
+            kind, sep, value = (orcpt or "").partition(";")
+            if not sep or not kind.strip() or not value or not kind.strip().replace("-", "").isalnum() or len(value) > 500:
+                self.reply(R.BAD_ORCPT)
+                return
+            dsn["ORCPT"] = f"{kind.strip().lower()};{value}"
+        if params:
+            self.reply(_unsupported(next(iter(params))))
             return
         if cmd.path.is_utf8 and not txn.smtputf8:
             self.reply(R.UTF8_NOT_ASKED)
@@ -594,14 +662,24 @@ class Session:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         relay_allowed = self.ctx.policy.relay_allowed(self.peer_ip, self.auth_user)
-        refusal = self.ctx.router.check_recipient(cmd.path, relay_allowed=relay_allowed)
+        expansion = self.ctx.router.expand(cmd.path, relay_allowed=relay_allowed)
         address = cmd.path.address()
-        if refusal is not None:
-            maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
-            self.reply(refusal)
+        if isinstance(expansion, Unroutable):
+            maillog.reject(self.id, self.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
+            self.reply(expansion.reply)
             return
+        if self.lmtp:
+            refusal = lmtp.check_targets(self.ctx, address, expansion.addresses)
+            if refusal is not None:
+                maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+                self.reply(refusal)
+                return
+            txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
             txn.recipients.append(address)
+            txn.rcpt_params[address] = dsn
+        for target in expansion.addresses:  # so does a mailbox reached twice
+            txn.targets.setdefault(target, address)
         self.reply(R.RECIPIENT_OK)
 
     async def _cmd_data(self, cmd: _core.Command) -> None:
@@ -660,11 +738,11 @@ class Session:
         """The ``with`` of our Received field: SMTP, ESMTP or UTF8SMTP, then S for
         TLS and A for AUTH (RFC 3848, RFC 6531)."""
         if txn.smtputf8:
-            base = "UTF8SMTP"
+            base = "UTF8LMTP" if self.lmtp else "UTF8SMTP"
         elif self.greeting == "HELO":
             return "SMTP"
         else:
-            base = "ESMTP"
+            base = "LMTP" if self.lmtp else "ESMTP"
         return base + ("S" if self.tls else "") + ("A" if self.auth_user else "")
 
     def _open_message(self, txn: Transaction, quiet: bool = False) -> bool:
@@ -715,7 +793,7 @@ class Session:
         if failure is not None or txn is None or txn.writer is None:
             if txn is not None and txn.writer is not None:
                 self.ctx.spool.abort(txn.writer)
-            self.reply(failure or R.NEED_MAIL)
+            self._final_reply(txn, failure or R.NEED_MAIL)
             return
         writer = txn.writer
         if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
@@ -724,20 +802,24 @@ class Session:
             self.ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
             maillog.reject(self.id, self.peer, "DATA", r, f"from=<{txn.sender.address()}> size={event.size}")
-            self.reply(r)
+            self._final_reply(txn, r)
             return
         if event.received_count > self.cfg.smtpd.max_received_headers:
             self.ctx.spool.abort(writer)
             maillog.reject(self.id, self.peer, "DATA", R.TOO_MANY_HOPS, f"from=<{txn.sender.address()}> received={event.received_count}")
-            self.reply(R.TOO_MANY_HOPS)
+            self._final_reply(txn, R.TOO_MANY_HOPS)
             return
         params = {k: v or "" for k, v in txn.params.items()}
         if event.eight_bit and "BODY" not in params:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
+        if self.lmtp:
+            for r in await lmtp.deliver_now(self.ctx, writer, txn.sender.address(), txn.lmtp_slots, params, self.id, self.peer):
+                self.out += r.encode()  # a mailbox's trouble is not the client's error: not counted
+            return
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
-            recipients=[Recipient(a) for a in txn.recipients],
+            recipients=[Recipient(t, original=o if o != t else "", params=txn.rcpt_params.get(o, {})) for t, o in txn.targets.items()],
             arrival=time.time(),
             size=writer.size,
             client_address=self.peer_ip,
@@ -756,6 +838,11 @@ class Session:
         self.ctx.scheduler.submit(env)
         self.junk = 0
         self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
+
+    def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
+        """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
+        for _ in (txn.lmtp_slots if self.lmtp and txn is not None and txn.lmtp_slots else (None,)):
+            self.reply(r)
 
     # -- submission fix-ups (RFC 6409 8) -----------------------------------------
     def _hold_header(self, txn: Transaction, writer: MessageWriter, data: bytes) -> None:

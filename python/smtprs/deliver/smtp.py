@@ -1,0 +1,618 @@
+"""SMTP delivery: the client that hands mail to the next MTA.
+
+Reads the spooled content (through the Rust ``DotStuffer``) and the
+``[relay]`` configuration; parses replies with the Rust ``ReplyParser``;
+writes nothing but the network.  Given a ``DeliveryRequest`` whose targets
+share one destination (the scheduler groups them so), it finds the hosts
+(route/mx.py), and tries them in order until every recipient has a final
+answer or no host is left:
+
+- connect (``connect_timeout``), 220 greeting, EHLO (HELO when EHLO is
+  refused), STARTTLS when offered and the TLS level is not ``none`` (``may``
+  does not check the certificate and falls back to plain text when the
+  handshake fails; ``verify`` requires STARTTLS and a certificate valid for
+  the host name, or the host is skipped), AUTH PLAIN or LOGIN when the hop
+  carries the relayhost credentials (over TLS only, unless
+  ``auth_require_tls`` is off);
+- one transaction for all the recipients (``transaction_recipient_limit`` at a
+  time): MAIL with SIZE, BODY, SMTPUTF8 and the DSN parameters RET/ENVID when
+  the peer offers them, RCPT (with NOTIFY/ORCPT), DATA; pipelined when the
+  peer offers PIPELINING (RFC 2920);
+- a message over the peer's SIZE fails at once (5.3.4), as does an 8-bit
+  message to a peer without 8BITMIME (5.6.3) and a UTF-8 envelope or header
+  to a peer without SMTPUTF8 (5.6.7): these do not improve with retries;
+- a connection failure, a 4xx or 421 greeting, a 4xx reply or a lost
+  connection moves the recipients still open to the next host; 5xx replies
+  are final for the recipients (or the message) they answer.
+
+Timeouts are RFC 5321 4.5.3.2's, configurable.  After a delivery the
+connection waits ``idle_timeout`` seconds for another message to the same
+destination (checked with RSET before reuse); at most
+``destination_concurrency`` deliveries run at once per destination.
+
+Credentials are sent only in AUTH and never logged; neither is message
+content.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import _core, maillog
+from ..config import Config
+from ..errors import ParseError
+from ..route.mx import DnsFailure, Host, Resolver
+from ..route.router import RemoteHop
+from .base import DeliveryRequest, Outcome, Status, Target
+
+CHUNK = 256 * 1024
+QUIT_TIMEOUT = 5.0
+
+
+class _Lost(Exception):
+    """The connection cannot be used any more (closed, timed out, garbage)."""
+
+
+class _HostError(Exception):
+    """This host cannot take the message now: try the next one (temporary)."""
+
+    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None) -> None:
+        super().__init__(detail)
+        self.enhanced = enhanced
+        self.detail = detail
+        self.reply = reply
+
+
+@dataclass(eq=False)
+class Connection:
+    """One SMTP client connection, after the greeting and EHLO."""
+
+    stream: trio.abc.Stream
+    host: Host
+    port: int
+    parser: _core.ReplyParser = field(default_factory=_core.ReplyParser)
+    ext: dict[str, str] = field(default_factory=dict)  # EHLO keywords (upper case) -> parameters
+    esmtp: bool = False
+    tls: bool = False
+    tls_verified: bool = False
+    messages: int = 0
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host.name}[{self.host.ip}]:{self.port}"
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        try:
+            with trio.fail_after(timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            raise _Lost("timeout while sending") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise _Lost(f"connection broken: {e or type(e).__name__}") from None
+
+    async def read(self, timeout: float) -> _core.Reply:
+        try:
+            with trio.fail_after(timeout):
+                while (reply := self.parser.next_reply()) is None:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        raise _Lost("connection closed by the server")
+                    self.parser.receive_data(bytes(data))
+        except trio.TooSlowError:
+            raise _Lost("timeout waiting for a reply") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise _Lost(f"connection broken: {e or type(e).__name__}") from None
+        except ParseError as e:
+            raise _Lost(f"malformed reply: {e}") from None
+        return reply
+
+    async def command(self, line: str, timeout: float) -> _core.Reply:
+        await self.send(line.encode("utf-8") + b"\r\n", timeout)
+        return await self.read(timeout)
+
+    async def close(self, quit: bool = True) -> None:
+        if quit:
+            with trio.move_on_after(QUIT_TIMEOUT):
+                try:
+                    await self.command("QUIT", QUIT_TIMEOUT)
+                except _Lost:
+                    pass
+        await trio.aclose_forcefully(self.stream)
+
+
+@dataclass(eq=False)
+class _Idle:
+    conn: Connection
+
+
+def show(reply: _core.Reply) -> str:
+    """A reply on one line: ``550 5.1.1 text / more text``."""
+    enh = f" {reply.enhanced}" if reply.enhanced else ""
+    text = " / ".join(line for line in reply.lines if line)
+    return f"{reply.code}{enh} {text}".rstrip()
+
+
+def enhanced_of(reply: _core.Reply) -> str:
+    if reply.enhanced and reply.enhanced[0] == str(reply.code)[0]:
+        return reply.enhanced
+    return f"{str(reply.code)[0]}.0.0"
+
+
+def _ascii(text: str) -> bool:
+    return text.isascii()
+
+
+class SmtpAgent:
+    name = "smtp"
+
+    def __init__(self, cfg: Config, hostname: str, resolver: Resolver | None = None) -> None:
+        self.cfg = cfg
+        self.r = cfg.relay
+        self.hostname = hostname
+        self.resolver = resolver or Resolver(cfg.dns, prefer=cfg.relay.address_preference)
+        self._idle: dict[str, list[_Idle]] = {}
+        self._limits: dict[str, trio.Semaphore] = {}
+        self._nursery: trio.Nursery | None = None
+        self._ctx_may = ssl.create_default_context()
+        self._ctx_may.check_hostname = False
+        self._ctx_may.verify_mode = ssl.CERT_NONE
+        ca = cfg.tls_ca_path
+        self._ctx_verify = ssl.create_default_context(cafile=str(ca) if ca else None)
+        # figures for tests and metrics
+        self.connections_opened = 0
+        self.connections_reused = 0
+
+    # -- life cycle ------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery in which idle connections wait; closes them on exit."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            idle, self._idle = self._idle, {}
+            for entries in idle.values():
+                for e in entries:
+                    await trio.aclose_forcefully(e.conn.stream)
+
+    # -- the contract ----------------------------------------------------------
+    async def deliver(self, request: DeliveryRequest) -> list[Outcome]:
+        groups: dict[str, list[Target]] = {}
+        for t in request.targets:
+            assert isinstance(t.hop, RemoteHop)
+            groups.setdefault(t.hop.destination, []).append(t)
+        outcomes: list[Outcome] = []
+        for targets in groups.values():
+            outcomes += await self._deliver_destination(request, targets)
+        return outcomes
+
+    async def _deliver_destination(self, request: DeliveryRequest, targets: list[Target]) -> list[Outcome]:
+        hop = targets[0].hop
+        assert isinstance(hop, RemoteHop)
+        async with self._limit(hop.destination):
+            try:
+                hosts = await self.resolver.hosts(hop.host, hop.mx)
+            except DnsFailure as e:
+                status: Status = "failed" if e.permanent else "deferred"
+                return [Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets]
+            final: dict[int, Outcome] = {}
+            last: dict[int, Outcome] = {}
+            pending = list(targets)
+            conn = await self._checkout(hop.destination)
+            if conn is not None:
+                hosts = [conn.host, *[h for h in hosts if h.ip != conn.host.ip]]
+            for host in hosts:
+                if not pending:
+                    break
+                if conn is None or conn.host.ip != host.ip:
+                    try:
+                        conn = await self._open(host, hop)
+                    except _HostError as e:
+                        relay = f"{host.name}[{host.ip}]:{hop.port}"
+                        for t in pending:
+                            last[t.index] = Outcome(t.index, "deferred", e.detail, relay, e.enhanced, *self._remote(host, e.reply))
+                        maillog.relay_problem(request.queue_id, relay, e.detail)
+                        conn = None
+                        continue
+                pending, usable = await self._send(conn, request, hop, pending, final, last)
+                if usable:
+                    await self._release(hop.destination, conn)
+                else:
+                    await conn.close(quit=False)
+                conn = None
+            for t in pending:
+                final[t.index] = last.get(t.index) or Outcome(t.index, "deferred", f"451 4.4.1 no mail exchanger of {hop.host} could be reached", "none", "4.4.1")
+            return [final[t.index] for t in targets]
+
+    @staticmethod
+    def _remote(host: Host, reply: _core.Reply | None) -> tuple[str, str]:
+        return (host.name, show(reply)) if reply is not None else ("", "")
+
+    # -- connection set-up -----------------------------------------------------
+    async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True) -> Connection:
+        relay = f"{host.name}[{host.ip}]:{hop.port}"
+        stream = await self._connect(host, hop.port, relay)
+        self.connections_opened += 1
+        conn = Connection(stream, host, hop.port)
+        stage = "receiving the initial server greeting"
+        try:
+            greeting = await conn.read(self.r.greeting_timeout)
+            if greeting.code != 220:
+                raise _HostError(
+                    "4.4.1" if greeting.code >= 500 else enhanced_of(greeting),
+                    f"host {relay} refused to talk to me: {show(greeting)}",
+                    greeting,
+                )
+            stage = "sending EHLO"
+            await self._hello(conn)
+            level = hop.tls
+            if level != "none" and tls and "STARTTLS" in conn.ext:
+                stage = "starting TLS"
+                try:
+                    await self._starttls(conn, level)
+                except _HostError:
+                    if level == "verify":
+                        raise
+                    # opportunistic: a failed handshake is no reason not to deliver
+                    await conn.close(quit=False)
+                    maillog.relay_tls_fallback(relay)
+                    return await self._open(host, hop, tls=False)
+                stage = "sending EHLO after STARTTLS"
+                await self._hello(conn)
+            elif level == "verify":
+                raise _HostError("4.7.4", f"TLS is required, but was not offered by host {relay}")
+            if hop.auth:
+                stage = "authenticating"
+                await self._auth(conn)
+        except _Lost as e:
+            await conn.close(quit=False)
+            raise _HostError("4.4.2", f"lost connection with {relay} while {stage}: {e}") from None
+        except _HostError:
+            await conn.close(quit=True)
+            raise
+        return conn
+
+    async def _connect(self, host: Host, port: int, relay: str) -> trio.SocketStream:
+        """A TCP connection to one address (the MX order is ours, so no Happy Eyeballs here)."""
+        family = socket.AF_INET6 if ":" in host.ip else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            with trio.fail_after(self.r.connect_timeout):
+                await sock.connect((host.ip, port))
+        except trio.TooSlowError:
+            sock.close()
+            raise _HostError("4.4.1", f"connect to {relay}: timed out") from None
+        except OSError as e:
+            sock.close()
+            raise _HostError("4.4.1", f"connect to {relay}: {e.strerror or e}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    async def _hello(self, conn: Connection) -> None:
+        t = self.r.command_timeout
+        reply = await conn.command(f"EHLO {self.hostname}", t)
+        if reply.code == 250:
+            conn.esmtp = True
+            conn.ext = {}
+            for line in reply.lines[1:]:
+                keyword, _, value = line.strip().partition(" ")
+                if keyword:
+                    conn.ext[keyword.upper()] = value.strip()
+            return
+        if reply.code >= 500:  # no ESMTP: plain SMTP, no extensions
+            reply = await conn.command(f"HELO {self.hostname}", t)
+            if reply.code == 250:
+                conn.esmtp = False
+                conn.ext = {}
+                return
+        raise _HostError(enhanced_of(reply) if reply.code < 500 else "4.4.1", f"host {conn.relay} refused to talk to me: {show(reply)} (in reply to EHLO/HELO)", reply)
+
+    async def _starttls(self, conn: Connection, level: str) -> None:
+        reply = await conn.command("STARTTLS", self.r.command_timeout)
+        if reply.code != 220:
+            raise _HostError("4.7.4" if level == "verify" else enhanced_of(reply), f"host {conn.relay} refused STARTTLS: {show(reply)}", reply)
+        verify = level == "verify"
+        ctx = self._ctx_verify if verify else self._ctx_may
+        server_name: str | None = conn.host.name
+        if not verify and _is_ip(conn.host.name):
+            server_name = None
+        tls_stream = trio.SSLStream(conn.stream, ctx, server_hostname=server_name, https_compatible=False)
+        try:
+            with trio.fail_after(self.r.command_timeout):
+                await tls_stream.do_handshake()
+        except trio.TooSlowError:
+            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} timed out") from None
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
+            cause = e.__cause__ or e
+            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} failed: {cause}") from None
+        conn.stream = tls_stream
+        conn.parser = _core.ReplyParser()  # nothing the server sent in clear may count after the handshake
+        conn.tls = True
+        conn.tls_verified = verify
+        obj = tls_stream.version() or "TLS"
+        cipher = tls_stream.cipher()
+        maillog.relay_tls_established(conn.relay, verify, obj, cipher[0] if cipher else "")
+
+    async def _auth(self, conn: Connection) -> None:
+        user, password = self.r.auth_username, self.r.auth_password
+        mechanisms = conn.ext.get("AUTH", "").upper().split()
+        if not mechanisms:
+            maillog.warning(f"relayhost {conn.relay} offers no AUTH: sending without authentication")
+            return
+        if not conn.tls and self.r.auth_require_tls:
+            raise _HostError("4.7.0", f"not sending credentials to {conn.relay} over a connection without TLS (relay.auth_require_tls)")
+        t = self.r.command_timeout
+        if "PLAIN" in mechanisms:
+            token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+            reply = await conn.command(f"AUTH PLAIN {token}", t)
+        elif "LOGIN" in mechanisms:
+            reply = await conn.command("AUTH LOGIN", t)
+            if reply.code == 334:
+                reply = await conn.command(base64.b64encode(user.encode()).decode(), t)
+            if reply.code == 334:
+                reply = await conn.command(base64.b64encode(password.encode()).decode(), t)
+        else:
+            raise _HostError("4.7.0", f"relayhost {conn.relay} offers no AUTH mechanism we speak (PLAIN, LOGIN): {' '.join(mechanisms)}")
+        if reply.code != 235:
+            if reply.code == 334:  # a challenge we cannot answer: cancel the exchange
+                await conn.command("*", t)
+            # a refused login is a configuration problem: defer, never bounce (as Postfix does)
+            raise _HostError("4.7.0", f"SASL authentication to {conn.relay} as {user} failed: {show(reply)}", reply)
+        maillog.relay_auth_ok(conn.relay, user)
+
+    # -- the message -----------------------------------------------------------
+    async def _send(
+        self,
+        conn: Connection,
+        request: DeliveryRequest,
+        hop: RemoteHop,
+        pending: list[Target],
+        final: dict[int, Outcome],
+        last: dict[int, Outcome],
+    ) -> tuple[list[Target], bool]:
+        """Send the message to ``pending`` over ``conn``; record outcomes.
+        Returns the recipients still open (for the next host) and whether the
+        connection can be used again."""
+        problem = await self._message_problem(conn, request, pending)
+        if problem is not None:
+            enhanced, detail = problem
+            for t in pending:
+                final[t.index] = Outcome(t.index, "failed", detail, conn.relay, enhanced, conn.host.name)
+            return [], True
+        still: list[Target] = []
+        limit = self.r.transaction_recipient_limit
+        usable = True
+        for start in range(0, len(pending), limit):
+            batch = pending[start : start + limit]
+            if not usable:
+                still += batch
+                continue
+            try:
+                open_ones = await self._transaction(conn, request, batch, final, last)
+                still += open_ones
+                conn.messages += 1
+            except _Lost as e:
+                usable = False
+                for t in batch:
+                    if t.index not in final:
+                        last[t.index] = Outcome(t.index, "deferred", f"lost connection with {conn.relay}: {e}", conn.relay, "4.4.2", conn.host.name)
+                still += [t for t in batch if t.index not in final]
+        return still, usable
+
+    async def _message_problem(self, conn: Connection, request: DeliveryRequest, pending: list[Target]) -> tuple[str, str] | None:
+        """Why this peer can never take this message (permanent), or None."""
+        ext = conn.ext
+        limit = ext.get("SIZE", "")
+        if limit.isdigit() and int(limit) > 0 and request.size > int(limit):
+            return "5.3.4", f"message size {request.size} exceeds size limit {limit} of server {conn.relay}"
+        utf8_envelope = not _ascii(request.sender) or any(not _ascii(t.address) for t in pending)
+        eight_bit = request.params.get("BODY", "").upper() == "8BITMIME"
+        if "SMTPUTF8" not in ext and "SMTPUTF8" in request.params:
+            if utf8_envelope or (eight_bit and await _header_8bit(request)):
+                return "5.6.7", f"SMTPUTF8 is required, but was not offered by host {conn.relay}"
+        if eight_bit and "8BITMIME" not in ext:
+            return "5.6.3", f"8-bit message content, but host {conn.relay} does not offer 8BITMIME"
+        return None
+
+    def _mail_command(self, conn: Connection, request: DeliveryRequest) -> str:
+        ext = conn.ext
+        params = []
+        if "SIZE" in ext:
+            params.append(f"SIZE={request.size}")
+        body = request.params.get("BODY", "").upper()
+        if body in ("8BITMIME", "7BIT") and "8BITMIME" in ext:
+            params.append(f"BODY={body}")
+        if "SMTPUTF8" in request.params and "SMTPUTF8" in ext:
+            params.append("SMTPUTF8")
+        if "DSN" in ext:
+            if request.params.get("RET"):
+                params.append(f"RET={request.params['RET']}")
+            if request.params.get("ENVID"):
+                params.append(f"ENVID={_core.xtext_encode(request.params['ENVID'])}")
+        return f"MAIL FROM:<{request.sender}>" + "".join(" " + p for p in params)
+
+    def _rcpt_command(self, conn: Connection, t: Target) -> str:
+        params = []
+        if "DSN" in conn.ext:
+            if t.params.get("NOTIFY"):
+                params.append(f"NOTIFY={t.params['NOTIFY']}")
+            if t.params.get("ORCPT"):
+                kind, _, addr = t.params["ORCPT"].partition(";")
+                params.append(f"ORCPT={kind};{_core.xtext_encode(addr)}")
+        return f"RCPT TO:<{t.address}>" + "".join(" " + p for p in params)
+
+    async def _transaction(
+        self,
+        conn: Connection,
+        request: DeliveryRequest,
+        batch: list[Target],
+        final: dict[int, Outcome],
+        last: dict[int, Outcome],
+    ) -> list[Target]:
+        """One MAIL/RCPT/DATA exchange; returns the recipients left open (4xx)."""
+        r = self.r
+        relay, name = conn.relay, conn.host.name
+        pipelining = "PIPELINING" in conn.ext
+        dsn = "DSN" in conn.ext
+        mail = self._mail_command(conn, request)
+        rcpts = [self._rcpt_command(conn, t) for t in batch]
+
+        def temp(t: Target, reply: _core.Reply, what: str) -> None:
+            last[t.index] = Outcome(t.index, "deferred", f"host {relay} said: {show(reply)} (in reply to {what})", relay, enhanced_of(reply), name, show(reply))
+
+        def perm(t: Target, reply: _core.Reply, what: str) -> None:
+            final[t.index] = Outcome(t.index, "failed", f"host {relay} said: {show(reply)} (in reply to {what})", relay, enhanced_of(reply), name, show(reply))
+
+        if pipelining:
+            await conn.send(("\r\n".join([mail, *rcpts, "DATA"]) + "\r\n").encode("utf-8"), r.command_timeout)
+            mail_reply = await conn.read(r.command_timeout)
+            rcpt_replies = [await conn.read(r.command_timeout) for _ in batch]
+            data_reply: _core.Reply | None = await conn.read(r.data_init_timeout)
+        else:
+            mail_reply = await conn.command(mail, r.command_timeout)
+            rcpt_replies = []
+            data_reply = None
+            if mail_reply.code == 250:
+                for line in rcpts:
+                    rcpt_replies.append(await conn.command(line, r.command_timeout))
+
+        open_ones: list[Target] = []
+        accepted: list[Target] = []
+        if mail_reply.code != 250:
+            for t in batch:
+                (perm if mail_reply.code >= 500 else temp)(t, mail_reply, "MAIL FROM command")
+            if mail_reply.code < 500:
+                open_ones = list(batch)
+        else:
+            for t, reply in zip(batch, rcpt_replies):
+                if 200 <= reply.code < 300:
+                    accepted.append(t)
+                elif reply.code >= 500:
+                    perm(t, reply, "RCPT TO command")
+                else:
+                    temp(t, reply, "RCPT TO command")
+                    open_ones.append(t)
+        if not pipelining and accepted:
+            data_reply = await conn.command("DATA", r.data_init_timeout)
+        if data_reply is not None and data_reply.code == 354 and not accepted:
+            # a server that started DATA for no recipient: end it empty
+            await conn.send(b".\r\n", r.data_block_timeout)
+            await conn.read(r.data_end_timeout)
+            data_reply = None
+        if not accepted:
+            await self._rset(conn)
+            return open_ones
+        assert data_reply is not None
+        if data_reply.code != 354:
+            for t in accepted:
+                (perm if data_reply.code >= 500 else temp)(t, data_reply, "DATA command")
+            await self._rset(conn)
+            return open_ones + ([] if data_reply.code >= 500 else accepted)
+        await self._send_content(conn, request)
+        end = await conn.read(r.data_end_timeout)
+        if 200 <= end.code < 300:
+            for t in accepted:
+                final[t.index] = Outcome(
+                    t.index, "delivered", f"{relay} said: {show(end)}", relay, enhanced_of(end), name, show(end),
+                    dsn_relayed=dsn and bool(t.params.get("NOTIFY")),
+                )
+            return open_ones
+        for t in accepted:
+            (perm if end.code >= 500 else temp)(t, end, "end of DATA command")
+        await self._rset(conn)
+        return open_ones + ([] if end.code >= 500 else accepted)
+
+    async def _send_content(self, conn: Connection, request: DeliveryRequest) -> None:
+        stuffer = _core.DotStuffer()
+        timeout = self.r.data_block_timeout
+        with request.content.open() as f:
+            while chunk := await trio.to_thread.run_sync(f.read, CHUNK):
+                await conn.send(stuffer.feed(chunk), timeout)
+        await conn.send(stuffer.finish(), timeout)
+
+    async def _rset(self, conn: Connection) -> None:
+        reply = await conn.command("RSET", self.r.command_timeout)
+        if reply.code != 250:
+            raise _Lost(f"RSET refused: {show(reply)}")
+
+    # -- the idle pool and the per-destination limit -----------------------------
+    @asynccontextmanager
+    async def _limit(self, destination: str) -> AsyncIterator[None]:
+        sem = self._limits.get(destination)
+        if sem is None:
+            sem = self._limits[destination] = trio.Semaphore(self.r.destination_concurrency)
+        try:
+            async with sem:
+                yield
+        finally:
+            if sem.value == self.r.destination_concurrency and sem.statistics().tasks_waiting == 0:
+                self._limits.pop(destination, None)
+
+    async def _checkout(self, destination: str) -> Connection | None:
+        entries = self._idle.get(destination)
+        while entries:
+            conn = entries.pop().conn
+            try:
+                reply = await conn.command("RSET", self.r.command_timeout)
+                if reply.code == 250:
+                    self.connections_reused += 1
+                    return conn
+                await conn.close(quit=False)
+            except _Lost:
+                await conn.close(quit=False)
+        self._idle.pop(destination, None)
+        return None
+
+    async def _release(self, destination: str, conn: Connection) -> None:
+        nursery = self._nursery
+        if nursery is None or self.r.idle_timeout <= 0:
+            await conn.close()
+            return
+        entry = _Idle(conn)
+        self._idle.setdefault(destination, []).append(entry)
+        nursery.start_soon(self._expire, destination, entry)
+
+    async def _expire(self, destination: str, entry: _Idle) -> None:
+        await trio.sleep(self.r.idle_timeout)
+        entries = self._idle.get(destination, [])
+        if entry in entries:  # nobody took it meanwhile
+            entries.remove(entry)
+            if not entries:
+                self._idle.pop(destination, None)
+            await entry.conn.close()
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+async def _header_8bit(request: DeliveryRequest) -> bool:
+    """Does the header block hold non-ASCII octets (UTF-8 headers, RFC 6532)?"""
+    with request.content.open() as f:
+        seen = b""
+        while chunk := await trio.to_thread.run_sync(f.read, CHUNK):
+            seen += chunk
+            end = seen.find(b"\r\n\r\n")
+            head = seen if end < 0 else seen[:end]
+            if not head.isascii():
+                return True
+            if end >= 0:
+                return False
+            seen = seen[-3:]
+    return False

@@ -1,0 +1,1 @@
+"""Retrieval: the POP3 server over the users' Maildirs."""

@@ -1,0 +1,204 @@
+"""MX resolution: a destination domain -> the hosts to try, in order.
+
+Reads the ``[dns]`` configuration (name servers, port, timeout) and asks DNS
+through dnspython's async resolver, which runs under Trio as it is.  Writes
+nothing; answers are cached by dnspython's cache for their TTL.
+
+The rules (RFC 5321 5.1, RFC 7505):
+
+- MX records in preference order; records of equal preference shuffled, so
+  load spreads as the domain's owner meant it to.
+- No MX record (the name exists, no data): the domain itself is the one host
+  (the implicit MX) and its A/AAAA records are used.
+- A null MX (one record ``0 .``): the domain takes no mail, a permanent
+  failure 5.1.10.
+- NXDOMAIN: permanent, 5.1.2.  SERVFAIL, REFUSED or a timeout: temporary,
+  4.4.3.  MX hosts without any address: permanent 5.4.4, unless a lookup
+  failed temporarily (then 4.4.3).
+
+Lookup failures are raised as ``DnsFailure`` carrying the status to report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+import trio
+
+from .. import maillog
+from ..config import Dns
+
+MAX_MX_HOSTS = 10  # MX hosts considered per domain (the rest are never reached in practice)
+
+
+class DnsFailure(Exception):
+    """A lookup that gives no host to try; ``permanent`` says whether to bounce."""
+
+    def __init__(self, permanent: bool, enhanced: str, text: str) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+        self.enhanced = enhanced
+        self.text = text
+
+    @property
+    def code(self) -> int:
+        return 550 if self.permanent else 451
+
+
+@dataclass(frozen=True)
+class Host:
+    """One address to connect to: the host's name (for logs and certificate
+    checks), its MX preference, and one IP address."""
+
+    name: str
+    ip: str
+    preference: int = 0
+
+
+class Resolver:
+    def __init__(self, cfg: Dns, *, prefer: str = "ipv4", rng: random.Random | None = None) -> None:
+        if cfg.nameservers:
+            r = dns.asyncresolver.Resolver(configure=False)
+            r.nameservers = list(cfg.nameservers)
+        else:
+            try:
+                r = dns.asyncresolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                # no /etc/resolv.conf: a local resolver is the only sensible guess
+                maillog.warning("dns: no name server in /etc/resolv.conf; using 127.0.0.1 (set dns.nameservers)")
+                r = dns.asyncresolver.Resolver(configure=False)
+                r.nameservers = ["127.0.0.1"]
+        r.port = cfg.port
+        r.lifetime = cfg.timeout
+        r.timeout = min(cfg.timeout, 2.0)  # per try; the lifetime bounds the retries
+        r.cache = dns.resolver.Cache()
+        self._r = r
+        self.prefer = prefer
+        self._rng = rng or random.Random()
+
+    # -- the public side -------------------------------------------------
+    async def mx_hosts(self, domain: str) -> list[tuple[int, str]]:
+        """(preference, host name) in the order to try them; raises DnsFailure."""
+        try:
+            answer = await self._query(domain, "MX")
+        except _NoData:
+            return [(0, domain)]  # implicit MX (RFC 5321 5.1)
+        records = [(int(rr.preference), rr.exchange) for rr in answer]
+        if any(ex == dns.name.root for _, ex in records):
+            if len(records) == 1:
+                raise DnsFailure(True, "5.1.10", f"Domain {domain} does not accept mail (null MX, RFC 7505)")
+            records = [(p, ex) for p, ex in records if ex != dns.name.root]  # a broken zone: ignore the null one
+        by_pref: dict[int, list[str]] = {}
+        for pref, ex in records:
+            by_pref.setdefault(pref, []).append(ex.to_text(omit_final_dot=True).lower())
+        out: list[tuple[int, str]] = []
+        for pref in sorted(by_pref):
+            names = sorted(set(by_pref[pref]))
+            self._rng.shuffle(names)
+            out += [(pref, n) for n in names]
+        return out[:MAX_MX_HOSTS]
+
+    async def addresses(self, name: str) -> list[str]:
+        """The IP addresses of ``name`` (preferred family first); raises DnsFailure."""
+        try:
+            return [str(ipaddress.ip_address(name))]
+        except ValueError:
+            pass
+        results: dict[str, list[str] | Exception] = {}
+
+        async def one(rdtype: str) -> None:
+            try:
+                answer = await self._query(name, rdtype)
+                results[rdtype] = [rr.address for rr in answer]
+            except (_NoData, DnsFailure) as e:
+                results[rdtype] = e
+
+        async with trio.open_nursery() as n:
+            n.start_soon(one, "A")
+            n.start_soon(one, "AAAA")
+        order = ["A", "AAAA"] if self.prefer == "ipv4" else ["AAAA", "A"]
+        addrs = [a for t in order if isinstance(results[t], list) for a in results[t]]  # type: ignore[union-attr]
+        if addrs:
+            return addrs
+        errors = [e for e in results.values() if isinstance(e, DnsFailure)]
+        temporary = [e for e in errors if not e.permanent]
+        if temporary:
+            raise temporary[0]
+        if errors:
+            raise errors[0]
+        raise DnsFailure(True, "5.4.4", f"Host {name} has no address record (A or AAAA)")
+
+    async def hosts(self, host: str, mx: bool) -> list[Host]:
+        """Every address to try for a destination, in order; raises DnsFailure.
+
+        With ``mx``, ``host`` is a domain whose MX hosts are used; otherwise
+        ``host`` itself (a name or an IP address).
+        """
+        names = await self.mx_hosts(host) if mx else [(0, host)]
+        found: dict[str, list[str] | DnsFailure] = {}
+
+        async def lookup(name: str) -> None:
+            try:
+                found[name] = await self.addresses(name)
+            except DnsFailure as e:
+                found[name] = e
+
+        async with trio.open_nursery() as n:
+            for _, name in names:
+                n.start_soon(lookup, name)
+        out: list[Host] = []
+        seen: set[str] = set()
+        for pref, name in names:
+            result = found[name]
+            if isinstance(result, list):
+                for ip in result:
+                    if ip not in seen:
+                        seen.add(ip)
+                        out.append(Host(name, ip, pref))
+        if out:
+            return out
+        failures = [r for r in found.values() if isinstance(r, DnsFailure)]
+        temporary = [f for f in failures if not f.permanent]
+        if temporary:
+            raise temporary[0]
+        if len(names) == 1 and names[0][1] == host and failures:
+            # no MX and the domain itself has no address
+            raise DnsFailure(True, failures[0].enhanced, failures[0].text)
+        raise DnsFailure(True, "5.4.4", f"No address found for any mail exchanger of {host}")
+
+    # -- one query -----------------------------------------------------------
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
+        try:
+            qname = dns.name.from_text(name)
+        except (dns.exception.DNSException, UnicodeError) as e:
+            raise DnsFailure(True, "5.1.2", f"Bad domain name {name!r}: {e}") from None
+        try:
+            return await self._r.resolve(qname, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise DnsFailure(True, "5.1.2", f"Host or domain name not found: {name} (type={rdtype}: NXDOMAIN)") from None
+        except dns.resolver.NoAnswer:
+            raise _NoData from None
+        except dns.resolver.YXDOMAIN:
+            raise DnsFailure(True, "5.1.2", f"Name too long: {name}") from None
+        except dns.resolver.NoNameservers as e:
+            raise DnsFailure(False, "4.4.3", f"Name service error for {name} type={rdtype}: {_short(e)}") from None
+        except dns.exception.Timeout:
+            raise DnsFailure(False, "4.4.3", f"Name service timeout for {name} type={rdtype}") from None
+        except dns.exception.DNSException as e:
+            raise DnsFailure(False, "4.4.3", f"Name service error for {name} type={rdtype}: {_short(e)}") from None
+
+
+class _NoData(Exception):
+    """The name exists but has no record of the asked type."""
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) < 200 else text[:197] + "..."

@@ -1,0 +1,119 @@
+"""The supervisor: runs N worker processes and keeps them running.
+
+``smtprs serve`` with more than one worker (``workers`` in the config, or
+``--workers N``; one per CPU by default) starts this supervisor instead of
+serving itself.  It starts each worker as ``smtprs serve --worker-index K
+--workers N`` (same configuration); every worker opens the listening sockets
+with SO_REUSEPORT, owns spool shard K (``spool/shard-K``, locked with flock)
+and delivers from it and from any shard left by an earlier run with more
+workers (shard s goes to worker s mod N), so no message is handled by two
+workers and changing N loses nothing.
+
+Resource policy: SIGTERM/SIGINT are passed on to every worker and the
+supervisor exits when they have; SIGHUP is passed on.  A worker that dies is
+started again after a delay that doubles while it keeps dying quickly (1 s up
+to 30 s).  A worker that fails at start-up with exit status 1 or 2 (port in
+use, bad configuration) stops everything: retrying cannot help.  Workers ask
+the kernel for SIGTERM if the supervisor dies (PR_SET_PDEATHSIG), so they
+never outlive it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+
+from . import maillog
+
+_PR_SET_PDEATHSIG = 1
+START_GRACE = 5.0  # a worker that exits sooner than this failed to start
+
+
+def die_with_parent() -> None:
+    """In a worker: get SIGTERM when the supervisor goes away (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Worker:
+    def __init__(self, index: int, argv: list[str]) -> None:
+        self.index = index
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.restart_delay = 1.0
+        self.restart_at = 0.0
+        self.ever_up = False
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)
+        self.started = time.monotonic()
+        maillog.supervisor(f"started worker {self.index} (pid {self.proc.pid})")
+
+
+def run(config_path: str | None, workers: int) -> int:
+    """Run ``workers`` workers until SIGTERM/SIGINT; returns the exit status."""
+    stop: list[int] = []
+    hup: list[int] = []
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.append(signum)
+
+    def on_hup(signum: int, frame: object) -> None:
+        hup.append(signum)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    base = [sys.executable, "-m", "smtprs", "serve"] + (["--config", config_path] if config_path else [])
+    pool = [_Worker(k, base + ["--workers", str(workers), "--worker-index", str(k)]) for k in range(workers)]
+    for w in pool:
+        w.start()
+    status = 0
+    while not stop:
+        time.sleep(0.1)
+        while hup:
+            hup.pop()
+            for w in pool:
+                if w.proc is not None and w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGHUP)
+        now = time.monotonic()
+        for w in pool:
+            if w.proc is None:
+                if now >= w.restart_at:
+                    w.start()
+                continue
+            code = w.proc.poll()
+            if code is None:
+                if now - w.started > START_GRACE:
+                    w.ever_up = True
+                    w.restart_delay = 1.0
+                continue
+            w.proc = None
+            if code in (1, 2) and not w.ever_up:
+                maillog.supervisor(f"worker {w.index} could not start (exit {code}); stopping", problem=True)
+                stop.append(signal.SIGTERM)
+                status = code
+                break
+            maillog.supervisor(f"worker {w.index} exited with status {code}; starting it again in {w.restart_delay:.0f}s", problem=True)
+            w.restart_at = now + w.restart_delay
+            w.restart_delay = min(30.0, w.restart_delay * 2) if now - w.started < START_GRACE else 1.0
+    for w in pool:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in pool:
+        if w.proc is not None:
+            try:
+                w.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it", problem=True)
+                w.proc.kill()
+                w.proc.wait()
+    maillog.supervisor("all workers stopped")
+    return status

@@ -1,0 +1,121 @@
+"""Several worker processes: `smtprs serve` with `workers = 2`.
+
+The supervisor runs the workers, each listening with SO_REUSEPORT and owning
+spool shard K; a worker that dies is started again; a restart with fewer
+workers delivers what the others left in their shards; SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from smtprs.queue.spool import read_queue
+
+from .harness import DOMAIN, Server, check, check_delivered, make_message, stuff
+
+pytestmark = pytest.mark.e2e
+
+SENDER = "sender@client.test"
+
+
+def send(srv: Server, user: str, subject: str) -> tuple[bytes, str]:
+    msg = make_message(subject, f"body of {subject}\r\n")
+    with srv.connect() as c:
+        r = c.send_message(SENDER, [f"{user}@{DOMAIN}"], stuff(msg), ehlo=True)
+        check(r, 250, "2.0.0", subject)
+        c.expect("QUIT", 221)
+    return msg, r.qid
+
+
+def wait_workers(srv: Server, n: int = 2) -> None:
+    """Until ``n`` workers have announced their listener (the harness waits for the first)."""
+    deadline = time.monotonic() + 15
+    while srv.log().count(f"listening on 127.0.0.1:{srv.port}") < n:
+        assert time.monotonic() < deadline, srv.log_tail()
+        time.sleep(0.05)
+
+
+def worker_pids(srv: Server) -> dict[int, int]:
+    """The newest pid of each worker, from the supervisor's log lines."""
+    pids: dict[int, int] = {}
+    for m in re.finditer(r"supervisor: started worker (\d+) \(pid (\d+)\)", srv.log()):
+        pids[int(m.group(1))] = int(m.group(2))
+    return pids
+
+
+def shard_ids(srv: Server, shard: int) -> set[str]:
+    return {env.queue_id for env, _ in read_queue(srv.spool_dir / f"shard-{shard}")}
+
+
+def test_two_workers_share_the_port_and_deliver_each_message_once(make_server) -> None:
+    srv = make_server({"workers": 2})
+    wait_workers(srv)
+    sent = {}
+    for i in range(12):
+        msg, qid = send(srv, "alice", f"w{i}")
+        sent[qid] = msg
+    files = srv.wait_mail("alice", len(sent), settle=0.5)
+    bodies = sorted(f.read_bytes() for f in files)
+    assert len(bodies) == len(sent)
+    for f in files:
+        qid = re.search(r"\.Q([0-9A-Z]+)R0\.", f.name).group(1)
+        check_delivered(f, sent[qid], sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=qid)
+    # both workers took connections: each wrote into its own shard
+    pids = worker_pids(srv)
+    assert set(pids) == {0, 1}
+    for shard in (0, 1):
+        assert (srv.spool_dir / f"shard-{shard}" / "lock").exists()
+    served = {int(p) for p in re.findall(r"smtprs\[(\d+)\]: \S+: from=<", srv.log())}
+    assert served <= set(pids.values()) and len(served) == 2, (served, pids)
+    assert srv.stop() == 0
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+
+
+def test_a_worker_that_dies_is_started_again(make_server) -> None:
+    srv = make_server({"workers": 2})
+    wait_workers(srv)
+    old = worker_pids(srv)[1]
+    os.kill(old, signal.SIGKILL)
+    srv.wait_log(lambda line: "worker 1 exited with status -9" in line, timeout=10)
+    deadline = time.monotonic() + 15
+    while worker_pids(srv)[1] == old and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new = worker_pids(srv)[1]
+    assert new != old and Path(f"/proc/{new}").exists()
+    for i in range(6):  # the port is served all along; the new worker takes its share again
+        send(srv, "bob", f"after-{i}")
+    srv.wait_mail("bob", 6, settle=0.3)
+
+
+def test_fewer_workers_after_a_restart_deliver_the_orphaned_shard(make_server) -> None:
+    srv = make_server({"workers": 2, "queue": {"retry_min": 0.3, "retry_max": 0.6}})
+    wait_workers(srv)
+    blocker = srv.maildir("carol")
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a maildir")  # delivery to carol fails until this goes
+    qids = {send(srv, "carol", f"orphan-{i}")[1] for i in range(10)}
+    deadline = time.monotonic() + 10
+    while not (shard_ids(srv, 0) | shard_ids(srv, 1)) >= qids and time.monotonic() < deadline:
+        time.sleep(0.1)
+    in_shard_1 = shard_ids(srv, 1) & qids
+    assert in_shard_1, "every connection went to worker 0: nothing to orphan"
+    assert srv.stop() == 0
+    srv.overrides["workers"] = 1
+    srv.write_config()
+    blocker.unlink()
+    srv.start()
+    files = srv.wait_mail("carol", len(qids), settle=0.5)
+    got = {re.search(r"\.Q([0-9A-Z]+)R0\.", f.name).group(1) for f in files}
+    assert got == qids
+    assert "delivering what is left in spool shard 1" in srv.log()
+    deadline = time.monotonic() + 5
+    while shard_ids(srv, 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not shard_ids(srv, 1)
