@@ -16,6 +16,12 @@ Messages not yet sent when a connection broke are not recorded.  Messages
 vary: one to three recipients, DATA or BDAT, lines starting with a dot, and
 now and then one big enough (300 kB) to be spooled in its own file.
 
+With ``remote_domain`` set, some recipients are in that domain (relayed to a
+downstream peer, e.g. smtp-sink): ``match_relayed`` checks what the peer got.
+Remote delivery is at least once (as in every MTA: a crash between the peer's
+250 and our bookkeeping sends it again), so there duplicates are counted,
+not failed.
+
 ``match_delivered`` reads the Maildirs back and checks those rules, and that
 every delivered file is a message as sent, byte for byte.
 """
@@ -58,6 +64,7 @@ class Load:
     seed: int = 7
     big_every: int = 60  # about one message in this many is big
     max_per_session: int = 8
+    remote_domain: str = ""  # recipients here too (relayed), when set
     sent: list[Sent] = field(default_factory=list)
     connect_failures: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -97,6 +104,8 @@ class Load:
         token = f"c{k}n{n}"
         nrcpt = rng.choice((1, 1, 1, 2, 3))
         rcpts = [f"user{u}@{DOMAIN}" for u in rng.sample(range(self.users), nrcpt)]
+        if self.remote_domain and rng.random() < 0.3:
+            rcpts[-1] = f"far{rng.randrange(self.users)}@{self.remote_domain}"
         lines = [f"message {token}".encode()]
         if rng.randrange(self.big_every) == 0:
             lines += [b"%06d " % i + b"b" * 90 for i in range(3300)]  # ~300 kB
@@ -176,6 +185,8 @@ def match_delivered(sent: list[Sent], mail: dict[str, list[Path]]) -> dict[str, 
     seen: dict[tuple[str, str], Path] = {}
     for user, files in mail.items():
         for f in files:
+            if user.startswith("far"):
+                raise AssertionError(f"{f}: a remote recipient was delivered locally")
             content = f.read_bytes()
             m = TOKEN_RE.search(content)
             assert m, f"{f}: a delivered file that no client sent"
@@ -191,7 +202,7 @@ def match_delivered(sent: list[Sent], mail: dict[str, list[Path]]) -> dict[str, 
     counts = {"accepted": 0, "unknown": 0, "unknown_delivered": 0, "refused": 0, "deliveries": len(seen)}
     for s in sent:
         counts[s.outcome] += 1
-        got = [r for r in s.rcpts if (s.token, r) in seen]
+        got = [r for r in s.rcpts if (s.token, r) in seen or not r.endswith(f"@{DOMAIN}")]
         if s.outcome == "accepted":
             assert got == s.rcpts, f"{s.token} ({s.qid}) got 250 but was delivered only to {got} of {s.rcpts}"
         elif s.outcome == "unknown":
@@ -200,9 +211,42 @@ def match_delivered(sent: list[Sent], mail: dict[str, list[Path]]) -> dict[str, 
     return counts
 
 
+def match_relayed(sent: list[Sent], dumps: list[Path], remote_domain: str) -> dict[str, int]:
+    """Check what a downstream smtp-sink received (its dump files) against what was sent:
+    every accepted message for a remote recipient arrived, whole, for each of its remote
+    recipients; nothing refused arrived; only remote recipients were relayed.
+    Returns counts, duplicates among them (allowed: remote delivery is at least once)."""
+    from .peers import SinkDump
+
+    by_token = {s.token: s for s in sent}
+    got: dict[tuple[str, str], int] = {}
+    for path in dumps:
+        dump = SinkDump.read(path)
+        m = TOKEN_RE.search(dump.message)
+        assert m, f"{path}: the peer got a message no client sent"
+        s = by_token[m.group(1).decode()]
+        assert s.outcome != "refused", f"{s.token} was refused ({s.reply}) but relayed"
+        expected = s.message.replace(b"\r\n", b"\n")
+        assert dump.message.endswith(expected), f"{path}: relayed content differs from what {s.token} was"
+        assert dump.mail_args.startswith(f"<{s.sender}>"), dump.mail_args
+        for arg in dump.rcpt_args:
+            rcpt = arg.split(">", 1)[0].lstrip("<")
+            assert rcpt.endswith(f"@{remote_domain}") and rcpt in s.rcpts, f"{s.token}: relayed to {rcpt}, recipients {s.rcpts}"
+            got[(s.token, rcpt)] = got.get((s.token, rcpt), 0) + 1
+    missing = [
+        (s.token, r) for s in sent if s.outcome == "accepted" for r in s.rcpts if r.endswith(f"@{remote_domain}") and (s.token, r) not in got
+    ]
+    assert not missing, f"accepted but never relayed: {missing[:10]}"
+    return {"relayed": len(got), "duplicates": sum(n - 1 for n in got.values())}
+
+
 def expected_deliveries(sent: list[Sent]) -> int:
-    """Deliveries that must exist (accepted messages, one per recipient)."""
-    return sum(len(s.rcpts) for s in sent if s.outcome == "accepted")
+    """Local deliveries that must exist (accepted messages, one per local recipient)."""
+    return sum(1 for s in sent if s.outcome == "accepted" for r in s.rcpts if r.endswith(f"@{DOMAIN}"))
+
+
+def expected_relayed(sent: list[Sent], remote_domain: str) -> int:
+    return sum(1 for s in sent if s.outcome == "accepted" for r in s.rcpts if r.endswith(f"@{remote_domain}"))
 
 
 def count_mail(mail: dict[str, list[Path]]) -> int:

@@ -258,8 +258,19 @@ RELAY_TRICKS: list[tuple[str, tuple[int, str] | str]] = [
 ]
 
 
-def test_open_relay_tricks_are_refused_or_delivered_locally(make_server) -> None:
-    server = make_server({"smtpd": {"max_errors": 1000}})
+def test_open_relay_tricks_are_refused_or_delivered_locally(make_server, tmp_path) -> None:
+    """Each trick is refused or delivered to a local mailbox; a downstream smtp-sink that every
+    other domain is routed to (relay.transport) receives nothing."""
+    from .peers import SmtpSink
+
+    sink = SmtpSink(tmp_path / "sink").start()
+    hop = f"[127.0.0.1]:{sink.port}"
+    server = make_server(
+        {
+            "smtpd": {"max_errors": 1000},
+            "relay": {"transport": {"elsewhere.test": hop, ".elsewhere.test": hop, "other.test": hop, f".{DOMAIN}": hop, "mx.test": hop}, "relayhost": hop},
+        }
+    )
     msg = make_message("relay attempt", "never to leave this host\r\n")
     local: list[tuple[str, str]] = []
     with server.connect() as c:
@@ -287,3 +298,5 @@ def test_open_relay_tricks_are_refused_or_delivered_locally(make_server) -> None
         m = re.search(r": [0-9A-Z]+: to=<([^>]*)>.*relay=(\S+),", line)
         if m:
             assert m.group(2) == "local", f"a recipient was routed off this host: {line}"
+    assert sink.dumps() == [], "mail was relayed"
+    sink.stop()

@@ -2,12 +2,15 @@
 and junk in the spool never keeps the server from starting.
 
 The load test runs several clients sending continuously (see load.py) and
-kills the server with SIGKILL several times, restarting it each time.  At the
-end every message that got a 250 is in the Maildir of each of its recipients
-exactly once, byte for byte; a message whose reply was lost in the crash is
-delivered whole to all its recipients or not at all; the spool is empty,
-nothing is left in the Maildirs' tmp/, nothing was set aside as damaged, and
-one more restart delivers nothing again.
+kills the server with SIGKILL several times, restarting it each time.  About
+a third of the messages also have a recipient in a remote domain, relayed to
+a downstream smtp-sink.  At the end every message that got a 250 is in the
+Maildir of each of its local recipients exactly once, byte for byte, and at
+the sink for each remote one (at least once: remote delivery is at least once
+in every MTA; duplicates are reported); a message whose reply was lost in the
+crash is delivered whole to all its recipients or not at all; the spool is
+empty, nothing is left in the Maildirs' tmp/, nothing was set aside as
+damaged, and one more restart delivers nothing again.
 
 The default run sends a few hundred messages and kills 4 times; with
 SMTPRS_SOAK=1 it sends a few thousand and kills 10 times.  SMTPRS_SEED
@@ -25,7 +28,8 @@ import pytest
 from smtprs.queue.spool import read_queue
 
 from .harness import DOMAIN, Server, check, check_delivered, make_message, stuff
-from .load import Load, count_mail, expected_deliveries, match_delivered, wait_quiet
+from .load import Load, count_mail, expected_deliveries, expected_relayed, match_delivered, match_relayed, wait_quiet
+from .peers import SmtpSink, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,6 +38,7 @@ MESSAGES = 3000 if SOAK else 300
 KILLS = 10 if SOAK else 4
 SEED = int(os.environ.get("SMTPRS_SEED", str(int(time.time()) % 100000)))
 SENDER = "sender@client.test"
+REMOTE = "remote.test"
 
 
 def _leftovers(srv: Server) -> list[str]:
@@ -50,10 +55,21 @@ def _leftovers(srv: Server) -> list[str]:
 
 
 @pytest.mark.timeout(1200 if SOAK else 240)
-def test_sigkill_at_random_moments_under_load(make_server) -> None:
+def test_sigkill_at_random_moments_under_load(make_server, tmp_path) -> None:
     rng = random.Random(SEED)
-    srv = make_server({"queue": {"retry_min": 0.3, "retry_max": 1.0}})
-    load = Load(lambda: srv.port, clients=6, seed=SEED).start()
+    sink = SmtpSink(tmp_path / "sink").start()
+    srv = make_server(
+        {
+            "queue": {"retry_min": 0.3, "retry_max": 1.0},
+            "relay": {
+                "transport": {REMOTE: f"[127.0.0.1]:{sink.port}"},
+                "trusted_networks": ["127.0.0.0/8"],
+                "connect_timeout": 2.0,
+                "idle_timeout": 0.5,
+            },
+        }
+    )
+    load = Load(lambda: srv.port, clients=6, seed=SEED, remote_domain=REMOTE).start()
     kills = []
     try:
         for k in range(KILLS):
@@ -73,6 +89,17 @@ def test_sigkill_at_random_moments_under_load(make_server) -> None:
     counts = match_delivered(load.sent, mail)
     assert counts["accepted"] >= MESSAGES, (counts, note)
     assert counts["refused"] == 0, (counts, note)
+    wait_until(lambda: len(sink.dumps()) >= expected_relayed(load.sent, REMOTE), 120, "relayed messages at the sink")
+    deadline = time.monotonic() + 60
+    while True:  # (duplicates may arrive before the last distinct one)
+        try:
+            relayed = match_relayed(load.sent, sink.dumps(), REMOTE)
+            break
+        except AssertionError as e:
+            if "never relayed" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    counts.update(relayed)
     # delivered means gone from the spool, and nothing half-done is left anywhere
     deadline = time.monotonic() + 10
     while read_queue(srv.spool_dir) and time.monotonic() < deadline:
@@ -80,9 +107,12 @@ def test_sigkill_at_random_moments_under_load(make_server) -> None:
     assert read_queue(srv.spool_dir) == [], note
     assert _leftovers(srv) == [], note
     # one more restart delivers nothing again
+    dumps = len(sink.dumps())
     srv.restart()
     time.sleep(1.5)
     assert count_mail(srv.all_mail()) == counts["deliveries"], note
+    assert len(sink.dumps()) == dumps, note
+    sink.stop()
     log = srv.log()
     assert "internal error" not in log and "Traceback" not in log, srv.log_tail()
     print(f"crash test {note}: {counts}")
