@@ -11,6 +11,11 @@ agents and the notifier (bounce.py).  Binding happens before
 ``task_status.started()``, which
 returns the bound addresses, so callers (tests) can use port 0.
 
+Metrics (metrics.py) are counted in ``ctx.metrics``; worker 0 serves them
+over HTTP when ``metrics.enabled`` (metrics_http.py), every worker returns
+its own through the control socket's STATS.  ``hooks`` (smtpd/hooks.py) are
+the library's: given to ``serve`` by a program that embeds the server.
+
 Resource policy: each connection runs in its own task and closes its stream in
 ``finally``; running out of file descriptors while accepting is logged and
 waited out by ``trio.serve_listeners``; a session over ``max_connections``
@@ -26,12 +31,13 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 
 from pathlib import Path
 
 import trio
 
-from .. import maillog
+from .. import maillog, metrics_http
 from ..bounce import Notifier
 from ..config import POP3_MODES, SUBMISSION_MODES, Config, Listener, parse_host_port
 from ..deliver.base import DeliveryAgent
@@ -40,6 +46,7 @@ from ..deliver.maildir import MaildirAgent
 from ..deliver.mbox import MboxAgent
 from ..deliver.smtp import SmtpAgent
 from ..errors import ListenError, SpoolError
+from ..metrics import Metrics
 from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
@@ -47,6 +54,7 @@ from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
+from .hooks import Hooks
 from .policy import Policy
 from .session import Session
 
@@ -68,10 +76,24 @@ class ServerContext:
     agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
     pop3: Pop3Context | None = None
     active_sessions: int = 0
-    bound: list[tuple[str, int, str]] = field(default_factory=list)
+    bound: list[tuple[str, int, str]] = field(default_factory=list)  # (address, port, mode) of each listening socket
+    metrics: Metrics = field(default_factory=Metrics)
+    hooks: Hooks | None = None
+    schedulers: list[Scheduler] = field(default_factory=list)  # ours first, then those of orphaned shards
+    metrics_address: tuple[str, int] | None = None  # where the metrics endpoint listens, when it does
 
 
-def build(cfg: Config, shard: int = 0) -> ServerContext:
+def _watch(ctx: ServerContext) -> None:
+    """The gauges, read at each scrape."""
+    m = ctx.metrics
+    m.gauge("smtprs_sessions_active", lambda: ctx.active_sessions)
+    m.gauge("smtprs_queue_messages", lambda: sum(s.spool.count for s in ctx.schedulers))
+    m.gauge("smtprs_queue_held_messages", lambda: sum(len(s.held) for s in ctx.schedulers))
+    m.gauge("smtprs_queue_active_deliveries", lambda: sum(len(s._active) for s in ctx.schedulers))
+    m.gauge("smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0))
+
+
+def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerContext:
     hostname = cfg.host_name
     spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
@@ -97,7 +119,12 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
         policy=Policy(cfg),
         smtp=smtp,
         agents=agents,
+        hooks=hooks,
     )
+    ctx.schedulers.append(scheduler)
+    scheduler.metrics = ctx.metrics
+    scheduler.hooks = hooks
+    _watch(ctx)
     ctx.pop3 = Pop3Context(
         hostname,
         verifier=ctx.authenticator,
@@ -159,6 +186,7 @@ async def serve(
     *,
     worker: int = 0,
     workers: int = 1,
+    hooks: Hooks | None = None,
     task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve as worker ``worker`` of ``workers`` (see supervisor.py); with more
@@ -166,7 +194,7 @@ async def serve(
     kernel spreads connections over the workers."""
     shards = owned_shards(cfg, worker, workers)
     locks = [lock_shard(shard_path(cfg, shards[0]))]  # our own shard: refuse to start without it
-    ctx = build(cfg, shards[0])
+    ctx = build(cfg, shards[0], hooks)
     extra: list[Scheduler] = []
     for s in shards[1:]:
         try:
@@ -177,6 +205,9 @@ async def serve(
         maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
         extra.append(Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents))
         extra[-1].notifier = Notifier(cfg, ctx.hostname, extra[-1].spool, extra[-1].submit)
+        extra[-1].metrics = ctx.metrics
+        extra[-1].hooks = hooks
+        ctx.schedulers.append(extra[-1])
     _check_users(ctx)
     # Bind every listener first, so a port in use fails the start with one clear error.
     bound: list[list[trio.SocketListener]] = []
@@ -196,7 +227,9 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             # the control socket first: it refuses to start when another server uses this data directory
-            await nursery.start(control.serve, cfg.control_socket_for(worker), [ctx.scheduler, *extra])
+            await nursery.start(partial(control.serve, cfg.control_socket_for(worker), [ctx.scheduler, *extra], stats=ctx.metrics.snapshot))
+            if cfg.metrics.enabled and worker == 0:
+                ctx.metrics_address = await nursery.start(metrics_http.serve, cfg, ctx.metrics, worker == 0 and workers > 1)
             await nursery.start(ctx.smtp.run)
             await nursery.start(ctx.scheduler.run)
             for sched in extra:
@@ -244,6 +277,7 @@ async def _reuseport_listeners(host: str | None, port: int) -> list[trio.SocketL
 
 def _handler(ctx: ServerContext, listener: Listener):  # type: ignore[no-untyped-def]
     async def handle(stream: trio.SocketStream) -> None:
+        ctx.metrics.inc("smtprs_connections_total", mode=listener.mode)
         ctx.active_sessions += 1
         try:
             try:
