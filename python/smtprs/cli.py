@@ -346,6 +346,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     answers, error = _ask_all(cfg, "STATS")
+    sockets = len(cfg.control_sockets())
     snaps = [json.loads(a[3:]) for a in answers if a.startswith("OK ")]
     if not snaps:
         print(f"smtprs: {error or 'no statistics'}", file=sys.stderr)
@@ -385,7 +386,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 p99 = le
         return f"{int(count)} samples, mean {total[-2] / count * 1000:.1f} ms, p50 <= {_secs(p50)}, p99 <= {_secs(p99)}"
 
-    print(f"workers answering:   {len(snaps)} of {len(answers) + (1 if error else 0)}")
+    print(f"workers answering:   {len(snaps)} of {sockets}")
     print(f"sessions active:     {n('smtprs_sessions_active')}")
     print(f"connections:         {n('smtprs_connections_total')} ({by('smtprs_connections_total', 'mode')})")
     print(f"messages accepted:   {n('smtprs_messages_accepted_total')}")
