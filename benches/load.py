@@ -88,6 +88,10 @@ PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "sink"): "Postfix smtp-sink",
     ("aiosmtpd", "sink"): "aiosmtpd (no-op handler)",
     ("smtprs", "sink"): "smtprs (fsync = false)",
+    ("postfix", "durable"): "Postfix",
+    ("postfix", "e2e"): "Postfix",
+    ("aiosmtpd", "durable"): "aiosmtpd (fsync'd Maildir)",
+    ("aiosmtpd", "e2e"): "aiosmtpd (fsync'd Maildir)",
 }
 
 
@@ -113,6 +117,7 @@ class Settings:
     concurrency: tuple[int, ...] = (1, 10, 50)
     smtprs_cmd: tuple[str, ...] = (sys.executable, "-m", "smtprs")
     smtprs_workers: int | None = None
+    smtprs_pythonpath: str | None = None  # a snapshot of python/ to import smtprs from
     quick: bool = False
 
     @classmethod
@@ -298,9 +303,9 @@ def count_dir(path: Path) -> int:
         return 0
 
 
-def run_text(cmd: list[str]) -> str:
+def run_text(cmd: list[str], env: dict[str, str] | None = None) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -356,9 +361,9 @@ class Server:
         d.chmod(0o755)
         return d
 
-    def _spawn(self, cmd: list[str], log: Path) -> None:
+    def _spawn(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         STARTED.append(self)
         try:
             wait_smtp(self.port, 30, lambda: self.proc is not None and self.proc.poll() is None)
@@ -390,18 +395,23 @@ class Server:
         pass
 
 
+def smtprs_env(settings: Settings) -> dict[str, str] | None:
+    if not settings.smtprs_pythonpath:
+        return None
+    return {**os.environ, "PYTHONPATH": settings.smtprs_pythonpath}
+
+
 class Smtprs(Server):
     name = "smtprs"
 
     def version(self) -> str:
-        out = run_text([*self.settings.smtprs_cmd, "--version"])
-        if out:
-            return out
-        code = "import smtprs, importlib.metadata as m; print(m.version('smtprs'), smtprs.__file__)"
-        return run_text([self.settings.smtprs_cmd[0], "-c", code]) if self.settings.smtprs_cmd[1:2] == ("-m",) else ""
+        if self.settings.smtprs_cmd[1:2] != ("-m",):
+            return ""
+        code = "import smtprs, importlib.metadata as m; print(m.version('smtprs'))"
+        return run_text([self.settings.smtprs_cmd[0], "-c", code], smtprs_env(self.settings))
 
     def problem(self) -> str | None:
-        if not run_text([*self.settings.smtprs_cmd, "serve", "--help"]):
+        if not run_text([*self.settings.smtprs_cmd, "serve", "--help"], smtprs_env(self.settings)):
             return f"`{shlex.join(self.settings.smtprs_cmd)} serve --help` failed: is smtprs installed?"
         return None
 
@@ -434,7 +444,7 @@ class Smtprs(Server):
         cmd = [*self.settings.smtprs_cmd, "serve", "--config", str(cfg)]
         if self.settings.smtprs_workers is not None:
             cmd += ["--workers", str(self.settings.smtprs_workers)]
-        self._spawn(cmd, self.dir / "smtprs.log")
+        self._spawn(cmd, self.dir / "smtprs.log", smtprs_env(self.settings))
 
     def cleanup(self) -> None:
         pass
@@ -1014,8 +1024,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"load average {meta['loadavg_start']:.2f} at start, {meta.get('loadavg_end', float('nan')):.2f} at end"
     )
     out.append("")
+    workers = st.get("smtprs_workers")
+    if meta.get("smtprs_has_workers"):
+        wtext = f", {workers} worker(s)" if workers else ", workers: its default (one per CPU)"
+    else:
+        wtext = ", one process"
     out.append(
-        f"smtprs {meta['versions'].get('smtprs', '?')} · Postfix {meta['versions'].get('postfix', '?')} · "
+        f"smtprs {meta['versions'].get('smtprs', '?')} (commit {meta.get('smtprs_commit') or '?'}{wtext}) · "
+        f"Postfix {meta['versions'].get('postfix', '?')} · "
         f"aiosmtpd {meta['versions'].get('aiosmtpd', '?')} · Python {meta['python']}"
     )
     out.append("")
@@ -1053,6 +1069,13 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{cell(r, 'mb_per_s')} | {cell(r, 'p50_ms')} | {cell(r, 'p99_ms')} | {mem} | "
                     f"{cell(r, 'server_cpu_us_per_msg')} | {xp} | {xa} |"
                 )
+        oth = [r["other_cores"]["median"] for r in rows if "other_cores" in r]
+        if oth:
+            out.append("")
+            out.append(
+                f"CPU taken by other processes on the machine during these windows: median {statistics.median(oth):.2f}, "
+                f"up to {max(r['other_cores']['max'] for r in rows if 'other_cores' in r):.2f} cores of {meta['nproc']}."
+            )
     tt = targets_table(summary)
     if tt:
         out += ["", "## Targets of issue 4", ""] + tt
@@ -1062,9 +1085,6 @@ def markdown(results: dict[str, Any]) -> str:
         for r in errs:
             for e in r["errors"]:
                 out.append(f"- {r['mode']} {size_label(r['size'])} c={r['concurrency']} {r['server']}: {e.splitlines()[0][:300]}")
-    others = [r.get("other_cores", {}).get("max", 0) for r in summary]
-    if others:
-        out += ["", f"CPU used by other processes during the windows: up to {max(others):.2f} cores (of {meta['nproc']})."]
     return "\n".join(out) + "\n"
 
 
@@ -1107,7 +1127,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     meta = results["meta"]
-    fig.suptitle(f"smtprs vs Postfix vs aiosmtpd · {meta['nproc']} × {meta['cpu']} · {meta['date'][:10]}", fontsize=11)
+    fig.suptitle(
+        f"smtprs vs Postfix vs aiosmtpd · {meta['nproc']} × {meta['cpu']} · {meta['date'][:10]} · "
+        f"medians of {results['settings']['rounds']} round(s), bars min–max",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1129,10 +1153,17 @@ def machine(work: Path, servers: dict[str, Server], settings: Settings) -> dict[
         pass
     fs = run_text(["df", "--output=fstype", str(work)]).splitlines()[-1:] or ["?"]
     versions = {name: s.version() for name, s in servers.items()}
-    smtprs_src = run_text([settings.smtprs_cmd[0], "-c", "import smtprs, os; print(os.path.dirname(smtprs.__file__))"]) if settings.smtprs_cmd[1:2] == ("-m",) else ""
+    env = smtprs_env(settings)
+    code = "import smtprs, os; print(os.path.dirname(smtprs.__file__))"
+    smtprs_src = run_text([settings.smtprs_cmd[0], "-c", code], env) if settings.smtprs_cmd[1:2] == ("-m",) else ""
     commit = run_text(["git", "-C", smtprs_src, "rev-parse", "--short", "HEAD"]) if smtprs_src else ""
-    dirty = run_text(["git", "-C", smtprs_src, "status", "--porcelain", "--untracked-files=no", "."]) if smtprs_src else ""
-    help_text = run_text([*settings.smtprs_cmd, "serve", "--help"])
+    dirty = run_text(["git", "-C", smtprs_src, "status", "--porcelain", "--untracked-files=no", "."]) if commit else ""
+    if smtprs_src and not commit:  # a snapshot made with `git archive`: its COMMIT file, if any
+        try:
+            commit = (Path(smtprs_src).parent / "COMMIT").read_text().strip()
+        except OSError:
+            pass
+    help_text = run_text([*settings.smtprs_cmd, "serve", "--help"], env)
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "nproc": NCPU,
@@ -1171,6 +1202,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-warmup", type=float, help="seconds before the end-to-end window (default 10; --quick 1)")
     p.add_argument("--smtprs-cmd", help="command that runs smtprs (default: this Python -m smtprs)")
     p.add_argument("--smtprs-workers", type=int, help="pass --workers N to smtprs serve (default: its own default)")
+    p.add_argument(
+        "--smtprs-pythonpath",
+        help="import smtprs from this directory (PYTHONPATH), e.g. a snapshot of python/ so that commits landing during a long run do not change what is measured",
+    )
     p.add_argument("--workdir", type=Path, help="where the temporary server directories go (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
     p.add_argument("--min-free-gb", type=float, default=20, help="delete finished runs' files early when the disk has less free (default 20)")
@@ -1202,6 +1237,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.smtprs_cmd:
         st.smtprs_cmd = tuple(shlex.split(args.smtprs_cmd))
     st.smtprs_workers = args.smtprs_workers
+    st.smtprs_pythonpath = args.smtprs_pythonpath
     return st
 
 

@@ -95,7 +95,7 @@ for t in "${targets[@]}"; do
     else
         failed+=("$t")
         echo "fuzz.sh: $t FAILED; the log is rust/$log" >&2
-        grep -E "panicked at|^thread|assertion|left:|right:|ERROR: libFuzzer|Test unit written" "$log" | head -20 >&2 || tail -30 "$log" >&2
+        grep -E "panicked at|^thread|assertion|left:|right:|ERROR: libFuzzer|Test unit written" "$log" | head -20 | cut -c1-400 >&2 || tail -30 "$log" >&2
         artifact=$(grep -Eo 'Test unit written to [^ ]+' "$log" | tail -1 | sed 's/Test unit written to //')
         if [ -n "$artifact" ]; then
             echo "fuzz.sh: replay with: (cd rust && RUSTC_BOOTSTRAP=1 cargo fuzz run ${build_flags[*]} $t $artifact)" >&2

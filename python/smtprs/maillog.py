@@ -181,5 +181,6 @@ def error(what: str) -> None:
     log.error("%s", what)
 
 
-def supervisor(what: str) -> None:
-    log.info("supervisor: %s", what)
+def supervisor(what: str, *, problem: bool = False) -> None:
+    """Worker life cycle; a worker that died or could not start is a warning."""
+    (log.warning if problem else log.info)("supervisor: %s", what)

@@ -97,11 +97,11 @@ def run(config_path: str | None, workers: int) -> int:
                 continue
             w.proc = None
             if code in (1, 2) and not w.ever_up:
-                maillog.supervisor(f"worker {w.index} could not start (exit {code}); stopping")
+                maillog.supervisor(f"worker {w.index} could not start (exit {code}); stopping", problem=True)
                 stop.append(signal.SIGTERM)
                 status = code
                 break
-            maillog.supervisor(f"worker {w.index} exited with status {code}; starting it again in {w.restart_delay:.0f}s")
+            maillog.supervisor(f"worker {w.index} exited with status {code}; starting it again in {w.restart_delay:.0f}s", problem=True)
             w.restart_at = now + w.restart_delay
             w.restart_delay = min(30.0, w.restart_delay * 2) if now - w.started < START_GRACE else 1.0
     for w in pool:
@@ -112,7 +112,7 @@ def run(config_path: str | None, workers: int) -> int:
             try:
                 w.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it")
+                maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it", problem=True)
                 w.proc.kill()
                 w.proc.wait()
     maillog.supervisor("all workers stopped")

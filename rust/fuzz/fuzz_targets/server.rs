@@ -257,14 +257,22 @@ impl Driver {
 }
 
 /// The events with each message's DataChunks joined, and the chunks of a
-/// refused or cut-off message dropped (how much of it came out before the
+/// refused or unfinished message dropped (how much of it came out before the
 /// problem was seen depends on the cuts).
 fn merged(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     for ev in events {
+        // A message's content stops coming out once a limit is passed, and
+        // where that happens depends on the cuts.  So drop the chunks of a
+        // message that was refused, and of a BDAT message never finished:
+        // forgotten by a new transaction, or open when the peer left.
         let failed = match &ev {
             Event::DataEnd(s) => s.error.is_some(),
-            Event::ConnectionClosed { mid_data } => *mid_data,
+            Event::ConnectionClosed { .. } => true,
+            Event::Command(c) => matches!(
+                c.verb,
+                Verb::Rset | Verb::Mail | Verb::Helo | Verb::Ehlo | Verb::Lhlo
+            ),
             _ => false,
         };
         let ev = match ev {
