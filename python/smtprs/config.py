@@ -122,7 +122,7 @@ class Local:
     """Local delivery: which domains are ours and where their mailboxes are."""
 
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
-    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
+    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; so no UTF-8 local parts) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
     delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
     mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
