@@ -6,7 +6,10 @@
 #   make test    install everything the tests need on a fresh Debian 12 (Debian
 #                packages such as swaks, the Rust build, the Python test
 #                packages) and run the whole suite: cargo test, then pytest
-#   make bench   the pytest-benchmark benchmarks of the Rust core (benches/);
+#   make bench   the pytest-benchmark benchmarks of the Rust core (benches/)
+#   make load-bench  the side-by-side load benchmark with Postfix and aiosmtpd
+#                (benches/load.py; LOAD_ARGS=--quick for a short run)
+#   make fuzz    the cargo-fuzz targets, FUZZ_SECONDS each (default 60);
 #                make bench-rust for the criterion ones (rust/benches/)
 #   make e2e     only the end-to-end tests (no reinstall)
 #   make lint    clippy, rustfmt --check, mypy and mypy.stubtest
@@ -27,7 +30,7 @@ VENV := $(CURDIR)/build/venv
 # libpython for `cargo test` (pyo3 links it when extension-module is off)
 PY_LIBDIR = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 
-.PHONY: run test bench bench-rust e2e unit core lint deps deps-build python-env install-test cargo-test pytest clean
+.PHONY: run test bench bench-rust load-bench fuzz e2e unit core lint deps deps-build python-env install-test cargo-test pytest clean
 
 run: deps-build python-env
 	$(PIP) install .
@@ -78,7 +81,13 @@ lint:
 	$(PYTHON) -m mypy
 	$(PYTHON) -m mypy.stubtest smtprs._core
 
+fuzz:
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),60)
+
+load-bench: install-test
+	$(PYTHON) benches/load.py $(LOAD_ARGS)
+
 clean:
-	rm -rf build dist .pytest_cache .benchmarks .hypothesis .mypy_cache
+	rm -rf build dist .pytest_cache .benchmarks .hypothesis .mypy_cache rust/fuzz/target rust/fuzz/corpus rust/fuzz/artifacts
 	find python -name '*.so' -delete
 	cargo clean

@@ -89,7 +89,7 @@ for t in "${targets[@]}"; do
     log="fuzz/artifacts/$t/last-run.log"
     t0=$(date +%s)
     if cargo fuzz run "${build_flags[@]}" "$t" "$corpus" "fuzz/seeds/$t" -- "${flags[@]}" >"$log" 2>&1; then
-        runs=$(grep -Eo 'Done [0-9]+ runs' "$log" | grep -Eo '[0-9]+' || echo "?")
+        runs=$( (grep -Eo 'Done [0-9]+ runs' "$log" || grep -Eo '^#[0-9]+' "$log" | tail -1) | grep -Eo '[0-9]+' || echo "?")
         cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | grep -Eo '[0-9]+' || echo "?")
         echo "fuzz.sh: $t ok: $runs runs in $(( $(date +%s) - t0 )) s, coverage $cov, corpus $(find "$corpus" -type f | wc -l) inputs"
     else

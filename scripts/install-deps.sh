@@ -16,6 +16,8 @@
 #                  tests; swaks only recommends it, and we install without
 #                  recommends
 #   gcc, libc6-dev the linker (cc) that cargo and maturin call
+#   g++            libFuzzer's C++ sources (cargo fuzz); cargo-fuzz itself comes
+#                  from crates.io (cargo install), for the bounded fuzz run
 #   python3-dev    libpython3.X.so, which `cargo test` links (pyo3 without
 #                  extension-module), when the interpreter is Debian's own
 #   python3-venv   only when the interpreter is Debian's externally managed one
@@ -43,6 +45,7 @@ if [ "$what" != build ]; then
     done
     command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)  # libFuzzer (cargo fuzz) compiles C++
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
@@ -105,4 +108,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "install-deps: cargo not found; install the Rust toolchain with rustup (https://rustup.rs)" >&2
     exit 1
+fi
+
+# cargo fuzz, for the bounded libFuzzer run in the suite (tests/fuzz/test_cargo_fuzz.py)
+if [ "$what" = all ] && ! PATH="$HOME/.cargo/bin:$PATH" cargo fuzz --version >/dev/null 2>&1; then
+    echo "install-deps: cargo install cargo-fuzz --locked (about 2 minutes)"
+    PATH="$HOME/.cargo/bin:$PATH" cargo install cargo-fuzz --locked
 fi

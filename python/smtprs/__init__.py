@@ -1,6 +1,15 @@
 """smtprs: a mail transfer agent with a Rust SMTP core and a Trio server.
 
-The public API is small and curated here; everything else is internal.
+The public API is small and curated here; everything else is internal:
+
+- run the server inside a Trio program: ``serve(config, hooks)`` with a
+  ``Hooks`` subclass whose async methods (on_connect, on_helo, on_mail,
+  on_rcpt, on_data, on_delivered, on_bounced) accept or answer a ``Reply``;
+- send a message with our own SMTP client: ``await send(sender, rcpts, message)``
+  (MX routing, or a given ``host``);
+- the Rust parsers: ``parse_path``, ``parse_mailbox``, ``dot_stuff``,
+  ``dot_unstuff``, ``format_reply``, ``ReplyParser``, ``ServerConnection``;
+- the configuration: ``load_config(path, overrides=...)``.
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ from ._core import (
     parse_mailbox,
     parse_path,
 )
+from .api import RunningServer, SendResult, send, serve
 from .config import Config, load as load_config
-from .errors import AddressError, ConfigError, ParseError, SmtprsError, SpoolError
+from .envelope import Envelope, Recipient
+from .errors import AddressError, ConfigError, ListenError, ParseError, SmtprsError, SpoolError
+from .queue.spool import Content
 from .reply import Reply
+from .smtpd.hooks import Hooks, SessionInfo
 
 __version__ = "0.1.0"
 
@@ -25,11 +38,19 @@ __all__ = [
     "AddressError",
     "Config",
     "ConfigError",
+    "Content",
+    "Envelope",
+    "Hooks",
+    "ListenError",
     "ParseError",
     "Path",
+    "Recipient",
     "Reply",
     "ReplyParser",
+    "RunningServer",
+    "SendResult",
     "ServerConnection",
+    "SessionInfo",
     "SmtprsError",
     "SpoolError",
     "__version__",
@@ -39,4 +60,6 @@ __all__ = [
     "load_config",
     "parse_mailbox",
     "parse_path",
+    "send",
+    "serve",
 ]

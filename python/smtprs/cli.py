@@ -9,9 +9,14 @@ manages the users file of SMTP AUTH: a password is read from the terminal
 (twice) or, with ``--stdin``, from one line of standard input -- never from the
 command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
 --out DIR`` writes a self-signed certificate and key for trying TLS out.
-``smtprs queue list`` reads the spool without changing it (safe while the
-server runs); ``smtprs queue flush`` asks the running server, through its
-control socket (queue/control.py), to retry every queued message now.
+``smtprs queue list`` and ``smtprs queue qshape`` read the spool without
+changing it (safe while the server runs).  The commands that act -- ``flush
+[ID]``, ``hold``, ``release``, ``delete ID|--all-deferred``, ``requeue`` -- and
+``show ID`` go to the running server through its control socket
+(queue/control.py): to every worker's, and the worker that owns the message
+acts, so nothing edits the spool behind the server's back.  ``smtprs status``
+prints the server's figures (the metrics of every worker, through the same
+sockets) for a person.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems = _alias_problems(cfg)
-    maillog.setup(cfg.log.level, cfg.log.file)
+    maillog.setup(cfg.log.level, cfg.log.file, cfg.log.format)
     _warn_readable_secrets(args.config, cfg)
     if args.worker_index is None:
         for problem in problems:
@@ -147,7 +152,8 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         print("queue is empty")
         return 0
     for e in entries:
-        print(f"{e['id']:<16} {e['size']:>9}  {_age(e['age'])} ago  <{e['sender']}>")
+        held = "  (on hold)" if e["held"] else ""
+        print(f"{e['id']:<16} {e['size']:>9}  {_age(e['age'])} ago  <{e['sender']}>{held}")
         for r in e["recipients"]:
             line = f"    <{r['address']}>  {r['state']}"
             if r["attempts"]:
@@ -169,6 +175,7 @@ def _entry(env: "Envelope", size: int, now: float) -> dict[str, Any]:
         "arrival": env.arrival,
         "age": max(0.0, now - env.arrival),
         "sender": env.sender,
+        "held": env.held,
         "recipients": [
             {
                 "address": r.address,
@@ -194,17 +201,42 @@ def _age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def cmd_queue_flush(args: argparse.Namespace) -> int:
+def _ask_all(cfg: config_mod.Config, command: str, timeout: float = 10.0) -> tuple[list[str], ControlError | None]:
+    """Send ``command`` to every worker's control socket; their answers, and the
+    first error if some could not be reached (a stale socket of a worker that is gone)."""
     from .queue.control import request
 
-    cfg = _load(args)
     answers: list[str] = []
     first_error: ControlError | None = None
     for path in cfg.control_sockets():  # one per worker
         try:
-            answers.append(trio.run(request, path, "FLUSH"))
-        except ControlError as e:  # a stale socket of a worker that is gone
+            answers.append(trio.run(request, path, command, timeout))
+        except ControlError as e:
             first_error = first_error or e
+    return answers, first_error
+
+
+def _about_one(cfg: config_mod.Config, command: str, qid: str) -> tuple[int, str]:
+    """A command about one message: the owner's answer wins; (exit status, line)."""
+    answers, error = _ask_all(cfg, f"{command} {qid}")
+    if not answers:
+        return 1, f"smtprs: {error}"
+    for a in answers:
+        if a.startswith("OK"):
+            return 0, a
+    for a in answers:
+        if not a.startswith("ERR notqueued"):
+            return 1, a
+    return 1, f"smtprs: no message {qid} in the queue"
+
+
+def cmd_queue_flush(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.id:
+        status, line = _about_one(cfg, "FLUSH", args.id)
+        print(line, file=sys.stdout if status == 0 else sys.stderr)
+        return status
+    answers, first_error = _ask_all(cfg, "FLUSH")
     if not answers:
         print(f"smtprs: {first_error}", file=sys.stderr)
         return 1
@@ -214,6 +246,188 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
     total = sum(int(a.split()[1]) for a in answers if a.startswith("OK ") and a.split()[1].isdigit())
     print(f"OK {total} message{'' if total == 1 else 's'} scheduled now ({len(answers)} workers)")
     return 0 if all(a.startswith("OK") for a in answers) else 1
+
+
+def cmd_queue_act(args: argparse.Namespace) -> int:
+    """hold, release, requeue, delete: carried out by the worker that owns the message."""
+    cfg = _load(args)
+    verb = args.queue_command.upper()
+    if verb == "DELETE" and args.all_deferred:
+        if args.ids:
+            print("smtprs queue delete: give queue ids or --all-deferred, not both", file=sys.stderr)
+            return 2
+        answers, error = _ask_all(cfg, "DELETE-DEFERRED", timeout=120.0)
+        if not answers:
+            print(f"smtprs: {error}", file=sys.stderr)
+            return 1
+        n = sum(int(a.split()[1]) for a in answers if a.startswith("OK ") and a.split()[1].isdigit())
+        print(f"OK {n} message{'' if n == 1 else 's'} deleted")
+        return 0 if all(a.startswith("OK") for a in answers) else 1
+    if not args.ids:
+        print(f"smtprs queue {args.queue_command}: give one or more queue ids", file=sys.stderr)
+        return 2
+    status = 0
+    for qid in args.ids:
+        rc, line = _about_one(cfg, verb, qid)
+        print(line, file=sys.stdout if rc == 0 else sys.stderr)
+        status = status or rc
+    return status
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    rc, line = _about_one(cfg, "SHOW", args.id)
+    if rc != 0:
+        print(line, file=sys.stderr)
+        return rc
+    info = json.loads(line[3:])
+    if args.json:
+        json.dump(info, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    now = time.time()
+    state = "on hold" if info["held"] else ("being delivered" if info["active"] else "queued")
+    print(f"Queue-ID:  {info['queue_id']} ({state})")
+    print(f"Arrival:   {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(info['arrival']))} ({_age(now - info['arrival'])} ago)")
+    print(f"Size:      {info['content_size']} octets")
+    print(f"Sender:    <{info['sender']}>")
+    client = info["client_address"] or "local"
+    print(f"Client:    {client} helo={info['client_helo'] or '-'} protocol={info['protocol']}" + (f" auth={info['auth']}" if info["auth"] else ""))
+    if info["params"]:
+        print("Params:    " + " ".join(f"{k}={v}" if v else k for k, v in info["params"].items()))
+    print("Recipients:")
+    for r in info["recipients"]:
+        line = f"  <{r['address']}>  {r['state']}"
+        if r["original"]:
+            line += f" (to <{r['original']}>)"
+        if r["attempts"]:
+            line += f", {r['attempts']} attempt{'s' if r['attempts'] != 1 else ''}"
+        if r["state"] not in ("delivered", "failed") and r["next_attempt"] > now:
+            line += f", next in {_age(r['next_attempt'] - now)}"
+        print(line)
+        if r["last_error"]:
+            print(f"      {r['last_error']}")
+    print("Headers:")
+    sys.stdout.write(info["headers"].replace("\r\n", "\n"))
+    return 0
+
+
+# Postfix qshape's age buckets, in minutes: each twice the one before
+QSHAPE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+
+
+def qshape(entries: list[tuple["Envelope", int]], now: float, *, held: bool | None = None) -> dict[str, list[int]]:
+    """Open recipients by destination domain and message age: {domain: [total, per bucket..., older]}
+    (``held``: only held messages, or only not held; None: all)."""
+    import bisect
+
+    rows: dict[str, list[int]] = {}
+    for env, _ in entries:
+        if held is not None and env.held != held:
+            continue
+        minutes = max(0.0, now - env.arrival) / 60
+        column = 1 + bisect.bisect_left(QSHAPE_BUCKETS, minutes)
+        for r in env.recipients:
+            if r.final:
+                continue
+            domain = r.address.rpartition("@")[2].lower() or "(local)"
+            row = rows.setdefault(domain, [0] * (len(QSHAPE_BUCKETS) + 2))
+            row[0] += 1
+            row[column] += 1
+    return rows
+
+
+def cmd_queue_qshape(args: argparse.Namespace) -> int:
+    from .queue.spool import read_queue
+
+    cfg = _load(args)
+    held = True if args.held else (False if args.not_held else None)
+    rows = qshape(read_queue(cfg.spool_path), time.time(), held=held)
+    if args.json:
+        json.dump({"buckets_minutes": list(QSHAPE_BUCKETS), "domains": rows}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    order = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    if args.top:
+        order = order[: args.top]
+    total = [sum(col) for col in zip(*rows.values())] if rows else [0] * (len(QSHAPE_BUCKETS) + 2)
+    width = max([len("TOTAL"), *(len(d) for d, _ in order)])
+    heads = ["T", *(str(b) for b in QSHAPE_BUCKETS), f"{QSHAPE_BUCKETS[-1]}+"]
+    print(" " * width + " " + " ".join(f"{h:>5}" for h in heads))
+    for name, row in [("TOTAL", total), *order]:
+        print(f"{name:>{width}} " + " ".join(f"{n:>5}" for n in row))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .metrics import merge, value
+
+    cfg = _load(args)
+    answers, error = _ask_all(cfg, "STATS")
+    sockets = len(cfg.control_sockets())
+    snaps = [json.loads(a[3:]) for a in answers if a.startswith("OK ")]
+    if not snaps:
+        print(f"smtprs: {error or 'no statistics'}", file=sys.stderr)
+        return 1
+    snap = merge(snaps)
+    if args.json:
+        json.dump(snap, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+
+    def n(name: str, **labels: str) -> int:
+        return int(value(snap, name, **labels))
+
+    def by(name: str, label: str) -> str:
+        counts: dict[str, float] = {}
+        for kind in ("counters",):
+            for nm, ls, v in snap[kind]:
+                if nm == name:
+                    key = dict((k, val) for k, val in ls).get(label, "")
+                    counts[key] = counts.get(key, 0) + v
+        return ", ".join(f"{k} {int(v)}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+    def latency(name: str) -> str:
+        from .metrics import BUCKETS
+
+        hs = [h for nm, _, h in snap["histograms"] if nm == name]
+        if not hs:
+            return "no samples"
+        total = [sum(col) for col in zip(*hs)]
+        count = total[-1]
+        cumulative, p50, p99 = 0.0, None, None
+        for le, c in zip((*BUCKETS, float("inf")), total[: len(BUCKETS) + 1]):
+            cumulative += c
+            if p50 is None and cumulative >= 0.5 * count:
+                p50 = le
+            if p99 is None and cumulative >= 0.99 * count:
+                p99 = le
+        return f"{int(count)} samples, mean {total[-2] / count * 1000:.1f} ms, p50 <= {_secs(p50)}, p99 <= {_secs(p99)}"
+
+    print(f"workers answering:   {len(snaps)} of {sockets}")
+    print(f"sessions active:     {n('smtprs_sessions_active')}")
+    print(f"connections:         {n('smtprs_connections_total')} ({by('smtprs_connections_total', 'mode')})")
+    print(f"messages accepted:   {n('smtprs_messages_accepted_total')}")
+    print(f"rejections:          {n('smtprs_messages_rejected_total')} ({by('smtprs_messages_rejected_total', 'reason')})")
+    for result in ("delivered", "deferred", "bounced"):
+        total = n("smtprs_deliveries_total", result=result)
+        detail = ", ".join(
+            f"{t} {int(v)}" for t, v in sorted(
+                ((dict(map(tuple, ls)).get("transport", ""), v) for nm, ls, v in snap["counters"] if nm == "smtprs_deliveries_total" and dict(map(tuple, ls)).get("result") == result)
+            )
+        )
+        print(f"{result + ':':<21}{total}" + (f" ({detail})" if detail else ""))
+    print(f"queue:               {n('smtprs_queue_messages')} messages, {n('smtprs_queue_held_messages')} on hold, {n('smtprs_queue_active_deliveries')} being delivered")
+    print(f"oldest in queue:     {_age(value(snap, 'smtprs_queue_oldest_age_seconds'))}")
+    print(f"acceptance latency:  {latency('smtprs_acceptance_seconds')}")
+    print(f"delivery latency:    {latency('smtprs_delivery_seconds')}")
+    return 0
+
+
+def _secs(le: float | None) -> str:
+    if le is None or le == float("inf"):
+        return "inf"
+    return f"{le * 1000:g} ms" if le < 1 else f"{le:g} s"
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -350,9 +564,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_queue_list)
-    p = qsub.add_parser("flush", help="ask the running server to retry every queued message now")
+    p = qsub.add_parser("flush", help="ask the running server to retry every queued message (or one) now")
     p.add_argument("--config", "-c")
+    p.add_argument("id", nargs="?", help="only this message")
     p.set_defaults(func=cmd_queue_flush)
+    p = qsub.add_parser("show", help="a message's envelope, each recipient's state and the header (from the running server)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_queue_show)
+    for name, text in (
+        ("hold", "put messages on hold: not delivered until released"),
+        ("release", "release held messages"),
+        ("requeue", "route the open recipients again and retry them now (after a transport change)"),
+        ("delete", "remove messages without delivering them and without a bounce"),
+    ):
+        p = qsub.add_parser(name, help=text)
+        p.add_argument("--config", "-c")
+        p.add_argument("ids", nargs="*", metavar="ID")
+        if name == "delete":
+            p.add_argument("--all-deferred", action="store_true", help="every message with a deferred recipient (held ones excepted)")
+        p.set_defaults(func=cmd_queue_act)
+    p = qsub.add_parser("qshape", help="open recipients by destination domain and age in minutes, as Postfix's qshape (reads the spool)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top", type=int, default=0, help="only the N busiest domains")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--held", action="store_true", help="only messages on hold")
+    g.add_argument("--not-held", action="store_true", help="only messages not on hold")
+    p.set_defaults(func=cmd_queue_qshape)
+
+    p = sub.add_parser("status", help="the running server's figures: sessions, messages, deliveries, queue, latency")
+    p.add_argument("--config", "-c")
+    p.add_argument("--json", action="store_true", help="the merged metrics snapshot")
+    p.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

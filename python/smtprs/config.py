@@ -152,7 +152,7 @@ class Local:
     """Local delivery: which domains are ours and where their mailboxes are."""
 
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
-    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain is deliverable and its Maildir is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
+    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; so no UTF-8 local parts) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
     delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
     mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
@@ -238,6 +238,19 @@ class Log:
 
     level: Literal["debug", "info", "warning", "error"] = _f("info", "Lowest level logged.")
     file: str = _f("", "Log file; empty for standard error.")
+    format: Literal["plain", "json"] = _f(
+        "plain",
+        "`plain`: one line per event, as Postfix's maillog; `json`: one JSON object per line "
+        '(`{"time", "level", "pid", "event", "message"}`; `event` names the kind of line: `queued`, `delivered`, `reject`, ...).',
+    )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The Prometheus metrics endpoint (`GET /metrics`); `smtprs status` works without it."""
+
+    enabled: bool = _f(False, "Serve metrics over HTTP at metrics.address (worker 0 serves the figures of every worker).")
+    address: str = _f("127.0.0.1:9425", "Address and port of the metrics endpoint: loopback by default; it has no authentication, so expose it with care.")
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,7 @@ class Config:
     dns: Dns = _f(Dns(), "DNS resolver.")
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     log: Log = _f(Log(), "Logging.")
+    metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
 
     # -- derived values -------------------------------------------------
     @property
@@ -514,6 +528,7 @@ def _check(cfg: Config) -> None:
         except ValueError:
             if host not in ("localhost", "*", "0.0.0.0"):
                 raise ConfigError(f"smtpd.listeners[{i}].address: {host!r} is not an IP address") from None
+    parse_host_port(cfg.metrics.address, "metrics.address")
     if not cfg.local.domains:
         raise ConfigError("local.domains: at least one local domain is needed")
     for i, d in enumerate(cfg.local.domains):

@@ -64,6 +64,7 @@ class Envelope:
     protocol: str = "ESMTP"
     params: dict[str, str] = field(default_factory=dict)
     auth: str = ""  # the authenticated (SMTP AUTH) user who submitted it, "" if none
+    held: bool = False  # put on hold (`smtprs queue hold`): not delivered until released
 
     @property
     def done(self) -> bool:

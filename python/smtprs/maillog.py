@@ -8,21 +8,46 @@ never passed here.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
 log = logging.getLogger("smtprs.mail")
 
 
-def setup(level: str = "info", file: str = "") -> None:
-    use_handler(make_handler(file), level)
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC), level, pid, event (the
+    function of this module that wrote the line), message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+
+        out = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "event": record.funcName if record.name == log.name else "debug",
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
 
 
-def make_handler(file: str = "") -> logging.Handler:
+def setup(level: str = "info", file: str = "", format: str = "plain") -> None:
+    """Send the mail log (and the debug logger) to ``file`` or standard error,
+    as plain lines or, with ``format="json"``, JSON objects."""
+    use_handler(make_handler(file, format), level)
+
+
+def make_handler(file: str = "", format: str = "plain") -> logging.Handler:
     """A handler for ``file`` (opened now, so a reload can refuse a file it cannot open), or stderr."""
     handler: logging.Handler
     handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s smtprs[%(process)d]: %(message)s"))
+    if format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s smtprs[%(process)d]: %(message)s"))
     return handler
 
 
@@ -168,6 +193,11 @@ def no_notice(qid: str, why: str) -> None:
 
 def control(command: str, result: str) -> None:
     log.info("control: %s: %s", command, result)
+
+
+def queue_action(qid: str, action: str) -> None:
+    """A queue command changed a message: held, released, deleted, requeued."""
+    log.info("%s: %s", qid, action)
 
 
 def removed(qid: str) -> None:

@@ -16,6 +16,18 @@ DSN NOTIFY) as outcomes are recorded.  The envelope is saved with the debt
 before the notices are queued and saved again after, so a crash can repeat a
 notice but never lose one.  A message leaves the spool only when every
 recipient is final and every notice owed has been queued.
+
+Queue commands (``smtprs queue ...`` through queue/control.py) act here, in
+the process that owns the shard, never behind its back: ``hold``,
+``release``, ``delete``, ``requeue``, ``flush_one`` and ``show``.  A command
+about a message being delivered waits for that attempt to end (a few seconds
+at most, else ``Busy``), and while it works the message counts as active, so
+no attempt can start on it; a held message (``Envelope.held``, saved in its
+envelope, so it survives a restart) is never attempted until released.
+
+Outcomes are counted in ``metrics`` (deliveries by transport and result,
+arrival-to-delivery latency) and reported to the library's ``hooks``
+(on_delivered, on_bounced) when a program embeds the server.
 """
 
 from __future__ import annotations
@@ -23,8 +35,10 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -38,8 +52,20 @@ from .spool import Spool
 
 if TYPE_CHECKING:
     from ..bounce import Notifier
+    from ..metrics import Metrics
+    from ..smtpd.hooks import Hooks
 
 EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
+BUSY_WAIT = 3.0  # how long a queue command waits for a delivery attempt in progress
+SHOW_HEADER_MAX = 64 * 1024  # `queue show` returns at most this much of the header block
+
+
+class Busy(Exception):
+    """The message is being delivered and the attempt did not end in time."""
+
+
+class NotQueued(Exception):
+    """No such message in this scheduler's spool."""
 
 
 def backoff(attempts: int, retry_min: float, retry_max: float, rng: random.Random | None = None) -> float:
@@ -71,7 +97,11 @@ class Scheduler:
         self._wakeup = trio.Event()
         self._slots = trio.Semaphore(cfg.queue.delivery_concurrency)
         self._flushed: set[str] = set()  # messages whose every open recipient is due now
+        self._attempt_done: dict[str, trio.Event] = {}  # queue commands waiting for an attempt to end
+        self.held: set[str] = set()
         self.notifier: Notifier | None = None
+        self.metrics: Metrics | None = None
+        self.hooks: Hooks | None = None
 
     def reconfigure(self, cfg: Config, router: Router) -> None:
         """A reloaded configuration: retry times, lifetime and routing follow it
@@ -92,6 +122,122 @@ class Scheduler:
         self._wakeup.set()
         return len(self._heap)
 
+    def flush_one(self, qid: str) -> bool:
+        """Retry one message now; False if it is not queued here (or is held)."""
+        if qid not in self.spool or qid in self.held:
+            return False
+        self._reschedule(qid, 0.0)
+        self._flushed.add(qid)
+        return True
+
+    def _reschedule(self, qid: str, due: float | None) -> None:
+        """Replace ``qid``'s place in the heap by ``due`` (None: take it out)."""
+        if qid in self._queued:
+            self._heap = [(d, q) for d, q in self._heap if q != qid]
+            heapq.heapify(self._heap)
+            self._queued.discard(qid)
+        if due is not None:
+            self._push(due, qid)
+
+    # -- queue commands (queue/control.py) --------------------------------------
+    @asynccontextmanager
+    async def _owned(self, qid: str) -> AsyncIterator[Envelope]:
+        """Hold ``qid`` against delivery while a command changes it: waits for an
+        attempt in progress to end, then marks it active so none starts."""
+        with trio.move_on_after(BUSY_WAIT):
+            while qid in self._active:
+                await self._attempt_done.setdefault(qid, trio.Event()).wait()
+        if qid in self._active:
+            raise Busy(f"{qid} is being delivered now; try again")
+        env = self.spool.load(qid)
+        if env is None:
+            raise NotQueued(qid)
+        self._active.add(qid)
+        try:
+            yield env
+        finally:
+            self._active.discard(qid)
+
+    async def hold(self, qid: str) -> None:
+        async with self._owned(qid) as env:
+            if not env.held:
+                env.held = True
+                await self.spool.save(env)
+            self.held.add(qid)
+            self._reschedule(qid, None)
+        maillog.queue_action(qid, "put on hold")
+
+    async def release(self, qid: str) -> None:
+        async with self._owned(qid) as env:
+            if env.held:
+                env.held = False
+                await self.spool.save(env)
+            self.held.discard(qid)
+            due = env.next_due()
+            self._reschedule(qid, due if due is not None else 0.0)
+        maillog.queue_action(qid, "released from hold")
+
+    async def delete(self, qid: str) -> None:
+        """Remove a message without delivering it or notifying anyone (as postsuper -d)."""
+        async with self._owned(qid):
+            self._reschedule(qid, None)
+            await self.spool.remove(qid)
+            self.held.discard(qid)
+        maillog.queue_action(qid, "deleted by the administrator")
+
+    async def delete_deferred(self) -> int:
+        """Delete every message (not on hold) with a deferred recipient; returns how many."""
+        n = 0
+        for qid in self.spool.ids():
+            env = self.spool.load(qid)
+            if env is None or env.held or not any(r.state == "deferred" for r in env.recipients):
+                continue
+            try:
+                await self.delete(qid)
+            except (Busy, NotQueued):
+                continue
+            n += 1
+        return n
+
+    async def requeue(self, qid: str) -> None:
+        """Make every open recipient pending and due now, so the next attempt routes
+        it afresh (after a change of transport or relayhost) and retries at once.
+        A held message stays held."""
+        async with self._owned(qid) as env:
+            for r in env.recipients:
+                if not r.final:
+                    r.state = "pending"
+                    r.next_attempt = 0.0
+            await self.spool.save(env)
+            self._reschedule(qid, None if env.held else 0.0)
+        maillog.queue_action(qid, "requeued")
+
+    def show(self, qid: str) -> dict[str, Any]:
+        """The envelope (every recipient's state) and the header block of ``qid``."""
+        env = self.spool.load(qid)
+        if env is None:
+            raise NotQueued(qid)
+        content = self.spool.content(qid)
+        with content.open() as fh:
+            head = fh.read(SHOW_HEADER_MAX)
+        end = head.find(b"\r\n\r\n")
+        headers = head[: end + 2] if end >= 0 else head
+        return {
+            **asdict(env),
+            "active": qid in self._active,
+            "content_size": content.length,
+            "headers": headers.decode("utf-8", "replace"),
+        }
+
+    def stats(self) -> dict[str, float]:
+        oldest = self.spool.oldest_arrival()
+        return {
+            "messages": self.spool.count,
+            "held": len(self.held),
+            "active": len(self._active),
+            "oldest_age": max(0.0, self.now() - oldest) if oldest is not None else 0.0,
+        }
+
     def _push(self, due: float, qid: str) -> None:
         if qid in self._queued:
             return
@@ -107,7 +253,9 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for qid in await trio.to_thread.run_sync(self.spool.open):
             env = self.spool.load(qid)
-            if env is not None:
+            if env is not None and env.held:
+                self.held.add(qid)
+            elif env is not None:
                 due = env.next_due()  # None: every recipient final, notices still owed
                 self._push(due if due is not None else 0.0, qid)
         task_status.started()
@@ -130,7 +278,7 @@ class Scheduler:
     async def _attempt(self, qid: str) -> None:
         try:
             env = self.spool.load(qid)
-            if env is not None:
+            if env is not None and not env.held:
                 await self._deliver(env)
         except Exception as e:  # never let one message stop the queue
             maillog.error(f"{qid}: delivery attempt failed unexpectedly: {e!r}")
@@ -138,6 +286,9 @@ class Scheduler:
         finally:
             self._active.discard(qid)
             self._slots.release()
+            waiting = self._attempt_done.pop(qid, None)
+            if waiting is not None:
+                waiting.set()
 
     async def _deliver(self, env: Envelope) -> None:
         now = self.now()
@@ -146,12 +297,14 @@ class Scheduler:
         due = [i for i, r in enumerate(env.recipients) if not r.final] if forced else env.pending(now)
         groups: dict[tuple[str, str], list[Target]] = {}
         outcomes: list[Outcome] = []
+        kinds: dict[int, str] = {}
         for i in due:
             rcpt = env.recipients[i]
             hop = self.router.route(rcpt.address)
             if isinstance(hop, Unroutable):
                 outcomes.append(Outcome(i, "failed", str(hop.reply), "none", hop.reply.enhanced or ""))
                 continue
+            kinds[i] = hop.kind
             groups.setdefault((hop.kind, hop.destination), []).append(Target(i, rcpt.address, hop, dict(rcpt.params)))
 
         async def run(kind: str, targets: list[Target]) -> None:
@@ -171,8 +324,24 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             for (kind, _), targets in groups.items():
                 nursery.start_soon(run, kind, targets)
-        self._record(env, outcomes)
+        self._record(env, outcomes, kinds)
         await self._notify_and_store(env)
+        if self.hooks is not None:
+            await self._tell_hooks(env, outcomes)
+
+    async def _tell_hooks(self, env: Envelope, outcomes: list[Outcome]) -> None:
+        """The library's on_delivered / on_bounced, after the outcome is on disk;
+        a hook that raises is logged and does not change the outcome."""
+        assert self.hooks is not None
+        for o in outcomes:
+            r = env.recipients[o.index]
+            try:
+                if r.state == "delivered":
+                    await self.hooks.on_delivered(env, r)
+                elif r.state == "failed":
+                    await self.hooks.on_bounced(env, r)
+            except Exception as e:
+                maillog.error(f"{env.queue_id}: hook failed for <{r.address}>: {e!r}")
 
     async def _notify_and_store(self, env: Envelope) -> None:
         now = self.now()
@@ -201,12 +370,21 @@ class Scheduler:
             if due is not None:
                 self._push(due, env.queue_id)
 
-    def _record(self, env: Envelope, outcomes: list[Outcome]) -> None:
+    def _record(self, env: Envelope, outcomes: list[Outcome], kinds: dict[int, str] | None = None) -> None:
         now = self.now()
         q = self.cfg.queue
         delay = now - env.arrival
+        metrics = self.metrics
         for o in outcomes:
             r = env.recipients[o.index]
+            if metrics is not None:
+                transport = (kinds or {}).get(o.index, "none")
+                result = {"delivered": "delivered", "failed": "bounced"}.get(o.status, "deferred")
+                if result == "deferred" and delay >= q.max_lifetime:
+                    result = "bounced"
+                metrics.inc("smtprs_deliveries_total", transport=transport, result=result)
+                if result == "delivered":
+                    metrics.observe("smtprs_delivery_seconds", delay, transport=transport)
             r.attempts += 1
             r.last_attempt = now
             r.status = o.status_code

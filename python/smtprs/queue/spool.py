@@ -82,6 +82,17 @@ def new_queue_id() -> str:
     return "".join(reversed(out)) + "".join(secrets.choice(_ALPHABET) for _ in range(4))
 
 
+def queue_id_time(qid: str) -> float | None:
+    """When a queue id was made (seconds since the epoch), read back from the id; None if it is not one of ours."""
+    n = 0
+    for ch in qid[:-4]:
+        i = _ALPHABET.find(ch)
+        if i < 0:
+            return None
+        n = n * len(_ALPHABET) + i
+    return n / 1e6 if qid[:-4] else None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -559,6 +570,14 @@ class Spool:
     def count(self) -> int:
         """Messages queued."""
         return len(self._index)
+
+    def ids(self) -> list[str]:
+        """The queue ids of every queued message (oldest first: ids are time-ordered)."""
+        return sorted(self._index)
+
+    def oldest_arrival(self) -> float | None:
+        """When the oldest queued message arrived (read from its id), None if the spool is empty."""
+        return queue_id_time(min(self._index)) if self._index else None
 
     def content(self, qid: str) -> Content:
         entry = self._index[qid]

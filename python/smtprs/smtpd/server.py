@@ -14,6 +14,11 @@ returns the context, so callers (tests) can use port 0.  As worker K of N
 (supervisor.py) the listening sockets have SO_REUSEPORT and the spool is
 shard K (plus shards left by an earlier run with more workers).
 
+Metrics (metrics.py) are counted in ``ctx.metrics``; worker 0 serves them
+over HTTP when ``metrics.enabled`` (metrics_http.py), every worker returns
+its own through the control socket's STATS.  ``hooks`` (smtpd/hooks.py) are
+the library's: given to ``serve`` by a program that embeds the server.
+
 Life cycle (the ``smtprs serve`` command maps signals onto it):
 
 - ``stop()`` (SIGTERM, SIGINT): the listeners are closed at once; SMTP
@@ -54,13 +59,14 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from .. import config as config_mod
-from .. import maillog
+from .. import maillog, metrics_http
 from ..bounce import Notifier
 from ..config import POP3_MODES, SUBMISSION_MODES, Config, parse_host_port
 from ..deliver.base import DeliveryAgent
@@ -69,6 +75,7 @@ from ..deliver.maildir import MaildirAgent
 from ..deliver.mbox import MboxAgent
 from ..deliver.smtp import SmtpAgent
 from ..errors import ConfigError, ListenError, SpoolError
+from ..metrics import Metrics
 from ..queue import control
 from ..queue.scheduler import Scheduler
 from ..queue.spool import Spool
@@ -76,6 +83,7 @@ from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
+from .hooks import Hooks
 from .limits import ClientLimits
 from .policy import Policy
 from .session import Session
@@ -104,6 +112,7 @@ RESTART_ONLY = (
     "relay.tls_ca_file",
     "relay.address_preference",
     "dns",
+    "metrics",
 )
 
 
@@ -144,14 +153,29 @@ class ServerContext:
     agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
     pop3: Pop3Context | None = None
     runtime: Runtime = field(default_factory=Runtime)
-    bound: list[tuple[str, int, str]] = field(default_factory=list)
+    bound: list[tuple[str, int, str]] = field(default_factory=list)  # (address, port, mode) of each listening socket
+    metrics: Metrics = field(default_factory=Metrics)
+    hooks: Hooks | None = None
+    schedulers: list[Scheduler] = field(default_factory=list)  # ours first, then those of orphaned shards
+    metrics_address: tuple[str, int] | None = None  # where the metrics endpoint listens, when it does
 
     @property
     def active_sessions(self) -> int:
         return len(self.runtime.sessions) + self.runtime.other_sessions
 
 
-def build(cfg: Config, shard: int = 0) -> ServerContext:
+def _watch(ctx: ServerContext) -> None:
+    """The gauges, read at each scrape (through ``ctx.runtime`` and ``ctx.schedulers``,
+    which a reloaded context shares)."""
+    m = ctx.metrics
+    m.gauge("smtprs_sessions_active", lambda: ctx.active_sessions)
+    m.gauge("smtprs_queue_messages", lambda: sum(s.spool.count for s in ctx.schedulers))
+    m.gauge("smtprs_queue_held_messages", lambda: sum(len(s.held) for s in ctx.schedulers))
+    m.gauge("smtprs_queue_active_deliveries", lambda: sum(len(s._active) for s in ctx.schedulers))
+    m.gauge("smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0))
+
+
+def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerContext:
     hostname = cfg.host_name
     spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
     router = Router(cfg)
@@ -177,7 +201,12 @@ def build(cfg: Config, shard: int = 0) -> ServerContext:
         policy=Policy(cfg),
         smtp=smtp,
         agents=agents,
+        hooks=hooks,
     )
+    ctx.schedulers.append(scheduler)
+    scheduler.metrics = ctx.metrics
+    scheduler.hooks = hooks
+    _watch(ctx)
     ctx.pop3 = _pop3_context(ctx)
     return ctx
 
@@ -336,8 +365,11 @@ def _describe(tl: trio.SocketListener) -> tuple[str, int, str]:
 class Server:
     """One server process (or worker): the current context, its listeners, and the life cycle above."""
 
-    def __init__(self, cfg: Config, config_path: str | os.PathLike[str] | None = None, *, worker: int = 0, workers: int = 1) -> None:
+    def __init__(
+        self, cfg: Config, config_path: str | os.PathLike[str] | None = None, *, worker: int = 0, workers: int = 1, hooks: Hooks | None = None
+    ) -> None:
         self.cfg = cfg
+        self.hooks = hooks
         self.config_path = Path(config_path) if config_path is not None else None
         self.worker = worker
         self.workers = workers
@@ -347,7 +379,6 @@ class Server:
         self._stop_now = False
         self._reloading = trio.Lock()
         self._ctx: ServerContext | None = None
-        self._schedulers: list[Scheduler] = []  # the shard's own, then those of orphaned shards
         self.reloads = 0  # configurations taken by reload() (for tests)
 
     @property
@@ -365,8 +396,7 @@ class Server:
         shards = owned_shards(cfg, worker, workers)
         locks = [lock_shard(shard_path(cfg, shards[0]))]  # our own shard: refuse to start without it
         try:
-            ctx = self._ctx = build(cfg, shards[0])
-            self._schedulers = [ctx.scheduler]
+            ctx = self._ctx = build(cfg, shards[0], self.hooks)
             for s in shards[1:]:
                 try:
                     locks.append(lock_shard(shard_path(cfg, s)))
@@ -376,7 +406,9 @@ class Server:
                 maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
                 extra = Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents)
                 extra.notifier = Notifier(cfg, ctx.hostname, extra.spool, extra.submit)
-                self._schedulers.append(extra)
+                extra.metrics = ctx.metrics
+                extra.hooks = self.hooks
+                ctx.schedulers.append(extra)
             _check_users(ctx)
             # Bind every listener first, so a port in use fails the start with one clear error.
             bound: list[_Bound] = []
@@ -391,9 +423,11 @@ class Server:
             try:
                 async with trio.open_nursery() as nursery:
                     # the control socket first: it refuses to start when another server uses this data directory
-                    await nursery.start(control.serve, cfg.control_socket_for(worker), self._schedulers)
+                    await nursery.start(partial(control.serve, cfg.control_socket_for(worker), ctx.schedulers, stats=ctx.metrics.snapshot))
+                    if cfg.metrics.enabled and worker == 0:
+                        ctx.metrics_address = await nursery.start(metrics_http.serve, cfg, ctx.metrics, worker == 0 and workers > 1)
                     await nursery.start(ctx.smtp.run)
-                    for sched in self._schedulers:
+                    for sched in ctx.schedulers:
                         await nursery.start(sched.run)
                     async with trio.open_nursery() as sessions:
                         self._sessions = sessions
@@ -410,8 +444,9 @@ class Server:
                     for tl in b.sockets:
                         tl.socket.close()
         finally:
-            for sched in self._schedulers:
-                sched.spool.close()
+            if self._ctx is not None:
+                for sched in self._ctx.schedulers:
+                    sched.spool.close()
             for fd in locks:
                 os.close(fd)
 
@@ -441,6 +476,7 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream, b: _Bound) -> None:
         ctx = self.ctx  # the configuration of the moment the connection came in
+        ctx.metrics.inc("smtprs_connections_total", mode=b.mode)
         pop3 = b.mode in POP3_MODES
         if pop3:
             ctx.runtime.other_sessions += 1
@@ -514,7 +550,7 @@ class Server:
             cfg = config_mod.load(self.config_path)
             cfg, kept = restart_only_changes(old.cfg, cfg)
             ctx = rebuild(old, cfg)
-            handler = maillog.make_handler(cfg.log.file)
+            handler = maillog.make_handler(cfg.log.file, cfg.log.format)
             wanted = {lst.address: lst.mode for lst in cfg.smtpd.listeners}
             for address, mode in wanted.items():
                 if address not in self._listeners:
@@ -538,7 +574,7 @@ class Server:
             b.mode = wanted[address]
         ctx.bound = [(host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(_describe, b.sockets)]
         self._ctx = ctx
-        for sched in self._schedulers:
+        for sched in ctx.schedulers:
             sched.reconfigure(cfg, ctx.router)
             if sched.notifier is not None:
                 sched.notifier.cfg = cfg
@@ -560,7 +596,9 @@ async def serve(
     config_path: str | os.PathLike[str] | None = None,
     worker: int = 0,
     workers: int = 1,
+    hooks: Hooks | None = None,
     task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a ``Server`` until it is cancelled (for callers that need no life cycle)."""
-    await Server(cfg, config_path, worker=worker, workers=workers).run(task_status=task_status)
+    """Run a ``Server`` until it is cancelled (for callers that need no life cycle: the library's
+    ``smtprs.serve``)."""
+    await Server(cfg, config_path, worker=worker, workers=workers, hooks=hooks).run(task_status=task_status)

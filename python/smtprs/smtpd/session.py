@@ -53,6 +53,7 @@ from ..errors import AddressError, SpoolError
 from ..queue.spool import MessageWriter
 from ..route.router import Unroutable
 from . import auth as sasl
+from .hooks import HOOK_FAILED, SessionInfo
 from .tls import describe as describe_tls
 
 if TYPE_CHECKING:
@@ -132,6 +133,9 @@ def _unsupported(keyword: str) -> R.Reply:
     return R.Reply(555, "5.5.4", f"Unsupported option: {keyword[:64]}")
 
 
+_COUNTED_STAGES = frozenset({"connect", "MAIL", "RCPT", "DATA", "BDAT"})
+
+
 class Session:
     def __init__(
         self,
@@ -166,6 +170,8 @@ class Session:
         self._read_scope: trio.CancelScope | None = None  # the wait for the client's next bytes
         self._content_since: float | None = None  # when the current message's content started
         self._content_octets = 0  # octets read since then
+        self.stage = "connect"  # what a rejection is counted against (metrics)
+        self.hooks = ctx.hooks
 
     def _new_engine(self) -> _core.ServerConnection:
         s = self.cfg.smtpd
@@ -192,6 +198,26 @@ class Session:
         self.out += r.encode()
         if r.is_error:
             self.errors += 1
+            if self.stage in _COUNTED_STAGES:
+                self.ctx.metrics.inc("smtprs_messages_rejected_total", stage=self.stage, reason=f"{r.code} {r.enhanced or ''}".strip())
+
+    def info(self) -> SessionInfo:
+        """What the library's hooks are told of this session."""
+        port = int(self.peer.rpartition(":")[2])
+        return SessionInfo(self.id, self.peer_ip, port, self.mode, self.helo_name, self.tls, self.auth_user)
+
+    async def _hook(self, name: str, *args: object) -> R.Reply | None:
+        """Ask the library's hook ``name``: None to go on, else the reply to send instead."""
+        assert self.hooks is not None
+        try:
+            answer: R.Reply | None = await getattr(self.hooks, name)(self.info(), *args)
+        except Exception as e:
+            maillog.error(f"{self.id}: hook {name} failed: {e!r}")
+            return HOOK_FAILED
+        if answer is None or not answer.is_error:
+            return None
+        maillog.reject(self.id, self.peer, name[3:].upper(), answer, "by a hook")
+        return answer
 
     async def flush(self) -> None:
         if self.out:
@@ -228,6 +254,10 @@ class Session:
             if refusal is not None:
                 maillog.reject(self.id, self.peer, "CONNECT", refusal)
                 self.out += refusal.encode()
+                await self.flush()
+                return
+            if self.hooks is not None and (refusal := await self._hook("on_connect")) is not None:
+                self.reply(refusal)
                 await self.flush()
                 return
             banner = "LMTP smtprs" if self.lmtp else s.banner
@@ -361,6 +391,7 @@ class Session:
         elif isinstance(event, _core.CommandError):
             self.commands += 1
             self.sasl = None  # e.g. an AUTH line over 12288 octets ends the exchange
+            self.stage = event.verb or "command"
             maillog.reject(self.id, self.peer, event.verb or "command", f"{event.code} {event.enhanced} {event.text}")
             self.reply(R.Reply(event.code, event.enhanced, event.text))
             if event.fatal:
@@ -371,6 +402,7 @@ class Session:
 
     async def _command(self, cmd: _core.Command) -> None:
         verb = cmd.verb
+        self.stage = verb
         if self.ctx.runtime.closing and self.idle and verb not in ("QUIT", "RSET", "NOOP"):
             await self._close_for_shutdown()  # no new transaction (or anything else) once shutting down
             raise CloseSession
@@ -395,12 +427,18 @@ class Session:
         if self.lmtp:
             self.reply(R.LMTP_USE_LHLO)
             return
+        if self.hooks is not None and (refusal := await self._hook("on_helo", cmd.arg.strip())) is not None:
+            self.reply(refusal)
+            return
         self._greet("HELO", cmd.arg)
         self.reply(R.Reply(250, None, self.ctx.hostname))
 
     async def _cmd_ehlo(self, cmd: _core.Command) -> None:
         if self.lmtp:
             self.reply(R.LMTP_USE_LHLO)
+            return
+        if self.hooks is not None and (refusal := await self._hook("on_helo", cmd.arg.strip())) is not None:
+            self.reply(refusal)
             return
         self._greet("EHLO", cmd.arg)
         self._extensions()
@@ -607,6 +645,9 @@ class Session:
             kept["ENVID"] = envid
         if auth_param is not None:
             kept["AUTH"] = auth_param
+        if self.hooks is not None and (refusal := await self._hook("on_mail", cmd.path.address())) is not None:
+            self.reply(refusal)
+            return
         self.txn = Transaction(sender=cmd.path, params=kept, smtputf8=smtputf8)
         self.reply(R.SENDER_OK)
 
@@ -675,6 +716,9 @@ class Session:
                 self.reply(refusal)
                 return
             txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
+        elif self.hooks is not None and (refusal := await self._hook("on_rcpt", txn.sender.address(), address)) is not None:
+            self.reply(refusal)
+            return
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
             txn.recipients.append(address)
             txn.rcpt_params[address] = dsn
@@ -786,6 +830,8 @@ class Session:
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
     async def _data_end(self, event: _core.DataEnd) -> None:
+        self.stage = "DATA"
+        started = time.perf_counter()
         failure = self._bdat_failure()
         txn = self.txn
         self.txn = None
@@ -834,9 +880,16 @@ class Session:
             maillog.spool_problem(f"{writer.queue_id}: {e}")
             self.reply(R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED)
             return
+        if self.hooks is not None and (refusal := await self._hook("on_data", env, self.ctx.spool.content(env.queue_id))) is not None:
+            await self.ctx.spool.remove(env.queue_id)
+            self.reply(refusal)
+            return
         maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer, self.auth_user)
         self.ctx.scheduler.submit(env)
         self.junk = 0
+        metrics = self.ctx.metrics
+        metrics.inc("smtprs_messages_accepted_total", mode=self.mode)
+        metrics.observe("smtprs_acceptance_seconds", time.perf_counter() - started)
         self.reply(R.Reply(250, "2.0.0", f"Ok: queued as {env.queue_id}"))
 
     def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
