@@ -304,3 +304,21 @@ async def test_remove_that_cannot_be_written_keeps_the_message(tmp_path, monkeyp
     await spool.remove(qid)
     spool.close()
     assert Spool(tmp_path).open() == []
+
+
+async def test_restart_after_a_crash_between_done_record_and_unlink(tmp_path):
+    """Found by the SIGKILL test: a big message (content in files/) was delivered, its D record
+    written, and the process died before the content file was unlinked. The next start must
+    clean it up, not fail on it (every start would fail the same way: a crash loop)."""
+    spool = Spool(tmp_path, inline_max=100)
+    spool.open()
+    w = spool.create()
+    w.write(b"x" * 1000)  # spilled to files/ID.msg
+    await spool.commit(w, _env(w.queue_id))
+    entry = spool._index.pop(w.queue_id)
+    await spool._finish_in_segment(w.queue_id, entry)  # remove() up to the D record, then "SIGKILL"
+    assert (spool.files_dir / f"{w.queue_id}.msg").exists()
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.open() == []
+    assert not (again.files_dir / f"{w.queue_id}.msg").exists()

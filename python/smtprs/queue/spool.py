@@ -272,7 +272,7 @@ class Spool:
             elif ext == "msg":
                 contents.add(stem)
             elif ext == "tmp":
-                os.unlink(entry.path)
+                _unlink_quietly(Path(entry.path))
             else:
                 self._move_aside(Path(entry.path), "not a spool file")
         for qid in envs - contents:
@@ -296,8 +296,8 @@ class Spool:
                 for qid in [q for q, entry in self._index.items() if entry.seg == seg]:
                     del self._index[qid]
                 self._move_aside(self._seg_path(seg), f"unreadable segment: {e.strerror or e}")
-        for qid in contents - set(self._index):  # content whose record never landed: no 250
-            os.unlink(self.files_dir / f"{qid}.msg")
+        for qid in contents - set(self._index):  # content whose record never landed (no 250), or a finished one's
+            _unlink_quietly(self.files_dir / f"{qid}.msg")  # (the scan may have removed it already: not an error)
         self._active = (self._segments[-1] if self._segments else 0) + 1  # never append after a torn tail
         self._drop_dead_segments()
         if self.fsync:
