@@ -202,19 +202,33 @@ def match_delivered(sent: list[Sent], mail: dict[str, list[Path]]) -> dict[str, 
     counts = {"accepted": 0, "unknown": 0, "unknown_delivered": 0, "refused": 0, "deliveries": len(seen)}
     for s in sent:
         counts[s.outcome] += 1
-        got = [r for r in s.rcpts if (s.token, r) in seen or not r.endswith(f"@{DOMAIN}")]
+        local = [r for r in s.rcpts if r.endswith(f"@{DOMAIN}")]
+        got = [r for r in local if (s.token, r) in seen]
         if s.outcome == "accepted":
-            assert got == s.rcpts, f"{s.token} ({s.qid}) got 250 but was delivered only to {got} of {s.rcpts}"
+            assert got == local, f"{s.token} ({s.qid}) got 250 but was delivered only to {got} of {local}"
         elif s.outcome == "unknown":
-            assert got in ([], s.rcpts), f"{s.token} (no reply seen) was delivered to {got} of {s.rcpts}: half a message"
+            assert got in ([], local), f"{s.token} (no reply seen) was delivered to {got} of {local}: half a message"
             counts["unknown_delivered"] += bool(got)
     return counts
 
 
-def match_relayed(sent: list[Sent], dumps: list[Path], remote_domain: str) -> dict[str, int]:
+def delivered_tokens(mail: dict[str, list[Path]]) -> set[str]:
+    """The tokens of every message found in the Maildirs."""
+    out = set()
+    for files in mail.values():
+        for f in files:
+            m = TOKEN_RE.search(f.read_bytes())
+            if m:
+                out.add(m.group(1).decode())
+    return out
+
+
+def match_relayed(sent: list[Sent], dumps: list[Path], remote_domain: str, local_tokens: set[str]) -> dict[str, int]:
     """Check what a downstream smtp-sink received (its dump files) against what was sent:
     every accepted message for a remote recipient arrived, whole, for each of its remote
-    recipients; nothing refused arrived; only remote recipients were relayed.
+    recipients; nothing refused arrived; only remote recipients were relayed; a message
+    whose reply was lost and that also had local recipients was relayed if and only if it
+    was delivered locally (``local_tokens``): all of it or none of it.
     Returns counts, duplicates among them (allowed: remote delivery is at least once)."""
     from .peers import SinkDump
 
@@ -237,6 +251,12 @@ def match_relayed(sent: list[Sent], dumps: list[Path], remote_domain: str) -> di
         (s.token, r) for s in sent if s.outcome == "accepted" for r in s.rcpts if r.endswith(f"@{remote_domain}") and (s.token, r) not in got
     ]
     assert not missing, f"accepted but never relayed: {missing[:10]}"
+    relayed_tokens = {token for token, _ in got}
+    for s in sent:
+        if s.outcome == "unknown" and any(r.endswith(f"@{DOMAIN}") for r in s.rcpts) and any(r.endswith(f"@{remote_domain}") for r in s.rcpts):
+            assert (s.token in relayed_tokens) == (s.token in local_tokens), (
+                f"{s.token} (no reply seen): relayed {s.token in relayed_tokens}, delivered locally {s.token in local_tokens}: half a message"
+            )
     return {"relayed": len(got), "duplicates": sum(n - 1 for n in got.values())}
 
 
