@@ -254,7 +254,19 @@ class Spool:
     # -- start-up ----------------------------------------------------------
     def open(self) -> list[str]:
         """Create the directories, read the segments and files, clear what no
-        250 was ever given for, and return the ids of queued messages (oldest first)."""
+        250 was ever given for, and return the ids of queued messages (oldest first).
+
+        Damage is set aside (see the module docstring); an error that cannot be
+        (the spool's own directories unreadable, a disk error on a directory)
+        is a SpoolError with one clear line, never a traceback."""
+        try:
+            return self._open()
+        except SpoolError:
+            raise
+        except OSError as e:
+            raise SpoolError(f"cannot read the spool {self.root}: {e}") from e
+
+    def _open(self) -> list[str]:
         try:
             self._make_dirs()
         except OSError as e:

@@ -253,7 +253,7 @@ class Session:
                 return
             if refusal is not None:
                 maillog.reject(self.id, self.peer, "CONNECT", refusal)
-                self.out += refusal.encode()
+                self.reply(refusal)
                 await self.flush()
                 return
             if self.hooks is not None and (refusal := await self._hook("on_connect")) is not None:
