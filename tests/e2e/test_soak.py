@@ -206,7 +206,8 @@ def test_soak_memory_flat_and_no_fd_leak(make_server, tmp_path: Path) -> None:
     print(report)
     print("fds", [s[2] for s in samples])
     print("RSS MiB", [round(s[1] / 2**20, 1) for s in samples])
-    assert steady > DURATION * 10, f"too little mail went through for a soak: {report}"
+    # not a speed check: a soak that moved (almost) nothing would prove nothing
+    assert steady > DURATION * 2, f"too little mail went through for a soak: {report}"
     assert rss_last <= rss_first + max(6 * 2**20, rss_first * 0.05), f"memory grew: {report}"
     assert fds_last <= fds_first + 2, f"file descriptors grew: {report}"
     # when everything has been delivered and every client is gone, the descriptors are back
