@@ -4,7 +4,8 @@
 domain example.test, any user, hostname mx.test, retries after 0.5 s);
 ``make_server(overrides, modes=(...))`` starts one with a configuration tree
 merged over that default, and extra listeners of the given modes (their ports
-in ``server.ports``).  Every server is stopped at teardown (SIGTERM, then SIGKILL) and,
+in ``server.ports``); ``smtp_sink`` is Postfix's smtp-sink as a downstream
+peer.  Every server (and sink) is stopped at teardown (SIGTERM, then SIGKILL) and,
 when a test fails, the end of each server's log is shown in the report.
 
 Each test here is bounded in time with SIGALRM (``--e2e-timeout``, or a
@@ -53,6 +54,18 @@ def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
 @pytest.fixture
 def server(make_server: Callable[..., Server]) -> Server:
     return make_server()
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path) -> Iterator[Any]:
+    """Postfix's smtp-sink as a downstream peer (peers.SmtpSink), stopped at teardown whatever happens."""
+    from .peers import SmtpSink
+
+    sink = SmtpSink(tmp_path / "sink").start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
 
 
 class E2ETimeout(Exception):

@@ -258,12 +258,10 @@ RELAY_TRICKS: list[tuple[str, tuple[int, str] | str]] = [
 ]
 
 
-def test_open_relay_tricks_are_refused_or_delivered_locally(make_server, tmp_path) -> None:
+def test_open_relay_tricks_are_refused_or_delivered_locally(make_server, smtp_sink) -> None:
     """Each trick is refused or delivered to a local mailbox; a downstream smtp-sink that every
     other domain is routed to (relay.transport) receives nothing."""
-    from .peers import SmtpSink
-
-    sink = SmtpSink(tmp_path / "sink").start()
+    sink = smtp_sink
     hop = f"[127.0.0.1]:{sink.port}"
     server = make_server(
         {
@@ -299,4 +297,3 @@ def test_open_relay_tricks_are_refused_or_delivered_locally(make_server, tmp_pat
         if m:
             assert m.group(2) == "local", f"a recipient was routed off this host: {line}"
     assert sink.dumps() == [], "mail was relayed"
-    sink.stop()

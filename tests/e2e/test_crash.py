@@ -29,7 +29,7 @@ from smtprs.queue.spool import read_queue
 
 from .harness import DOMAIN, Server, check, check_delivered, make_message, stuff
 from .load import Load, count_mail, delivered_tokens, expected_deliveries, expected_relayed, match_delivered, match_relayed, wait_quiet
-from .peers import SmtpSink, wait_until
+from .peers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -55,9 +55,9 @@ def _leftovers(srv: Server) -> list[str]:
 
 
 @pytest.mark.timeout(1200 if SOAK else 240)
-def test_sigkill_at_random_moments_under_load(make_server, tmp_path) -> None:
+def test_sigkill_at_random_moments_under_load(make_server, smtp_sink) -> None:
     rng = random.Random(SEED)
-    sink = SmtpSink(tmp_path / "sink").start()
+    sink = smtp_sink
     srv = make_server(
         {
             "queue": {"retry_min": 0.3, "retry_max": 1.0},
@@ -112,7 +112,6 @@ def test_sigkill_at_random_moments_under_load(make_server, tmp_path) -> None:
     time.sleep(1.5)
     assert count_mail(srv.all_mail()) == counts["deliveries"], note
     assert len(sink.dumps()) == dumps, note
-    sink.stop()
     log = srv.log()
     assert "internal error" not in log and "Traceback" not in log, srv.log_tail()
     print(f"crash test {note}: {counts}")

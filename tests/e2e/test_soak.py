@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -159,8 +158,8 @@ class Misbehaving:
 
 
 @pytest.mark.timeout(DURATION * 3 + 180)
-def test_soak_memory_flat_and_no_fd_leak(make_server, tmp_path: Path) -> None:
-    sink = SmtpSink(tmp_path / "sink").start()
+def test_soak_memory_flat_and_no_fd_leak(make_server, smtp_sink: SmtpSink) -> None:
+    sink = smtp_sink
     srv = make_server(
         {
             "smtpd": {"command_timeout": 2.0, "max_connections_per_client": PER_CLIENT},
@@ -217,4 +216,3 @@ def test_soak_memory_flat_and_no_fd_leak(make_server, tmp_path: Path) -> None:
     assert read_queue(srv.spool_dir) == [], "the queue did not drain"
     assert fd_count(srv.pid) <= idle_fds + 2, f"{fd_count(srv.pid)} descriptors open at rest, {idle_fds} before the soak: {os.listdir(f'/proc/{srv.pid}/fd')}"
     assert "internal error" not in srv.log() and "Traceback" not in srv.log()
-    sink.stop()
