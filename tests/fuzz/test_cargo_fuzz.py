@@ -1,11 +1,12 @@
 """A bounded libFuzzer run of the Rust core's fuzz targets (rust/fuzz).
 
-Runs ``scripts/fuzz.sh`` with a fixed seed and 30,000 runs per target (command, address, data,
-reply, server) for 10 seconds, after building them (about a minute on a fresh
-checkout, seconds when rust/fuzz/target is warm).  Skipped, with the reason,
+Runs ``scripts/fuzz.sh`` with a fixed seed and 30,000 runs per target
+(command, address, data, reply, server; a few seconds each), after building
+them (about a minute on a fresh checkout, seconds when rust/fuzz/target is
+warm).  Skipped, with the reason,
 where cargo-fuzz is not installed (``cargo install cargo-fuzz --locked``) or
-when SMTPRS_SKIP_CARGO_FUZZ=1.  SMTPRS_CARGO_FUZZ_SECONDS changes the time per
-target.
+when SMTPRS_SKIP_CARGO_FUZZ=1.  SMTPRS_CARGO_FUZZ_RUNS / _SEED / _SECONDS change the
+runs, the seed and the time bound per target.
 """
 
 from __future__ import annotations
