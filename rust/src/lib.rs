@@ -492,6 +492,16 @@ impl ReplyParser {
 
 // ------------------------------------------------------------ dot-stuffing
 
+/// Bytes in, bytes out through `f`, with the GIL released for big inputs.
+fn transform<'py>(
+    data: &Bound<'py, PyAny>,
+    f: impl FnOnce(&[u8]) -> Vec<u8> + Send,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let py = data.py();
+    let out = with_bytes(data, |b| maybe_detach(py, b.len(), || f(b)))?;
+    Ok(PyBytes::new(py, &out))
+}
+
 /// Streaming outbound encoder.
 #[pyclass(module = "smtprs._core")]
 pub struct DotStuffer(stuff::DotStuffer);
@@ -504,10 +514,8 @@ impl DotStuffer {
     }
 
     fn feed<'py>(&mut self, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        let py = data.py();
         let inner = &mut self.0;
-        let out = with_bytes(data, |b| maybe_detach(py, b.len(), || inner.feed(b)))?;
-        Ok(PyBytes::new(py, &out))
+        transform(data, |b| inner.feed(b))
     }
 
     fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -517,9 +525,7 @@ impl DotStuffer {
 
 #[pyfunction]
 fn dot_stuff<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-    let py = data.py();
-    let out = with_bytes(data, |b| maybe_detach(py, b.len(), || stuff::dot_stuff(b)))?;
-    Ok(PyBytes::new(py, &out))
+    transform(data, stuff::dot_stuff)
 }
 
 #[pyfunction]
@@ -542,10 +548,8 @@ impl LfConverter {
     }
 
     fn feed<'py>(&mut self, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        let py = data.py();
         let inner = &mut self.0;
-        let out = with_bytes(data, |b| maybe_detach(py, b.len(), || inner.feed(b)))?;
-        Ok(PyBytes::new(py, &out))
+        transform(data, |b| inner.feed(b))
     }
 
     fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
