@@ -13,7 +13,7 @@ Servers, per mode:
 =========  =================================  ===============================  ==================================
 mode       smtprs                             Postfix                          aiosmtpd
 =========  =================================  ===============================  ==================================
-sink       ``queue.fsync = false``            its C ``smtp-sink``              handler that discards
+sink       ``queue.discard = true``           its C ``smtp-sink``              handler that discards
 durable    fsync'd spool, then local          private instance: queue file     handler that writes an fsync'd
            delivery to a Maildir              fsync'd before 250, then         Maildir file (file + directory)
                                               ``virtual`` delivery to Maildir  before 250
@@ -87,7 +87,7 @@ MODE_TITLES = {
 PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "sink"): "Postfix smtp-sink",
     ("aiosmtpd", "sink"): "aiosmtpd (no-op handler)",
-    ("smtprs", "sink"): "smtprs (fsync = false)",
+    ("smtprs", "sink"): "smtprs (queue.discard)",
     ("postfix", "durable"): "Postfix",
     ("postfix", "e2e"): "Postfix",
     ("aiosmtpd", "durable"): "aiosmtpd (fsync'd Maildir)",
@@ -436,7 +436,8 @@ class Smtprs(Server):
                     f'domains = ["{DOMAIN}"]',
                     f'maildir = "{self.dir / "mail" / "{user}"}"',
                     "[queue]",
-                    f"fsync = {'false' if mode == 'sink' else 'true'}",
+                    # sink: accept and throw away, as smtp-sink and the aiosmtpd sink do
+                    f"discard = {'true' if mode == 'sink' else 'false'}",
                     "",
                 ]
             )

@@ -185,6 +185,11 @@ class Queue:
     bounce_size_limit: int = _f(1024 * 1024, "Largest original message returned whole in a bounce when the sender asked for it (MAIL ... RET=FULL); larger ones are returned as headers only.", min=0)
     control_socket: str = _f("control.sock", "Unix socket (relative to data_dir) on which the running server takes queue commands (`smtprs queue flush`); mode 0600.")
     fsync: bool = _f(True, "fsync content, envelope and directory before answering 250. Turning it off breaks the durability promise; it exists for sink benchmarks only.")
+    discard: bool = _f(
+        False,
+        "Benchmark only: answer 250 to each message and throw it away (nothing is stored or delivered), as Postfix's `smtp-sink` does, "
+        "to measure the SMTP engine alone. It breaks the handoff promise: never turn it on for real mail. A warning is logged while it is on.",
+    )
 
 
 TlsLevel = Literal["none", "may", "verify"]

@@ -429,3 +429,25 @@ def test_several_messages_one_session(server: Server) -> None:
     assert sorted(by_qid) == sorted(qids)
     for qid, m in zip(qids, msgs):
         check_delivered(by_qid[qid], m, sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=qid)
+
+
+def test_discard_setting_answers_250_and_keeps_nothing(make_server) -> None:
+    """queue.discard (the benchmark sink): 250, yet nothing spooled, queued or delivered."""
+    srv = make_server({"queue": {"discard": True}})
+    assert "queue.discard is on" in srv.log()
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as client:
+        refused = client.sendmail(SENDER, [f"alice@{DOMAIN}"], make_message("thrown away", "gone\r\n"))
+        assert refused == {}
+        code, text = client.noop()
+        assert code == 250
+    srv.wait_log(r"disconnect from")
+    log = srv.log()
+    # a spooled message is logged "(queue active)" before its 250: none was
+    assert "(queue active)" not in log, srv.log_tail()
+    assert srv.spool_snapshot() == {}, srv.spool_snapshot()
+    assert srv.mail("alice") == []
+    # the same server still refuses what it would refuse without the setting
+    with srv.connect() as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<sender@client.test>", 250)
+        c.expect("RCPT TO:<alice@elsewhere.test>", 554, "5.7.1")

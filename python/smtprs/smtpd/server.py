@@ -297,8 +297,11 @@ def lock_shard(path: Path) -> int:
     return fd
 
 
-def _check_users(ctx: ServerContext) -> None:
-    """At start and reload: say so in the log if nobody will be able to authenticate."""
+def _check_settings(ctx: ServerContext) -> None:
+    """At start and reload: say so in the log if nobody will be able to authenticate
+    (or if every message is being thrown away)."""
+    if ctx.cfg.queue.discard:
+        maillog.warning("queue.discard is on: every message is answered 250 and thrown away (a benchmark setting; no mail is kept)")
     if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
         return
     try:
@@ -409,7 +412,7 @@ class Server:
                 extra.metrics = ctx.metrics
                 extra.hooks = self.hooks
                 ctx.schedulers.append(extra)
-            _check_users(ctx)
+            _check_settings(ctx)
             # Bind every listener first, so a port in use fails the start with one clear error.
             bound: list[_Bound] = []
             try:
@@ -584,7 +587,7 @@ class Server:
         ctx.auth_delays.window = cfg.smtpd.auth.failure_window
         for b in added:
             self._start_listener(b)  # (adds to ctx.bound)
-        _check_users(ctx)
+        _check_settings(ctx)
         self.reloads += 1
         maillog.reloaded(str(self.config_path), len(self.runtime.sessions), len(added), len(removed))
         return True

@@ -862,6 +862,12 @@ class Session:
             for r in await lmtp.deliver_now(self.ctx, writer, txn.sender.address(), txn.lmtp_slots, params, self.id, self.peer):
                 self.out += r.encode()  # a mailbox's trouble is not the client's error: not counted
             return
+        if self.cfg.queue.discard:  # benchmark sink (config.Queue.discard): nothing is kept
+            self.ctx.spool.abort(writer)
+            self.junk = 0
+            self.ctx.metrics.inc("smtprs_messages_accepted_total", mode=self.mode)
+            self.reply(R.Reply(250, "2.0.0", f"Ok: discarded as {writer.queue_id}"))
+            return
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
