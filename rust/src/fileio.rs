@@ -14,7 +14,7 @@
 //! fsync'd, renamed to its `dst`, and each distinct directory of a `dst` is
 //! fsync'd once.  A failed job leaves no tmp file behind.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -35,8 +35,7 @@ pub struct FileJob {
 
 const CHUNK: usize = 1 << 20;
 
-fn write_tmp(job: &FileJob, to_lf: bool) -> io::Result<File> {
-    let src = File::open(&job.src)?;
+fn write_tmp(job: &FileJob, src: &File, to_lf: bool) -> io::Result<File> {
     let mut out = OpenOptions::new()
         .write(true)
         .create(true)
@@ -82,13 +81,19 @@ fn write_tmp(job: &FileJob, to_lf: bool) -> io::Result<File> {
 pub fn write_batch(jobs: &[FileJob], to_lf: bool, sync: bool) -> Vec<io::Result<()>> {
     let mut results: Vec<io::Result<()>> = Vec::with_capacity(jobs.len());
     let mut open: Vec<Option<File>> = Vec::with_capacity(jobs.len());
+    // The jobs of a batch mostly read the same spool segment: open it once.
+    let mut sources: HashMap<&Path, File> = HashMap::new();
     for job in jobs {
         if job.dst.exists() {
             results.push(Ok(()));
             open.push(None);
             continue;
         }
-        match write_tmp(job, to_lf) {
+        let src = match sources.get(job.src.as_path()) {
+            Some(f) => Ok(f),
+            None => File::open(&job.src).map(|f| &*sources.entry(job.src.as_path()).or_insert(f)),
+        };
+        match src.and_then(|src| write_tmp(job, src, to_lf)) {
             Ok(f) => {
                 results.push(Ok(()));
                 open.push(Some(f));
@@ -163,6 +168,26 @@ mod tests {
         fs::write(&job.dst, b"kept").unwrap();
         assert!(write_batch(std::slice::from_ref(&job), true, true)[0].is_ok());
         assert_eq!(fs::read(&job.dst).unwrap(), b"kept");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn jobs_sharing_a_source_each_get_their_own_range() {
+        let d = tmpdir("shared");
+        fs::write(d.join("seg"), b"one\r\ntwo\r\nthree\r\n").unwrap();
+        let job = |name: &str, offset: u64, length: u64| FileJob {
+            src: d.join("seg"),
+            offset,
+            length,
+            head: name.as_bytes().to_vec(),
+            tmp: d.join("tmp").join(name),
+            dst: d.join("new").join(name),
+        };
+        let jobs = [job("c", 10, 7), job("a", 0, 5), job("b", 5, 5)];
+        assert!(write_batch(&jobs, true, false).iter().all(|r| r.is_ok()));
+        assert_eq!(fs::read(d.join("new/a")).unwrap(), b"aone\n");
+        assert_eq!(fs::read(d.join("new/b")).unwrap(), b"btwo\n");
+        assert_eq!(fs::read(d.join("new/c")).unwrap(), b"cthree\n");
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -322,3 +322,30 @@ async def test_restart_after_a_crash_between_done_record_and_unlink(tmp_path):
     again = Spool(tmp_path)
     assert again.open() == []
     assert not (again.files_dir / f"{w.queue_id}.msg").exists()
+
+
+async def test_first_load_after_commit_is_the_committed_envelope_then_the_disk(tmp_path):
+    """The scheduler's first attempt gets the envelope it was handed (no read-back);
+    after that, and after any save, load() reads what is on disk."""
+    spool = Spool(tmp_path)
+    spool.open()
+    w = spool.create()
+    w.write(b"hi\r\n")
+    env = _env(w.queue_id)
+    await spool.commit(w, env)
+    assert spool.load(env.queue_id) is env
+    second = spool.load(env.queue_id)
+    assert second is not env and second.to_json() == env.to_json()
+    # a save in between drops the hand-off: the saved state is what load() sees
+    w2 = spool.create()
+    w2.write(b"ho\r\n")
+    env2 = _env(w2.queue_id, 2)
+    await spool.commit(w2, env2)
+    changed = _env(w2.queue_id, 2)
+    changed.held = True
+    await spool.save(changed)
+    loaded = spool.load(w2.queue_id)
+    assert loaded is not env2 and loaded.held
+    await spool.remove(w2.queue_id)
+    assert spool.load(w2.queue_id) is None
+    spool.close()

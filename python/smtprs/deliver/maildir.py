@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from .. import _core
+from .. import _core, _threads
 from ..route.router import LocalMailbox
 from .base import DeliveryRequest, Outcome
 
@@ -107,7 +107,7 @@ class MaildirAgent:
                 while self._next.jobs:
                     current, self._next = self._next, _Batch()
                     jobs = current.jobs
-                    current.results = await trio.to_thread.run_sync(lambda: _core.write_files(jobs, to_lf=True, fsync=self.fsync))  # type: ignore[arg-type]
+                    current.results = await _threads.run_sync(lambda: _core.write_files(jobs, to_lf=True, fsync=self.fsync))  # type: ignore[arg-type]
                     self.batches += 1
                     self.files += len(current.jobs)
                     current.done.set()

@@ -54,7 +54,7 @@ from typing import BinaryIO
 
 import trio
 
-from .. import maillog
+from .. import _threads, maillog
 from ..envelope import Envelope
 from ..errors import SpoolError
 
@@ -70,6 +70,7 @@ _MHEAD = struct.Struct("<IB")
 _INLINE = 1
 
 SEGMENT_MAX = 32 * 1024 * 1024
+FRESH_MAX = 10_000  # envelopes kept for the first delivery attempt (see Spool._fresh)
 
 
 def new_queue_id() -> str:
@@ -247,6 +248,10 @@ class Spool:
         self._active_size = 0
         self._pending: list[_Pending] = []
         self._committing = False
+        # Envelopes just committed, handed to the first load() (the scheduler's
+        # first attempt) so that it need not read back and parse what it was
+        # given a moment ago.  Bounded; any other change to a message drops its entry.
+        self._fresh: dict[str, Envelope] = {}
         # figures for benchmarks and metrics: how many records each fdatasync covered
         self.commit_batches = 0
         self.committed_messages = 0
@@ -273,6 +278,7 @@ class Spool:
             raise SpoolError(f"cannot use the spool directory {self.root}: {e.strerror or e}") from e
         self._close_active()
         self._index.clear()
+        self._fresh.clear()
         self._live.clear()
         envs, contents = set(), set()
         for entry in os.scandir(self.files_dir):
@@ -467,7 +473,7 @@ class Spool:
             try:
                 while self._pending:
                     batch, self._pending = self._pending, []
-                    await trio.to_thread.run_sync(self._write_batch, batch)
+                    await _threads.run_sync(lambda: self._write_batch(batch))
                     self.commit_batches += 1
                     self.committed_messages += len(batch)
                     self._after_batch(batch)
@@ -557,6 +563,8 @@ class Spool:
                     entry = _Entry(self._active, env_off, env_len, -1, 0)
                 self._index[w.queue_id] = entry
                 self._live[self._active] = self._live.get(self._active, 0) + 1
+                if len(self._fresh) < FRESH_MAX:
+                    self._fresh[w.queue_id] = p.envelope
             if w is not None:
                 w._release()
                 if p.error is not None:
@@ -603,6 +611,9 @@ class Spool:
         entry = self._index.get(qid)
         if entry is None:
             return None
+        fresh = self._fresh.pop(qid, None)
+        if fresh is not None:
+            return fresh
         try:
             if entry.seg:
                 with open(self._seg_path(entry.seg), "rb") as fh:
@@ -626,6 +637,7 @@ class Spool:
         """Record the envelope after a delivery attempt left recipients to retry.
         A message still in a segment is moved out into files/ first."""
         qid = envelope.queue_id
+        self._fresh.pop(qid, None)
         entry = self._index[qid]
         if entry.seg == 0:
             await trio.to_thread.run_sync(self._write_env_file, envelope)
@@ -685,6 +697,7 @@ class Spool:
 
     async def remove(self, qid: str) -> None:
         """Forget a finished message, durably (it never comes back after a restart)."""
+        self._fresh.pop(qid, None)
         entry = self._index.pop(qid, None)
         if entry is None:
             return
