@@ -80,7 +80,11 @@ def new_queue_id() -> str:
     while n:
         n, r = divmod(n, len(_ALPHABET))
         out.append(_ALPHABET[r])
-    return "".join(reversed(out)) + "".join(secrets.choice(_ALPHABET) for _ in range(4))
+    r = int.from_bytes(os.urandom(3), "big") % len(_ALPHABET) ** 4  # one getrandom, not four
+    for _ in range(4):
+        r, i = divmod(r, len(_ALPHABET))
+        out.insert(0, _ALPHABET[i])
+    return "".join(reversed(out))
 
 
 def queue_id_time(qid: str) -> float | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -244,6 +245,7 @@ class FailureDelays:
         self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # asked at every connect and disconnect
     def key(ip: str) -> str:
         try:
             addr = ipaddress.ip_address(ip)

@@ -38,6 +38,8 @@ class Policy:
 
     def trusted(self, client_ip: str) -> bool:
         """Is the client in relay.trusted_networks (may it relay without AUTH)?"""
+        if not self._trusted:
+            return False
         try:
             addr = ipaddress.ip_address(client_ip)
         except ValueError:

@@ -34,6 +34,7 @@ memory does not grow with what the peer sends.  No password is logged.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import itertools
 import os
@@ -135,6 +136,16 @@ def _unsupported(keyword: str) -> R.Reply:
 
 
 _COUNTED_STAGES = frozenset({"connect", "MAIL", "RCPT", "DATA", "BDAT"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_literal(peer_ip: str) -> str:
+    """The client's address as written in a Received field: 192.0.2.1, IPv6:2001:db8::1."""
+    try:
+        ip = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return peer_ip
+    return f"IPv6:{ip}" if ip.version == 6 else str(ip)
 
 
 class Session:
@@ -862,12 +873,7 @@ class Session:
     def _received_header(self, qid: str, protocol: str, txn: Transaction) -> bytes:
         """Our trace field (RFC 5321 4.4), folded, CRLF line ends like the content."""
         helo = "".join(c if 32 < ord(c) < 127 else "?" for c in self.helo_name)[:255] or "unknown"
-        try:
-            ip = ipaddress.ip_address(self.peer_ip)
-            literal = f"IPv6:{ip}" if ip.version == 6 else str(ip)
-        except ValueError:
-            literal = self.peer_ip
-        lines = [f"Received: from {helo} ([{literal}])"]
+        lines = [f"Received: from {helo} ([{_address_literal(self.peer_ip)}])"]
         if self.tls:
             lines.append(f"\t(using {self.tls})")
         if self.auth_user and self.cfg.smtpd.auth.received_user:
