@@ -419,6 +419,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{result + ':':<21}{total}" + (f" ({detail})" if detail else ""))
     print(f"queue:               {n('smtprs_queue_messages')} messages, {n('smtprs_queue_held_messages')} on hold, {n('smtprs_queue_active_deliveries')} being delivered")
     print(f"oldest in queue:     {_age(value(snap, 'smtprs_queue_oldest_age_seconds'))}")
+    commits, records = value(snap, "smtprs_spool_commits_total"), value(snap, "smtprs_spool_records_total")
+    per = f" ({records / commits:.2f} per fdatasync)" if commits else ""
+    print(f"spool commits:       {int(commits)} for {int(records)} records{per}")
     print(f"acceptance latency:  {latency('smtprs_acceptance_seconds')}")
     print(f"delivery latency:    {latency('smtprs_delivery_seconds')}")
     return 0

@@ -35,6 +35,11 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "smtprs_queue_held_messages": ("gauge", "Messages on hold (smtprs queue hold)."),
     "smtprs_queue_active_deliveries": ("gauge", "Messages being delivered now."),
     "smtprs_queue_oldest_age_seconds": ("gauge", "Age of the oldest queued message."),
+    "smtprs_spool_commits_total": ("counter", "Group commits of the spool: one write() and one fdatasync() each."),
+    "smtprs_spool_records_total": (
+        "counter",
+        "Spool records (new messages, finished ones) written by those commits; over smtprs_spool_commits_total: how many records each fdatasync covered.",
+    ),
     "smtprs_acceptance_seconds": ("histogram", "From the end of the message data to the 250 reply (the durable spool commit)."),
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
 }

@@ -11,6 +11,7 @@ happen before the test ends.
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import subprocess
 import time
@@ -223,9 +224,16 @@ def test_metrics_endpoint_and_status_follow_traffic(make_server: Callable[..., S
     assert 0 < m["smtprs_queue_oldest_age_seconds"] < 60
     assert m["smtprs_sessions_active"] >= 0
     assert m['smtprs_messages_rejected_total{reason="550 5.1.1",stage="RCPT"}'] == 1
+    # group commit figures: each of the 3 messages is an M record, and each
+    # finished or moved-out message a D record (written in batches)
+    assert 1 <= m["smtprs_spool_commits_total"] <= m["smtprs_spool_records_total"]
+    assert m["smtprs_spool_records_total"] >= 3
 
     status = ok(srv, "status")
     assert "messages accepted:   3" in status and "delivered:           2 (maildir 2)" in status
+    commits = re.search(r"spool commits:\s+(\d+) for (\d+) records \(([\d.]+) per fdatasync\)", status)
+    assert commits is not None, status
+    assert int(commits.group(2)) >= 3 and float(commits.group(3)) >= 1.0
     assert "deferred:            1 (smtp 1)" in status and "queue:               1 messages" in status
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:

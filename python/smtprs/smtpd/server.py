@@ -172,6 +172,8 @@ def _watch(ctx: ServerContext) -> None:
     m.gauge("smtprs_queue_messages", lambda: sum(s.spool.count for s in ctx.schedulers))
     m.gauge("smtprs_queue_held_messages", lambda: sum(len(s.held) for s in ctx.schedulers))
     m.gauge("smtprs_queue_active_deliveries", lambda: sum(len(s._active) for s in ctx.schedulers))
+    m.gauge("smtprs_spool_commits_total", lambda: sum(s.spool.commit_batches for s in ctx.schedulers))
+    m.gauge("smtprs_spool_records_total", lambda: sum(s.spool.committed_messages for s in ctx.schedulers))
     m.gauge("smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0))
 
 
