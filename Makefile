@@ -84,7 +84,7 @@ lint:
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZ_SECONDS),60)
 
-load-bench: install-test
+load-bench: deps install-test
 	$(PYTHON) benches/load.py $(LOAD_ARGS)
 
 clean:

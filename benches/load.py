@@ -351,6 +351,10 @@ class Server:
     def maildir_new(self) -> Path | None:
         return None
 
+    def figures(self) -> dict[str, Any]:
+        """Server-specific figures read while it still runs (after the window)."""
+        return {}
+
     def start(self, mode: str) -> None:
         raise NotImplementedError
 
@@ -446,6 +450,14 @@ class Smtprs(Server):
         if self.settings.smtprs_workers is not None:
             cmd += ["--workers", str(self.settings.smtprs_workers)]
         self._spawn(cmd, self.dir / "smtprs.log", smtprs_env(self.settings))
+
+    def figures(self) -> dict[str, Any]:
+        """How many spool records each fdatasync covered (group commit), from `smtprs status`."""
+        out = run_text([*self.settings.smtprs_cmd, "status", "--config", str(self.dir / "smtprs.toml")], smtprs_env(self.settings))
+        m = re.search(r"spool commits:\s+(\d+) for (\d+) records", out)
+        if not m or not int(m.group(1)):
+            return {}
+        return {"spool_commits": int(m.group(1)), "spool_records": int(m.group(2)), "records_per_fdatasync": int(m.group(2)) / int(m.group(1))}
 
     def cleanup(self) -> None:
         pass
@@ -890,6 +902,8 @@ def run_one(server: Server, mode: str, size: int, conc: int, rnd: int, st: Setti
         rec["client_cores"] = client_cores + probe_cores
         rec["machine_busy_cores"] = busy_cores
         rec["other_cores"] = max(0.0, busy_cores - server_cores - client_cores - probe_cores - self_cores)
+        if mode != "sink":
+            rec.update(server.figures())
         rec["ok"] = True
     except Exception as e:  # recorded, the benchmark goes on
         rec["error"] = f"{type(e).__name__}: {e}"
@@ -921,7 +935,7 @@ def median_min_max(values: list[float]) -> tuple[float, float, float] | None:
 
 METRICS = (
     "msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "peak_pss_mb", "server_cpu_us_per_msg",
-    "accepted_per_s", "delivered_per_s", "client_cores", "other_cores", "server_cores",
+    "accepted_per_s", "delivered_per_s", "client_cores", "other_cores", "server_cores", "records_per_fdatasync",
 )  # fmt: skip
 
 
@@ -1077,6 +1091,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"CPU taken by other processes on the machine during these windows: median {statistics.median(oth):.2f}, "
                 f"up to {max(r['other_cores']['max'] for r in rows if 'other_cores' in r):.2f} cores of {meta['nproc']}."
             )
+    gc = [r for r in summary if r["server"] == "smtprs" and "records_per_fdatasync" in r]
+    if gc:
+        out += ["", "## Group commit (smtprs)", ""]
+        out.append("Spool records (a new message; a finished one) written per fdatasync, from `smtprs status` after each window:")
+        out.append("")
+        out.append("| mode | size | conc | records per fdatasync |")
+        out.append("|---|---|---|---|")
+        for r in gc:
+            out.append(f"| {r['mode']} | {size_label(r['size'])} | {r['concurrency']} | {cell(r, 'records_per_fdatasync')} |")
     tt = targets_table(summary)
     if tt:
         out += ["", "## Targets of issue 4", ""] + tt
@@ -1376,6 +1399,8 @@ def progress_line(rec: dict[str, Any], i: int, total: int, elapsed: float) -> st
             f"{rec['msgs_per_s']:8.0f} msg/s {lat}  rss {rec['peak_rss_mb']:6.1f} MB  "
             f"cpu {rec['server_cpu_us_per_msg']:6.0f} µs/msg  other {rec['other_cores']:.2f}"
         )
+        if "records_per_fdatasync" in rec:
+            line += f"  {rec['records_per_fdatasync']:.1f} rec/fdatasync"
     else:
         line = "FAILED " + rec.get("error", "").splitlines()[0][:150]
     return (
