@@ -173,9 +173,12 @@ class DataEnd:
     line over max_text_line octets with its CRLF, DATA only: 554 5.6.0),
     ``"bare_newline"`` (a bare CR or LF in DATA: 554 5.5.2), ``"header_size"`` (header block over
     max_header_size: 552 5.3.4), with the reply in code/enhanced/text (code 0
-    and "" when error is None).  The first error found wins.
-    DataChunk events stop once an error is found; the rest of the message is
-    read and dropped so the session stays framed.
+    and "" when error is None).  The first problem in octet order wins (a
+    bare LF at the LF, a bare CR at the octet after it, a limit at the first
+    octet over it; at one octet: bare_newline, line_length, header_size,
+    size), whatever the reads.  DataChunk events hand out exactly the content
+    before that octet, then stop; the rest of the message is read and dropped
+    so the session stays framed.
     """
 
     @property

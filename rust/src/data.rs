@@ -5,13 +5,28 @@
 //! a bare CR or LF never ends a line) and checks the text-line limit.
 //! [`ContentScan`] watches the un-stuffed content (or BDAT's verbatim
 //! content): size, 8-bit octets, and the header block (its size, the number
-//! of Received fields, Date and Message-ID).  The first problem found is kept;
-//! from then on the content is counted and dropped, never returned, until the
-//! real end of the message, so that the session stays framed.
+//! of Received fields, Date and Message-ID).
+//!
+//! Everything here is a function of the octets only, never of where the
+//! reads were cut.  Each problem has the octet where it happens:
+//!
+//! - a bare LF: the LF; a bare CR: the octet after it (the one that shows
+//!   the CR is not followed by LF);
+//! - a text line over the limit: its first octet beyond the limit;
+//! - a header block or message over its limit: its first octet beyond it.
+//!
+//! The first problem in octet order is the message's error; when one octet
+//! breaks several rules, the order is [`ContentError::BareNewline`],
+//! [`ContentError::LineLength`], [`ContentError::HeaderSize`],
+//! [`ContentError::Size`].  The content before that octet is handed out,
+//! nothing from it on; the rest is still counted (the summary's figures
+//! cover the whole message) until the real end of the message, so that the
+//! session stays framed.
 
 use memchr::{memchr, memchr2};
 
-/// Why a message is refused.
+/// Why a message is refused.  The first problem in octet order is the one
+/// reported; at one octet, the order of the variants below decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentError {
     /// Over the maximum message size (552 5.3.4).
@@ -179,23 +194,43 @@ impl ContentScan {
         }
     }
 
-    /// Account for a run of content; true when it may be passed on (no
-    /// problem has been found so far).
-    pub fn feed(&mut self, run: &[u8]) -> bool {
+    /// Account for a run of content; returns how many of its first octets
+    /// may be passed on: all of them, or those before the octet where the
+    /// first problem of the message is (none once a problem was found).
+    pub fn feed(&mut self, run: &[u8]) -> usize {
+        let was_ok = self.error.is_none();
+        let before = self.size;
         self.size += run.len() as u64;
         if !self.eight_bit {
             self.eight_bit = has_eight_bit(run);
         }
+        // (offset in `run` of the first octet over a limit, the limit)
+        let mut first: Option<(u64, ContentError)> = None;
         if !self.header.done {
+            let header_before = self.header.size;
             self.header.feed(run);
             if self.header.size > self.limits.max_header_size {
-                self.fail(ContentError::HeaderSize);
+                let at = self.limits.max_header_size.saturating_sub(header_before);
+                first = Some((at, ContentError::HeaderSize));
             }
         }
         if self.size > self.limits.max_message_size {
-            self.fail(ContentError::Size);
+            let at = self.limits.max_message_size.saturating_sub(before);
+            if first.is_none_or(|(h, _)| at < h) {
+                first = Some((at, ContentError::Size));
+            }
         }
-        self.error.is_none()
+        if !was_ok {
+            return 0;
+        }
+        match first {
+            Some((at, e)) => {
+                self.error = Some(e);
+                // `at` < run.len(): the limit was passed within this run.
+                at as usize
+            }
+            None => run.len(),
+        }
     }
 
     /// Record a problem, unless one was found before.
@@ -287,22 +322,58 @@ impl DataDecoder {
         self.scan.set_max_message_size(value);
     }
 
+    /// Pass on a run of content (as much of it as the scan allows).
     #[inline]
     fn emit(&mut self, run: &[u8], out: &mut Vec<u8>) {
-        if !run.is_empty() && self.scan.feed(run) {
-            out.extend_from_slice(run);
+        if !run.is_empty() {
+            let ok = self.scan.feed(run);
+            out.extend_from_slice(&run[..ok]);
         }
     }
 
+    /// A problem at `input[at]`: the content before it is passed on (and
+    /// scanned, so that a problem the scan finds earlier still wins), then
+    /// the problem is recorded unless one came before.
     #[inline]
-    fn check_line(&mut self) {
-        if self.line_len > self.max_text_line {
-            self.scan.fail(ContentError::LineLength);
-        }
+    fn fail_at(
+        &mut self,
+        input: &[u8],
+        run: &mut usize,
+        at: usize,
+        e: ContentError,
+        out: &mut Vec<u8>,
+    ) {
+        self.emit(&input[*run..at], out);
+        *run = at;
+        self.scan.fail(e);
     }
 
-    /// Decode a chunk, appending un-stuffed content to `out` (nothing once a
-    /// problem has been found).  Stops right after the final CRLF "." CRLF.
+    /// Count `len` octets of the current line, starting at `input[from]`;
+    /// the first octet beyond the text-line limit is a problem.
+    #[inline]
+    fn count_line(
+        &mut self,
+        input: &[u8],
+        run: &mut usize,
+        from: usize,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let len = len as u64;
+        let max = self.max_text_line;
+        if self.line_len <= max && self.line_len.saturating_add(len) > max {
+            let at = from + (max - self.line_len) as usize;
+            self.fail_at(input, run, at, ContentError::LineLength, out);
+        }
+        self.line_len = self.line_len.saturating_add(len);
+    }
+
+    /// Decode a chunk, appending un-stuffed content to `out` (up to the
+    /// octet of the message's first problem).  Stops right after the final
+    /// CRLF "." CRLF.
+    ///
+    /// Every octet is checked, in order, before any content after it is
+    /// passed on, so the content and the error do not depend on the cuts.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Decoded {
         let n = input.len();
         let mut i = 0;
@@ -313,25 +384,26 @@ impl DataDecoder {
                 State::InLine => match memchr2(b'\r', b'\n', &input[i..]) {
                     Some(k) => {
                         let p = i + k;
-                        self.line_len += k as u64 + 1;
                         if input[p] != b'\r' {
-                            self.scan.fail(ContentError::BareNewline);
+                            // A bare LF: a problem at the LF itself.
+                            self.count_line(input, &mut run, i, k, out);
+                            self.fail_at(input, &mut run, p, ContentError::BareNewline, out);
+                            self.count_line(input, &mut run, p, 1, out);
                             i = p + 1;
                         } else if p + 2 < n && input[p + 1] == b'\n' && input[p + 2] != b'.' {
                             // The common case: CRLF and a line that does not
                             // start with a dot; stay in the line loop.
-                            self.line_len += 1;
-                            self.check_line();
+                            self.count_line(input, &mut run, i, k + 2, out);
                             self.line_len = 0;
                             i = p + 2;
                         } else {
+                            self.count_line(input, &mut run, i, k + 1, out);
                             self.state = State::Cr;
                             i = p + 1;
                         }
                     }
                     None => {
-                        self.line_len += (n - i) as u64;
-                        self.check_line();
+                        self.count_line(input, &mut run, i, n - i, out);
                         i = n;
                         break;
                     }
@@ -341,14 +413,14 @@ impl DataDecoder {
                         break;
                     }
                     if input[i] == b'\n' {
-                        self.line_len += 1;
-                        self.check_line();
+                        self.count_line(input, &mut run, i, 1, out);
                         self.line_len = 0;
                         i += 1;
                         self.state = State::LineStart;
                     } else {
-                        // A bare CR; the octet after it belongs to the line.
-                        self.scan.fail(ContentError::BareNewline);
+                        // A bare CR, shown by this octet (which belongs to
+                        // the line and is counted there).
+                        self.fail_at(input, &mut run, i, ContentError::BareNewline, out);
                         self.state = State::InLine;
                     }
                 }
@@ -357,6 +429,7 @@ impl DataDecoder {
                         break;
                     }
                     if input[i] == b'.' {
+                        // Not content, not counted.
                         self.emit(&input[run..i], out);
                         i += 1;
                         run = i;
@@ -390,7 +463,7 @@ impl DataDecoder {
                             done: true,
                         };
                     }
-                    self.scan.fail(ContentError::BareNewline);
+                    self.fail_at(input, &mut run, i, ContentError::BareNewline, out);
                     self.state = State::InLine;
                 }
                 State::Done => {
@@ -462,20 +535,13 @@ mod tests {
         (out, None, 0, failed)
     }
 
-    /// Run a case whole, byte by byte, and cut at every single point.
+    /// Run a case whole, byte by byte, and cut at every single point: the
+    /// content (that of a refused message too), the figures and the error
+    /// may not differ.
     fn all_ways(input: &[u8], limits: DataLimits) -> Outcome {
         let whole = decode_split(input, &[], limits);
-        // Content before a problem may or may not have been returned,
-        // depending on the cuts; the figures may not differ.
         let same = |other: &Outcome, how: &str| {
-            assert_eq!(
-                (&other.1, other.2, other.3),
-                (&whole.1, whole.2, whole.3),
-                "{how}"
-            );
-            if !whole.3 {
-                assert_eq!(other.0, whole.0, "{how}");
-            }
+            assert_eq!(other, &whole, "{how}");
         };
         let bytewise: Vec<usize> = (1..input.len()).collect();
         same(&decode_split(input, &bytewise, limits), "byte by byte");
@@ -549,7 +615,8 @@ mod tests {
         let long = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
         let (out, s, _, _) = all_ways(&long, LIMITS);
         assert_eq!(s.unwrap().error, Some(ContentError::LineLength));
-        assert!(out.len() < 1000);
+        // The 1001st octet of the line (its LF) is the problem.
+        assert_eq!(out, [vec![b'a'; 999], b"\r".to_vec()].concat());
     }
 
     #[test]
@@ -562,7 +629,7 @@ mod tests {
         let s = s.unwrap();
         assert_eq!(s.error, Some(ContentError::Size));
         assert_eq!(s.size, 11);
-        assert!(out.len() <= 10);
+        assert_eq!(out, b"0123456\r\n\r");
         let (_, s, _, _) = all_ways(b"0123456\r\n\r\n", limits);
         assert!(s.is_none());
         let (_, s, _, _) = all_ways(b"01234567\r\n.\r\n", limits);
@@ -577,6 +644,150 @@ mod tests {
         };
         let (_, s, _, _) = all_ways(b"a\nbcdefghijklmnop\r\n.\r\n", limits);
         assert_eq!(s.unwrap().error, Some(ContentError::BareNewline));
+    }
+
+    /// The first problem in octet order wins, whatever the cuts (before,
+    /// a long line was checked at its end or at the end of a read, the size
+    /// when content was handed on, a bare CR/LF when scanned); the content
+    /// handed out is exactly what comes before it.
+    #[test]
+    fn error_precedence_is_octet_order() {
+        let limits = |line: u64, size: u64, header: u64| DataLimits {
+            max_text_line: line,
+            max_message_size: size,
+            max_header_size: header,
+        };
+        let big = 1 << 20;
+        // (input, limits, error, content handed out)
+        let table: &[(&[u8], DataLimits, ContentError, &[u8])] = &[
+            // A line over the limit before a bare LF in it, and after.
+            (
+                b"abcdef\nxy\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::LineLength,
+                b"abcd",
+            ),
+            (
+                b"ab\ncdefgh\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::BareNewline,
+                b"ab",
+            ),
+            // A bare CR shows at the octet after it.
+            (
+                b"abcd\refgh\r\n.\r\n",
+                limits(3, big, big),
+                ContentError::LineLength,
+                b"abc",
+            ),
+            (
+                b"abc\rdefgh\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::BareNewline,
+                b"abc\r",
+            ),
+            (
+                b"ab\rcdefgh\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::BareNewline,
+                b"ab\r",
+            ),
+            // One octet, two problems: the bare LF is the 5th octet.
+            (
+                b"abcd\nx\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::BareNewline,
+                b"abcd",
+            ),
+            // Size against a bare newline and a long line.
+            (
+                b"abcdef\nx\r\n.\r\n",
+                limits(big, 3, big),
+                ContentError::Size,
+                b"abc",
+            ),
+            (
+                b"ab\ncdefx\r\n.\r\n",
+                limits(big, 3, big),
+                ContentError::BareNewline,
+                b"ab",
+            ),
+            (
+                b"abc\nx\r\n.\r\n",
+                limits(big, 3, big),
+                ContentError::BareNewline,
+                b"abc",
+            ),
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(5, 3, big),
+                ContentError::Size,
+                b"abc",
+            ),
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(3, 5, big),
+                ContentError::LineLength,
+                b"abc",
+            ),
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(3, 3, big),
+                ContentError::LineLength,
+                b"abc",
+            ),
+            // Header size against the others.
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(big, 3, 3),
+                ContentError::HeaderSize,
+                b"abc",
+            ),
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(big, 4, 3),
+                ContentError::HeaderSize,
+                b"abc",
+            ),
+            (
+                b"abcdefgh\r\n.\r\n",
+                limits(big, 3, 4),
+                ContentError::Size,
+                b"abc",
+            ),
+            (
+                b"abcdef\nh\r\n.\r\n",
+                limits(big, big, 4),
+                ContentError::HeaderSize,
+                b"abcd",
+            ),
+            (
+                b"ab\r\n.x\ny\r\n.\r\n",
+                limits(big, big, 5),
+                ContentError::BareNewline,
+                b"ab\r\nx",
+            ),
+            // A stuffed dot counts nowhere; ".\r" not before LF drops both.
+            (
+                b"..abc\r\n.\r\n",
+                limits(big, 3, big),
+                ContentError::Size,
+                b".ab",
+            ),
+            (
+                b"a\r\n.\rbcdef\r\n.\r\n",
+                limits(4, big, big),
+                ContentError::BareNewline,
+                b"a\r\n",
+            ),
+        ];
+        for &(input, limits, error, content) in table {
+            let (out, s, left, _) = all_ways(input, limits);
+            let how = String::from_utf8_lossy(input);
+            let s = s.unwrap_or_else(|| panic!("{how:?} did not end"));
+            assert_eq!((s.error, left), (Some(error), 0), "{how:?}");
+            assert_eq!(out, content, "{how:?}");
+        }
     }
 
     #[test]

@@ -225,8 +225,12 @@ impl ServerConnection {
                         .unwrap_or(usize::MAX)
                         .min(pending.len());
                     *remaining -= n as u64;
+                    // Read by length, verbatim; what is handed out is the
+                    // content before the message's first problem (an octet
+                    // over a limit), wherever the reads were cut.
                     let chunk = &pending[..n];
-                    let event = scan.feed(chunk).then(|| Event::DataChunk(chunk.to_vec()));
+                    let ok = scan.feed(chunk);
+                    let event = (ok > 0).then(|| Event::DataChunk(chunk[..ok].to_vec()));
                     self.buffer.consume(n);
                     if event.is_some() {
                         return event;
@@ -355,12 +359,12 @@ mod tests {
         ServerConnection::new(ServerConfig::default())
     }
 
-    /// Feed `input` in pieces of `step` octets; collect the events, calling
+    /// Feed `input` in the given pieces; collect the events, calling
     /// `start_data` right after a DATA command (as a session answering 354 would).
-    fn run(input: &[u8], step: usize, config: ServerConfig) -> Vec<Event> {
+    fn run_pieces(pieces: &[&[u8]], config: ServerConfig) -> Vec<Event> {
         let mut c = ServerConnection::new(config);
         let mut events = Vec::new();
-        let mut pieces = input.chunks(step.max(1)).peekable();
+        let mut pieces = pieces.iter().filter(|p| !p.is_empty());
         loop {
             while let Some(ev) = c.next_event() {
                 let closed = matches!(ev, Event::ConnectionClosed { .. });
@@ -381,31 +385,17 @@ mod tests {
         }
     }
 
-    /// Join consecutive DataChunks, and drop those of a message that failed
-    /// (how much of it came out before the problem depends on the cuts), so
-    /// that runs with different cuts compare equal.
+    /// Feed `input` in pieces of `step` octets.
+    fn run(input: &[u8], step: usize, config: ServerConfig) -> Vec<Event> {
+        run_pieces(&input.chunks(step.max(1)).collect::<Vec<_>>(), config)
+    }
+
+    /// Join consecutive DataChunks (how content is split into events
+    /// follows the reads).  Nothing else may depend on the cuts: not the
+    /// content of a message, refused or not, nor which refusal it gets.
     fn merge_chunks(events: Vec<Event>) -> Vec<Event> {
         let mut out: Vec<Event> = Vec::new();
         for ev in events {
-            let failed = match &ev {
-                Event::DataEnd(s) => s.error.is_some(),
-                Event::ConnectionClosed { mid_data } => *mid_data,
-                _ => false,
-            };
-            if failed {
-                let start = out
-                    .iter()
-                    .rposition(|e| matches!(e, Event::DataEnd(_)))
-                    .map_or(0, |i| i + 1);
-                let mut i = start;
-                while i < out.len() {
-                    if matches!(out[i], Event::DataChunk(_)) {
-                        out.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
             match (out.last_mut(), ev) {
                 (Some(Event::DataChunk(a)), Event::DataChunk(b)) => a.extend(b),
                 (_, ev) => out.push(ev),
@@ -418,6 +408,16 @@ mod tests {
         let whole = run(input, input.len(), config);
         for step in [1, 2, 3, 5, 7, 64] {
             assert_eq!(run(input, step, config), whole, "step {step}");
+        }
+        whole
+    }
+
+    /// Whole, byte by byte, and cut once at every point: all the same.
+    fn run_every_cut(input: &[u8], config: ServerConfig) -> Vec<Event> {
+        let whole = run_all_ways(input, config);
+        for cut in 1..input.len() {
+            let (a, b) = input.split_at(cut);
+            assert_eq!(run_pieces(&[a, b], config), whole, "cut at {cut}");
         }
         whole
     }
@@ -554,7 +554,7 @@ mod tests {
         let events = run_all_ways(b"BDAT 0 LAST\r\nQUIT\r\n", ServerConfig::default());
         assert_eq!(verbs(&events), ["BDAT", "end", "QUIT", "closed(false)"]);
         let events = run_all_ways(b"BDAT 10\r\nabc", ServerConfig::default());
-        assert_eq!(verbs(&events), ["BDAT", "closed(true)"]);
+        assert_eq!(verbs(&events), ["BDAT", "chunk", "closed(true)"]);
         // RSET forgets the message: the total starts again.
         let events = run_all_ways(b"BDAT 2\r\nabRSET\r\nBDAT 1\r\nc", ServerConfig::default());
         assert_eq!(
@@ -572,15 +572,143 @@ mod tests {
             max_message_size: 4,
             ..ServerConfig::default()
         };
-        let events = run_all_ways(b"BDAT 3\r\nabcBDAT 3 LAST\r\ndefNOOP\r\n", config);
+        let events = run_every_cut(b"BDAT 3\r\nabcBDAT 3 LAST\r\ndefNOOP\r\n", config);
         assert_eq!(
             verbs(&events),
-            ["BDAT", "chunk-end", "BDAT", "end", "NOOP", "closed(false)"]
+            [
+                "BDAT",
+                "chunk",
+                "chunk-end",
+                "BDAT",
+                "chunk",
+                "end",
+                "NOOP",
+                "closed(false)"
+            ]
         );
-        let Event::DataEnd(s) = &events[3] else {
+        // The content before the first octet over the limit comes out.
+        assert_eq!(events[4], Event::DataChunk(b"d".to_vec()));
+        let Event::DataEnd(s) = &events[5] else {
             panic!()
         };
         assert_eq!((s.size, s.error), (6, Some(ContentError::Size)));
+    }
+
+    /// fuzz find `regress-server-bdat-chunk-events`: a non-LAST BDAT chunk
+    /// over max_message_size, the message then ended by a DATA message.  The
+    /// scan refused a whole read at once when a limit was passed in it, so
+    /// the content handed out was all of the chunk's reads before the one
+    /// that passed the limit: none read whole, some cut.
+    #[test]
+    fn bdat_chunk_over_the_size_limit_same_however_cut() {
+        let config = ServerConfig {
+            max_message_size: 4,
+            ..ServerConfig::default()
+        };
+        let input = b"BDAT 6\r\nabcdefDATA\r\n.\r\nQUIT\r\n";
+        let events = run_every_cut(input, config);
+        assert_eq!(
+            verbs(&events),
+            [
+                "BDAT",
+                "chunk",
+                "chunk-end",
+                "DATA",
+                "end",
+                "QUIT",
+                "closed(false)"
+            ]
+        );
+        assert_eq!(events[1], Event::DataChunk(b"abcd".to_vec()));
+        // Over the limit in a later chunk, and at EOF.
+        let input = b"BDAT 3\r\nabcBDAT 3\r\ndefNOOP\r\nBDAT 9\r\nghi";
+        let events = run_every_cut(input, config);
+        assert_eq!(events[1], Event::DataChunk(b"abc".to_vec()));
+        assert_eq!(events[4], Event::DataChunk(b"d".to_vec()));
+        assert_eq!(
+            events.last(),
+            Some(&Event::ConnectionClosed { mid_data: true })
+        );
+    }
+
+    /// fuzz find `regress-server-cut-dependent-events`: the same with the
+    /// header-size limit passed in the second chunk of a BDAT message.
+    #[test]
+    fn bdat_chunk_over_the_header_limit_same_however_cut() {
+        let config = ServerConfig {
+            max_header_size: 6,
+            ..ServerConfig::default()
+        };
+        let input = b"BDAT 4\r\nab\r\nBDAT 5\r\ncdefgDATA\r\nx\r\n\r\n.\r\n";
+        let events = run_every_cut(input, config);
+        assert_eq!(
+            verbs(&events),
+            [
+                "BDAT",
+                "chunk",
+                "chunk-end",
+                "BDAT",
+                "chunk",
+                "chunk-end",
+                "DATA",
+                "chunk",
+                "end",
+                "closed(false)"
+            ]
+        );
+        assert_eq!(events[4], Event::DataChunk(b"cd".to_vec()));
+        assert_eq!(events[7], Event::DataChunk(b"x\r\n\r\n".to_vec()));
+    }
+
+    /// Which refusal a DATA message gets, and its content before it, are
+    /// those of the first problem in octet order, however the reads are cut.
+    #[test]
+    fn data_refusal_same_however_cut() {
+        let config = ServerConfig {
+            max_text_line: 8,
+            max_message_size: 40,
+            max_header_size: 20,
+            ..ServerConfig::default()
+        };
+        for (content, error, handed_out) in [
+            (
+                &b"Subject: a long line\nx\r\n"[..],
+                ContentError::LineLength,
+                &b"Subject:"[..],
+            ),
+            (
+                b"Subj\nect: a long line\r\n",
+                ContentError::BareNewline,
+                b"Subj",
+            ),
+            (
+                b"A: b\r\nC: d\r\nE: f\r\nG: h\r\n\nX\r\n",
+                ContentError::HeaderSize,
+                b"A: b\r\nC: d\r\nE: f\r\nG:",
+            ),
+            (
+                b"A: b\r\n\r\n123456\r\n123456\r\n123456\r\n123456\r\nxy\n",
+                ContentError::Size,
+                b"A: b\r\n\r\n123456\r\n123456\r\n123456\r\n123456\r\n",
+            ),
+        ] {
+            let input = [b"DATA\r\n", content, b"\r\n.\r\nNOOP\r\n"].concat();
+            let events = run_every_cut(&input, config);
+            assert_eq!(
+                verbs(&events),
+                ["DATA", "chunk", "end", "NOOP", "closed(false)"]
+            );
+            assert_eq!(events[1], Event::DataChunk(handed_out.to_vec()));
+            let Event::DataEnd(s) = &events[2] else {
+                panic!()
+            };
+            assert_eq!(
+                s.error,
+                Some(error),
+                "{:?}",
+                String::from_utf8_lossy(content)
+            );
+        }
     }
 
     #[test]

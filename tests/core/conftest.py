@@ -37,8 +37,8 @@ def run(
 ) -> Summary:
     """Feed the reads to a fresh connection; return the events as comparable
     tuples.  The DataChunks of a message are joined and given at its DataEnd,
-    and left out when it failed (how much came out before the problem depends
-    on the cuts).  DATA is answered at once (``start_data``), as a session
+    and left out when it failed (what came before the problem:
+    test_data.test_refusal_and_content_before_it_do_not_depend_on_reads).  DATA is answered at once (``start_data``), as a session
     that replied 354 would."""
     conn = _core.ServerConnection(**kwargs)  # type: ignore[arg-type]
     out: Summary = []

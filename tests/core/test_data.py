@@ -7,7 +7,7 @@ import pytest
 
 from smtprs import _core
 
-from .conftest import run, run_all_ways
+from .conftest import cuts, run, run_all_ways
 
 MESSAGE = (
     b"Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
@@ -171,12 +171,17 @@ def test_size_limit_text_and_no_chunks_after() -> None:
     conn.receive_data(b"x" * 900 + b"\r\n")
     assert isinstance(conn.next_event(), _core.DataChunk)
     conn.receive_data(b"y" * 500 + b"\r\n")
+    # The content before the first octet over the limit, then nothing.
+    ev = conn.next_event()
+    assert isinstance(ev, _core.DataChunk) and ev.data == b"y" * 98
+    assert conn.next_event() is None
+    conn.receive_data(b"z\r\n")
     assert conn.next_event() is None
     conn.receive_data(b".\r\n")
     ev = conn.next_event()
     assert isinstance(ev, _core.DataEnd)
     assert ev.text == "Message size exceeds fixed maximum message size"
-    assert ev.size == 1404
+    assert ev.size == 1407
 
 
 def test_max_message_size_setter() -> None:
@@ -186,6 +191,8 @@ def test_max_message_size_setter() -> None:
     assert conn.max_message_size == 10
     conn.start_data()
     conn.receive_data(b"01234567890\r\n.\r\n")
+    ev = conn.next_event()
+    assert isinstance(ev, _core.DataChunk) and ev.data == b"0123456789"
     ev = conn.next_event()
     assert isinstance(ev, _core.DataEnd) and ev.error == "size"
 
@@ -208,6 +215,56 @@ def test_header_size_limit() -> None:
 def test_first_error_wins() -> None:
     events = data_events(b"a\nb" + b"x" * 2000 + b"\r\n.\r\n", max_message_size=100)
     assert events[1][1][1] == "bare_newline"  # type: ignore[index]
+
+
+def content_and_ends(reads: list[bytes], **kwargs: object) -> tuple[bytes, list[tuple[object, ...]]]:
+    """All content handed out (refused messages' too) and the end events."""
+    conn = _core.ServerConnection(**kwargs)  # type: ignore[arg-type]
+    content = bytearray()
+    ends: list[tuple[object, ...]] = []
+    for r in [*reads, b""]:
+        conn.receive_data(r)
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, _core.ConnectionClosed):
+                break
+            if isinstance(ev, _core.DataChunk):
+                content += ev.data
+            elif isinstance(ev, _core.Command) and ev.verb == "DATA":
+                conn.start_data()
+            elif isinstance(ev, _core.DataEnd):
+                ends.append((ev.size, ev.error))
+            elif isinstance(ev, _core.BdatChunkEnd):
+                ends.append((ev.chunk_size, ev.total_size))
+    return bytes(content), ends
+
+
+@pytest.mark.parametrize(
+    "data, limits, content, error",
+    [
+        # A line over the limit before a bare LF in it: line_length, and the
+        # other way round: bare_newline (before, it depended on the reads).
+        (b"DATA\r\nabcdefgh\nx\r\n.\r\n", {"max_text_line": 4}, b"abcd", "line_length"),
+        (b"DATA\r\nab\ncdefgh\r\n.\r\n", {"max_text_line": 4}, b"ab", "bare_newline"),
+        (b"DATA\r\nSubject: abcdef\nx\r\n\r\n.\r\n", {"max_header_size": 10}, b"Subject: a", "header_size"),
+        (b"DATA\r\nab\r\n\r\ncdefgh\r\n.\r\n", {"max_message_size": 6}, b"ab\r\n\r\n", "size"),
+        # BDAT: the chunk's octets before the limit, however the chunk arrives
+        # (fuzz finds regress-server-bdat-chunk-events, ...-cut-dependent-events).
+        (b"BDAT 6\r\nabcdefBDAT 0 LAST\r\n", {"max_message_size": 4}, b"abcd", "size"),
+        (b"BDAT 2\r\nabBDAT 5 LAST\r\ncdefg", {"max_header_size": 4}, b"abcd", "header_size"),
+    ],
+)
+def test_refusal_and_content_before_it_do_not_depend_on_reads(
+    data: bytes, limits: dict[str, int], content: bytes, error: str
+) -> None:
+    """The first problem in octet order is the refusal; the content before
+    it is handed out, nothing after it, whatever the reads."""
+    results = {str(reads): content_and_ends(reads, **limits) for reads in cuts(data)}
+    results.update({f"cut {i}": content_and_ends([data[:i], data[i:]], **limits) for i in range(1, len(data))})
+    whole = content_and_ends([data], **limits)
+    for how, got in results.items():
+        assert got == whole, how
+    assert whole[0] == content
+    assert whole[1][-1][1] == error  # type: ignore[index]
 
 
 def test_bdat_by_length() -> None:

@@ -42,7 +42,7 @@ def test_cargo_fuzz_targets_survive_a_bounded_run() -> None:
     # A fixed seed and a fixed number of runs: on a fresh checkout (empty
     # corpus) the run is the same inputs every time, on any machine, so the
     # suite cannot fail on a random find that has nothing to do with the change
-    # under test (rust/fuzz/known-failures has two such finds, not fixed yet).
+    # under test.  Past finds are replayed as seeds (rust/fuzz/seeds/*/regress-*).
     # Longer, random runs: `make fuzz`.
     fuzz_seed = os.environ.get("SMTPRS_CARGO_FUZZ_SEED", "1")
     fuzz_runs = os.environ.get("SMTPRS_CARGO_FUZZ_RUNS", "30000")

@@ -581,7 +581,9 @@ def check_outcome(out: Outcome, d: Dialogue | None, limits: dict[str, Any], smug
         # (In random dialogues the "smuggled" commands may be real ones: when
         # the DATA before them was refused, they are the client's commands.)
         assert not smuggling or env.sender != SMUGGLED_SENDER, "a smuggled message was queued"
-        assert env.sender != "injected@evil.test", "a command pipelined behind STARTTLS was executed"
+        # Behind a STARTTLS that was refused (no TLS offered: 502) the MAIL is
+        # an ordinary pipelined command; only an accepted one may hide it.
+        assert not tls_ready or env.sender != "injected@evil.test", "a command pipelined behind STARTTLS was executed"
         assert 1 <= len(env.recipients) <= max_rcpt
         if not authenticated:
             for rcpt in env.recipients:

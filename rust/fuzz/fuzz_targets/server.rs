@@ -23,8 +23,10 @@
 //! - content handed out for one message never exceeds max_message_size, and
 //!   an accepted message respects every limit and is exactly its DataChunks;
 //! - ConnectionClosed comes once, last;
-//! - the events (DataChunks of a message joined) are the same however the
-//!   input was cut (when no STARTTLS discard makes them depend on timing).
+//! - the events (consecutive DataChunks joined) are the same however the
+//!   input was cut, content of refused messages and the refusal included
+//!   (when no STARTTLS discard or mid-message limit change makes them
+//!   depend on timing).
 #![no_main]
 
 use _core::command::{parse_command, CommandOptions, Verb};
@@ -256,43 +258,13 @@ impl Driver {
     }
 }
 
-/// The events with each message's DataChunks joined, and the chunks of a
-/// refused or unfinished message dropped (how much of it came out before the
-/// problem was seen depends on the cuts).
+/// The events with consecutive DataChunks joined: how content is split into
+/// events follows the reads, nothing else may.  The content of a message
+/// refused or never finished (what came before its first problem) and which
+/// refusal it gets are functions of the octets, as the rest.
 fn merged(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     for ev in events {
-        // A message's content stops coming out once a limit is passed, and
-        // where that happens depends on the cuts.  So drop the chunks of a
-        // message that was refused, and of a BDAT message never finished:
-        // forgotten by a new transaction, or open when the peer left.
-        let failed = match &ev {
-            Event::DataEnd(s) => s.error.is_some(),
-            Event::ConnectionClosed { .. } => true,
-            Event::Command(c) => matches!(
-                c.verb,
-                Verb::Rset | Verb::Mail | Verb::Helo | Verb::Ehlo | Verb::Lhlo
-            ),
-            _ => false,
-        };
-        let ev = match ev {
-            Event::DataEnd(s) => Event::DataEnd(error_kind_forgotten(s)),
-            ev => ev,
-        };
-        if failed {
-            let start = out
-                .iter()
-                .rposition(|e| matches!(e, Event::DataEnd(_)))
-                .map_or(0, |i| i + 1);
-            let mut i = start;
-            while i < out.len() {
-                if matches!(out[i], Event::DataChunk(_)) {
-                    out.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
-        }
         match (out.last_mut(), ev) {
             (Some(Event::DataChunk(a)), Event::DataChunk(b)) => a.extend(b),
             (_, ev) => out.push(ev),

@@ -8,23 +8,7 @@
 //! The fuzzer thus controls where every cut falls, including the cuts that
 //! split CRLF, CRLF.CRLF or a command in two.
 
-use _core::data::{ContentError, DataSummary};
 use _core::reply::format_reply;
-
-/// A summary with the kind of error forgotten (only whether there is one).
-///
-/// When a message breaks two rules, which one is reported depends on where
-/// the input was cut: the decoder notes a bare CR/LF or a long line while it
-/// scans a chunk, but the size and header checks run when the chunk's
-/// content is handed on, at the end of the chunk.  Both replies are
-/// permanent refusals, so the targets compare "refused or not", not which
-/// refusal (see the fuzzing notes in rust/fuzz/README.md).
-pub fn error_kind_forgotten(s: DataSummary) -> DataSummary {
-    DataSummary {
-        error: s.error.map(|_| ContentError::Size),
-        ..s
-    }
-}
 
 /// Split `input` into the chunk-length prefix and the payload.
 pub fn split_cuts(input: &[u8]) -> (&[u8], &[u8]) {
