@@ -144,8 +144,33 @@ pub struct PathOptions {
 /// is >= 0x80; the input is a `str`, so those bytes form valid characters).
 #[inline]
 fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+    OCTET[usize::from(b)] & ATEXT != 0
 }
+
+const ATEXT: u8 = 1;
+const LET_DIG: u8 = 2;
+const LDH: u8 = 4;
+
+/// The classes of each octet: atext, Let-dig, Let-dig or hyphen.
+static OCTET: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || b >= 0x80 {
+            t[i] = ATEXT | LET_DIG | LDH;
+        }
+        i += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~";
+    let mut j = 0;
+    while j < specials.len() {
+        t[specials[j] as usize] |= ATEXT;
+        j += 1;
+    }
+    t[b'-' as usize] |= LDH;
+    t
+};
 
 /// RFC 5321 qtextSMTP plus UTF-8.
 #[inline]
@@ -155,7 +180,7 @@ fn is_qtext(b: u8) -> bool {
 
 #[inline]
 fn is_let_dig(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
+    OCTET[usize::from(b)] & LET_DIG != 0
 }
 
 /// Dot-string: atoms of atext joined by single dots.
@@ -185,7 +210,7 @@ fn check_domain(s: &[u8]) -> Result<(), AddressError> {
         if !is_let_dig(first) || !is_let_dig(last) {
             return Err(AddressError::Syntax("bad domain label"));
         }
-        if !label.iter().all(|&b| is_let_dig(b) || b == b'-') {
+        if !label.iter().all(|&b| OCTET[usize::from(b)] & LDH != 0) {
             return Err(AddressError::Syntax("bad character in domain"));
         }
     }

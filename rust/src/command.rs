@@ -30,6 +30,7 @@ pub enum Verb {
 }
 
 impl Verb {
+    #[cfg(test)]
     const ALL: [Verb; 15] = [
         Verb::Helo,
         Verb::Ehlo,
@@ -70,14 +71,39 @@ impl Verb {
     }
 
     /// Recognise a verb, case-insensitively.
+    ///
+    /// Setting bit 5 of every octet folds an ASCII capital onto its small
+    /// letter and maps no other octet onto a small letter, so one compare of
+    /// the folded word against the small-letter verb is exact.
+    #[inline]
     pub fn from_bytes(word: &[u8]) -> Option<Verb> {
-        if word.len() != 4 && word.len() != 8 {
-            return None;
+        if let Ok(w) = <[u8; 4]>::try_from(word) {
+            return Some(match u32::from_le_bytes(w) | 0x2020_2020 {
+                x if x == fold4(b"helo") => Verb::Helo,
+                x if x == fold4(b"ehlo") => Verb::Ehlo,
+                x if x == fold4(b"lhlo") => Verb::Lhlo,
+                x if x == fold4(b"mail") => Verb::Mail,
+                x if x == fold4(b"rcpt") => Verb::Rcpt,
+                x if x == fold4(b"data") => Verb::Data,
+                x if x == fold4(b"bdat") => Verb::Bdat,
+                x if x == fold4(b"rset") => Verb::Rset,
+                x if x == fold4(b"noop") => Verb::Noop,
+                x if x == fold4(b"vrfy") => Verb::Vrfy,
+                x if x == fold4(b"expn") => Verb::Expn,
+                x if x == fold4(b"help") => Verb::Help,
+                x if x == fold4(b"quit") => Verb::Quit,
+                x if x == fold4(b"auth") => Verb::Auth,
+                _ => return None,
+            });
         }
-        Verb::ALL
-            .into_iter()
-            .find(|v| v.as_str().as_bytes().eq_ignore_ascii_case(word))
+        let w = <[u8; 8]>::try_from(word).ok()?;
+        (u64::from_le_bytes(w) | 0x2020_2020_2020_2020 == u64::from_le_bytes(*b"starttls"))
+            .then_some(Verb::Starttls)
     }
+}
+
+const fn fold4(w: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*w)
 }
 
 impl fmt::Display for Verb {
@@ -198,11 +224,37 @@ pub struct CommandOptions {
     pub rcpt_utf8: bool,
 }
 
+const CLASS_CR_LF: u8 = 1;
+const CLASS_NUL: u8 = 2;
+const CLASS_HIGH: u8 = 4;
+
+/// What each octet says about a command line.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'\r' as usize] = CLASS_CR_LF;
+    t[b'\n' as usize] = CLASS_CR_LF;
+    t[0] = CLASS_NUL;
+    let mut i = 0x80;
+    while i < 256 {
+        t[i] = CLASS_HIGH;
+        i += 1;
+    }
+    t
+};
+
+/// The classes of the octets of `line`, or-ed together: one pass for the
+/// bare CR/LF, NUL and non-ASCII checks.
+#[inline]
+fn classify(line: &[u8]) -> u8 {
+    line.iter().fold(0, |acc, &b| acc | CLASS[usize::from(b)])
+}
+
 /// Parse one command line, given without its CRLF.
 pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, CommandError> {
     let word_end = memchr::memchr(b' ', line).unwrap_or(line.len());
     let verb = Verb::from_bytes(&line[..word_end]);
-    if memchr::memchr2(b'\r', b'\n', line).is_some() {
+    let class = classify(line);
+    if class & CLASS_CR_LF != 0 {
         return Err(CommandError::new(
             500,
             "5.5.2",
@@ -210,7 +262,7 @@ pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, Comma
             verb,
         ));
     }
-    if memchr::memchr(0, line).is_some() {
+    if class & CLASS_NUL != 0 {
         return Err(CommandError::new(
             500,
             "5.5.2",
@@ -218,7 +270,13 @@ pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, Comma
             verb,
         ));
     }
-    let Ok(text) = std::str::from_utf8(line) else {
+    // An all-ASCII line is UTF-8 already; only others need the full check.
+    let text = if class & CLASS_HIGH == 0 {
+        // SAFETY: every octet is below 0x80, and ASCII is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(line) }
+    } else if let Ok(text) = std::str::from_utf8(line) {
+        text
+    } else {
         return Err(CommandError::new(
             500,
             "5.5.2",
@@ -235,7 +293,7 @@ pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, Comma
         ));
     };
     let arg = text.get(word_end + 1..).unwrap_or("");
-    let blank = arg.trim_matches(' ').is_empty();
+    let blank = arg.bytes().all(|b| b == b' ');
     match verb {
         Verb::Helo | Verb::Ehlo | Verb::Lhlo if blank => Err(CommandError::syntax(
             verb,
@@ -396,6 +454,30 @@ mod tests {
         assert_eq!(ok("HELP me").arg, "me");
         assert_eq!(ok("AUTH PLAIN AGEAYg==").arg, "PLAIN AGEAYg==");
         assert_eq!(ok("DATA ").verb, Verb::Data);
+    }
+
+    /// The folded-word match agrees with a plain case-insensitive compare,
+    /// for every octet at every position of every verb.
+    #[test]
+    fn verb_folding_is_exact() {
+        let naive = |w: &[u8]| {
+            Verb::ALL
+                .into_iter()
+                .find(|v| v.as_str().as_bytes().eq_ignore_ascii_case(w))
+        };
+        for v in Verb::ALL {
+            let word = v.as_str().as_bytes();
+            for pos in 0..word.len() {
+                for b in 0..=255u8 {
+                    let mut w = word.to_vec();
+                    w[pos] = b;
+                    assert_eq!(Verb::from_bytes(&w), naive(&w), "{w:?}");
+                }
+            }
+        }
+        for w in [&b""[..], b"NOO", b"NOOPS", b"STARTTL", b"STARTTLSX"] {
+            assert_eq!(Verb::from_bytes(w), None);
+        }
     }
 
     #[test]

@@ -53,18 +53,36 @@ fn is_value(v: &str, allow_utf8: bool) -> bool {
 /// Does the parameter text name `keyword` (case-insensitively)?  A cheap look
 /// before the path is parsed, so that SMTPUTF8 can govern the path.
 pub fn mentions(text: &str, keyword: &str) -> bool {
-    text.split(' ').any(|p| {
-        let k = p.split('=').next().unwrap_or("");
-        k.eq_ignore_ascii_case(keyword)
+    text.as_bytes().split(|&b| b == b' ').any(|p| {
+        let k = p.split(|&b| b == b'=').next().unwrap_or(b"");
+        k.eq_ignore_ascii_case(keyword.as_bytes())
+    })
+}
+
+/// The non-empty pieces of `text` between spaces.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        if i == b.len() {
+            return None;
+        }
+        let start = i;
+        i += memchr::memchr(b' ', &b[i..]).unwrap_or(b.len() - i);
+        // Cut at ASCII spaces: character boundaries.
+        Some(&text[start..i])
     })
 }
 
 /// Parse `KEY[=VALUE]` parameters separated by spaces.
 pub fn parse_params(text: &str, allow_utf8: bool) -> Result<Params, ParamError> {
     let mut params: Params = Vec::new();
-    for p in text.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = match p.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
+    for p in words(text) {
+        let (key, value) = match memchr::memchr(b'=', p.as_bytes()) {
+            Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
             None => (p, None),
         };
         if !is_keyword(key) {
