@@ -298,7 +298,10 @@ fn parse_mailbox_inner(s: &str) -> Result<Path, AddressError> {
         (value, true, i + 1)
     } else {
         // A dot-string holds no '@', so the first one ends it.
-        let at = memchr::memchr(b'@', b).ok_or(AddressError::Syntax("missing @"))?;
+        let at = b
+            .iter()
+            .position(|&c| c == b'@')
+            .ok_or(AddressError::Syntax("missing @"))?;
         if !is_dot_string(&b[..at]) {
             return Err(AddressError::Syntax("bad local part"));
         }

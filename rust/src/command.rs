@@ -251,7 +251,12 @@ fn classify(line: &[u8]) -> u8 {
 
 /// Parse one command line, given without its CRLF.
 pub fn parse_command(line: &[u8], opts: CommandOptions) -> Result<Command, CommandError> {
-    let word_end = memchr::memchr(b' ', line).unwrap_or(line.len());
+    // No verb is over 8 octets: look no further for the space that ends one.
+    let word_end = line
+        .iter()
+        .take(9)
+        .position(|&b| b == b' ')
+        .unwrap_or(line.len());
     let verb = Verb::from_bytes(&line[..word_end]);
     let class = classify(line);
     if class & CLASS_CR_LF != 0 {
@@ -375,8 +380,12 @@ fn split_path(rest: &str) -> Result<(&str, &str), SplitError> {
             "angle brackets required",
         )));
     }
+    // Outside a quoted string only '"' and '>' matter: skip to the first.
+    let mut i = match memchr::memchr2(b'>', b'"', &b[1..]) {
+        Some(k) => 1 + k,
+        None => b.len(),
+    };
     let mut quoted = false;
-    let mut i = 1;
     while i < b.len() {
         match (quoted, b[i]) {
             (true, b'\\') => i += 1,

@@ -71,7 +71,10 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
             return None;
         }
         let start = i;
-        i += memchr::memchr(b' ', &b[i..]).unwrap_or(b.len() - i);
+        // Parameters are short: a plain loop beats memchr's set-up.
+        while i < b.len() && b[i] != b' ' {
+            i += 1;
+        }
         // Cut at ASCII spaces: character boundaries.
         Some(&text[start..i])
     })
@@ -81,7 +84,7 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 pub fn parse_params(text: &str, allow_utf8: bool) -> Result<Params, ParamError> {
     let mut params: Params = Vec::new();
     for p in words(text) {
-        let (key, value) = match memchr::memchr(b'=', p.as_bytes()) {
+        let (key, value) = match p.bytes().position(|b| b == b'=') {
             Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
             None => (p, None),
         };

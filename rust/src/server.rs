@@ -146,10 +146,6 @@ impl ServerConnection {
 
     /// The next event, or `None` when more data is needed.
     pub fn next_event(&mut self) -> Option<Event> {
-        let bdat_limits = DataLimits {
-            max_text_line: u64::MAX,
-            ..self.limits()
-        };
         loop {
             match &mut self.mode {
                 Mode::Command => match self.command_event() {
@@ -200,6 +196,11 @@ impl ServerConnection {
                     size,
                     last,
                 } => {
+                    let bdat_limits = DataLimits {
+                        max_text_line: u64::MAX,
+                        max_message_size: self.config.max_message_size,
+                        max_header_size: self.config.max_header_size,
+                    };
                     let scan = self
                         .bdat
                         .get_or_insert_with(|| ContentScan::new(bdat_limits));
