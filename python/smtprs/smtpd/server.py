@@ -522,7 +522,12 @@ class Server:
     async def _shut_down(self) -> None:
         rt = self.runtime
         for b in self._listeners.values():
-            b.scope.cancel()  # no new connections; the sockets close
+            b.scope.cancel()  # the accept loops end
+            for tl in b.sockets:
+                # Close now, not when the accept tasks next run: a session
+                # told 421 below answers at once, and its client must not be
+                # able to connect again in between.
+                tl.socket.close()
         timeout = 0.0 if self._stop_now else self.ctx.cfg.smtpd.shutdown_timeout
         rt.closing = True
         rt.drain_deadline = min(rt.drain_deadline, trio.current_time() + timeout)
