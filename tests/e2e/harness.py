@@ -320,6 +320,26 @@ class Server:
     def mail(self, user: str) -> list[Path]:
         return maildir_files(self.maildir(user))
 
+    def block_maildir(self, user: str) -> Path:
+        """Put a plain file where ``user``'s Maildir belongs: deliveries to them
+        are deferred (and the mail stays queued) until it is removed."""
+        blocker = self.maildir(user)
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("not a Maildir\n")
+        return blocker
+
+    def send_deferred(self, user: str, subject: str, body: str, sender: str = "sender@client.test") -> tuple[bytes, str]:
+        """Send one message to ``user`` (whose Maildir is blocked), check its
+        250 2.0.0 and wait until its first delivery attempt is deferred.
+        Returns the message as sent and its queue id."""
+        msg = make_message(subject, body)
+        with self.connect() as c:
+            c.ehlo()
+            r = c.send_message(sender, [f"{user}@{DOMAIN}"], stuff(msg))
+            check(r, 250, "2.0.0")
+        self.wait_log(rf"{r.qid}: to=<{user}@{DOMAIN}>.*status=deferred")
+        return msg, r.qid
+
     def wait_mail(self, user: str, n: int, timeout: float = DELIVERY_TIMEOUT, settle: float = 0.0) -> list[Path]:
         files = wait_maildir(self.maildir(user), n, timeout)
         if settle:

@@ -121,15 +121,8 @@ def test_junk_in_the_spool_is_set_aside_not_a_crash_loop(make_server) -> None:
     """Foreign files, a damaged segment and unreadable entries: the server starts, logs each one,
     moves it to spool/corrupt/, delivers the good mail, and the next start is clean."""
     srv = make_server({"queue": {"retry_min": 0.3, "retry_max": 1.0}})
-    blocker = srv.maildir("carol")  # keep carol's mail queued over the restart
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("not a Maildir\n")
-    msg = make_message("queued before the junk", "this one must survive\r\n")
-    with srv.connect() as c:
-        c.ehlo()
-        r = c.send_message(SENDER, [f"carol@{DOMAIN}"], stuff(msg))
-        check(r, 250, "2.0.0")
-    srv.wait_log(rf"{r.qid}: to=<carol@{DOMAIN}>.*status=deferred")
+    blocker = srv.block_maildir("carol")  # keep carol's mail queued over the restart
+    msg, qid = srv.send_deferred("carol", "queued before the junk", "this one must survive\r\n", SENDER)
     assert srv.stop() == 0
     spool = srv.shard_dir
     (spool / "seg" / "000000009999.seg").write_bytes(b"GARBAGE that only looks like a segment by its name\n" * 20)
@@ -143,7 +136,7 @@ def test_junk_in_the_spool_is_set_aside_not_a_crash_loop(make_server) -> None:
     blocker.unlink()
     srv.start()
     (f,) = srv.wait_mail("carol", 1, timeout=15, settle=1.0)
-    check_delivered(f, msg, sender=SENDER, rcpt=f"carol@{DOMAIN}", qid=r.qid)
+    check_delivered(f, msg, sender=SENDER, rcpt=f"carol@{DOMAIN}", qid=qid)
     log = srv.log()
     for name in ("000000009999.seg", "000000009998.seg", "notes.txt", "ZZZZZZZZZZZZZZZ.env", "YYYYYYYYYYYYYYY.env", "core"):
         assert any(name in line and "spool:" in line for line in log.splitlines()), f"nothing logged about {name}:\n{srv.log_tail()}"

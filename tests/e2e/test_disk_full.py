@@ -81,16 +81,8 @@ def test_spool_disk_full_452_then_recovery(make_server, small_fs) -> None:
         qid_before = r.qid
     srv.wait_mail("alice", 1)
     # carol's Maildir is broken: her message waits in the spool while the disk fills
-    blocker = srv.maildir("carol")
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("not a Maildir\n")
-    waiting = make_message("waiting", "queued before the disk filled, delivered after\r\n")
-    with srv.connect() as c:
-        c.ehlo()
-        r = c.send_message(SENDER, [f"carol@{DOMAIN}"], stuff(waiting))
-        check(r, 250, "2.0.0")
-        qid_waiting = r.qid
-    srv.wait_log(rf"{qid_waiting}: to=<carol@{DOMAIN}>.*status=deferred")
+    blocker = srv.block_maildir("carol")
+    waiting, qid_waiting = srv.send_deferred("carol", "waiting", "queued before the disk filled, delivered after\r\n", SENDER)
 
     fill(spool_fs)
     refused = []

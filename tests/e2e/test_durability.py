@@ -83,20 +83,13 @@ def test_sigkill_right_after_250_delivered_exactly_once(server: Server) -> None:
 
 def test_sigkill_while_delivery_is_failing(server: Server) -> None:
     """Deferred mail survives a crash and is delivered once the mailbox is fixed."""
-    blocker = server.maildir("alice")
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("not a Maildir\n")
-    msg = make_message("deferred then crash", "delivery fails at first\r\n")
-    with server.connect() as c:
-        c.ehlo()
-        r = c.send_message(SENDER, [f"alice@{DOMAIN}"], stuff(msg))
-        check(r, 250, "2.0.0")
-    server.wait_log(rf"{r.qid}: to=<alice@{DOMAIN}>.*status=deferred")
+    blocker = server.block_maildir("alice")
+    msg, qid = server.send_deferred("alice", "deferred then crash", "delivery fails at first\r\n", SENDER)
     server.kill()
     blocker.unlink()
     server.start()
     (f,) = server.wait_mail("alice", 1, timeout=15, settle=1.5)
-    check_delivered(f, msg, sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=r.qid)
+    check_delivered(f, msg, sender=SENDER, rcpt=f"alice@{DOMAIN}", qid=qid)
 
 
 def test_failed_delivery_is_retried_not_dropped(make_server) -> None:

@@ -38,16 +38,8 @@ def _refuses_connections(port: int) -> bool:
 def test_sigterm_drains_then_exits_0(make_server) -> None:
     srv = make_server({"smtpd": {"shutdown_timeout": 8.0}, "queue": {"retry_min": 0.3, "retry_max": 1.0}})
     # acknowledged earlier and still queued (dave's Maildir is broken): must survive the stop
-    blocker = srv.maildir("dave")
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("not a Maildir\n")
-    queued = make_message("queued before the stop", "delivered after the restart\r\n")
-    with srv.connect() as c:
-        c.ehlo()
-        r = c.send_message(SENDER, [f"dave@{DOMAIN}"], stuff(queued))
-        check(r, 250, "2.0.0")
-        qid_queued = r.qid
-    srv.wait_log(rf"{qid_queued}: to=<dave@{DOMAIN}>.*status=deferred")
+    blocker = srv.block_maildir("dave")
+    queued, qid_queued = srv.send_deferred("dave", "queued before the stop", "delivered after the restart\r\n", SENDER)
 
     idle = srv.connect()
     idle.ehlo()
