@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from smtprs_process import smtprs_serve
+
 TICK = os.sysconf("SC_CLK_TCK")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_ticks(root: int) -> tuple[int, int]:
@@ -57,43 +52,21 @@ def main() -> int:
     p.add_argument("--size", type=int, default=1024)
     args = p.parse_args()
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-    with tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp:
-        port = free_port()
-        cfg = Path(tmp) / "smtprs.toml"
-        cfg.write_text(
-            f'hostname = "cpu.test"\ndata_dir = "{tmp}/data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
-            f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "{tmp}/mail/{{user}}"\n'
-            f"[queue]\ndiscard = {'true' if args.mode == 'sink' else 'false'}\n"
+    config = (
+        lambda port: f'hostname = "cpu.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
+        f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "mail/{{user}}"\n'
+        f"[queue]\ndiscard = {'true' if args.mode == 'sink' else 'false'}\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, _):
+        time.sleep(0.5 * args.workers)
+        u0, s0 = tree_ticks(proc.pid)
+        t0 = time.monotonic()
+        subprocess.run(
+            [source, "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size), "-f", "load@source.test", "-t", "box@bench.test", f"127.0.0.1:{port}"],
+            check=True,
         )
-        cmd = [sys.executable, "-m", "smtprs", "serve", "--config", str(cfg), "--workers", str(args.workers)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                        s.recv(100)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit("smtprs did not start") from None
-                    time.sleep(0.1)
-            time.sleep(0.5 * args.workers)
-            u0, s0 = tree_ticks(proc.pid)
-            t0 = time.monotonic()
-            subprocess.run(
-                [source, "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size), "-f", "load@source.test", "-t", "box@bench.test", f"127.0.0.1:{port}"],
-                check=True,
-            )
-            t1 = time.monotonic()
-            u1, s1 = tree_ticks(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        t1 = time.monotonic()
+        u1, s1 = tree_ticks(proc.pid)
     n = args.messages
     us = 1e6 / TICK / n
     print(

@@ -17,19 +17,14 @@ import argparse
 import os
 import resource
 import selectors
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from smtprs_process import smtprs_serve
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_rss_kib(root: int) -> int:
@@ -55,18 +50,6 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"smtprs exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.recv(100)
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("smtprs did not start")
 
 
 def main() -> int:
@@ -79,21 +62,14 @@ def main() -> int:
     want = n + 1000
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY else want, hard))
-    with tempfile.TemporaryDirectory(prefix="smtprs-idle-") as tmp:
-        port = free_port()
-        cfg = Path(tmp) / "smtprs.toml"
-        cfg.write_text(
-            f'hostname = "idle.test"\ndata_dir = "{tmp}/data"\n[smtpd]\nmax_connections = {n + 100}\n'
-            f"max_connections_per_client = {n + 100}\ncommand_timeout = 3600\n"
-            f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n'
-        )
-        cmd = [sys.executable, "-m", "smtprs", "serve", "--config", str(cfg)]
-        if args.workers:
-            cmd += ["--workers", str(args.workers)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    config = (
+        lambda port: f'hostname = "idle.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = {n + 100}\n'
+        f"max_connections_per_client = {n + 100}\ncommand_timeout = 3600\n"
+        f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n'
+    )
+    with tempfile.TemporaryDirectory(prefix="smtprs-idle-") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, cmd):
         socks: list[socket.socket] = []
         try:
-            wait_port(port, proc)
             time.sleep(1.0)
             base = tree_rss_kib(proc.pid)
             sel = selectors.DefaultSelector()
@@ -121,12 +97,6 @@ def main() -> int:
         finally:
             for s in socks:
                 s.close()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
     return 0
 
 
