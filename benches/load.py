@@ -21,6 +21,13 @@ e2e        as durable; measured by files      as durable; measured by files    a
            landing in Maildir ``new/``        landing in Maildir ``new/``
 =========  =================================  ===============================  ==================================
 
+A fourth server, ``floor`` (``benches/load/trio_floor.py``), runs only when
+asked for (``--servers smtprs,postfix,aiosmtpd,floor``): canned replies on one
+Trio task per session, and in durable/e2e modes a group-committed segment and
+batched Maildir delivery, with nothing else.  It is not an MTA; its msgs/s is
+the most a server built on Trio sessions can reach on the machine, so the
+targets table can say which targets are within reach of the design at all.
+
 Load: Postfix's ``smtp-source`` (C, cheap; one message per connection, HELO,
 MAIL, RCPT, DATA, QUIT; ``-c`` prints a counter after each 250, read here with
 timestamps).  Throughput is counted over a window after a warm-up.
@@ -77,7 +84,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NCPU = os.cpu_count() or 1
 
-SERVERS = ("smtprs", "postfix", "aiosmtpd")
+SERVERS = ("smtprs", "postfix", "aiosmtpd", "floor")
+DEFAULT_SERVERS = ("smtprs", "postfix", "aiosmtpd")
 MODES = ("sink", "durable", "e2e")
 MODE_TITLES = {
     "sink": "Sink mode (accept and discard; no fsync)",
@@ -92,6 +100,9 @@ PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "e2e"): "Postfix",
     ("aiosmtpd", "durable"): "aiosmtpd (fsync'd Maildir)",
     ("aiosmtpd", "e2e"): "aiosmtpd (fsync'd Maildir)",
+    ("floor", "sink"): "Trio floor (canned replies)",
+    ("floor", "durable"): "Trio floor (canned replies, group commit, syncfs Maildir)",
+    ("floor", "e2e"): "Trio floor (canned replies, group commit, syncfs Maildir)",
 }
 
 
@@ -111,7 +122,7 @@ class Settings:
     latency_seconds: float = 8.0  # the probe alone, at concurrency 1
     e2e_warmup: float = 10.0
     e2e_window: float = 60.0
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = DEFAULT_SERVERS
     modes: tuple[str, ...] = MODES
     sizes: tuple[int, ...] = (1024, 102400)
     concurrency: tuple[int, ...] = (1, 10, 50)
@@ -487,6 +498,23 @@ class Aiosmtpd(Server):
         self._spawn(cmd, self.dir / "aiosmtpd.log")
 
 
+class Floor(Server):
+    """benches/load/trio_floor.py: the least a Trio-orchestrated server costs (not an MTA)."""
+
+    name = "floor"
+
+    def maildir_new(self) -> Path | None:
+        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        self.dir = self._fresh_dir(mode)
+        self.port = free_port()
+        cmd = [sys.executable, str(HELPERS / "trio_floor.py"), "--port", str(self.port), "--dir", str(self.dir)]
+        cmd += ["--mode", "sink" if mode == "sink" else "durable"]
+        self._spawn(cmd, self.dir / "floor.log")
+
+
 class Postfix(Server):
     """A private Postfix instance in a temporary config_directory, or smtp-sink (sink mode).
 
@@ -655,7 +683,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         return run_text([POSTCONF, "-c", str(self.etc), "-n"])
 
 
-SERVER_CLASSES: dict[str, type[Server]] = {"smtprs": Smtprs, "postfix": Postfix, "aiosmtpd": Aiosmtpd}
+SERVER_CLASSES: dict[str, type[Server]] = {"smtprs": Smtprs, "postfix": Postfix, "aiosmtpd": Aiosmtpd, "floor": Floor}
 
 
 # --------------------------------------------------------------------------
@@ -958,7 +986,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(row)
     by_key = {(r["mode"], r["size"], r["concurrency"], r["server"]): r for r in out}
     for r in out:
-        for peer in ("postfix", "aiosmtpd"):
+        for peer in ("postfix", "aiosmtpd", "floor"):
             ref = by_key.get((r["mode"], r["size"], r["concurrency"], peer))
             if ref and "msgs_per_s" in r and "msgs_per_s" in ref and ref["msgs_per_s"]["median"] > 0:
                 r[f"x_{peer}"] = r["msgs_per_s"]["median"] / ref["msgs_per_s"]["median"]
@@ -1011,6 +1039,9 @@ def targets_table(summary: list[dict[str, Any]]) -> list[str]:
         "| target | cell | smtprs ÷ Postfix | smtprs ÷ aiosmtpd | met? |",
         "|---|---|---|---|---|",
     ]
+    floor = any(r["server"] == "floor" for r in summary)
+    if floor:  # the Trio floor's own ratio: is the target within the design's reach here at all?
+        lines = [lines[0] + " Trio floor ÷ Postfix | smtprs ÷ Trio floor |", lines[1] + "---|---|"]
     any_row = False
     for mode, size, conc, _peer, minimum, what in TARGETS:
         r = by_key.get((mode, size, conc, "smtprs"))
@@ -1022,10 +1053,15 @@ def targets_table(summary: list[dict[str, Any]]) -> list[str]:
         met = xp >= minimum
         if mode != "sink" and xa is not None:
             met = met and xa >= xp  # "ahead of aiosmtpd by at least as much as of Postfix"
-        lines.append(
+        line = (
             f"| {what} | {mode} {size_label(size)} c={conc} | {xp:.2f}× | {f'{xa:.2f}×' if xa is not None else '–'} | "
             f"{'yes' if met else f'no ({xp / minimum:.0%} of the target)'} |"
         )
+        if floor:
+            f = by_key.get((mode, size, conc, "floor"), {})
+            fx, sf = f.get("x_postfix"), r.get("x_floor")
+            line += f" {f'{fx:.2f}×' if fx is not None else '–'} | {f'{sf:.0%}' if sf is not None else '–'} |"
+        lines.append(line)
     return lines if any_row else []
 
 
@@ -1126,7 +1162,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     sizes = sorted({r["size"] for r in summary})
     if not modes or not sizes:
         return False
-    colors = {"smtprs": "#c0392b", "postfix": "#2c3e50", "aiosmtpd": "#2980b9"}
+    colors = {"smtprs": "#c0392b", "postfix": "#2c3e50", "aiosmtpd": "#2980b9", "floor": "#95a5a6"}
     fig, axes = plt.subplots(len(sizes), len(modes), figsize=(4.6 * len(modes), 3.6 * len(sizes)), squeeze=False)
     for i, size in enumerate(sizes):
         for j, mode in enumerate(modes):
@@ -1139,7 +1175,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                 med = [r["msgs_per_s"]["median"] for r in rows]
                 lo = [r["msgs_per_s"]["median"] - r["msgs_per_s"]["min"] for r in rows]
                 hi = [r["msgs_per_s"]["max"] - r["msgs_per_s"]["median"] for r in rows]
-                ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=rows[0]["label"], color=colors.get(server))
+                style = "--" if server == "floor" else "-"
+                ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=rows[0]["label"], color=colors.get(server), linestyle=style)
             ax.set_xscale("log")
             conc = sorted({r["concurrency"] for r in summary})
             ax.set_xticks(conc)
