@@ -50,12 +50,13 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=4000)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--extra-config", default="", help="TOML appended to the generated config, e.g. '[log]\\nlevel = \"warning\"'")
     args = p.parse_args()
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     config = (
         lambda port: f'hostname = "cpu.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
         f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "mail/{{user}}"\n'
-        f"[queue]\ndiscard = {'true' if args.mode == 'sink' else 'false'}\n"
+        f"[queue]\ndiscard = {'true' if args.mode == 'sink' else 'false'}\n" + args.extra_config.replace("\\n", "\n") + "\n"
     )
     with tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, _):
         time.sleep(0.5 * args.workers)
