@@ -65,7 +65,8 @@ def syncfs(fd: int) -> None:
 class Store:
     """Group-committed segment, then batched Maildir delivery."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, deliver: bool = True) -> None:
+        self.deliver = deliver
         self.seg = os.open(root / f"segment.{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.maildir = root / "mail" / "box"
         for sub in ("tmp", "new", "cur"):
@@ -91,7 +92,8 @@ class Store:
             done, self.synced = self.synced, trio.Event()
             await trio.to_thread.run_sync(os.fdatasync, self.seg)
             done.set()
-            await self.send.send(batch)
+            if self.deliver:
+                await self.send.send(batch)
 
     async def deliverer(self) -> None:
         while True:
@@ -201,6 +203,7 @@ def main() -> int:
     p.add_argument("--mode", choices=("sink", "durable"), default="sink")
     p.add_argument("--dir", type=Path, default=Path("."))
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--no-delivery", action="store_true", help="durable: commit only, deliver nothing (an upper bound for acceptance alone)")
     args = p.parse_args()
     children = []
     for _ in range(max(1, args.processes) - 1):
@@ -216,7 +219,7 @@ def main() -> int:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    store = Store(args.dir) if args.mode == "durable" else None
+    store = Store(args.dir, deliver=not args.no_delivery) if args.mode == "durable" else None
     try:
         trio.run(serve, args.port, store)
     except KeyboardInterrupt:
