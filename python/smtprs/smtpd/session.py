@@ -194,6 +194,7 @@ class Session:
         self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
         self._read_scope: trio.CancelScope | None = None  # the wait for the client's next bytes
         self._quick_reads = 0  # reads in a row that found data without waiting (see _receive)
+        self._answered = False  # the last flush sent a reply: the client's next bytes are a round trip away
         self._content_since: float | None = None  # when the current message's content started
         self._content_octets = 0  # octets read since then
         self.stage = "connect"  # what a rejection is counted against (metrics)
@@ -249,6 +250,7 @@ class Session:
         if not self.out:
             return
         data, self.out = bytes(self.out), bytearray()
+        self._answered = True
         if type(self.stream) is trio.SocketStream:
             # Fast path: a reply nearly always fits in the socket's send
             # buffer, so write it straight away (the socket is non-blocking)
@@ -368,14 +370,17 @@ class Session:
         """The client's next bytes (b"" at EOF), or None when ``deadline`` passed first.
 
         On a plain TCP socket, bytes already waiting are read at once, without
-        a cancel scope or a trip through the scheduler (the client usually
-        answered while we were sending).  After 16 such reads in a row the
+        a cancel scope or a trip through the scheduler (message content
+        streaming in).  Not right after a reply: the client's answer to it is a
+        round trip away, and the read would nearly always fail (EAGAIN), a
+        wasted system call and exception.  After 16 such reads in a row the
         session waits for readiness anyway, which lets other tasks run, so a
         client that never pauses cannot starve them.
         """
         stream = self.stream
         plain = type(stream) is trio.SocketStream
-        if plain and self._quick_reads < 16 and trio.current_time() < deadline:
+        answered, self._answered = self._answered, False
+        if plain and not answered and self._quick_reads < 16 and trio.current_time() < deadline:
             try:
                 data = os.read(stream.socket.fileno(), 65536)  # type: ignore[attr-defined]
             except BlockingIOError:
