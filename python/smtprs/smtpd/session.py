@@ -37,6 +37,7 @@ import email.utils
 import functools
 import ipaddress
 import itertools
+import math
 import os
 import re
 import secrets
@@ -192,7 +193,11 @@ class Session:
         self.auth_user: str | None = None
         self.sasl: sasl.Mechanism | None = None  # an AUTH exchange waiting for the client's line
         self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
-        self._read_scope: trio.CancelScope | None = None  # the wait for the client's next bytes
+        # The waits for the client's next bytes run in one cancel scope for the
+        # whole session (see _receive); _waiting says whether one is under way.
+        self._wait_scope = trio.CancelScope()
+        self._waiting = False
+        self._waiting_for = ""  # what the current (or last) wait was for, for the timeout's log line
         self._quick_reads = 0  # reads in a row that found data without waiting (see _receive)
         self._answered = False  # the last flush sent a reply: the client's next bytes are a round trip away
         self._content_since: float | None = None  # when the current message's content started
@@ -325,9 +330,9 @@ class Session:
     def shutdown_notice(self) -> None:
         """The server is shutting down: an idle session stops waiting at once,
         a busy one waits no longer than the shutdown deadline."""
-        scope = self._read_scope
-        if scope is None:
+        if not self._waiting:
             return  # it is working; it looks at the shutdown state before its next read
+        scope = self._wait_scope
         if self.idle:
             scope.cancel()
         else:
@@ -366,16 +371,23 @@ class Session:
             deadline = min(deadline, runtime.drain_deadline)
         return deadline, what
 
-    async def _receive(self, deadline: float) -> bytes | None:
-        """The client's next bytes (b"" at EOF), or None when ``deadline`` passed first.
+    async def _receive(self, deadline: float) -> bytes:
+        """The client's next bytes (b"" at EOF).  When ``deadline`` passes first
+        (or the shutdown cancels the wait) the session's wait scope is
+        cancelled, which ends _commands (see _loop).
 
         On a plain TCP socket, bytes already waiting are read at once, without
-        a cancel scope or a trip through the scheduler (message content
-        streaming in).  Not right after a reply: the client's answer to it is a
-        round trip away, and the read would nearly always fail (EAGAIN), a
-        wasted system call and exception.  After 16 such reads in a row the
-        session waits for readiness anyway, which lets other tasks run, so a
-        client that never pauses cannot starve them.
+        a trip through the scheduler (message content streaming in).  Not
+        right after a reply: the client's answer to it is a round trip away,
+        and the read would nearly always fail (EAGAIN), a wasted system call
+        and exception.  After 16 such reads in a row the session waits for
+        readiness anyway, which lets other tasks run, so a client that never
+        pauses cannot starve them.
+
+        The wait's deadline is set on the one scope the session keeps for its
+        waits, and taken off again as soon as the wait is over, before any
+        other checkpoint, so it can fire only in a wait: a cancel scope
+        entered and left per wait cost more than the rest of the wait.
         """
         stream = self.stream
         plain = type(stream) is trio.SocketStream
@@ -391,26 +403,42 @@ class Session:
                 self._quick_reads += 1
                 return data
         self._quick_reads = 0
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._read_scope = scope
-            try:
-                if plain:
-                    sock = stream.socket  # type: ignore[attr-defined]
-                    while True:
-                        await trio.lowlevel.wait_readable(sock)
-                        try:
-                            return os.read(sock.fileno(), 65536)
-                        except BlockingIOError:  # woken without bytes after all: wait again
-                            continue
-                        except OSError as e:
-                            raise trio.BrokenResourceError(str(e)) from e
-                got = await stream.receive_some(65536)
-                return got if isinstance(got, bytes) else bytes(got)  # TLS streams hand out bytearrays
-            finally:
-                self._read_scope = None
-        return None  # the deadline passed (or the shutdown woke us)
+        scope = self._wait_scope
+        scope.deadline = deadline
+        self._waiting = True
+        try:
+            if plain:
+                sock = stream.socket  # type: ignore[attr-defined]
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        return os.read(sock.fileno(), 65536)
+                    except BlockingIOError:  # woken without bytes after all: wait again
+                        continue
+                    except OSError as e:
+                        raise trio.BrokenResourceError(str(e)) from e
+            got = await stream.receive_some(65536)
+            return got if isinstance(got, bytes) else bytes(got)  # TLS streams hand out bytearrays
+        finally:
+            self._waiting = False
+            scope.deadline = math.inf
 
     async def _loop(self) -> None:
+        with self._wait_scope:
+            await self._commands()
+        if not self._wait_scope.cancelled_caught:
+            return
+        # A wait for the client's bytes was cancelled: its deadline passed, or the shutdown woke it.
+        if self._must_close():
+            await self._close_for_shutdown()
+            return
+        reply = R.TOO_SLOW if self._waiting_for == "too slow" else R.TIMEOUT
+        maillog.reject(self.id, self.peer, "timeout", reply, self._waiting_for)
+        self._abort_message()
+        self.reply(reply)
+        await self.flush()
+
+    async def _commands(self) -> None:
         s = self.cfg.smtpd
         # command_timeout is a deadline for a whole command line, counted from
         # the previous reply: bytes that do not complete a command do not extend it.
@@ -419,18 +447,8 @@ class Session:
             if self._must_close():
                 await self._close_for_shutdown()
                 return
-            deadline, waiting = self._read_deadline(command_deadline)
+            deadline, self._waiting_for = self._read_deadline(command_deadline)
             data = await self._receive(deadline)
-            if data is None:
-                if self._must_close():  # woken for the shutdown, or its deadline passed
-                    await self._close_for_shutdown()
-                    return
-                reply = R.TOO_SLOW if waiting == "too slow" else R.TIMEOUT
-                maillog.reject(self.id, self.peer, "timeout", reply, waiting)
-                self._abort_message()
-                self.reply(reply)
-                await self.flush()
-                return
             if self._content_since is not None:
                 self._content_octets += len(data)
             self.conn.receive_data(data)
