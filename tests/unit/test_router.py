@@ -62,3 +62,18 @@ def test_address_literals(tmp_path):
     assert r.route("x@[192.0.2.1]") == RemoteHop("[192.0.2.1]", "192.0.2.1", 25, False, "may")
     assert r.route("x@[IPv6:2001:db8::1]").host == "2001:db8::1"
     assert isinstance(r.route("x@[IPv6:nonsense]"), Unroutable)
+
+
+def test_route_answers_are_remembered_and_bounded(tmp_path, monkeypatch):
+    from smtprs.route import router as router_mod
+
+    monkeypatch.setattr(router_mod, "ROUTE_CACHE_MAX", 3)
+    r = router(tmp_path)
+    first = r.route("bob@example.test")
+    assert r.route("bob@example.test") is first  # not worked out again
+    assert isinstance(r.route("nobody@example.test"), (LocalMailbox, Unroutable))
+    assert r.route("x@remote.test") == RemoteHop("remote.test", "remote.test", 25, True, "may")
+    assert len(r._routes) == 3
+    r.route("y@remote.test")  # a fourth: the memory starts over instead of growing
+    assert len(r._routes) == 1
+    assert r.route("bob@example.test") == first

@@ -52,6 +52,7 @@ _SAFE_USER_CASED = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,63}")
 MAX_ALIAS_DEPTH = 20  # nesting of aliases / virtual entries before we call it a loop
 MAX_EXPANSION = 1000  # final recipients one address may expand to
 MAX_VISITS = 10000  # lookups one expansion may make (a wide, deep tree)
+ROUTE_CACHE_MAX = 4096  # addresses whose next hop Router.route remembers
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ class Router:
         r = cfg.relay
         self._transport = {k.lower().rstrip("."): v for k, v in r.transport.items()}
         self._tls_policy = {k.lower().strip("[]"): v for k, v in r.tls_policy.items()}
+        # route() answers depend only on the configuration, which a Router never
+        # changes (a reload builds a new one): remembered, bounded.
+        self._routes: dict[str, NextHop] = {}
 
     # -- small helpers -----------------------------------------------------------
     def _fold(self, local_part: str) -> str:
@@ -337,7 +341,19 @@ class Router:
 
     # -- at delivery ----------------------------------------------------------------
     def route(self, address: str) -> NextHop:
-        """At delivery: the next hop for an address stored in an envelope (already expanded)."""
+        """At delivery: the next hop for an address stored in an envelope (already expanded).
+
+        Asked at RCPT and again at each delivery attempt, mostly for the same
+        addresses; the answer (a frozen value) is kept for the next time."""
+        hop = self._routes.get(address)
+        if hop is None:
+            hop = self._route(address)
+            if len(self._routes) >= ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[address] = hop
+        return hop
+
+    def _route(self, address: str) -> NextHop:
         if "@" not in address:
             local_part, domain = address, ""
         else:
