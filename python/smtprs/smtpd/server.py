@@ -94,6 +94,14 @@ SHUTDOWN_GRACE = 5.0
 
 # accept() errors that mean "out of a resource": wait and try again
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# accept() errors about one connection that went away or was refused by a
+# firewall rule before we took it (the ones trio's SocketListener skips): next
+_ACCEPT_SKIP_ERRNOS = {
+    errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+    errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+}  # fmt: skip
+# connections taken per wake-up of an accept loop before it lets other tasks run
+ACCEPT_BATCH = 64
 
 # Keys (or whole sections) read once at start: a reload keeps their running
 # values and says so.  They name things opened at start (the spool, the
@@ -322,43 +330,49 @@ class _Bound:
     address: str
     mode: str
     sockets: list[trio.SocketListener]
+    raw: list[socket.socket]  # the same sockets as the standard library's objects (see Server._accept)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
-async def _bind(address: str, reuseport: bool = False) -> list[trio.SocketListener]:
+async def _bind(address: str, reuseport: bool = False) -> tuple[list[trio.SocketListener], list[socket.socket]]:
     host, port = parse_host_port(address, "smtpd.listeners")
     bind_host = None if host in ("*", "") else host
     try:
-        if reuseport:
-            return await _reuseport_listeners(bind_host, port)
-        return await trio.open_tcp_listeners(port, host=bind_host)
+        return await _tcp_listeners(bind_host, port, reuseport)
     except OSError as e:
         raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from e
 
 
-async def _reuseport_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
-    """Like trio.open_tcp_listeners, with SO_REUSEPORT on every socket."""
+async def _tcp_listeners(host: str | None, port: int, reuseport: bool) -> tuple[list[trio.SocketListener], list[socket.socket]]:
+    """As trio.open_tcp_listeners (one socket per address of ``host``; IPv6
+    sockets IPv6-only), with SO_REUSEPORT when the workers share the port.
+    Also returns the standard library's socket object of each: the very same
+    socket (trio wraps it, no duplicate descriptor), which the accept loop
+    calls directly."""
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    listeners = []
+    listeners: list[trio.SocketListener] = []
+    raw: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
-            sock = trio.socket.socket(family, type_, proto)
+            sock = socket.socket(family, type_, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuseport:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                await sock.bind(sockaddr)
+                sock.bind(sockaddr)
                 sock.listen(4096)
             except OSError:
                 sock.close()
                 raise
-            listeners.append(trio.SocketListener(sock))
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            raw.append(sock)
     except OSError:
         for tl in listeners:
             await tl.aclose()
         raise
-    return listeners
+    return listeners, raw
 
 
 def _describe(tl: trio.SocketListener) -> tuple[str, int, str]:
@@ -419,7 +433,7 @@ class Server:
             bound: list[_Bound] = []
             try:
                 for lst in cfg.smtpd.listeners:
-                    bound.append(_Bound(lst.address, lst.mode, await _bind(lst.address, workers > 1)))
+                    bound.append(_Bound(lst.address, lst.mode, *await _bind(lst.address, workers > 1)))
             except ListenError:
                 for b in bound:
                     for tl in b.sockets:
@@ -458,38 +472,54 @@ class Server:
     def _start_listener(self, b: _Bound) -> None:
         assert self._sessions is not None
         self._listeners[b.address] = b
-        for tl in b.sockets:
+        for tl, raw in zip(b.sockets, b.raw):
             host, port, text = _describe(tl)
             self.ctx.bound.append((host, port, b.mode))
             maillog.listening(text, b.mode)
-            self._sessions.start_soon(self._accept, b, tl)
+            self._sessions.start_soon(self._accept, b, tl, raw)
 
-    async def _accept(self, b: _Bound, tl: trio.SocketListener) -> None:
+    async def _accept(self, b: _Bound, tl: trio.SocketListener, raw: socket.socket) -> None:
+        """Take every connection waiting (up to ACCEPT_BATCH) at each wake-up.
+
+        trio's SocketListener.accept goes through the scheduler for every
+        connection and hands out no peer address (a getpeername each); this
+        calls accept() on the listening socket itself (non-blocking: trio
+        set it so) until nothing is left, then waits for readiness.  The
+        errors are trio's: a connection gone before it was taken is skipped,
+        running out of descriptors or memory is logged and waited out."""
+        assert self._sessions is not None
+        sessions = self._sessions
         with b.scope:
-            async with tl:
+            async with tl:  # closes the socket (raw is the same one) when the loop ends
                 while True:
-                    try:
-                        stream = await tl.accept()
-                    except OSError as e:
-                        if e.errno in _ACCEPT_CAPACITY_ERRNOS:
-                            maillog.accept_capacity(b.address, e.strerror or str(e))
-                            await trio.sleep(0.1)
+                    await trio.lowlevel.wait_readable(raw)
+                    for _ in range(ACCEPT_BATCH):
+                        try:
+                            conn, addr = raw.accept()
+                        except BlockingIOError:
+                            break
+                        except OSError as e:
+                            if e.errno in _ACCEPT_SKIP_ERRNOS:
+                                continue
+                            if e.errno in _ACCEPT_CAPACITY_ERRNOS:
+                                maillog.accept_capacity(b.address, e.strerror or str(e))
+                                await trio.sleep(0.1)
+                                break
+                            raise
+                        try:
+                            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                        except OSError:  # (setting the socket non-blocking failed: it is gone already)
+                            conn.close()
                             continue
-                        raise
-                    assert self._sessions is not None
-                    self._sessions.start_soon(self._handle, stream, b)
+                        sessions.start_soon(self._handle, stream, b, addr)
 
-    async def _handle(self, stream: trio.SocketStream, b: _Bound) -> None:
+    async def _handle(self, stream: trio.SocketStream, b: _Bound, peer: Any) -> None:
         ctx = self.ctx  # the configuration of the moment the connection came in
         ctx.metrics.inc("smtprs_connections_total", mode=b.mode)
         pop3 = b.mode in POP3_MODES
         if pop3:
             ctx.runtime.other_sessions += 1
         try:
-            try:
-                peer = stream.socket.getpeername()
-            except OSError:
-                return
             listener = next((lst for lst in ctx.cfg.smtpd.listeners if lst.address == b.address), None)
             session: Session | Pop3Session
             if pop3:
@@ -565,7 +595,7 @@ class Server:
             wanted = {lst.address: lst.mode for lst in cfg.smtpd.listeners}
             for address, mode in wanted.items():
                 if address not in self._listeners:
-                    added.append(_Bound(address, mode, await _bind(address, self.workers > 1)))
+                    added.append(_Bound(address, mode, *await _bind(address, self.workers > 1)))
         except (ConfigError, ListenError, OSError) as e:
             for b in added:
                 for tl in b.sockets:
