@@ -84,7 +84,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NCPU = os.cpu_count() or 1
 
-SERVERS = ("smtprs", "postfix", "aiosmtpd", "floor")
+SERVERS = ("smtprs", "postfix", "aiosmtpd", "floor", "floor-accept")
 DEFAULT_SERVERS = ("smtprs", "postfix", "aiosmtpd")
 MODES = ("sink", "durable", "e2e")
 MODE_TITLES = {
@@ -103,6 +103,7 @@ PEER_LABEL = {  # what each server is in each mode, for the tables
     ("floor", "sink"): "Trio floor (canned replies)",
     ("floor", "durable"): "Trio floor (canned replies, group commit, syncfs Maildir)",
     ("floor", "e2e"): "Trio floor (canned replies, group commit, syncfs Maildir)",
+    ("floor-accept", "durable"): "Trio floor, acceptance only (nothing delivered)",
 }
 
 
@@ -511,8 +512,24 @@ class Floor(Server):
         self.dir = self._fresh_dir(mode)
         self.port = free_port()
         cmd = [sys.executable, str(HELPERS / "trio_floor.py"), "--port", str(self.port), "--dir", str(self.dir)]
-        cmd += ["--mode", "sink" if mode == "sink" else "durable"]
+        cmd += ["--mode", "sink" if mode == "sink" else "durable", *self.extra]
         self._spawn(cmd, self.dir / "floor.log")
+
+    extra: tuple[str, ...] = ()
+
+
+class FloorAccept(Floor):
+    """The floor in durable mode delivering nothing: a bound for acceptance alone
+    (every other server delivers while it accepts)."""
+
+    name = "floor-accept"
+    extra = ("--no-delivery",)
+
+    def maildir_new(self) -> Path | None:
+        return None
+
+    def problem(self) -> str | None:
+        return None if set(self.settings.modes) == {"durable"} else "floor-accept runs in durable mode only (--modes durable)"
 
 
 class Postfix(Server):
@@ -683,7 +700,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         return run_text([POSTCONF, "-c", str(self.etc), "-n"])
 
 
-SERVER_CLASSES: dict[str, type[Server]] = {"smtprs": Smtprs, "postfix": Postfix, "aiosmtpd": Aiosmtpd, "floor": Floor}
+SERVER_CLASSES: dict[str, type[Server]] = {"smtprs": Smtprs, "postfix": Postfix, "aiosmtpd": Aiosmtpd, "floor": Floor, "floor-accept": FloorAccept}
 
 
 # --------------------------------------------------------------------------
