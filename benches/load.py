@@ -475,8 +475,28 @@ class Smtprs(Server):
         pass
 
 
-class Aiosmtpd(Server):
+class HelperServer(Server):
+    """A script of benches/load/ on a free port; its Maildir (when it keeps mail) is DIR/mail/box."""
+
+    script = ""
+
+    def maildir_new(self) -> Path | None:
+        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+
+    def args(self, mode: str) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        self.dir = self._fresh_dir(mode)
+        self.port = free_port()
+        cmd = [sys.executable, str(HELPERS / self.script), "--port", str(self.port), *self.args(mode)]
+        self._spawn(cmd, self.dir / f"{self.name}.log")
+
+
+class Aiosmtpd(HelperServer):
     name = "aiosmtpd"
+    script = "aiosmtpd_server.py"
 
     def version(self) -> str:
         return run_text([sys.executable, "-c", "import aiosmtpd; print(aiosmtpd.__version__)"])
@@ -484,38 +504,21 @@ class Aiosmtpd(Server):
     def problem(self) -> str | None:
         return None if self.version() else "aiosmtpd is not importable (pip install aiosmtpd)"
 
-    def maildir_new(self) -> Path | None:
-        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
-
-    def start(self, mode: str) -> None:
-        self.mode = mode
-        self.dir = self._fresh_dir(mode)
-        self.port = free_port()
-        cmd = [sys.executable, str(HELPERS / "aiosmtpd_server.py"), "--port", str(self.port)]
+    def args(self, mode: str) -> list[str]:
         if mode == "sink":
-            cmd += ["--mode", "sink"]
-        else:
-            cmd += ["--mode", "durable", "--maildir", str(self.dir / "mail" / "box")]
-        self._spawn(cmd, self.dir / "aiosmtpd.log")
+            return ["--mode", "sink"]
+        return ["--mode", "durable", "--maildir", str(self.dir / "mail" / "box")]
 
 
-class Floor(Server):
+class Floor(HelperServer):
     """benches/load/trio_floor.py: the least a Trio-orchestrated server costs (not an MTA)."""
 
     name = "floor"
-
-    def maildir_new(self) -> Path | None:
-        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
-
-    def start(self, mode: str) -> None:
-        self.mode = mode
-        self.dir = self._fresh_dir(mode)
-        self.port = free_port()
-        cmd = [sys.executable, str(HELPERS / "trio_floor.py"), "--port", str(self.port), "--dir", str(self.dir)]
-        cmd += ["--mode", "sink" if mode == "sink" else "durable", *self.extra]
-        self._spawn(cmd, self.dir / "floor.log")
-
+    script = "trio_floor.py"
     extra: tuple[str, ...] = ()
+
+    def args(self, mode: str) -> list[str]:
+        return ["--dir", str(self.dir), "--mode", "sink" if mode == "sink" else "durable", *self.extra]
 
 
 class FloorAccept(Floor):
