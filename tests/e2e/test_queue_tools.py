@@ -213,7 +213,9 @@ def test_metrics_endpoint_and_status_follow_traffic(make_server: Callable[..., S
         assert s.rcpt(f"nobody@{DOMAIN}")[0] == 550
     srv.wait_mail("alice", 1)
     srv.wait_mail("bob", 1)
-    m = wait_until(lambda: (lambda m: m if m.get('smtprs_deliveries_total{result="deferred",transport="smtp"}', 0) >= 1 else None)(scrape(port)), 15, "a deferral counted")
+    # the counters follow the Maildir files by a moment (the outcome is recorded after the rename)
+    counted = ('smtprs_deliveries_total{result="deferred",transport="smtp"}', 1), ('smtprs_deliveries_total{result="delivered",transport="maildir"}', 2)
+    m = wait_until(lambda: (lambda m: m if all(m.get(k, 0) >= n for k, n in counted) else None)(scrape(port)), 15, "the deferral and both deliveries counted")
     assert m['smtprs_connections_total{mode="mx"}'] >= 4
     assert m['smtprs_messages_accepted_total{mode="mx"}'] == 3
     assert m['smtprs_deliveries_total{result="delivered",transport="maildir"}'] == 2

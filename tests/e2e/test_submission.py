@@ -312,7 +312,14 @@ def test_starttls_injection_of_a_whole_transaction(msa: Server, credentials: dic
                 c.send(b"STARTTLS\r\n")
                 c.send(injected)  # before the 220 is read: still before the handshake
             check(c.reply(), 220, "2.0.0")
-            assert c.nothing_more(0.3), f"a reply came in the clear after 220: {c.buf!r}"
+            c.nothing_more(0.3)
+            assert not c.buf, f"a reply came in the clear after 220: {c.buf!r}"
+            if c.eof:
+                # the injected bytes reached the server after it had read the
+                # STARTTLS line, were read as the TLS handshake, broke it, and
+                # the server closed: fine too (nothing was answered or run)
+                sock.close()
+                continue
             try:
                 c.sock = client_context(credentials).wrap_socket(sock, server_hostname="mx.test")
             except (ssl.SSLError, OSError):
