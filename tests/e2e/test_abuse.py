@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -62,6 +63,30 @@ def test_connection_limit_per_client_address(make_server) -> None:
         c.close()
     rejects = [line for line in srv.log().splitlines() if "reject: CONNECT from [127.0.0.2]" in line]
     assert rejects and all("421 4.7.0" in line for line in rejects), rejects
+
+
+def test_connections_reset_before_the_greeting_leave_the_server_serving(make_server) -> None:
+    """A burst of connections the client resets at once (RST, before or just after
+    the server accepts them): each ends quietly, none stops the accept loop, and
+    the next client is served."""
+    srv = make_server({"smtpd": {"max_connections_per_client": 1000, "max_connection_rate": 0}})
+    for _ in range(200):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        s.bind(("127.0.0.4", 0))
+        s.connect(("127.0.0.1", srv.port))
+        s.close()
+    deliver_one(srv, "alice", "served after the resets", source="127.0.0.5")
+    assert srv.proc is not None and srv.proc.poll() is None
+    log = srv.log()
+    assert "internal error" not in log and "Traceback" not in log, srv.log_tail()
+    assert log.count(": connect from [127.0.0.4]") > 0  # (Linux hands reset connections to accept())
+    # every reset connection that was accepted also ended (nothing left open)
+    deadline = time.monotonic() + 10
+    while log.count(": connect from [127.0.0.4]") != log.count(": disconnect from [127.0.0.4]"):
+        assert time.monotonic() < deadline, srv.log_tail()
+        time.sleep(0.1)
+        log = srv.log()
 
 
 def test_connection_rate_limit_per_client_address(make_server) -> None:

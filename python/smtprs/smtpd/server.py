@@ -95,10 +95,17 @@ SHUTDOWN_GRACE = 5.0
 # accept() errors that mean "out of a resource": wait and try again
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 # accept() errors about one connection that went away or was refused by a
-# firewall rule before we took it (the ones trio's SocketListener skips): next
+# firewall rule before we took it: skip it, take the next.  The same list as
+# trio's SocketListener (Linux's accept(2) passes on a pending connection's
+# network error, ECONNRESET and ETIMEDOUT among them); by name, since not every
+# platform defines every one.
 _ACCEPT_SKIP_ERRNOS = {
-    errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
-    errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+    getattr(errno, name)
+    for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+        "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT", "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
+    )
+    if hasattr(errno, name)
 }  # fmt: skip
 # connections taken per wake-up of an accept loop before it lets other tasks run
 ACCEPT_BATCH = 64
@@ -513,7 +520,7 @@ class Server:
                             continue
                         sessions.start_soon(self._handle, stream, b, addr)
 
-    async def _handle(self, stream: trio.SocketStream, b: _Bound, peer: Any) -> None:
+    async def _handle(self, stream: trio.SocketStream, b: _Bound, peer: tuple[Any, ...]) -> None:
         ctx = self.ctx  # the configuration of the moment the connection came in
         ctx.metrics.inc("smtprs_connections_total", mode=b.mode)
         pop3 = b.mode in POP3_MODES
