@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from logging import ERROR, INFO, WARNING
 
@@ -21,13 +22,14 @@ log = logging.getLogger("smtprs.mail")
 # module's own path (a stack walk to find the caller, a LogRecord that looks
 # up thread and process names, strftime for every line) cost ~35 µs per line
 # inside the server, two to five lines per message, 10-15% of a message's CPU.
-# The record carries the same fields a handler or formatter reads (funcName is
-# the maillog function, the JSON format's ``event``); thread and process names
-# are not looked up.
+# The record carries every field a handler or formatter may read (an
+# embedding program's own handlers see these records too): funcName is the
+# maillog function, the JSON format's ``event``; the process id is looked up
+# once per process, not once per line.
 _TEMPLATE = {
     "name": log.name, "pathname": __file__, "filename": "maillog.py", "module": "maillog",
     "exc_info": None, "exc_text": None, "stack_info": None, "lineno": 0,
-    "thread": None, "threadName": None, "processName": None, "taskName": None,
+    "processName": "MainProcess", "taskName": None,
 }  # fmt: skip
 _pid = os.getpid()
 
@@ -57,6 +59,9 @@ def _line(level: int, msg: str, *args: object) -> None:
     d["msecs"] = int((now - int(now)) * 1000) + 0.0
     d["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
     d["process"] = _pid
+    thread = threading.current_thread()
+    d["thread"] = thread.ident
+    d["threadName"] = thread.name
     log.handle(record)
 
 

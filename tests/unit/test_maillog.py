@@ -115,3 +115,20 @@ def test_a_forked_child_logs_its_own_pid(tmp_path: Path, restore_logging: None) 
     maillog.removed("PARENT")
     got = {PLAIN.match(x).group(2): int(PLAIN.match(x).group(1)) for x in lines(log)}  # type: ignore[union-attr]
     assert got == {"CHILD: removed": pid, "PARENT: removed": os.getpid()}
+
+
+def test_records_carry_what_a_standard_formatter_reads(restore_logging: None) -> None:
+    """An embedding program's own handler may format any LogRecord field."""
+    import io
+    import threading
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(processName)s %(thread)d %(threadName)s %(module)s %(funcName)s: %(message)s")
+    )
+    maillog.use_handler(handler, "info")
+    maillog.removed("ABCD")
+    line = out.getvalue().strip()
+    expected = f"INFO smtprs.mail {os.getpid()} MainProcess {threading.get_ident()} {threading.current_thread().name} maillog removed: ABCD: removed"
+    assert line.endswith(expected), line
