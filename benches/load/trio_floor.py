@@ -108,7 +108,6 @@ class Store:
 
     def _write(self, batch: list[bytes], names: list[str]) -> None:
         tmp, new = self.maildir / "tmp", self.maildir / "new"
-        fd = -1
         for message, name in zip(batch, names):
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, message)
@@ -129,12 +128,16 @@ async def session(sock: socket.socket, store: Store | None) -> None:
         os.write(fd, b"220 floor ESMTP\r\n")
         buf = b""
         body: list[bytes] | None = None  # inside DATA: the chunks so far
+        answered = True  # after a reply, wait first: the answer is a round trip away
         while True:
+            if answered:
+                await trio.lowlevel.wait_readable(sock)
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                answered = True
                 continue
+            answered = False
             if not data:
                 return
             buf += data
@@ -168,6 +171,7 @@ async def session(sock: socket.socket, store: Store | None) -> None:
                     return
             if out:
                 os.write(fd, b"".join(out))
+                answered = True
     except OSError:
         pass
     finally:
