@@ -323,16 +323,18 @@ class LfConverter:
     def finish(self) -> bytes: ...
 
 def write_files(
-    jobs: list[tuple[str | os.PathLike[str], int, int, bytes, str | os.PathLike[str], str | os.PathLike[str]]],
+    jobs: list[tuple[str | os.PathLike[str], int, int, bytes, str | os.PathLike[str], str | os.PathLike[str], int, tuple[int, int] | None]],
     *,
     to_lf: bool = True,
     fsync: bool = True,
 ) -> list[tuple[int, str] | None]:
     """Write files durably in one batch with the GIL released (local delivery).
 
-    Each job is ``(src, offset, length, head, tmp, dst)``: ``head`` followed by
-    ``length`` octets of ``src`` from ``offset`` (CRLF -> LF when ``to_lf``) is
-    written to ``tmp``, fsync'd and renamed to ``dst``; each directory of a
+    Each job is ``(src, offset, length, head, tmp, dst, mode, owner)``: ``head``
+    followed by ``length`` octets of ``src`` from ``offset`` (CRLF -> LF when
+    ``to_lf``) is written to ``tmp`` with permission bits ``mode`` (exactly,
+    whatever the umask) and, unless ``owner`` is None, owned by ``(uid, gid)``;
+    then fsync'd and renamed to ``dst``; each directory of a
     ``dst`` is fsync'd once.  A job whose ``dst`` exists is already done.
     Returns, per job, None or ``(errno, message)``.  The one function of the
     module that touches files (rust/src/fileio.rs says why).

@@ -17,7 +17,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::stuff::LfConverter;
@@ -31,17 +31,32 @@ pub struct FileJob {
     pub head: Vec<u8>,
     pub tmp: PathBuf,
     pub dst: PathBuf,
+    /// Permission bits of the file (applied exactly, whatever the umask).
+    pub mode: u32,
+    /// (uid, gid) to give the file, or None to keep ours.
+    pub owner: Option<(u32, u32)>,
 }
 
 const CHUNK: usize = 1 << 20;
+
+/// The mode of a delivered file unless the job asks for another.
+pub const DEFAULT_MODE: u32 = 0o600;
 
 fn write_tmp(job: &FileJob, src: &File, to_lf: bool) -> io::Result<File> {
     let mut out = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(job.mode)
         .open(&job.tmp)?;
+    if job.mode != DEFAULT_MODE {
+        // the umask may have taken bits away: a group- or world-readable
+        // mailbox asked for must be one (one fchmod, only when configured)
+        out.set_permissions(fs::Permissions::from_mode(job.mode))?;
+    }
+    if let Some((uid, gid)) = job.owner {
+        std::os::unix::fs::fchown(&out, Some(uid), Some(gid))?;
+    }
     let mut buf = vec![0u8; CHUNK.min(job.length as usize).max(1)];
     let mut conv = LfConverter::new();
     let mut converted = Vec::with_capacity(buf.len() + 1);
@@ -159,6 +174,8 @@ mod tests {
             head: b"H: 1\n".to_vec(),
             tmp: d.join("tmp/m1"),
             dst: d.join("new/m1"),
+            mode: DEFAULT_MODE,
+            owner: None,
         };
         let r = write_batch(std::slice::from_ref(&job), true, true);
         assert!(r[0].is_ok());
@@ -168,6 +185,26 @@ mod tests {
         fs::write(&job.dst, b"kept").unwrap();
         assert!(write_batch(std::slice::from_ref(&job), true, true)[0].is_ok());
         assert_eq!(fs::read(&job.dst).unwrap(), b"kept");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_mode_asked_for_is_the_mode_written() {
+        let d = tmpdir("mode");
+        fs::write(d.join("seg"), b"x\r\n").unwrap();
+        let job = FileJob {
+            src: d.join("seg"),
+            offset: 0,
+            length: 3,
+            head: Vec::new(),
+            tmp: d.join("tmp/w"),
+            dst: d.join("new/w"),
+            mode: 0o644,
+            owner: None,
+        };
+        assert!(write_batch(std::slice::from_ref(&job), true, false)[0].is_ok());
+        let mode = fs::metadata(&job.dst).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -182,6 +219,8 @@ mod tests {
             head: name.as_bytes().to_vec(),
             tmp: d.join("tmp").join(name),
             dst: d.join("new").join(name),
+            mode: DEFAULT_MODE,
+            owner: None,
         };
         let jobs = [job("c", 10, 7), job("a", 0, 5), job("b", 5, 5)];
         assert!(write_batch(&jobs, true, false).iter().all(|r| r.is_ok()));
@@ -202,6 +241,8 @@ mod tests {
             head: vec![],
             tmp: d.join("tmp/g"),
             dst: d.join("new/g"),
+            mode: DEFAULT_MODE,
+            owner: None,
         };
         let missing = FileJob {
             src: d.join("nope"),
@@ -210,6 +251,8 @@ mod tests {
             head: vec![],
             tmp: d.join("tmp/b"),
             dst: d.join("new/b"),
+            mode: DEFAULT_MODE,
+            owner: None,
         };
         let short = FileJob {
             src: d.join("seg"),
@@ -218,6 +261,8 @@ mod tests {
             head: vec![],
             tmp: d.join("tmp/s"),
             dst: d.join("new/s"),
+            mode: DEFAULT_MODE,
+            owner: None,
         };
         let r = write_batch(&[missing, good, short], false, true);
         assert!(r[0].is_err() && r[1].is_ok() && r[2].is_err());

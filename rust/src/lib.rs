@@ -566,6 +566,8 @@ type FileJobArgs<'py> = (
     Bound<'py, PyBytes>,
     std::path::PathBuf,
     std::path::PathBuf,
+    u32,
+    Option<(u32, u32)>,
 );
 
 /// Batched durable writes for local delivery, with the GIL released (fileio.rs).
@@ -579,14 +581,18 @@ fn write_files(
 ) -> Vec<Option<(i32, String)>> {
     let jobs: Vec<fileio::FileJob> = jobs
         .into_iter()
-        .map(|(src, offset, length, head, tmp, dst)| fileio::FileJob {
-            src,
-            offset,
-            length,
-            head: head.as_bytes().to_vec(),
-            tmp,
-            dst,
-        })
+        .map(
+            |(src, offset, length, head, tmp, dst, mode, owner)| fileio::FileJob {
+                src,
+                offset,
+                length,
+                head: head.as_bytes().to_vec(),
+                tmp,
+                dst,
+                mode,
+                owner,
+            },
+        )
         .collect();
     let results = py.detach(|| fileio::write_batch(&jobs, to_lf, fsync));
     results
