@@ -1,4 +1,4 @@
-"""The ``smtprs`` command: serve, check-config, passwd, tls, queue list/flush.
+"""The ``smtprs`` command: serve, check-config, passwd, tls, queue list/count/flush.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
 SIGTERM or SIGINT (a graceful shutdown: see ``smtpd/server.py``; a second
@@ -9,7 +9,7 @@ manages the users file of SMTP AUTH: a password is read from the terminal
 (twice) or, with ``--stdin``, from one line of standard input -- never from the
 command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
 --out DIR`` writes a self-signed certificate and key for trying TLS out.
-``smtprs queue list`` and ``smtprs queue qshape`` read the spool without
+``smtprs queue list``, ``count`` and ``qshape`` read the spool without
 changing it (safe while the server runs).  The commands that act -- ``flush
 [ID]``, ``hold``, ``release``, ``delete ID|--all-deferred``, ``requeue`` -- and
 ``show ID`` go to the running server through its control socket
@@ -165,6 +165,31 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
                 print(f"        {r['last_error']}")
     total = sum(e["size"] for e in entries)
     print(f"-- {len(entries)} message{'s' if len(entries) != 1 else ''}, {total} octets")
+    return 0
+
+
+def queue_counts(entries: list[tuple["Envelope", int]]) -> dict[str, int]:
+    """What `smtprs queue count` reports: messages, their open (not yet final)
+    recipients, of those the deferred ones, messages on hold, octets."""
+    return {
+        "messages": len(entries),
+        "recipients": sum(1 for env, _ in entries for r in env.recipients if not r.final),
+        "deferred": sum(1 for env, _ in entries for r in env.recipients if r.state == "deferred"),
+        "held": sum(1 for env, _ in entries if env.held),
+        "octets": sum(size for _, size in entries),
+    }
+
+
+def cmd_queue_count(args: argparse.Namespace) -> int:
+    from .queue.spool import read_queue
+
+    cfg = _load(args)
+    counts = queue_counts(read_queue(cfg.spool_path))
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        for key, value in counts.items():
+            print(f"{key}: {value}")
     return 0
 
 
@@ -567,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_queue_list)
+    p = qsub.add_parser("count", help="how many messages and open recipients are queued, for scripts and monitoring (reads the spool)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"messages", "recipients", "deferred", "held", "octets"}')
+    p.set_defaults(func=cmd_queue_count)
     p = qsub.add_parser("flush", help="ask the running server to retry every queued message (or one) now")
     p.add_argument("--config", "-c")
     p.add_argument("id", nargs="?", help="only this message")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import tomllib
@@ -148,11 +149,19 @@ class Smtpd:
 
 
 @dataclass(frozen=True)
+class MailboxEntry:
+    """One address's own mailbox in `[local.mailboxes]`: a Maildir or an mbox file."""
+
+    maildir: str = _f("", "Path of the Maildir (tmp/ new/ cur/ inside), relative to data_dir.")
+    mbox: str = _f("", "Path of the mbox file, relative to data_dir.")
+
+
+@dataclass(frozen=True)
 class Local:
     """Local delivery: which domains are ours and where their mailboxes are."""
 
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
-    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; so no UTF-8 local parts) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
+    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; UTF-8 local parts only through local.mailboxes or an address key of relay.transport) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
     maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
     delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
     mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
@@ -164,6 +173,24 @@ class Local:
     virtual_map: str = _f("", "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.")
     recipient_delimiter: str = _f("+", "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).")
     case_sensitive: bool = _f(False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox).")
+    mailboxes: dict[str, MailboxEntry] = _f(
+        {},
+        'Per-address mailboxes, before the templates: `"alice@example.org" = { maildir = "/srv/mail/alice" }`, '
+        '`"carol@example.org" = { mbox = "/var/mail/carol" }` (relative to data_dir). An address listed here exists even when local.users '
+        "does not name it, and may have a UTF-8 local part (mail to it needs SMTPUTF8). `user+tag@domain` finds `user@domain`. "
+        "The domain must be a local domain or one routed `local` by relay.transport.",
+    )
+    mailbox_owner: str = _f(
+        "",
+        "Owner of the mailboxes smtprs creates (Maildir directories and files, mbox files): `user:group` or `user` (its primary group), names or numbers, "
+        'so that a reader running as another user (Dovecot as `vmail`, say) can use them: `"vmail:vmail"`. Empty: the user smtprs runs as. '
+        "Changing owners needs root; a delivery that cannot is deferred (4.3.0).",
+    )
+    mailbox_mode: str = _f(
+        "0700",
+        "Permission bits of the mailbox directories smtprs creates, in octal; files get the same bits without execute (`0700` -> `0600`, "
+        "`0750` -> `0640`, `0755` -> `0644` for readers in the group or anyone). The owner keeps rwx. Applied exactly, whatever the umask.",
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +228,16 @@ class Relay:
 
     trusted_networks: list[str] = _f([], "Client networks (CIDR) that may relay without authentication. Empty: nobody; `[\"127.0.0.0/8\", \"::1/128\"]` lets local programs relay (beware of local proxies).")
     relayhost: str = _f("", "Smart host for all non-local mail: `host` or `host:port` (MX lookup on host), `[host]` or `[host]:port` (no MX lookup). Empty: deliver by DNS (MX records).")
-    transport: dict[str, str] = _f({}, "Per-domain next hop, before relayhost and DNS: `\"example.org\" = \"[10.0.0.5]:2525\"`; a key `.example.org` covers its subdomains. Values as for relayhost.")
+    transport: dict[str, str] = _f(
+        {},
+        "The transport map, consulted first (before local delivery, relayhost and DNS): keys are a full address (`\"bob@example.org\"`), "
+        "a domain, or `.example.org` for its subdomains, looked up in that order. Values name a transport and its next hop, as Postfix's transport(5): "
+        "`smtp:[10.0.0.5]:2525` (`[host]` no MX lookup, `host` MX lookup; `smtp:` alone: the recipient domain's MX; a value without a prefix means smtp, "
+        "as relayhost), `lmtp:[host]:port` / `lmtp:host:port` / `lmtp:unix:/path` (an LMTP server such as Dovecot; port 24 by default), "
+        "`local` (this machine's mailboxes: local.mailboxes, then the templates by local.delivery), `error:5.1.1 text` (refused at RCPT with "
+        "550 5.1.1 text; a 4.x.x code gives 450), `discard` (accepted and thrown away, logged as sent). Addresses and domains routed to lmtp, local, "
+        "error or discard are final destinations: taken without relay permission; smtp ones still need it.",
+    )
     smtp_port: int = _f(25, "Port used to reach MX and A hosts (and next hops given without a port).", min=1)
     tls: TlsLevel = _f("may", "TLS to the next hop: `may` (STARTTLS whenever offered, certificate not checked), `verify` (STARTTLS required and the certificate verified for the host name, else deferred), `none`.")
     tls_policy: dict[str, TlsLevel] = _f({}, "TLS level per recipient domain or next-hop host, overriding `relay.tls`: `\"bank.example\" = \"verify\"`.")
@@ -504,6 +540,112 @@ def parse_nexthop(text: str, key: str, default_port: int) -> tuple[str, int, boo
     return host.lower().rstrip("."), port, mx
 
 
+TRANSPORTS = ("smtp", "lmtp", "local", "error", "discard")
+LMTP_PORT = 24
+_TRANSPORT_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9_-]*):(.*)", re.S)
+_ERROR_TEXT = re.compile(r"(?:([245]\d\d)[ -])?(?:([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$))?(.*)", re.S)
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A value of relay.transport, parsed: which transport, and its next hop.
+
+    - ``smtp``: ``host``/``port``/``mx`` as ``parse_nexthop`` gives them;
+      ``host`` empty means "the recipient domain's MX records".
+    - ``lmtp``: ``server`` is ``host:port``, ``[v6]:port`` or ``unix:/path``.
+    - ``error``: ``code``, ``enhanced`` and ``text`` of the refusal.
+    - ``discard``: ``text`` is the optional reason, for the log.
+    - ``local``: nothing more.
+    """
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    mx: bool = True
+    server: str = ""
+    code: int = 0
+    enhanced: str = ""
+    text: str = ""
+
+
+def parse_transport(text: str, key: str, default_port: int) -> Transport:
+    """A relay.transport value -> ``Transport``; ConfigError naming ``key`` when wrong.
+
+    ``transport:nexthop`` as Postfix's transport(5).  A value with no known
+    transport prefix keeps its old meaning, an SMTP next hop (``[host]:port``,
+    ``host:port``, ``host``); an unknown prefix (``relay:[h]``) is an error
+    rather than a host name, so a typo cannot route mail somewhere odd.
+    """
+    t = text.strip()
+    if not t:
+        raise ConfigError(f"{key}: empty transport")
+    word = t.lower()
+    if word in ("local", "local:"):
+        return Transport("local")
+    if word in ("discard", "discard:"):
+        return Transport("discard")
+    if word in ("smtp", "smtp:"):
+        return Transport("smtp", "", default_port, True)
+    m = _TRANSPORT_PREFIX.fullmatch(t)
+    if t.startswith("[") or m is None:
+        host, port, mx = parse_nexthop(t, key, default_port)
+        return Transport("smtp", host, port, mx)
+    name, rest = m.group(1).lower(), m.group(2).strip()
+    if name not in TRANSPORTS:
+        if rest.isdigit():  # host:port, today's SMTP next hop with an MX lookup
+            host, port, mx = parse_nexthop(t, key, default_port)
+            return Transport("smtp", host, port, mx)
+        raise ConfigError(f"{key}: unknown transport {m.group(1)!r} in {text!r} (known: {', '.join(TRANSPORTS)})")
+    if name == "smtp":
+        host, port, mx = parse_nexthop(rest, key, default_port)
+        return Transport("smtp", host, port, mx)
+    if name == "lmtp":
+        return Transport("lmtp", server=_lmtp_server(rest, key, text))
+    if name == "local":
+        raise ConfigError(f"{key}: the local transport takes no next hop, got {text!r}")
+    if name == "discard":
+        return Transport("discard", text=rest)
+    e = _ERROR_TEXT.fullmatch(rest)
+    assert e is not None  # the pattern matches every string
+    code_s, cls, sub, detail, why = e.groups()
+    if code_s and cls and code_s[0] != cls:
+        raise ConfigError(f"{key}: reply code {code_s} and enhanced code {cls}.{sub}.{detail} disagree in {text!r}")
+    cls = cls or (code_s[0] if code_s else "5")
+    if cls == "2" or (code_s or "5")[0] == "2":
+        raise ConfigError(f"{key}: an error transport needs a 4xx or 5xx code, got {text!r}")
+    code = int(code_s) if code_s else (550 if cls == "5" else 450)
+    enhanced = f"{cls}.{sub}.{detail}" if sub else f"{cls}.0.0"
+    why = " ".join(why.split()) or "Mail for this address is not accepted"
+    return Transport("error", code=code, enhanced=enhanced, text=why)
+
+
+def _lmtp_server(rest: str, key: str, text: str) -> str:
+    """The next hop of ``lmtp:...`` as local.lmtp spells it (``host:port`` or ``unix:/path``)."""
+    if rest.lower().startswith("unix:"):
+        parse_socket_address(rest, key)
+        return "unix:" + rest[5:]
+    if rest.lower().startswith("inet:"):
+        rest = rest[5:]
+    if not rest:
+        raise ConfigError(f"{key}: lmtp needs a server: lmtp:[host]:port or lmtp:unix:/path, got {text!r}")
+    if rest.startswith("["):
+        end = rest.find("]")
+        host, tail = (rest[1:end], rest[end + 1 :]) if end > 0 else ("", "")
+        if not host or (tail and not tail.startswith(":")):
+            raise ConfigError(f"{key}: expected lmtp:[host]:port, got {text!r}")
+        port = _port(tail[1:], key) if tail else LMTP_PORT
+    else:
+        host, sep, p = rest.rpartition(":")
+        if not sep:
+            host, p = rest, ""
+        port = _port(p, key) if p else LMTP_PORT
+    if host.lower().startswith("ipv6:"):
+        host = host[5:]
+    if not host or any(c in host for c in " /@[]"):
+        raise ConfigError(f"{key}: not a host name or address: {text!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _port(text: str, key: str) -> int:
     try:
         n = int(text)
@@ -520,6 +662,43 @@ def parse_socket_address(text: str, key: str) -> tuple[str, int] | str:
             raise ConfigError(f"{key}: expected unix:/path, got {text!r}")
         return path
     return parse_host_port(text, key)
+
+
+def mailbox_ids(owner: str, key: str = "local.mailbox_owner") -> tuple[int, int] | None:
+    """``user:group`` / ``user`` (names or numbers) -> (uid, gid); None when empty."""
+    import grp
+    import pwd
+
+    if not owner:
+        return None
+    user, sep, group = owner.partition(":")
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        if not user.isdigit():
+            raise ConfigError(f"{key}: no such user: {user!r}") from None
+        uid, gid = int(user), -1
+    else:
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if sep:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"{key}: no such group: {group!r}") from None
+    if gid < 0:
+        raise ConfigError(f"{key}: user {user} has no entry in the password database: give the group too (uid:gid)")
+    return uid, gid
+
+
+def dir_mode(text: str, key: str = "local.mailbox_mode") -> int:
+    """``"0750"`` -> 0o750: the mode of mailbox directories (files: without x bits)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an octal mode such as \"0700\" or \"0750\", got {text!r}") from None
+    if not 0 <= mode <= 0o777 or mode & 0o700 != 0o700:
+        raise ConfigError(f"{key}: expected a mode from 0700 to 0777 (the owner keeps rwx), got {text!r}")
+    return mode
 
 
 def _check(cfg: Config) -> None:
@@ -572,10 +751,32 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"relay.trusted_networks[{i}]: not a network (CIDR): {net!r}") from None
     if r.relayhost:
         parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
+    own_lmtp = {parse_host_port(lst.address, "") for lst in cfg.smtpd.listeners if lst.mode == "lmtp"}
     for dom, hop in r.transport.items():
-        if not dom.strip(".") or any(c in dom for c in " /@[]"):
+        local_part, at, domain = dom.rpartition("@")
+        if at and not local_part:
+            raise ConfigError(f"relay.transport.{dom}: expected an address, a domain or .domain")
+        name = domain if at else dom
+        if not name.strip(".") or any(c in name for c in " /@[]") or (at and name.startswith(".")):
             raise ConfigError(f"relay.transport.{dom}: not a domain name")
-        parse_nexthop(hop, f"relay.transport.{dom}", r.smtp_port)
+        spec = parse_transport(hop, f"relay.transport.{dom}", r.smtp_port)
+        if spec.kind == "lmtp" and not spec.server.startswith("unix:") and parse_host_port(spec.server, "") in own_lmtp:
+            raise ConfigError(f"relay.transport.{dom}: {hop} is smtprs's own lmtp listener: mail would loop")
+    routed_local = {k.lower().rstrip(".") for k, v in r.transport.items() if parse_transport(v, "", r.smtp_port).kind == "local"}
+    local_domains = {d.lower() for d in cfg.local.domains}
+    for address, entry in cfg.local.mailboxes.items():
+        key = f"local.mailboxes.{address}"
+        local_part, at, domain = address.rpartition("@")
+        d = domain.lower().rstrip(".")
+        if not at or not local_part or not d or any(c in address for c in " /[]\t\r\n"):
+            raise ConfigError(f"{key}: expected an address, user@domain")
+        if bool(entry.maildir) == bool(entry.mbox):
+            raise ConfigError(f"{key}: give exactly one of maildir and mbox")
+        parents = {"." + ".".join(d.split(".")[i:]) for i in range(1, d.count(".") + 1)}
+        if d not in local_domains and not ({address.lower(), d} | parents) & routed_local:
+            raise ConfigError(f"{key}: {domain!r} is neither in local.domains nor routed to local by relay.transport, so this mailbox would never get mail")
+    mailbox_ids(cfg.local.mailbox_owner)
+    dir_mode(cfg.local.mailbox_mode)
     if r.smtp_port > 65535:
         raise ConfigError(f"relay.smtp_port: port out of range: {r.smtp_port}")
     if bool(r.auth_username) != bool(r.auth_password):
@@ -657,6 +858,8 @@ def _type_name(tp: Any) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         return f"table of {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "table (" + " or ".join(f"`{f.name}`" for f in dataclasses.fields(tp)) + ")"
     if origin is Literal:
         return " \\| ".join(f'"{a}"' for a in typing.get_args(tp))
     return {int: "integer", float: "seconds", str: "string", bool: "boolean"}.get(tp, str(tp))

@@ -20,6 +20,7 @@ the queue retries.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,14 +40,39 @@ def maildir_name(request: DeliveryRequest, index: int, host: str) -> str:
     return f"{int(request.arrival)}.Q{request.queue_id}R{index}.{_safe_host(host)}"
 
 
-def ensure_maildir(root: Path) -> None:
+def make_dir(path: Path, mode: int = 0o700, owner: tuple[int, int] | None = None) -> None:
+    """``mkdir -p``; the directory itself, when made here, gets ``mode``
+    (exactly, whatever the umask) and ``owner``.  One that exists is left as
+    it is: its owner and mode are the administrator's."""
+    try:
+        path.mkdir(mode=mode)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=mode)
+        except FileExistsError:
+            return
+    try:
+        if mode != 0o700:
+            os.chmod(path, mode)
+        if owner is not None:
+            os.chown(path, *owner)
+    except OSError:
+        path.rmdir()  # not left behind with the wrong owner for the retry to find
+        raise
+
+
+def ensure_maildir(root: Path, mode: int = 0o700, owner: tuple[int, int] | None = None) -> None:
+    make_dir(root, mode, owner)
     for sub in ("tmp", "new", "cur"):
-        (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dir(root / sub, mode, owner)
 
 
 @dataclass
 class _Batch:
-    jobs: list[tuple[Path, int, int, bytes, str, str]] = field(default_factory=list)
+    jobs: list[tuple[Path, int, int, bytes, str, str, int, tuple[int, int] | None]] = field(default_factory=list)
     results: list[tuple[int, str] | None] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -65,7 +91,7 @@ class MaildirAgent:
 
     async def deliver(self, request: DeliveryRequest) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        jobs: list[tuple[Path, int, int, bytes, str, str]] = []
+        jobs: list[tuple[Path, int, int, bytes, str, str, int, tuple[int, int] | None]] = []
         targets: list[tuple[int, LocalMailbox]] = []
         content = request.content
         for t in request.targets:
@@ -73,7 +99,7 @@ class MaildirAgent:
             box = t.hop
             try:
                 if box.maildir not in self._known:
-                    await trio.to_thread.run_sync(ensure_maildir, box.maildir)
+                    await trio.to_thread.run_sync(ensure_maildir, box.maildir, box.mode, box.owner)
                     self._known.add(box.maildir)
             except OSError as e:
                 outcomes.append(_failure(t.index, box, e.errno, e.strerror or str(e)))
@@ -82,7 +108,7 @@ class MaildirAgent:
             head = f"Return-Path: <{request.sender}>\nDelivered-To: {t.address}\n".encode()
             targets.append((t.index, box))
             root = str(box.maildir)  # (strings: two pathlib joins per file cost more than the rest of this loop)
-            jobs.append((content.path, content.offset, content.length, head, f"{root}/tmp/{name}", f"{root}/new/{name}"))
+            jobs.append((content.path, content.offset, content.length, head, f"{root}/tmp/{name}", f"{root}/new/{name}", box.mode & 0o666, box.owner))
         if not jobs:
             return outcomes
         batch = self._next  # no await between here and the append: the batch is still open

@@ -52,6 +52,7 @@ import trio
 from .. import _core
 from ..route.router import MboxMailbox
 from .base import DeliveryRequest, Outcome
+from .maildir import make_dir
 
 CHUNK = 256 * 1024
 STALE_DOTLOCK = 300.0  # seconds
@@ -223,7 +224,7 @@ class MboxAgent:
             assert isinstance(t.hop, MboxMailbox)
             path = t.hop.path
             try:
-                again = self._deliver_one(request, t.address, path)
+                again = self._deliver_one(request, t.address, t.hop)
                 what = "already in mbox" if again else "delivered to mbox"
                 outcomes.append(Outcome(t.index, "delivered", f"{what} {path}", "local"))
             except MailboxLocked:
@@ -236,13 +237,29 @@ class MboxAgent:
                 outcomes.append(Outcome(t.index, "deferred", detail, "local"))
         return outcomes
 
-    def _deliver_one(self, request: DeliveryRequest, address: str, path: Path) -> bool:
+    def _deliver_one(self, request: DeliveryRequest, address: str, box: MboxMailbox) -> bool:
         """Append one copy; True if it was already there (a retry after a crash)."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = box.path
+        make_dir(path.parent, box.mode, box.owner)
         with _thread_lock(path):
-            created = not path.exists()
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
             try:
+                fd = os.open(path, flags)
+                created = False
+            except FileNotFoundError:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                created = True
+            try:
+                if created:
+                    # a new mailbox gets the configured mode and owner (one that exists keeps its own)
+                    try:
+                        if box.mode != 0o700:
+                            os.fchmod(fd, box.mode & 0o666)
+                        if box.owner is not None:
+                            os.fchown(fd, *box.owner)
+                    except OSError:
+                        os.unlink(path)  # not left behind with the wrong owner for the retry to find
+                        raise
                 if created and self.fsync:
                     _fsync_dir(path.parent)
                 dotlock = lock_mbox(fd, path, self.lock_timeout)

@@ -301,8 +301,8 @@ class Scheduler:
         for i in due:
             rcpt = env.recipients[i]
             hop = self.router.route(rcpt.address)
-            if isinstance(hop, Unroutable):
-                outcomes.append(Outcome(i, "failed", str(hop.reply), "none", hop.reply.enhanced or ""))
+            if isinstance(hop, Unroutable):  # 4xx: an error:4.x.x transport, tried again later
+                outcomes.append(Outcome(i, "deferred" if hop.reply.code < 500 else "failed", str(hop.reply), "none", hop.reply.enhanced or ""))
                 continue
             kinds[i] = hop.kind
             groups.setdefault((hop.kind, hop.destination), []).append(Target(i, rcpt.address, hop, dict(rcpt.params)))
@@ -395,7 +395,7 @@ class Scheduler:
                 r.state = "delivered"
                 r.last_error = ""
                 if "SUCCESS" in notify and not o.dsn_relayed:
-                    r.notice = "delivered" if o.relay == "local" else "relayed"
+                    r.notice = "delivered" if o.relay in ("local", "none") else "relayed"
                 maillog.delivered(env.queue_id, r.address, o.relay, delay, o.detail, orig=r.original)
             elif o.status == "failed" or delay >= q.max_lifetime:
                 r.state = "failed"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .. import _core
 from .. import reply as R
-from ..config import Config, parse_nexthop
+from ..config import Config, Transport, dir_mode, mailbox_ids, parse_nexthop, parse_transport
 from ..errors import AddressError
 from .aliases import Table, load_aliases, load_virtual
 
@@ -53,15 +53,23 @@ MAX_ALIAS_DEPTH = 20  # nesting of aliases / virtual entries before we call it a
 MAX_EXPANSION = 1000  # final recipients one address may expand to
 MAX_VISITS = 10000  # lookups one expansion may make (a wide, deep tree)
 ROUTE_CACHE_MAX = 4096  # addresses whose next hop Router.route remembers
+# transports that make an address or domain a final destination of ours: mail
+# for it is taken without relay permission (smtp ones are relaying)
+FINAL_TRANSPORTS = ("lmtp", "local", "error", "discard")
 
 
 @dataclass(frozen=True)
 class LocalMailbox:
-    """Deliver to a Maildir on this machine."""
+    """Deliver to a Maildir on this machine.
+
+    ``mode`` is that of the directories smtprs creates (files: without the
+    execute bits); ``owner`` the (uid, gid) they are given, None for ours."""
 
     user: str
     domain: str
     maildir: Path
+    mode: int = 0o700
+    owner: tuple[int, int] | None = None
 
     kind = "maildir"
 
@@ -77,6 +85,8 @@ class MboxMailbox:
     user: str
     domain: str
     path: Path
+    mode: int = 0o700  # of a directory smtprs creates; the file: without execute bits
+    owner: tuple[int, int] | None = None
 
     kind = "mbox"
 
@@ -91,8 +101,8 @@ class LmtpMailbox:
 
     user: str
     domain: str
-    rcpt: str  # the address given to the LMTP server: user@domain (sub-address tag removed)
-    server: str  # local.lmtp: host:port or unix:/path
+    rcpt: str  # the address given to the LMTP server: user@domain (sub-address tag removed), or as given (an lmtp transport)
+    server: str  # local.lmtp or an lmtp transport: host:port or unix:/path
 
     kind = "lmtp"
 
@@ -130,8 +140,22 @@ class RemoteHop:
 
 
 @dataclass(frozen=True)
+class Discard:
+    """Accepted and thrown away (the ``discard`` transport); ``reason`` is for the log."""
+
+    reason: str = ""
+
+    kind = "discard"
+
+    @property
+    def destination(self) -> str:
+        return "discard"
+
+
+@dataclass(frozen=True)
 class Unroutable:
-    """No way to deliver: the reply says why (permanent)."""
+    """No way to deliver: the reply says why (5xx: the recipient fails; 4xx, from an
+    ``error:4.x.x`` transport: it is deferred and tried again)."""
 
     reply: R.Reply
 
@@ -142,7 +166,7 @@ class Unroutable:
         return "none"
 
 
-NextHop = LocalMailbox | MboxMailbox | LmtpMailbox | RemoteHop | Unroutable
+NextHop = LocalMailbox | MboxMailbox | LmtpMailbox | RemoteHop | Discard | Unroutable
 Mailbox = LocalMailbox | MboxMailbox | LmtpMailbox
 
 
@@ -175,7 +199,18 @@ class Router:
         self.aliases = load_aliases(aliases_path, case_sensitive=self.case_sensitive) if aliases_path else Table()
         self.virtual = load_virtual(virtual_path, case_sensitive=self.case_sensitive) if virtual_path else Table()
         r = cfg.relay
-        self._transport = {k.lower().rstrip("."): v for k, v in r.transport.items()}
+        self._transport: dict[str, Transport] = {}
+        for key, value in r.transport.items():
+            spec = parse_transport(value, f"relay.transport.{key}", r.smtp_port)
+            local, at, dom = key.rpartition("@")
+            self._transport[f"{self._fold(local)}@{dom.lower().rstrip('.')}" if at else key.lower().rstrip(".")] = spec
+        self._mode = dir_mode(loc.mailbox_mode)
+        self._owner = mailbox_ids(loc.mailbox_owner)
+        self._mailboxes: dict[str, tuple[str, Path]] = {}
+        for address, entry in loc.mailboxes.items():
+            local, _, dom = address.rpartition("@")
+            kind = "maildir" if entry.maildir else "mbox"
+            self._mailboxes[f"{self._fold(local)}@{dom.lower().rstrip('.')}"] = (kind, cfg.path(entry.maildir or entry.mbox))
         self._tls_policy = {k.lower().strip("[]"): v for k, v in r.tls_policy.items()}
         # route() answers depend only on the configuration, which a Router never
         # changes (a reload builds a new one): remembered, bounded.
@@ -224,7 +259,8 @@ class Router:
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
         if not self.is_ours(domain):
-            if not relay_allowed:
+            spec = self.transport_of(local_part, domain)
+            if not relay_allowed and (spec is None or spec.kind not in FINAL_TRANSPORTS):
                 return Unroutable(R.RELAY_DENIED)
             hop = self.route(path.address())
             return hop if isinstance(hop, Unroutable) else Expansion((path.address(),))
@@ -238,6 +274,8 @@ class Router:
         for address in out:
             hop = self.route(address)
             if isinstance(hop, Unroutable):
+                if address.lower() == original.lower():
+                    return hop
                 r = hop.reply
                 return Unroutable(R.Reply(r.code, r.enhanced, f"<{original}> expands to <{address}>: {r.first_line}"))
         return Expansion(tuple(out))
@@ -297,7 +335,13 @@ class Router:
 
     def _mailbox(self, lp: str, d: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int], direct: bool = False) -> None:
         user = self._base(lp)
-        if not self._safe.fullmatch(user) or ".." in user:
+        if self._listed(lp, d):  # its own mailbox or transport: it exists, whatever its name
+            out[f"{lp}@{d}"] = None
+            self._check_size(out, chain)
+            return
+        spec = self.transport_of(lp, d)
+        names_a_path = spec is None or spec.kind == "local"
+        if names_a_path and (not self._safe.fullmatch(user) or ".." in user):
             raise _Refused(self._about(chain, R.BAD_MAILBOX_NAME))
         if self._users and user not in self._users and user.lower() != "postmaster":
             if not direct:
@@ -367,6 +411,9 @@ class Router:
                 return Unroutable(R.Reply(553, "5.1.3", "Bad recipient address syntax"))
             domain = self._default_domain
         d = domain.lower()
+        spec = self.transport_of(local_part, d)
+        if spec is not None:
+            return self._by_transport(spec, local_part, d, f"{local_part}@{domain}")
         if self.is_virtual(d):
             # not expected (expand() rewrites virtual addresses), but an address
             # stored by an older version is still delivered if it maps to one mailbox
@@ -381,12 +428,70 @@ class Router:
             return self.route(result.addresses[0])
         if not self.is_local(d):
             return self._remote(d)
-        user = self._base(self._fold(local_part))
+        return self._local(local_part, d)
+
+    def _local(self, local_part: str, d: str) -> Mailbox | Unroutable:
+        """The mailbox of a recipient of a local domain (or of one routed ``local``)."""
+        lp = self._fold(local_part)
+        user = self._base(lp)
+        box = self._listed_mailbox(lp, d)
+        if box is not None:
+            return box
         if not self._safe.fullmatch(user) or ".." in user:
             return Unroutable(R.BAD_MAILBOX_NAME)
         if self._users and user not in self._users and user.lower() != "postmaster":
             return Unroutable(R.UNKNOWN_USER)
         return self.mailbox(user, d)
+
+    def _by_transport(self, spec: Transport, local_part: str, d: str, address: str) -> NextHop:
+        if spec.kind == "local":
+            return self._local(local_part, d)
+        if spec.kind == "lmtp":
+            return LmtpMailbox(self._fold(local_part), d, address, spec.server)
+        if spec.kind == "error":
+            return Unroutable(R.Reply(spec.code, spec.enhanced, spec.text))
+        if spec.kind == "discard":
+            return Discard(spec.text)
+        host = spec.host or d  # smtp: alone is the recipient domain's MX
+        return RemoteHop(d, host, spec.port, spec.mx if spec.host else True, self._tls_for(d, host))
+
+    # -- the tables: transport map and per-address mailboxes --------------------------
+    def transport_of(self, local_part: str, domain: str) -> Transport | None:
+        """The transport map's entry for an address: ``user+tag@d``, ``user@d``, ``d``,
+        then ``.parent`` keys (as Postfix's transport(5) with address keys); None if none."""
+        if not self._transport:
+            return None
+        d = domain.lower().rstrip(".")
+        lp = self._fold(local_part)
+        for key in dict.fromkeys((f"{lp}@{d}", f"{self._base(lp)}@{d}")):
+            spec = self._transport.get(key)
+            if spec is not None:
+                return spec
+        return self._transport_for(d)
+
+    def _listed(self, lp: str, d: str) -> bool:
+        """The address has an entry of its own: in local.mailboxes, or a final
+        transport keyed by the address."""
+        if self._listed_mailbox(lp, d) is not None:
+            return True
+        for key in dict.fromkeys((f"{lp}@{d}", f"{self._base(lp)}@{d}")):
+            spec = self._transport.get(key)
+            if spec is not None and spec.kind in FINAL_TRANSPORTS:
+                return True
+        return False
+
+    def _listed_mailbox(self, lp: str, d: str) -> LocalMailbox | MboxMailbox | None:
+        if not self._mailboxes:
+            return None
+        for key in dict.fromkeys((f"{lp}@{d}", f"{self._base(lp)}@{d}")):
+            entry = self._mailboxes.get(key)
+            if entry is not None:
+                kind, path = entry
+                user = key.rpartition("@")[0]
+                if kind == "mbox":
+                    return MboxMailbox(user, d, path, self._mode, self._owner)
+                return LocalMailbox(user, d, path, self._mode, self._owner)
+        return None
 
     def maildir_of(self, login: str) -> Path:
         """The Maildir that POP3 serves to ``login`` (``user`` or ``user@local.domain``,
@@ -395,9 +500,13 @@ class Router:
         local, at, domain = login.rpartition("@")
         if not at:
             local, domain = login, self._default_domain
-        user, d = self._base(self._fold(local)), domain.lower()
-        if not self.is_local(d) or not self._safe.fullmatch(user) or ".." in user:
-            raise ValueError(f"{login!r} names no local mailbox")
+        lp, d = self._fold(local), domain.lower()
+        user = self._base(lp)
+        box = self._listed_mailbox(lp, d)
+        if isinstance(box, LocalMailbox):
+            return box.maildir
+        if box is not None or not self.is_local(d) or not self._safe.fullmatch(user) or ".." in user:
+            raise ValueError(f"{login!r} names no local Maildir")
         return self.cfg.maildir_path(user, d)
 
     def _remote(self, domain: str) -> RemoteHop | Unroutable:
@@ -412,16 +521,12 @@ class Router:
             except ValueError:
                 return Unroutable(R.Reply(550, "5.1.2", "Unsupported address literal"))
             return RemoteHop(d, str(ip), r.smtp_port, False, self._tls_for(d, str(ip)))
-        spec = self._transport_for(d)
-        if spec is not None:
-            host, port, mx = parse_nexthop(spec, f"relay.transport.{d}", r.smtp_port)
-            return RemoteHop(d, host, port, mx, self._tls_for(d, host))
         if r.relayhost:
             host, port, mx = parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
             return RemoteHop(d, host, port, mx, self._tls_for(d, host), auth=bool(r.auth_username))
         return RemoteHop(d, d, r.smtp_port, True, self._tls_for(d, d))
 
-    def _transport_for(self, domain: str) -> str | None:
+    def _transport_for(self, domain: str) -> Transport | None:
         if domain in self._transport:
             return self._transport[domain]
         parts = domain.split(".")
@@ -438,7 +543,7 @@ class Router:
         """The next hop of a local mailbox, by ``local.delivery``."""
         kind = self.cfg.local.delivery
         if kind == "mbox":
-            return MboxMailbox(user, domain, self.cfg.mbox_path(user, domain))
+            return MboxMailbox(user, domain, self.cfg.mbox_path(user, domain), self._mode, self._owner)
         if kind == "lmtp":
             return LmtpMailbox(user, domain, f"{user}@{domain}", self.cfg.local.lmtp)
-        return LocalMailbox(user, domain, self.cfg.maildir_path(user, domain))
+        return LocalMailbox(user, domain, self.cfg.maildir_path(user, domain), self._mode, self._owner)

@@ -55,7 +55,7 @@ def check_targets(ctx: ServerContext, address: str, targets: tuple[str, ...]) ->
         hop = ctx.router.route(t)
         if isinstance(hop, Unroutable):
             return hop.reply
-        if hop.kind not in ("maildir", "mbox", "lmtp"):
+        if hop.kind not in ("maildir", "mbox", "lmtp", "discard"):
             return R.Reply(550, "5.1.1", f"<{address}> expands to <{t}>, which is not a local mailbox")
     return None
 
@@ -93,7 +93,7 @@ async def deliver_now(
         for i, address in enumerate(addresses):
             hop = ctx.router.route(address)
             if isinstance(hop, Unroutable):
-                outcomes[address] = Outcome(i, "failed", str(hop.reply), "none")
+                outcomes[address] = Outcome(i, "deferred" if hop.reply.code < 500 else "failed", str(hop.reply), "none")
                 continue
             groups.setdefault(hop.kind, []).append(Target(i, address, hop))
         for kind, targets in groups.items():

@@ -70,6 +70,7 @@ from .. import maillog, metrics_http
 from ..bounce import Notifier
 from ..config import POP3_MODES, SUBMISSION_MODES, Config, parse_host_port
 from ..deliver.base import DeliveryAgent
+from ..deliver.discard import DiscardAgent
 from ..deliver.lmtp import LmtpAgent
 from ..deliver.maildir import MaildirAgent
 from ..deliver.mbox import MboxAgent
@@ -202,6 +203,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=cfg.queue.fsync),
         "lmtp": LmtpAgent(hostname, timeout=cfg.local.lmtp_timeout),
         "smtp": smtp,
+        "discard": DiscardAgent(),
     }
     scheduler = Scheduler(cfg, spool, router, agents)
     scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
