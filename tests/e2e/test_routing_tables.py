@@ -122,3 +122,31 @@ def test_unknown_transport_is_a_config_error_naming_the_key(tmp_path: Path) -> N
         p = subprocess.run([*smtprs_command(), cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert p.returncode == 2, (cmd, p.stdout, p.stderr)
         assert "relay.transport.example.net: unknown transport 'lmpt'" in p.stderr, p.stderr
+
+
+def test_smtp_and_local_transports_and_a_utf8_mailbox(make_server, smtp_sink) -> None:
+    srv = make_server(
+        {
+            "relay": {
+                "trusted_networks": ["127.0.0.0/8"],
+                "transport": {"far.test": f"smtp:[127.0.0.1]:{smtp_sink.port}", "other.test": "local"},
+            },
+            "local": {"mailboxes": {f"jösé@{DOMAIN}": {"maildir": "boxes/jose"}}},
+        }
+    )
+    with srv.connect() as c:
+        c.ehlo()
+        r = c.send_message(SENDER, ["x@far.test", "dave@other.test"], stuff(make_message("two ways", "smtp and local\r\n")))
+        check(r, 250)
+        # a UTF-8 local part, deliverable because it has a mailbox of its own (RFC 6531 SMTPUTF8)
+        c.expect(f"MAIL FROM:<{SENDER}> SMTPUTF8", 250)
+        c.expect(f"RCPT TO:<jösé@{DOMAIN}>", 250)
+        check(c.cmd(f"RCPT TO:<jöe@{DOMAIN}>"), 550, "5.1.1")  # no mailbox of its own: no path is built from it
+        c.expect("DATA", 354)
+        c.send(stuff(make_message("utf8", "hola\r\n")) + b".\r\n")
+        check(c.reply(), 250)
+    srv.wait_log(rf"{r.qid}: to=<x@far\.test>, relay=[^,]*\[127\.0\.0\.1\]:{smtp_sink.port}, .*status=sent")
+    assert smtp_sink.wait_dumps(1)
+    assert wait_maildir(srv.data_dir / "mail" / "dave", 1)  # other.test is routed to our mailboxes
+    (got,) = wait_maildir(srv.data_dir / "boxes" / "jose", 1)
+    assert "Delivered-To: jösé@".encode() in got.read_bytes()
