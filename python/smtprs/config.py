@@ -752,6 +752,7 @@ def _check(cfg: Config) -> None:
     if r.relayhost:
         parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
     own_lmtp = {parse_host_port(lst.address, "") for lst in cfg.smtpd.listeners if lst.mode == "lmtp"}
+    routed_local: set[str] = set()
     for dom, hop in r.transport.items():
         local_part, at, domain = dom.rpartition("@")
         if at and not local_part:
@@ -762,7 +763,8 @@ def _check(cfg: Config) -> None:
         spec = parse_transport(hop, f"relay.transport.{dom}", r.smtp_port)
         if spec.kind == "lmtp" and not spec.server.startswith("unix:") and parse_host_port(spec.server, "") in own_lmtp:
             raise ConfigError(f"relay.transport.{dom}: {hop} is smtprs's own lmtp listener: mail would loop")
-    routed_local = {k.lower().rstrip(".") for k, v in r.transport.items() if parse_transport(v, "", r.smtp_port).kind == "local"}
+        if spec.kind == "local":
+            routed_local.add(dom.lower().rstrip("."))
     local_domains = {d.lower() for d in cfg.local.domains}
     for address, entry in cfg.local.mailboxes.items():
         key = f"local.mailboxes.{address}"

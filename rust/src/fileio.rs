@@ -163,19 +163,27 @@ mod tests {
         d
     }
 
+    /// `length` octets of `d/src` from `offset` into `d/new/name`, no head, default mode.
+    fn job(d: &Path, src: &str, name: &str, offset: u64, length: u64) -> FileJob {
+        FileJob {
+            src: d.join(src),
+            offset,
+            length,
+            head: Vec::new(),
+            tmp: d.join("tmp").join(name),
+            dst: d.join("new").join(name),
+            mode: DEFAULT_MODE,
+            owner: None,
+        }
+    }
+
     #[test]
     fn writes_range_with_head_and_lf() {
         let d = tmpdir("range");
         fs::write(d.join("seg"), b"XXXXa\r\nb\r\nYYYY").unwrap();
         let job = FileJob {
-            src: d.join("seg"),
-            offset: 4,
-            length: 6,
             head: b"H: 1\n".to_vec(),
-            tmp: d.join("tmp/m1"),
-            dst: d.join("new/m1"),
-            mode: DEFAULT_MODE,
-            owner: None,
+            ..job(&d, "seg", "m1", 4, 6)
         };
         let r = write_batch(std::slice::from_ref(&job), true, true);
         assert!(r[0].is_ok());
@@ -193,14 +201,8 @@ mod tests {
         let d = tmpdir("mode");
         fs::write(d.join("seg"), b"x\r\n").unwrap();
         let job = FileJob {
-            src: d.join("seg"),
-            offset: 0,
-            length: 3,
-            head: Vec::new(),
-            tmp: d.join("tmp/w"),
-            dst: d.join("new/w"),
             mode: 0o644,
-            owner: None,
+            ..job(&d, "seg", "w", 0, 3)
         };
         assert!(write_batch(std::slice::from_ref(&job), true, false)[0].is_ok());
         let mode = fs::metadata(&job.dst).unwrap().permissions().mode() & 0o777;
@@ -212,17 +214,11 @@ mod tests {
     fn jobs_sharing_a_source_each_get_their_own_range() {
         let d = tmpdir("shared");
         fs::write(d.join("seg"), b"one\r\ntwo\r\nthree\r\n").unwrap();
-        let job = |name: &str, offset: u64, length: u64| FileJob {
-            src: d.join("seg"),
-            offset,
-            length,
+        let named = |name: &str, offset: u64, length: u64| FileJob {
             head: name.as_bytes().to_vec(),
-            tmp: d.join("tmp").join(name),
-            dst: d.join("new").join(name),
-            mode: DEFAULT_MODE,
-            owner: None,
+            ..job(&d, "seg", name, offset, length)
         };
-        let jobs = [job("c", 10, 7), job("a", 0, 5), job("b", 5, 5)];
+        let jobs = [named("c", 10, 7), named("a", 0, 5), named("b", 5, 5)];
         assert!(write_batch(&jobs, true, false).iter().all(|r| r.is_ok()));
         assert_eq!(fs::read(d.join("new/a")).unwrap(), b"aone\n");
         assert_eq!(fs::read(d.join("new/b")).unwrap(), b"btwo\n");
@@ -234,36 +230,9 @@ mod tests {
     fn a_failing_job_does_not_stop_the_others() {
         let d = tmpdir("fail");
         fs::write(d.join("seg"), b"hello\r\n").unwrap();
-        let good = FileJob {
-            src: d.join("seg"),
-            offset: 0,
-            length: 7,
-            head: vec![],
-            tmp: d.join("tmp/g"),
-            dst: d.join("new/g"),
-            mode: DEFAULT_MODE,
-            owner: None,
-        };
-        let missing = FileJob {
-            src: d.join("nope"),
-            offset: 0,
-            length: 7,
-            head: vec![],
-            tmp: d.join("tmp/b"),
-            dst: d.join("new/b"),
-            mode: DEFAULT_MODE,
-            owner: None,
-        };
-        let short = FileJob {
-            src: d.join("seg"),
-            offset: 0,
-            length: 70,
-            head: vec![],
-            tmp: d.join("tmp/s"),
-            dst: d.join("new/s"),
-            mode: DEFAULT_MODE,
-            owner: None,
-        };
+        let good = job(&d, "seg", "g", 0, 7);
+        let missing = job(&d, "nope", "b", 0, 7);
+        let short = job(&d, "seg", "s", 0, 70);
         let r = write_batch(&[missing, good, short], false, true);
         assert!(r[0].is_err() && r[1].is_ok() && r[2].is_err());
         assert_eq!(fs::read(d.join("new/g")).unwrap(), b"hello\r\n");

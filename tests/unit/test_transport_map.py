@@ -125,3 +125,37 @@ def test_legacy_values_keep_their_meaning() -> None:
     assert config.parse_transport("[::1]:26", "k", 25) == config.Transport("smtp", "::1", 26, False)
     assert config.parse_transport("lmtp:[::1]:24", "k", 25).server == "[::1]:24"
     assert config.parse_transport("lmtp:inet:mail.test", "k", 25).server == "mail.test:24"
+
+
+def test_lmtp_transport_gives_the_stored_address_on_quoted(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    path = _core.parse_path('<"a b"@lmtp.test>', allow_null=False, smtputf8=True)
+    assert check(r, '<"a b"@lmtp.test>') is None
+    hop = r.route(path.address())
+    assert isinstance(hop, LmtpMailbox) and hop.rcpt == '"a b"@lmtp.test'
+
+
+async def test_error_entries_added_after_queueing_defer_or_bounce_queued_mail(ctx_factory) -> None:
+    """Mail queued before an error: entry was added: 4.x.x defers it, 5.x.x bounces it."""
+    import trio
+
+    from smtprs.envelope import Envelope, Recipient
+
+    ctx = ctx_factory(relay={"transport": {"later.test": "error:4.3.2 Not yet", "moved.test": "error:5.1.2 Moved"}})
+    async with trio.open_nursery() as n:
+        await n.start(ctx.scheduler.run)
+        w = ctx.spool.create()
+        w.write(b"Subject: x\r\n\r\nbody\r\n")
+        env = Envelope(queue_id=w.queue_id, sender="", recipients=[Recipient("a@later.test"), Recipient("b@moved.test")], arrival=1e12)
+        await ctx.spool.commit(w, env)
+        ctx.scheduler.submit(env)
+        with trio.fail_after(10):
+            while True:
+                got = ctx.spool.load(env.queue_id)
+                if got is not None and all(rc.attempts for rc in got.recipients):
+                    break
+                await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    a, b = got.recipients
+    assert (a.state, a.status, b.state, b.status) == ("deferred", "4.3.2", "failed", "5.1.2")
+    assert ctx.spool.count == 1  # still queued for a@later.test

@@ -244,11 +244,11 @@ class MboxAgent:
         with _thread_lock(path):
             flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
             try:
-                fd = os.open(path, flags)
-                created = False
-            except FileNotFoundError:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
                 created = True
+            except FileExistsError:
+                fd = os.open(path, flags)
+                created = False
             try:
                 if created:
                     # a new mailbox gets the configured mode and owner (one that exists keeps its own)

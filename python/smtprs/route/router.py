@@ -413,7 +413,8 @@ class Router:
         d = domain.lower()
         spec = self.transport_of(local_part, d)
         if spec is not None:
-            return self._by_transport(spec, local_part, d, f"{local_part}@{domain}")
+            # the stored address is in RFC 5321 form (a local part quoted where it must be): given on as is
+            return self._by_transport(spec, local_part, d, address if "@" in address else f"{local_part}@{d}")
         if self.is_virtual(d):
             # not expected (expand() rewrites virtual addresses), but an address
             # stored by an older version is still delivered if it maps to one mailbox
