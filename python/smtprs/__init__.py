@@ -28,9 +28,9 @@ from .api import RunningServer, SendResult, send, serve
 from .config import Config, load as load_config
 from .envelope import Envelope, Recipient
 from .errors import AddressError, ConfigError, ListenError, ParseError, SmtprsError, SpoolError
-from .queue.spool import Content
+from .content import Content
 from .reply import Reply
-from .smtpd.hooks import Hooks, SessionInfo
+from .hooks import Hooks, SessionInfo
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ control socket, metrics if enabled) in the caller's Trio nursery until
 cancelled; ``await nursery.start(smtprs.serve, cfg, hooks)`` returns a
 ``RunningServer`` once every listener is bound (port 0 in the configuration
 gives a free port, read back from ``RunningServer.port()``).  Hooks are
-smtpd/hooks.py's.
+hooks.py's.
 
 ``send(sender, recipients, message)`` hands a message to other servers
 through smtprs's own SMTP client (deliver/smtp.py), with the same TLS,
@@ -32,10 +32,11 @@ import trio
 from .config import Config, load
 from .deliver.base import DeliveryRequest, Target
 from .deliver.smtp import SmtpAgent
-from .queue.spool import Content, new_queue_id
-from .route.router import RemoteHop
+from .content import Content
+from .queue.spool import new_queue_id
+from .hops import RemoteHop
 from .smtpd import server as _server
-from .smtpd.hooks import Hooks
+from .hooks import Hooks
 
 
 @dataclass(frozen=True)

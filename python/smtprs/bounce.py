@@ -32,7 +32,8 @@ from . import maillog
 from .config import Config
 from .envelope import Envelope, Recipient
 from .errors import SpoolError
-from .queue.spool import Content, Spool
+from .content import Content
+from .queue.spool import Spool
 
 # kind -> (Subject, the human part's first paragraph)
 _WORDING = {

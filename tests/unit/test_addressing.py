@@ -10,7 +10,8 @@ import pytest
 from smtprs import _core
 from smtprs.errors import ConfigError
 from smtprs.route.aliases import load_aliases, load_virtual
-from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Router, Unroutable
+from smtprs.hops import LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Unroutable
+from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, Router
 
 from .conftest import make_config
 

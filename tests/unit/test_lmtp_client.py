@@ -10,8 +10,8 @@ import trio.testing
 
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.lmtp import LmtpAgent
-from smtprs.queue.spool import Content
-from smtprs.route.router import LmtpMailbox
+from smtprs.content import Content
+from smtprs.hops import LmtpMailbox
 
 
 class FakeLmtp:

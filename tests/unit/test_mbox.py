@@ -18,8 +18,8 @@ import pytest
 from smtprs.deliver import mbox as mbox_mod
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.mbox import MboxAgent, MboxrdQuoter
-from smtprs.queue.spool import Content
-from smtprs.route.router import MboxMailbox
+from smtprs.content import Content
+from smtprs.hops import MboxMailbox
 
 BODY_WITH_FROMS = (
     b"Subject: froms\r\n\r\n"

@@ -11,7 +11,7 @@ import pytest
 
 from e2e.peers import Dnsmasq
 from smtprs.config import Dns
-from smtprs.route.mx import DnsFailure, Host, Resolver
+from smtprs.deliver.mx import DnsFailure, Host, Resolver
 
 RECORDS = [
     "--mx-host=multi.test,a.multi.test,10",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from smtprs import _core
-from smtprs.route.router import LocalMailbox, RemoteHop, Router, Unroutable
+from smtprs.hops import LocalMailbox, RemoteHop, Unroutable
+from smtprs.route.router import Router
 
 from .conftest import make_config
 

@@ -16,9 +16,9 @@ import trio
 
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.smtp import SmtpAgent
-from smtprs.queue.spool import Content
-from smtprs.route.mx import Host
-from smtprs.route.router import RemoteHop
+from smtprs.content import Content
+from smtprs.deliver.mx import Host
+from smtprs.hops import RemoteHop
 
 from .conftest import make_config
 

@@ -9,7 +9,8 @@ import pytest
 
 from smtprs import _core, config
 from smtprs.errors import ConfigError
-from smtprs.route.router import Discard, LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Router, Unroutable
+from smtprs.hops import Discard, LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Unroutable
+from smtprs.route.router import Router
 
 from .conftest import make_config
 

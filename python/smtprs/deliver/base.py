@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ..queue.spool import Content
-from ..route.router import NextHop
+from ..content import Content
+from ..hops import NextHop
 
 Status = Literal["delivered", "deferred", "failed"]
 

@@ -8,7 +8,7 @@ delivery.  Nothing is written anywhere.
 
 from __future__ import annotations
 
-from ..route.router import Discard
+from ..hops import Discard
 from .base import DeliveryRequest, Outcome
 
 

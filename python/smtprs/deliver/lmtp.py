@@ -26,7 +26,7 @@ import trio
 from .. import _core
 from ..config import parse_socket_address
 from ..errors import ParseError
-from ..route.router import LmtpMailbox
+from ..hops import LmtpMailbox
 from .base import DeliveryRequest, Outcome, Status, Target
 
 CHUNK = 256 * 1024

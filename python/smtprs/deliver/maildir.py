@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 
 from .. import _core, _threads
-from ..route.router import LocalMailbox
+from ..hops import LocalMailbox
 from .base import DeliveryRequest, Outcome
 
 

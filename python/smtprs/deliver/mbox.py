@@ -50,7 +50,7 @@ from pathlib import Path
 import trio
 
 from .. import _core
-from ..route.router import MboxMailbox
+from ..hops import MboxMailbox
 from .base import DeliveryRequest, Outcome
 from .maildir import make_dir
 

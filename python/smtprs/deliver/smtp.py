@@ -4,7 +4,7 @@ Reads the spooled content (through the Rust ``DotStuffer``) and the
 ``[relay]`` configuration; parses replies with the Rust ``ReplyParser``;
 writes nothing but the network.  Given a ``DeliveryRequest`` whose targets
 share one destination (the scheduler groups them so), it finds the hosts
-(route/mx.py), and tries them in order until every recipient has a final
+(deliver/mx.py), and tries them in order until every recipient has a final
 answer or no host is left:
 
 - connect (``connect_timeout``), 220 greeting, EHLO (HELO when EHLO is
@@ -49,8 +49,8 @@ import trio
 from .. import _core, maillog
 from ..config import Config
 from ..errors import ParseError
-from ..route.mx import DnsFailure, Host, Resolver
-from ..route.router import RemoteHop
+from .mx import DnsFailure, Host, Resolver
+from ..hops import RemoteHop
 from .base import DeliveryRequest, Outcome, Status, Target
 
 CHUNK = 256 * 1024

@@ -47,13 +47,14 @@ from ..config import Config
 from ..deliver.base import DeliveryAgent, DeliveryRequest, Outcome, Target
 from ..envelope import Envelope
 from ..errors import SpoolError
-from ..route.router import Router, Unroutable
+from ..hops import Unroutable
+from ..route.router import Router
 from .spool import Spool
 
 if TYPE_CHECKING:
     from ..bounce import Notifier
     from ..metrics import Metrics
-    from ..smtpd.hooks import Hooks
+    from ..hooks import Hooks
 
 EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
 BUSY_WAIT = 3.0  # how long a queue command waits for a delivery attempt in progress

@@ -55,6 +55,7 @@ from typing import BinaryIO
 import trio
 
 from .. import _threads, maillog
+from ..content import Content, RangeReader
 from ..envelope import Envelope
 from ..errors import SpoolError
 
@@ -104,48 +105,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@dataclass(frozen=True)
-class Content:
-    """Where a message's content is: a whole file, or a range of a segment."""
-
-    path: Path
-    offset: int
-    length: int
-
-    def open(self) -> RangeReader:
-        return RangeReader(self)
-
-
-class RangeReader:
-    """A read-only binary file over ``Content`` (pread, so segments are never seeked)."""
-
-    def __init__(self, content: Content) -> None:
-        self._fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
-        self._pos = content.offset
-        self._end = content.offset + content.length
-
-    def read(self, n: int = -1) -> bytes:
-        left = self._end - self._pos
-        if n < 0 or n > left:
-            n = left
-        if n <= 0:
-            return b""
-        data = os.pread(self._fd, n, self._pos)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> RangeReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MessageWriter:

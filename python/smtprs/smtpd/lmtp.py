@@ -33,7 +33,7 @@ from .. import maillog
 from .. import reply as R
 from ..deliver.base import DeliveryRequest, Outcome, Target
 from ..queue.spool import MessageWriter
-from ..route.router import Unroutable
+from ..hops import Unroutable
 
 if TYPE_CHECKING:
     from .server import ServerContext

@@ -16,7 +16,7 @@ shard K (plus shards left by an earlier run with more workers).
 
 Metrics (metrics.py) are counted in ``ctx.metrics``; worker 0 serves them
 over HTTP when ``metrics.enabled`` (metrics_http.py), every worker returns
-its own through the control socket's STATS.  ``hooks`` (smtpd/hooks.py) are
+its own through the control socket's STATS.  ``hooks`` (hooks.py) are
 the library's: given to ``serve`` by a program that embeds the server.
 
 Life cycle (the ``smtprs serve`` command maps signals onto it):
@@ -84,7 +84,7 @@ from ..retrieve.pop3 import Pop3Context, Pop3Session
 from ..route.router import Router
 from . import tls as tls_mod
 from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
-from .hooks import Hooks
+from ..hooks import Hooks
 from .limits import ClientLimits
 from .policy import Policy
 from .session import Session

@@ -54,9 +54,9 @@ from ..config import SUBMISSION_MODES, Listener
 from ..envelope import Envelope, Recipient
 from ..errors import AddressError, SpoolError
 from ..queue.spool import MessageWriter
-from ..route.router import Unroutable
+from ..hops import Unroutable
 from . import auth as sasl
-from .hooks import HOOK_FAILED, SessionInfo
+from ..hooks import HOOK_FAILED, SessionInfo
 from .tls import describe as describe_tls
 
 if TYPE_CHECKING:

@@ -34,9 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..envelope import Envelope, Recipient
-from ..queue.spool import Content
-from ..reply import Reply
+from .envelope import Envelope, Recipient
+from .content import Content
+from .reply import Reply
 
 
 @dataclass(frozen=True)
