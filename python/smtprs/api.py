@@ -35,7 +35,7 @@ from .deliver.smtp import SmtpAgent
 from .content import Content
 from .queue.spool import new_queue_id
 from .hops import RemoteHop
-from .smtpd import server as _server
+from . import daemon as _server
 from .hooks import Hooks
 
 

@@ -33,7 +33,7 @@ from .config import Config
 from .envelope import Envelope, Recipient
 from .errors import SpoolError
 from .content import Content
-from .queue.spool import Spool
+from .queue.backend import SpoolBackend
 
 # kind -> (Subject, the human part's first paragraph)
 _WORDING = {
@@ -221,7 +221,7 @@ def _wrap(text: str, indent: str = "") -> list[str]:
 class Notifier:
     """Sends the notices an envelope owes; called by the scheduler after each attempt."""
 
-    def __init__(self, cfg: Config, hostname: str, spool: Spool, submit: Callable[[Envelope], None]) -> None:
+    def __init__(self, cfg: Config, hostname: str, spool: SpoolBackend, submit: Callable[[Envelope], None]) -> None:
         self.cfg = cfg
         self.hostname = hostname
         self.spool = spool

@@ -1,7 +1,7 @@
 """The ``smtprs`` command: serve, check-config, passwd, tls, queue list/count/flush.
 
 ``smtprs serve [--config FILE]`` runs the server in the foreground until
-SIGTERM or SIGINT (a graceful shutdown: see ``smtpd/server.py``; a second
+SIGTERM or SIGINT (a graceful shutdown: see ``daemon.py``; a second
 signal stops at once), and reloads the configuration on SIGHUP; ``smtprs check-config [--config FILE]`` loads and validates
 the configuration (and the TLS certificate and users file it names) and exits
 0 ("config ok") or 2 with the key at fault.  ``smtprs passwd add|remove|list``
@@ -41,7 +41,7 @@ from .queue.control import ControlError
 
 if TYPE_CHECKING:
     from .envelope import Envelope
-    from .smtpd.server import Server
+    from .daemon import Server
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -58,7 +58,7 @@ def _alias_problems(cfg: config_mod.Config) -> list[str]:
 
 
 async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int) -> None:
-    from .smtpd.server import Server
+    from .daemon import Server
 
     server = Server(cfg, config_path, worker=worker, workers=workers)
     async with trio.open_nursery() as nursery:

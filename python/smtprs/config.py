@@ -211,11 +211,11 @@ class Queue:
     delay_warning: float = _f(0.0, "Seconds after arrival when a sender whose mail is still deferred gets a \"delayed\" notice (RFC 3464 Action: delayed), once; 0 turns it off.", min=0)
     bounce_size_limit: int = _f(1024 * 1024, "Largest original message returned whole in a bounce when the sender asked for it (MAIL ... RET=FULL); larger ones are returned as headers only.", min=0)
     control_socket: str = _f("control.sock", "Unix socket (relative to data_dir) on which the running server takes queue commands (`smtprs queue flush`); mode 0600.")
-    fsync: bool = _f(True, "fsync content, envelope and directory before answering 250. Turning it off breaks the durability promise; it exists for sink benchmarks only.")
-    discard: bool = _f(
-        False,
-        "Benchmark only: answer 250 to each message and throw it away (nothing is stored or delivered), as Postfix's `smtp-sink` does, "
-        "to measure the SMTP engine alone. It breaks the handoff promise: never turn it on for real mail. A warning is logged while it is on.",
+    backend: Literal["segments", "null"] = _f(
+        "segments",
+        "Where accepted mail is kept: `segments` (the spool directory: append-only, fsync'd segment files). "
+        "`null` keeps nothing: every message is answered 250 and thrown away, as Postfix's `smtp-sink` does (OpenSMTPD's queue_null); "
+        "it is for measuring the SMTP engine alone, breaks the handoff promise, and logs a warning while it is on.",
     )
 
 
@@ -309,6 +309,11 @@ class Config:
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
+    unsafe_no_fsync: bool = _f(
+        False,
+        "Skip every fsync: the spool's, and the Maildir and mbox deliveries'. A crash or power loss then loses mail that was answered 250; "
+        "for benchmarks and throw-away test machines only.",
+    )
 
     # -- derived values -------------------------------------------------
     @property
@@ -363,9 +368,6 @@ class Config:
     def users_path(self) -> Path:
         return self.path(self.smtpd.auth.users_file)
 
-    def is_local_domain(self, domain: str) -> bool:
-        return domain.lower() in {d.lower() for d in self.local.domains}
-
 
 # --------------------------------------------------------------------------
 # Loading and validation
@@ -406,6 +408,13 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# keys that were renamed: the error says what to write instead
+RENAMED = {
+    "queue.fsync": "unsafe_no_fsync = true (top level) replaces queue.fsync = false",
+    "queue.discard": 'queue.backend = "null" replaces queue.discard = true',
+}
+
+
 def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {_show(raw)}")
@@ -413,6 +422,8 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
+            if f"{prefix}{key}" in RENAMED:
+                raise ConfigError(f"{prefix}{key}: renamed: {RENAMED[prefix + key]}")
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{prefix}{key}: unknown key (known here: {known})")
     values: dict[str, Any] = {}

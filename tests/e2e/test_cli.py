@@ -53,7 +53,7 @@ BAD = [
     ('smtpd.listeners = [{address = "nohost"}]', "smtpd.listeners[0].address", None),
     ('smtpd.listeners = [{address = "127.0.0.1:99999"}]', "smtpd.listeners[0].address", None),
     ('log.level = "loud"', "log.level", None),
-    ("queue.fsync = 1", "queue.fsync", None),
+    ("unsafe_no_fsync = 1", "unsafe_no_fsync", None),
 ]
 
 

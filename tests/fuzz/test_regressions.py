@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from smtprs import _core, config
-from smtprs.smtpd.server import build
+from smtprs.daemon import build
 from smtprs.smtpd.session import Session
 
 
@@ -27,7 +27,7 @@ async def _dialogue(tmp_path: Path, data: bytes) -> list[bytes]:
 
     async def serve() -> None:
         try:
-            await Session(ctx, server, "192.0.2.7", 40000).run()  # must not raise
+            await Session(ctx.session, server, "192.0.2.7", 40000).run()  # must not raise
         finally:
             await server.aclose()
 

@@ -57,7 +57,7 @@ from smtprs import _core, config
 from smtprs.config import Listener
 from smtprs.queue.spool import Spool
 from smtprs.smtpd import auth
-from smtprs.smtpd.server import ServerContext, build
+from smtprs.daemon import ServerContext, build
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
@@ -433,7 +433,7 @@ def run_dialogue(
 
         async def serve() -> None:
             try:
-                session = Session(ctx, LoggingStream(server, log), "192.0.2.7", 40000, Listener("127.0.0.1:25", mode))  # type: ignore[arg-type]
+                session = Session(ctx.session, LoggingStream(server, log), "192.0.2.7", 40000, Listener("127.0.0.1:25", mode))  # type: ignore[arg-type]
                 await session.run()
             finally:
                 await server.aclose()

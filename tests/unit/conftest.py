@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from smtprs import _core, config
-from smtprs.smtpd.server import ServerContext, build
+from smtprs.daemon import ServerContext, build
 from smtprs.smtpd.session import Session
 
 
@@ -68,7 +68,7 @@ async def start_session(nursery: trio.Nursery, ctx: ServerContext) -> Client:
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
-        await Session(ctx, server_stream, "192.0.2.7", 40000).run()
+        await Session(ctx.session, server_stream, "192.0.2.7", 40000).run()
         await server_stream.aclose()
 
     nursery.start_soon(serve)

@@ -8,7 +8,7 @@ import logging
 import trio
 
 from smtprs import _core
-from smtprs.smtpd.server import Server
+from smtprs.daemon import Server
 
 from .conftest import make_config
 

@@ -18,7 +18,7 @@ async def _session_from(nursery: trio.Nursery, ctx, ip: str) -> Client:
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
-        await Session(ctx, server_stream, ip, 40000).run()
+        await Session(ctx.session, server_stream, ip, 40000).run()
         await server_stream.aclose()
 
     nursery.start_soon(serve)

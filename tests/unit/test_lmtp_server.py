@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from smtprs.config import Listener
-from smtprs.smtpd.server import ServerContext
+from smtprs.daemon import ServerContext
 from smtprs.smtpd.session import Session
 
 from .conftest import Client
@@ -20,7 +20,7 @@ async def start_lmtp(nursery: trio.Nursery, ctx: ServerContext) -> Client:
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
-        await Session(ctx, server_stream, "192.0.2.9", 40001, Listener(mode="lmtp")).run()
+        await Session(ctx.session, server_stream, "192.0.2.9", 40001, Listener(mode="lmtp")).run()
         await server_stream.aclose()
 
     nursery.start_soon(serve)

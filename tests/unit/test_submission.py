@@ -18,7 +18,7 @@ from smtprs import config
 from smtprs.config import Listener
 from smtprs.errors import ConfigError
 from smtprs.smtpd import auth
-from smtprs.smtpd.server import ServerContext
+from smtprs.daemon import ServerContext
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
@@ -73,7 +73,7 @@ async def open_session(
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
-        await Session(ctx, server_stream, peer_ip, 40000, Listener("127.0.0.1:587", mode)).run()  # type: ignore[arg-type]
+        await Session(ctx.session, server_stream, peer_ip, 40000, Listener("127.0.0.1:587", mode)).run()  # type: ignore[arg-type]
         await server_stream.aclose()
 
     nursery.start_soon(serve)
@@ -220,7 +220,7 @@ async def test_handshake_timeout(sub_ctx, autojump_clock):
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
-        await Session(ctx, server_stream, "192.0.2.7", 1, Listener("x:465", "submissions")).run()  # type: ignore[arg-type]
+        await Session(ctx.session, server_stream, "192.0.2.7", 1, Listener("x:465", "submissions")).run()  # type: ignore[arg-type]
         await server_stream.aclose()
 
     async with trio.open_nursery() as n:

@@ -49,7 +49,7 @@ from ..envelope import Envelope
 from ..errors import SpoolError
 from ..hops import Unroutable
 from ..route.router import Router
-from .spool import Spool
+from .backend import SpoolBackend
 
 if TYPE_CHECKING:
     from ..bounce import Notifier
@@ -81,7 +81,7 @@ class Scheduler:
     def __init__(
         self,
         cfg: Config,
-        spool: Spool,
+        spool: SpoolBackend,
         router: Router,
         agents: dict[str, DeliveryAgent],
         *,

@@ -50,7 +50,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import trio
 
@@ -58,6 +58,9 @@ from .. import _threads, maillog
 from ..content import Content, RangeReader
 from ..envelope import Envelope
 from ..errors import SpoolError
+
+if TYPE_CHECKING:
+    from .backend import Writer
 
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # 31 symbols, no vowels: ids never spell words
 
@@ -406,7 +409,8 @@ class Spool:
             qid = new_queue_id()
         return MessageWriter(self, qid)
 
-    def abort(self, writer: MessageWriter) -> None:
+    def abort(self, w: Writer) -> None:
+        writer = cast(MessageWriter, w)  # (ours: the backend interface names the protocol)
         writer._release()
         writer._close()
         if writer.path is not None:
@@ -415,9 +419,10 @@ class Spool:
             except FileNotFoundError:
                 pass
 
-    async def commit(self, writer: MessageWriter, envelope: Envelope) -> None:
+    async def commit(self, w: Writer, envelope: Envelope) -> None:
         """Make the message durable; returns only when it is on disk.
         Raises SpoolError (and forgets the message)."""
+        writer = cast(MessageWriter, w)
         if writer.failed is not None:
             self.abort(writer)
             raise _spool_error("cannot write queue file", writer.failed)

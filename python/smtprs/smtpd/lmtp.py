@@ -32,11 +32,11 @@ import trio
 from .. import maillog
 from .. import reply as R
 from ..deliver.base import DeliveryRequest, Outcome, Target
-from ..queue.spool import MessageWriter
+from ..queue.backend import Writer
 from ..hops import Unroutable
 
 if TYPE_CHECKING:
-    from .server import ServerContext
+    from .context import SessionContext
 
 _CODED = re.compile(r"([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (.*)", re.S)
 
@@ -49,7 +49,7 @@ class Slot:
     targets: tuple[str, ...]
 
 
-def check_targets(ctx: ServerContext, address: str, targets: tuple[str, ...]) -> R.Reply | None:
+def check_targets(ctx: SessionContext, address: str, targets: tuple[str, ...]) -> R.Reply | None:
     """At RCPT: every expanded recipient must be a local mailbox (None if so)."""
     for t in targets:
         hop = ctx.router.route(t)
@@ -72,7 +72,7 @@ def _reply_of(outcome: Outcome, address: str) -> R.Reply:
 
 
 async def deliver_now(
-    ctx: ServerContext, writer: MessageWriter, sender: str, slots: list[Slot], params: dict[str, str], session: str, peer: str
+    ctx: SessionContext, writer: Writer, sender: str, slots: list[Slot], params: dict[str, str], session: str, peer: str
 ) -> list[R.Reply]:
     """Deliver the received message to every slot's mailboxes; one reply per slot."""
     arrival = time.time()

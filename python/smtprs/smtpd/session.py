@@ -53,14 +53,14 @@ from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
 from ..envelope import Envelope, Recipient
 from ..errors import AddressError, SpoolError
-from ..queue.spool import MessageWriter
+from ..queue.backend import Writer
 from ..hops import Unroutable
 from . import auth as sasl
 from ..hooks import HOOK_FAILED, SessionInfo
 from .tls import describe as describe_tls
 
 if TYPE_CHECKING:
-    from .server import ServerContext
+    from .context import SessionContext
 
 _session_ids = itertools.count(1)
 
@@ -94,7 +94,7 @@ class Transaction:
     targets: dict[str, str] = field(default_factory=dict)  # expanded recipient -> the RCPT address it came from
     lmtp_slots: list[lmtp.Slot] = field(default_factory=list)  # LMTP: every accepted RCPT, one reply each after the data
     rcpt_attempts: int = 0
-    writer: MessageWriter | None = None
+    writer: Writer | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
     bdat_error: R.Reply | None = None  # the reply every further BDAT of this transaction gets
     hold: bytearray | None = None  # submission: the header block, held until its end is seen
@@ -165,7 +165,7 @@ def _address_literal(peer_ip: str) -> str:
 class Session:
     def __init__(
         self,
-        ctx: ServerContext,
+        ctx: SessionContext,
         stream: trio.abc.Stream,
         peer_ip: str,
         peer_port: int,
@@ -956,12 +956,6 @@ class Session:
             for r in await lmtp.deliver_now(self.ctx, writer, txn.sender.address(), txn.lmtp_slots, params, self.id, self.peer):
                 self.out += r.encode()  # a mailbox's trouble is not the client's error: not counted
             return
-        if self.cfg.queue.discard:  # benchmark sink (config.Queue.discard): nothing is kept
-            self.ctx.spool.abort(writer)
-            self.junk = 0
-            self.ctx.metrics.inc("smtprs_messages_accepted_total", mode=self.mode)
-            self.reply(R.Reply(250, "2.0.0", f"Ok: discarded as {writer.queue_id}"))
-            return
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
@@ -984,8 +978,7 @@ class Session:
             await self.ctx.spool.remove(env.queue_id)
             self.reply(refusal)
             return
-        maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), self.peer, self.auth_user)
-        self.ctx.scheduler.submit(env)
+        self.ctx.hand_off(env, self.peer, self.auth_user)
         self.junk = 0
         metrics = self.ctx.metrics
         metrics.inc("smtprs_messages_accepted_total", mode=self.mode)
@@ -998,7 +991,7 @@ class Session:
             self.reply(r)
 
     # -- submission fix-ups (RFC 6409 8) -----------------------------------------
-    def _hold_header(self, txn: Transaction, writer: MessageWriter, data: bytes) -> None:
+    def _hold_header(self, txn: Transaction, writer: Writer, data: bytes) -> None:
         """Hold content until the header block's blank line has been seen."""
         assert txn.hold is not None
         hold = txn.hold
@@ -1013,7 +1006,7 @@ class Session:
             end = i + 2
         self._release_header(txn, writer, end)
 
-    def _release_header(self, txn: Transaction, writer: MessageWriter, end: int) -> None:
+    def _release_header(self, txn: Transaction, writer: Writer, end: int) -> None:
         """Write the missing Date / Message-ID, then the held content; stream from now on."""
         assert txn.hold is not None
         hold, txn.hold = txn.hold, None

@@ -1,4 +1,10 @@
-"""The running server: listeners, sessions and the queue, and their life cycle.
+"""The composition root: builds the process (spool, scheduler, delivery agents,
+router, notifier, POP3, metrics), owns its life cycle, reload and spool shards.
+
+The stages (smtpd/, queue/, route/, deliver/, retrieve/) never import this
+module; it imports them and wires them together.  Sessions get only the
+narrow ``SessionContext`` (smtpd/context.py) it builds; listening and
+accepting is smtpd/listen.py's.
 
 ``Server(cfg, config_path).run()`` locks and opens its spool shard, starts the
 scheduler (which picks up mail left in the spool by an earlier run) and the
@@ -51,12 +57,9 @@ unexpected exception in a session is logged and ends that session only.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import logging
-import math
 import os
-import socket
 import ssl
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,51 +68,37 @@ from typing import Any
 
 import trio
 
-from .. import config as config_mod
-from .. import maillog, metrics_http
-from ..bounce import Notifier
-from ..config import POP3_MODES, SUBMISSION_MODES, Config, parse_host_port
-from ..deliver.base import DeliveryAgent
-from ..deliver.discard import DiscardAgent
-from ..deliver.lmtp import LmtpAgent
-from ..deliver.maildir import MaildirAgent
-from ..deliver.mbox import MboxAgent
-from ..deliver.smtp import SmtpAgent
-from ..errors import ConfigError, ListenError, SpoolError
-from ..metrics import Metrics
-from ..queue import control
-from ..queue.scheduler import Scheduler
-from ..queue.spool import Spool
-from ..retrieve.pop3 import Pop3Context, Pop3Session
-from ..route.router import Router
-from . import tls as tls_mod
-from .auth import Authenticator, FailureDelays, UsersFile, UsersFileError
-from ..hooks import Hooks
-from .limits import ClientLimits
-from .policy import Policy
-from .session import Session
+from . import config as config_mod
+from . import maillog, metrics_http
+from .bounce import Notifier
+from .config import POP3_MODES, SUBMISSION_MODES, Config
+from .deliver.base import DeliveryAgent
+from .deliver.discard import DiscardAgent
+from .deliver.lmtp import LmtpAgent
+from .deliver.maildir import MaildirAgent
+from .deliver.mbox import MboxAgent
+from .deliver.smtp import SmtpAgent
+from .envelope import Envelope
+from .errors import ConfigError, ListenError, SpoolError
+from .hooks import Hooks
+from .metrics import Metrics
+from .queue import control
+from .queue.backend import SpoolBackend
+from .queue.null import NullSpool
+from .queue.scheduler import Scheduler
+from .queue.spool import Spool
+from .retrieve.pop3 import Pop3Context, Pop3Session
+from .route.router import Router
+from .smtpd import tls as tls_mod
+from .smtpd.auth import Authenticator, FailureDelays, UsersFile, UsersFileError
+from .smtpd.context import HandOff, Runtime, SessionContext
+from .smtpd.listen import Bound, accept_loop, bind, describe
+from .smtpd.policy import Policy
+from .smtpd.session import Session
 
 # Seconds sessions get, after the shutdown deadline, to send their 421 and close
 # before they are cancelled.
 SHUTDOWN_GRACE = 5.0
-
-# accept() errors that mean "out of a resource": wait and try again
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-# accept() errors about one connection that went away or was refused by a
-# firewall rule before we took it: skip it, take the next.  The same list as
-# trio's SocketListener (Linux's accept(2) passes on a pending connection's
-# network error, ECONNRESET and ETIMEDOUT among them); by name, since not every
-# platform defines every one.
-_ACCEPT_SKIP_ERRNOS = {
-    getattr(errno, name)
-    for name in (
-        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
-        "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT", "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
-    )
-    if hasattr(errno, name)
-}  # fmt: skip
-# connections taken per wake-up of an accept loop before it lets other tasks run
-ACCEPT_BATCH = 64
 
 # Keys (or whole sections) read once at start: a reload keeps their running
 # values and says so.  They name things opened at start (the spool, the
@@ -120,7 +109,8 @@ RESTART_ONLY = (
     "data_dir",
     "workers",
     "queue.directory",
-    "queue.fsync",
+    "queue.backend",
+    "unsafe_no_fsync",
     "queue.delivery_concurrency",
     "queue.control_socket",
     "local.lock_timeout",
@@ -133,51 +123,47 @@ RESTART_ONLY = (
 
 
 @dataclass
-class Runtime:
-    """What outlives a configuration reload: open sessions, per-client counts, shutdown state."""
-
-    sessions: set[Session] = field(default_factory=set)
-    other_sessions: int = 0  # POP3 sessions (they count towards smtpd.max_connections too)
-    limits: ClientLimits = field(default_factory=ClientLimits)
-    closing: bool = False
-    drain_deadline: float = math.inf
-    all_closed: trio.Event = field(default_factory=trio.Event)
-
-    def add(self, session: Session) -> None:
-        self.sessions.add(session)
-
-    def discard(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if self.closing and not self.sessions:
-            self.all_closed.set()
-
-
-@dataclass
 class ServerContext:
-    """What every session shares: configuration, spool, router, scheduler, TLS, AUTH, policy."""
+    """The process as built for one configuration: what it runs (spool,
+    scheduler, agents, POP3, metrics) and what its sessions get (``session``)."""
 
     cfg: Config
-    spool: Spool
+    spool: SpoolBackend
     router: Router
     scheduler: Scheduler
     hostname: str
-    tls: ssl.SSLContext | None
-    authenticator: Authenticator
-    auth_delays: FailureDelays
-    policy: Policy
     smtp: SmtpAgent
+    session: SessionContext
     agents: dict[str, DeliveryAgent] = field(default_factory=dict)  # by next-hop kind
     pop3: Pop3Context | None = None
-    runtime: Runtime = field(default_factory=Runtime)
     bound: list[tuple[str, int, str]] = field(default_factory=list)  # (address, port, mode) of each listening socket
-    metrics: Metrics = field(default_factory=Metrics)
     hooks: Hooks | None = None
     schedulers: list[Scheduler] = field(default_factory=list)  # ours first, then those of orphaned shards
     metrics_address: tuple[str, int] | None = None  # where the metrics endpoint listens, when it does
 
     @property
+    def runtime(self) -> Runtime:
+        return self.session.runtime
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.session.metrics
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        return self.session.tls
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.session.authenticator
+
+    @property
+    def auth_delays(self) -> FailureDelays:
+        return self.session.auth_delays
+
+    @property
     def active_sessions(self) -> int:
-        return len(self.runtime.sessions) + self.runtime.other_sessions
+        return self.runtime.active_sessions
 
 
 def _watch(ctx: ServerContext) -> None:
@@ -193,14 +179,34 @@ def _watch(ctx: ServerContext) -> None:
     m.gauge("smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0))
 
 
+def make_spool(cfg: Config, shard: int) -> SpoolBackend:
+    """The spool backend ``queue.backend`` names, for one shard."""
+    if cfg.queue.backend == "null":
+        return NullSpool()
+    return Spool(shard_path(cfg, shard), fsync=not cfg.unsafe_no_fsync)
+
+
+def _hand_off(scheduler: Scheduler) -> HandOff:
+    def hand_off(env: Envelope, peer: str, auth_user: str | None) -> None:
+        maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), peer, auth_user)
+        scheduler.submit(env)
+
+    return hand_off
+
+
+def _keep_nothing(env: Envelope, peer: str, auth_user: str | None) -> None:
+    """The null backend's hand-off: nothing was kept, so nothing is queued."""
+
+
 def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerContext:
     hostname = cfg.host_name
-    spool = Spool(shard_path(cfg, shard), fsync=cfg.queue.fsync)
+    spool = make_spool(cfg, shard)
     router = Router(cfg)
     smtp = SmtpAgent(cfg, hostname)
+    fsync = not cfg.unsafe_no_fsync
     agents: dict[str, DeliveryAgent] = {
-        "maildir": MaildirAgent(hostname, fsync=cfg.queue.fsync),
-        "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=cfg.queue.fsync),
+        "maildir": MaildirAgent(hostname, fsync=fsync),
+        "mbox": MboxAgent(lock_timeout=cfg.local.lock_timeout, fsync=fsync),
         "lmtp": LmtpAgent(hostname, timeout=cfg.local.lmtp_timeout),
         "smtp": smtp,
         "discard": DiscardAgent(),
@@ -208,22 +214,25 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
     scheduler = Scheduler(cfg, spool, router, agents)
     scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
     a = cfg.smtpd.auth
-    ctx = ServerContext(
+    metrics = Metrics()
+    session = SessionContext(
         cfg,
+        hostname,
         spool,
         router,
-        scheduler,
-        hostname,
+        hand_off=_keep_nothing if isinstance(spool, NullSpool) else _hand_off(scheduler),
         tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
-        smtp=smtp,
+        runtime=Runtime(),
+        metrics=metrics,
         agents=agents,
         hooks=hooks,
     )
+    ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
-    scheduler.metrics = ctx.metrics
+    scheduler.metrics = metrics
     scheduler.hooks = hooks
     _watch(ctx)
     ctx.pop3 = _pop3_context(ctx)
@@ -271,15 +280,16 @@ def restart_only_changes(old: Config, new: Config) -> tuple[Config, list[str]]:
 def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
     """A context for ``cfg`` that shares the spool, scheduler, agents, AUTH delays and
     runtime of ``old``.  Raises ConfigError (TLS files, aliases) without changing anything."""
-    ctx = dataclasses.replace(
-        old,
+    router = Router(cfg)
+    session = dataclasses.replace(
+        old.session,
         cfg=cfg,
-        router=Router(cfg),
+        router=router,
         tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         policy=Policy(cfg),
-        bound=list(old.bound),
     )
+    ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)
     return ctx
 
@@ -319,8 +329,10 @@ def lock_shard(path: Path) -> int:
 def _check_settings(ctx: ServerContext) -> None:
     """At start and reload: say so in the log if nobody will be able to authenticate
     (or if every message is being thrown away)."""
-    if ctx.cfg.queue.discard:
-        maillog.warning("queue.discard is on: every message is answered 250 and thrown away (a benchmark setting; no mail is kept)")
+    if ctx.cfg.queue.backend == "null":
+        maillog.warning('queue.backend is "null": every message is answered 250 and thrown away (a benchmark setting; no mail is kept)')
+    if ctx.cfg.unsafe_no_fsync:
+        maillog.warning("unsafe_no_fsync is on: mail answered 250 is lost in a crash or power loss")
     if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
         return
     try:
@@ -330,64 +342,6 @@ def _check_settings(ctx: ServerContext) -> None:
         return
     if not users:
         maillog.warning(f"smtpd.auth.users_file: no users in {ctx.cfg.users_path} (add some with `smtprs passwd add`): nobody can authenticate")
-
-
-@dataclass
-class _Bound:
-    """One configured listener: its address, current mode, sockets and accept tasks' scope."""
-
-    address: str
-    mode: str
-    sockets: list[trio.SocketListener]
-    raw: list[socket.socket]  # the same sockets as the standard library's objects (see Server._accept)
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-
-
-async def _bind(address: str, reuseport: bool = False) -> tuple[list[trio.SocketListener], list[socket.socket]]:
-    host, port = parse_host_port(address, "smtpd.listeners")
-    bind_host = None if host in ("*", "") else host
-    try:
-        return await _tcp_listeners(bind_host, port, reuseport)
-    except OSError as e:
-        raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from e
-
-
-async def _tcp_listeners(host: str | None, port: int, reuseport: bool) -> tuple[list[trio.SocketListener], list[socket.socket]]:
-    """As trio.open_tcp_listeners (one socket per address of ``host``; IPv6
-    sockets IPv6-only), with SO_REUSEPORT when the workers share the port.
-    Also returns the standard library's socket object of each: the very same
-    socket (trio wraps it, no duplicate descriptor), which the accept loop
-    calls directly."""
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    listeners: list[trio.SocketListener] = []
-    raw: list[socket.socket] = []
-    try:
-        for family, type_, proto, _, sockaddr in infos:
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuseport:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(sockaddr)
-                sock.listen(4096)
-            except OSError:
-                sock.close()
-                raise
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            raw.append(sock)
-    except OSError:
-        for tl in listeners:
-            await tl.aclose()
-        raise
-    return listeners, raw
-
-
-def _describe(tl: trio.SocketListener) -> tuple[str, int, str]:
-    sockname = tl.socket.getsockname()
-    text = f"[{sockname[0]}]:{sockname[1]}" if tl.socket.family == socket.AF_INET6 else f"{sockname[0]}:{sockname[1]}"
-    return sockname[0], sockname[1], text
 
 
 class Server:
@@ -401,7 +355,7 @@ class Server:
         self.config_path = Path(config_path) if config_path is not None else None
         self.worker = worker
         self.workers = workers
-        self._listeners: dict[str, _Bound] = {}
+        self._listeners: dict[str, Bound] = {}
         self._sessions: trio.Nursery | None = None
         self._stop = trio.Event()
         self._stop_now = False
@@ -432,17 +386,17 @@ class Server:
                     maillog.warning(str(e))
                     continue
                 maillog.warning(f"worker {worker}: delivering what is left in spool shard {s}")
-                extra = Scheduler(cfg, Spool(shard_path(cfg, s), fsync=cfg.queue.fsync), ctx.router, ctx.scheduler.agents)
+                extra = Scheduler(cfg, make_spool(cfg, s), ctx.router, ctx.scheduler.agents)
                 extra.notifier = Notifier(cfg, ctx.hostname, extra.spool, extra.submit)
                 extra.metrics = ctx.metrics
                 extra.hooks = self.hooks
                 ctx.schedulers.append(extra)
             _check_settings(ctx)
             # Bind every listener first, so a port in use fails the start with one clear error.
-            bound: list[_Bound] = []
+            bound: list[Bound] = []
             try:
                 for lst in cfg.smtpd.listeners:
-                    bound.append(_Bound(lst.address, lst.mode, *await _bind(lst.address, workers > 1)))
+                    bound.append(Bound(lst.address, lst.mode, *await bind(lst.address, workers > 1)))
             except ListenError:
                 for b in bound:
                     for tl in b.sockets:
@@ -478,51 +432,16 @@ class Server:
             for fd in locks:
                 os.close(fd)
 
-    def _start_listener(self, b: _Bound) -> None:
+    def _start_listener(self, b: Bound) -> None:
         assert self._sessions is not None
         self._listeners[b.address] = b
         for tl, raw in zip(b.sockets, b.raw):
-            host, port, text = _describe(tl)
+            host, port, text = describe(tl)
             self.ctx.bound.append((host, port, b.mode))
             maillog.listening(text, b.mode)
-            self._sessions.start_soon(self._accept, b, tl, raw)
+            self._sessions.start_soon(accept_loop, b, tl, raw, self._sessions, self._handle)
 
-    async def _accept(self, b: _Bound, tl: trio.SocketListener, raw: socket.socket) -> None:
-        """Take every connection waiting (up to ACCEPT_BATCH) at each wake-up.
-
-        trio's SocketListener.accept goes through the scheduler for every
-        connection and hands out no peer address (a getpeername each); this
-        calls accept() on the listening socket itself (non-blocking: trio
-        set it so) until nothing is left, then waits for readiness.  The
-        errors are trio's: a connection gone before it was taken is skipped,
-        running out of descriptors or memory is logged and waited out."""
-        assert self._sessions is not None
-        sessions = self._sessions
-        with b.scope:
-            async with tl:  # closes the socket (raw is the same one) when the loop ends
-                while True:
-                    await trio.lowlevel.wait_readable(raw)
-                    for _ in range(ACCEPT_BATCH):
-                        try:
-                            conn, addr = raw.accept()
-                        except BlockingIOError:
-                            break
-                        except OSError as e:
-                            if e.errno in _ACCEPT_SKIP_ERRNOS:
-                                continue
-                            if e.errno in _ACCEPT_CAPACITY_ERRNOS:
-                                maillog.accept_capacity(b.address, e.strerror or str(e))
-                                await trio.sleep(0.1)
-                                break
-                            raise
-                        try:
-                            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                        except OSError:  # (setting the socket non-blocking failed: it is gone already)
-                            conn.close()
-                            continue
-                        sessions.start_soon(self._handle, stream, b, addr)
-
-    async def _handle(self, stream: trio.SocketStream, b: _Bound, peer: tuple[Any, ...]) -> None:
+    async def _handle(self, stream: trio.SocketStream, b: Bound, peer: tuple[Any, ...]) -> None:
         ctx = self.ctx  # the configuration of the moment the connection came in
         ctx.metrics.inc("smtprs_connections_total", mode=b.mode)
         pop3 = b.mode in POP3_MODES
@@ -535,7 +454,7 @@ class Server:
                 assert ctx.pop3 is not None
                 session = Pop3Session(ctx.pop3, stream, peer[0], peer[1], implicit_tls=b.mode == "pop3s")
             else:
-                session = Session(ctx, stream, peer[0], peer[1], listener)
+                session = Session(ctx.session, stream, peer[0], peer[1], listener)
             try:
                 await session.run()
             except Exception as e:  # a bug in one session must not stop the server
@@ -595,7 +514,7 @@ class Server:
             maillog.reload_refused("(embedded default)", "there is no configuration file to read again")
             return False
         old = self.ctx
-        added: list[_Bound] = []
+        added: list[Bound] = []
         try:
             cfg = config_mod.load(self.config_path)
             cfg, kept = restart_only_changes(old.cfg, cfg)
@@ -604,7 +523,7 @@ class Server:
             wanted = {lst.address: lst.mode for lst in cfg.smtpd.listeners}
             for address, mode in wanted.items():
                 if address not in self._listeners:
-                    added.append(_Bound(address, mode, *await _bind(address, self.workers > 1)))
+                    added.append(Bound(address, mode, *await bind(address, self.workers > 1)))
         except (ConfigError, ListenError, OSError) as e:
             for b in added:
                 for tl in b.sockets:
@@ -622,7 +541,7 @@ class Server:
             maillog.listener_closed(b.address)
         for address, b in self._listeners.items():
             b.mode = wanted[address]
-        ctx.bound = [(host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(_describe, b.sockets)]
+        ctx.bound = [(host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(describe, b.sockets)]
         self._ctx = ctx
         for sched in ctx.schedulers:
             sched.reconfigure(cfg, ctx.router)
