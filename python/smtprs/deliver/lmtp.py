@@ -12,11 +12,15 @@ With PIPELINING advertised, MAIL, the RCPTs and DATA go in one write
 them and the server offers them; a message that needs SMTPUTF8 and a server
 without it fail (5.6.7).
 
+The connection itself (sending, reading replies, the content, QUIT) is
+deliver/client.py's, shared with the SMTP client; this module owns the
+dialog and the outcomes.
+
 Errors: a connection that cannot be made, a timeout (``local.lmtp_timeout``
-for the connection and for each reply), or a connection lost before a
-recipient's reply defer that recipient.  A recipient whose final reply was
-lost after the data was sent may be delivered twice by the retry: LMTP is
-at-least-once there, as every MTA is.
+for the connection, for each send and for each reply), or a connection lost
+before a recipient's reply defer that recipient.  A recipient whose final
+reply was lost after the data was sent may be delivered twice by the retry:
+LMTP is at-least-once there, as every MTA is.
 """
 
 from __future__ import annotations
@@ -25,15 +29,9 @@ import trio
 
 from .. import _core
 from ..config import parse_socket_address
-from ..errors import ParseError
 from ..hops import LmtpMailbox
 from .base import DeliveryRequest, Outcome, Status, Target
-
-CHUNK = 256 * 1024
-
-
-class LmtpError(Exception):
-    """The session with the LMTP server broke (connection, timeout, garbage)."""
+from .client import ClientConnection, Lost
 
 
 def status_of(code: int) -> Status:
@@ -49,38 +47,13 @@ def _text(reply: _core.Reply) -> str:
     return f"{reply.code} {enhanced}{' '.join(reply.lines)}".strip()
 
 
-class _Client:
-    """Replies in, commands out, every read bounded by ``timeout``."""
+class _Client(ClientConnection):
+    """A connection to an LMTP server, in this agent's words when it breaks."""
 
-    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
-        self.stream = stream
-        self.timeout = timeout
-        self.parser = _core.ReplyParser()
-
-    async def send(self, data: bytes) -> None:
-        try:
-            with trio.fail_after(self.timeout):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise LmtpError("timeout while sending") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise LmtpError(f"connection lost while sending: {e}") from None
-
-    async def reply(self) -> _core.Reply:
-        try:
-            with trio.fail_after(self.timeout):
-                while (r := self.parser.next_reply()) is None:
-                    data = await self.stream.receive_some(65536)
-                    if not data:
-                        raise LmtpError("connection closed by the LMTP server")
-                    self.parser.receive_data(bytes(data))
-        except trio.TooSlowError:
-            raise LmtpError(f"no reply within {self.timeout:g}s") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise LmtpError(f"connection lost: {e}") from None
-        except ParseError as e:
-            raise LmtpError(f"malformed reply: {e}") from None
-        return r
+    SEND_BROKEN = "connection lost while sending: {e}"
+    CLOSED = "connection closed by the LMTP server"
+    NO_REPLY = "no reply within {timeout:g}s"
+    READ_BROKEN = "connection lost: {e}"
 
 
 class LmtpAgent:
@@ -122,8 +95,8 @@ class LmtpAgent:
             return [Outcome(t.index, "deferred", f"451 4.4.1 cannot connect to LMTP server {server}: {why}", server) for t in targets]
         try:
             async with stream:
-                await self._transaction(_Client(stream, self.timeout), request, targets, settle)
-        except LmtpError as e:
+                await self._transaction(_Client(stream), request, targets, settle)
+        except Lost as e:
             for t in targets:
                 settle(t, "deferred", f"451 4.4.2 LMTP session with {server} broke: {e}")
         return [done[t.index] for t in targets]
@@ -135,12 +108,12 @@ class LmtpAgent:
             for t in targets:
                 settle(t, status, f"{_text(reply)} (in reply to {what})")
 
-        greeting = await c.reply()
+        timeout = self.timeout
+        greeting = await c.read(timeout)
         if greeting.code != 220:
             all_get(greeting, "the greeting")
             return
-        await c.send(f"LHLO {self.hostname}\r\n".encode())
-        lhlo = await c.reply()
+        lhlo = await c.command(f"LHLO {self.hostname}", timeout)
         if lhlo.code != 250:
             all_get(lhlo, "LHLO")
             return
@@ -152,28 +125,27 @@ class LmtpAgent:
             if "SMTPUTF8" not in caps:
                 for t in targets:
                     settle(t, "failed", "550 5.6.7 the LMTP server does not support SMTPUTF8")
-                await self._quit(c)
+                await c.quit(timeout)
                 return
             params += " SMTPUTF8"
         if "SIZE" in caps:
             params += f" SIZE={request.content.length}"
-        commands = [f"MAIL FROM:<{request.sender}>{params}\r\n".encode("utf-8")]
-        commands += [f"RCPT TO:<{t.hop.rcpt}>\r\n".encode("utf-8") for t in targets]  # type: ignore[union-attr]
-        commands.append(b"DATA\r\n")
+        commands = [f"MAIL FROM:<{request.sender}>{params}"]
+        commands += [f"RCPT TO:<{t.hop.rcpt}>" for t in targets]  # type: ignore[union-attr]
+        commands.append("DATA")
         if "PIPELINING" in caps:
-            await c.send(b"".join(commands))
-            replies = [await c.reply() for _ in commands]
+            await c.send("".join(f"{cmd}\r\n" for cmd in commands).encode("utf-8"), timeout)
+            replies = [await c.read(timeout) for _ in commands]
         else:
             replies = []
             for cmd in commands:
-                await c.send(cmd)
-                replies.append(await c.reply())
+                replies.append(await c.command(cmd, timeout))
                 if replies[0].code >= 300:
                     break
         mail = replies[0]
         if mail.code >= 300:
             all_get(mail, "MAIL FROM")
-            await self._quit(c)
+            await c.quit(timeout)
             return
         accepted: list[Target] = []
         for t, r in zip(targets, replies[1 : 1 + len(targets)]):
@@ -183,30 +155,19 @@ class LmtpAgent:
                 accepted.append(t)
         data = replies[-1]
         if not accepted:
-            await self._quit(c)
+            await c.quit(timeout)
             return
         if data.code != 354:
             for t in accepted:
                 settle(t, "failed" if data.code >= 500 else "deferred", f"{_text(data)} (in reply to DATA)")
-            await self._quit(c)
+            await c.quit(timeout)
             return
-        stuffer = _core.DotStuffer()
         src = await trio.to_thread.run_sync(request.content.open)
         try:
-            while chunk := await trio.to_thread.run_sync(src.read, CHUNK):
-                await c.send(stuffer.feed(chunk))
+            await c.send_content(src, timeout)
         finally:
             src.close()
-        await c.send(stuffer.finish())
         for t in accepted:  # RFC 2033 4.2: one reply per accepted recipient, in order
-            r = await c.reply()
+            r = await c.read(timeout)
             settle(t, status_of(r.code), _text(r))
-        await self._quit(c)
-
-    @staticmethod
-    async def _quit(c: _Client) -> None:
-        try:
-            await c.send(b"QUIT\r\n")
-            await c.reply()
-        except LmtpError:
-            pass
+        await c.quit(timeout)

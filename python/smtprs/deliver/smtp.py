@@ -30,6 +30,10 @@ connection waits ``idle_timeout`` seconds for another message to the same
 destination (checked with RSET before reuse); at most
 ``destination_concurrency`` deliveries run at once per destination.
 
+Sending, reading replies, the content and QUIT are deliver/client.py's,
+shared with the LMTP client; ``Connection`` adds what SMTP knows of its peer
+(EHLO keywords, TLS, the host).
+
 Credentials are sent only in AUTH and never logged; neither is message
 content.
 """
@@ -42,23 +46,18 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
 from .. import _core, maillog
 from ..config import Config
-from ..errors import ParseError
-from .mx import DnsFailure, Host, Resolver
 from ..hops import RemoteHop
 from .base import DeliveryRequest, Outcome, Status, Target
+from .client import CHUNK, ClientConnection, Lost
+from .mx import DnsFailure, Host, Resolver
 
-CHUNK = 256 * 1024
 QUIT_TIMEOUT = 5.0
-
-
-class _Lost(Exception):
-    """The connection cannot be used any more (closed, timed out, garbage)."""
 
 
 class _HostError(Exception):
@@ -71,61 +70,29 @@ class _HostError(Exception):
         self.reply = reply
 
 
-@dataclass(eq=False)
-class Connection:
+class Connection(ClientConnection):
     """One SMTP client connection, after the greeting and EHLO."""
 
-    stream: trio.abc.Stream
-    host: Host
-    port: int
-    parser: _core.ReplyParser = field(default_factory=_core.ReplyParser)
-    ext: dict[str, str] = field(default_factory=dict)  # EHLO keywords (upper case) -> parameters
-    esmtp: bool = False
-    tls: bool = False
-    tls_verified: bool = False
-    messages: int = 0
+    def __init__(self, stream: trio.abc.Stream, host: Host, port: int) -> None:
+        super().__init__(stream)
+        self.host = host
+        self.port = port
+        self.ext: dict[str, str] = {}  # EHLO keywords (upper case) -> parameters
+        self.esmtp = False
+        self.tls = False
+        self.tls_verified = False
+        self.messages = 0
 
     @property
     def relay(self) -> str:
         return f"{self.host.name}[{self.host.ip}]:{self.port}"
 
-    async def send(self, data: bytes, timeout: float) -> None:
-        try:
-            with trio.fail_after(timeout):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise _Lost("timeout while sending") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise _Lost(f"connection broken: {e or type(e).__name__}") from None
-
-    async def read(self, timeout: float) -> _core.Reply:
-        try:
-            with trio.fail_after(timeout):
-                while (reply := self.parser.next_reply()) is None:
-                    data = await self.stream.receive_some(65536)
-                    if not data:
-                        raise _Lost("connection closed by the server")
-                    self.parser.receive_data(bytes(data))
-        except trio.TooSlowError:
-            raise _Lost("timeout waiting for a reply") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise _Lost(f"connection broken: {e or type(e).__name__}") from None
-        except ParseError as e:
-            raise _Lost(f"malformed reply: {e}") from None
-        return reply
-
-    async def command(self, line: str, timeout: float) -> _core.Reply:
-        await self.send(line.encode("utf-8") + b"\r\n", timeout)
-        return await self.read(timeout)
-
     async def close(self, quit: bool = True) -> None:
+        """QUIT (``QUIT_TIMEOUT`` for all of it) unless ``quit`` is false, then close."""
         if quit:
             with trio.move_on_after(QUIT_TIMEOUT):
-                try:
-                    await self.command("QUIT", QUIT_TIMEOUT)
-                except _Lost:
-                    pass
-        await trio.aclose_forcefully(self.stream)
+                await self.quit(QUIT_TIMEOUT)
+        await self.abort()
 
 
 @dataclass(eq=False)
@@ -183,7 +150,7 @@ class SmtpAgent:
             idle, self._idle = self._idle, {}
             for entries in idle.values():
                 for e in entries:
-                    await trio.aclose_forcefully(e.conn.stream)
+                    await e.conn.abort()
 
     # -- the contract ----------------------------------------------------------
     async def deliver(self, request: DeliveryRequest) -> list[Outcome]:
@@ -274,7 +241,7 @@ class SmtpAgent:
             if hop.auth:
                 stage = "authenticating"
                 await self._auth(conn)
-        except _Lost as e:
+        except Lost as e:
             await conn.close(quit=False)
             raise _HostError("4.4.2", f"lost connection with {relay} while {stage}: {e}") from None
         except _HostError:
@@ -337,8 +304,7 @@ class SmtpAgent:
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
             cause = e.__cause__ or e
             raise _HostError("4.7.5", f"TLS handshake with {conn.relay} failed: {cause}") from None
-        conn.stream = tls_stream
-        conn.parser = _core.ReplyParser()  # nothing the server sent in clear may count after the handshake
+        conn.replace_stream(tls_stream)  # nothing the server sent in clear may count after the handshake
         conn.tls = True
         conn.tls_verified = verify
         obj = tls_stream.version() or "TLS"
@@ -403,7 +369,7 @@ class SmtpAgent:
                 open_ones = await self._transaction(conn, request, batch, final, last)
                 still += open_ones
                 conn.messages += 1
-            except _Lost as e:
+            except Lost as e:
                 usable = False
                 for t in batch:
                     if t.index not in final:
@@ -535,17 +501,13 @@ class SmtpAgent:
         return open_ones + ([] if end.code >= 500 else accepted)
 
     async def _send_content(self, conn: Connection, request: DeliveryRequest) -> None:
-        stuffer = _core.DotStuffer()
-        timeout = self.r.data_block_timeout
         with request.content.open() as f:
-            while chunk := await trio.to_thread.run_sync(f.read, CHUNK):
-                await conn.send(stuffer.feed(chunk), timeout)
-        await conn.send(stuffer.finish(), timeout)
+            await conn.send_content(f, self.r.data_block_timeout)
 
     async def _rset(self, conn: Connection) -> None:
         reply = await conn.command("RSET", self.r.command_timeout)
         if reply.code != 250:
-            raise _Lost(f"RSET refused: {show(reply)}")
+            raise Lost(f"RSET refused: {show(reply)}")
 
     # -- the idle pool and the per-destination limit -----------------------------
     @asynccontextmanager
@@ -570,7 +532,7 @@ class SmtpAgent:
                     self.connections_reused += 1
                     return conn
                 await conn.close(quit=False)
-            except _Lost:
+            except Lost:
                 await conn.close(quit=False)
         self._idle.pop(destination, None)
         return None
