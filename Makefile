@@ -8,7 +8,7 @@
 #                packages) and run the whole suite: cargo test, then pytest
 #   make bench   the pytest-benchmark benchmarks of the Rust core (benches/)
 #   make load-bench  the side-by-side load benchmark with Postfix and aiosmtpd
-#                (benches/load.py; LOAD_ARGS=--quick for a short run)
+#                (python -m benches.load; LOAD_ARGS=--quick for a short run)
 #   make fuzz    the cargo-fuzz targets, FUZZ_SECONDS each (default 60);
 #                make bench-rust for the criterion ones (rust/benches/)
 #   make e2e     only the end-to-end tests (no reinstall)
@@ -84,8 +84,9 @@ lint:
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZ_SECONDS),60)
 
-load-bench: deps install-test
-	$(PYTHON) benches/load.py $(LOAD_ARGS)
+load-bench: deps python-env
+	$(PIP) install -e '.[test,bench]'
+	$(PYTHON) -m benches.load $(LOAD_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .benchmarks .hypothesis .mypy_cache rust/fuzz/target rust/fuzz/corpus rust/fuzz/artifacts

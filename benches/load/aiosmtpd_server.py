@@ -1,4 +1,4 @@
-"""aiosmtpd as a benchmark peer of smtprs (started by benches/load.py).
+"""aiosmtpd as a benchmark peer of smtprs (started by benches/load/servers.py).
 
     python benches/load/aiosmtpd_server.py --port 2600 --mode durable --maildir DIR
 

@@ -1,4 +1,4 @@
-"""Acceptance-latency probe (started by benches/load.py).
+"""Acceptance-latency probe (started by benches/load/driver.py).
 
 One SMTP session at a time, one message per connection, as smtp-source sends
 them: connect, 220, HELO, MAIL, RCPT, DATA, the message, QUIT.  For each

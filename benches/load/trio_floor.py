@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The least a Trio-orchestrated MTA can cost: a floor for benches/load.py.
+"""The least a Trio-orchestrated MTA can cost: a floor for the load benchmark (benches/load/).
 
     python benches/load/trio_floor.py --port P [--mode sink|durable] [--dir D] [--processes N]
 
@@ -141,7 +141,7 @@ async def session(sock: socket.socket, store: Store | None) -> None:
             if not data:
                 return
             buf += data
-            out = []
+            out: list[bytes] = []
             while True:
                 if body is not None:
                     i = buf.find(b"\r\n.\r\n")
@@ -209,7 +209,7 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--no-delivery", action="store_true", help="durable: commit only, deliver nothing (an upper bound for acceptance alone)")
     args = p.parse_args()
-    children = []
+    children: list[int] = []
     for _ in range(max(1, args.processes) - 1):
         pid = os.fork()
         if pid == 0:

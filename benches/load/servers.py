@@ -1,0 +1,460 @@
+"""The servers under test: one adapter per peer, each started fresh for every run.
+
+An adapter writes its server's configuration into a new directory, starts it
+on a free loopback port (never 25, never the system's Postfix instance), tells
+the driver which process tree to account and which Maildir ``new/`` to count,
+and stops it again:
+
+- ``Smtprs``: ``smtprs serve`` with a generated config (sink mode: the null
+  spool backend, ``[queue] backend = "null"``; otherwise the defaults);
+- ``Postfix``: a private instance in its own ``config_directory``, or its C
+  ``smtp-sink`` in sink mode;
+- ``Aiosmtpd``, ``Floor``, ``FloorAccept``: the scripts ``aiosmtpd_server.py``
+  and ``trio_floor.py`` beside this module, started by path.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .procs import STARTED, descendants, kill_pids, pid_alive, scan_proc, wait_gone
+from .settings import DOMAIN, HELPERS, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_smtp(port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until the port answers with a 220 greeting."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("server exited while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                greeting = s.recv(512)
+                if greeting.startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+                last = RuntimeError(f"greeting {greeting!r}")
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"no SMTP greeting on 127.0.0.1:{port} after {timeout} s: {last}")
+
+
+def run_text(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class Server:
+    name = ""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.root = root
+        self.settings = settings
+        self.port = 0
+        self.mode = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir: Path = root
+        self.runs = 0
+
+    def label(self, mode: str) -> str:
+        return PEER_LABEL.get((self.name, mode), self.name)
+
+    def problem(self) -> str | None:
+        """Why this server cannot run here (None if it can)."""
+        return None
+
+    def version(self) -> str:
+        return ""
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def maildir_new(self) -> Path | None:
+        return None
+
+    def figures(self) -> dict[str, Any]:
+        """Server-specific figures read while it still runs (after the window)."""
+        return {}
+
+    def start(self, mode: str) -> None:
+        raise NotImplementedError
+
+    def _fresh_dir(self, mode: str) -> Path:
+        self.runs += 1
+        d = self.root / f"{self.name}-{mode}-{self.runs}"
+        d.mkdir(parents=True)
+        d.chmod(0o755)
+        return d
+
+    def _spawn(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
+        STARTED.append(self)
+        try:
+            wait_smtp(self.port, 30, lambda: self.proc is not None and self.proc.poll() is None)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {e}\n{tail(log)}") from None
+
+    def stop(self) -> None:
+        if self in STARTED:
+            STARTED.remove(self)
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        tree = descendants([proc.pid], scan_proc())
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        if not wait_gone(tree, 5):
+            kill_pids(tree)
+
+    def cleanup(self) -> None:
+        pass
+
+
+def smtprs_env(settings: Settings) -> dict[str, str] | None:
+    if not settings.smtprs_pythonpath:
+        return None
+    return {**os.environ, "PYTHONPATH": settings.smtprs_pythonpath}
+
+
+class Smtprs(Server):
+    name = "smtprs"
+
+    def version(self) -> str:
+        if self.settings.smtprs_cmd[1:2] != ("-m",):
+            return ""
+        code = "import smtprs, importlib.metadata as m; print(m.version('smtprs'))"
+        return run_text([self.settings.smtprs_cmd[0], "-c", code], smtprs_env(self.settings))
+
+    def problem(self) -> str | None:
+        if not run_text([*self.settings.smtprs_cmd, "serve", "--help"], smtprs_env(self.settings)):
+            return f"`{shlex.join(self.settings.smtprs_cmd)} serve --help` failed: is smtprs installed?"
+        return None
+
+    def maildir_new(self) -> Path | None:
+        return self.dir / "mail" / "box" / "new"
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        self.dir = self._fresh_dir(mode)
+        self.port = free_port()
+        cfg = self.dir / "smtprs.toml"
+        cfg.write_text(
+            "\n".join(
+                [
+                    'hostname = "smtprs-bench.test"',
+                    f'data_dir = "{self.dir / "data"}"',
+                    "[smtpd]",
+                    "max_connections = 1000",
+                    "[[smtpd.listeners]]",
+                    f'address = "127.0.0.1:{self.port}"',
+                    "[local]",
+                    f'domains = ["{DOMAIN}"]',
+                    f'maildir = "{self.dir / "mail" / "{user}"}"',
+                    # sink: accept and throw away, as smtp-sink and the aiosmtpd sink do
+                    *(["[queue]", 'backend = "null"'] if mode == "sink" else []),
+                    "",
+                ]
+            )
+        )
+        cmd = [*self.settings.smtprs_cmd, "serve", "--config", str(cfg)]
+        if self.settings.smtprs_workers is not None:
+            cmd += ["--workers", str(self.settings.smtprs_workers)]
+        self._spawn(cmd, self.dir / "smtprs.log", smtprs_env(self.settings))
+
+    def figures(self) -> dict[str, Any]:
+        """How many spool records each fdatasync covered (group commit), from `smtprs status`."""
+        out = run_text(
+            [*self.settings.smtprs_cmd, "status", "--config", str(self.dir / "smtprs.toml")], smtprs_env(self.settings)
+        )
+        m = re.search(r"spool commits:\s+(\d+) for (\d+) records", out)
+        if not m or not int(m.group(1)):
+            return {}
+        return {
+            "spool_commits": int(m.group(1)),
+            "spool_records": int(m.group(2)),
+            "records_per_fdatasync": int(m.group(2)) / int(m.group(1)),
+        }
+
+    def cleanup(self) -> None:
+        pass
+
+
+class HelperServer(Server):
+    """A script of benches/load/ on a free port; its Maildir (when it keeps mail) is DIR/mail/box."""
+
+    script = ""
+
+    def maildir_new(self) -> Path | None:
+        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+
+    def args(self, mode: str) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        self.dir = self._fresh_dir(mode)
+        self.port = free_port()
+        cmd = [sys.executable, str(HELPERS / self.script), "--port", str(self.port), *self.args(mode)]
+        self._spawn(cmd, self.dir / f"{self.name}.log")
+
+
+class Aiosmtpd(HelperServer):
+    name = "aiosmtpd"
+    script = "aiosmtpd_server.py"
+
+    def version(self) -> str:
+        return run_text([sys.executable, "-c", "import aiosmtpd; print(aiosmtpd.__version__)"])
+
+    def problem(self) -> str | None:
+        return None if self.version() else "aiosmtpd is not importable (pip install aiosmtpd)"
+
+    def args(self, mode: str) -> list[str]:
+        if mode == "sink":
+            return ["--mode", "sink"]
+        return ["--mode", "durable", "--maildir", str(self.dir / "mail" / "box")]
+
+
+class Floor(HelperServer):
+    """benches/load/trio_floor.py: the least a Trio-orchestrated server costs (not an MTA)."""
+
+    name = "floor"
+    script = "trio_floor.py"
+    extra: tuple[str, ...] = ()
+
+    def args(self, mode: str) -> list[str]:
+        return ["--dir", str(self.dir), "--mode", "sink" if mode == "sink" else "durable", *self.extra]
+
+
+class FloorAccept(Floor):
+    """The floor in durable mode delivering nothing: a bound for acceptance alone
+    (every other server delivers while it accepts)."""
+
+    name = "floor-accept"
+    extra = ("--no-delivery",)
+
+    def maildir_new(self) -> Path | None:
+        return None
+
+    def problem(self) -> str | None:
+        return (
+            None
+            if set(self.settings.modes) == {"durable"}
+            else "floor-accept runs in durable mode only (--modes durable)"
+        )
+
+
+class Postfix(Server):
+    """A private Postfix instance in a temporary config_directory, or smtp-sink (sink mode).
+
+    One config_directory for the whole benchmark; each run gets a fresh queue
+    directory (a copy, with ownership, of a template that ``postfix check``
+    made once) and a fresh Maildir tree, so no run starts by deleting the
+    previous run's files."""
+
+    name = "postfix"
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        super().__init__(root, settings)
+        self.base = root / "postfix"
+        self.instance_port = 0
+        self.master_pid = 0
+        self.made = False
+
+    def version(self) -> str:
+        return run_text([POSTCONF, "-d", "-h", "mail_version"])
+
+    def problem(self) -> str | None:
+        for tool in (POSTFIX, SMTP_SINK):
+            if not os.access(tool, os.X_OK):
+                return f"{tool} is missing (apt-get install postfix)"
+        if os.geteuid() != 0:
+            return "a private Postfix instance needs root (postfix start)"
+        try:
+            pwd.getpwnam("postfix")
+        except KeyError:
+            return "no postfix user"
+        return None
+
+    def roots(self) -> list[int]:
+        if self.mode == "sink":
+            return super().roots()
+        return [self.master_pid] if self.master_pid else []
+
+    def maildir_new(self) -> Path | None:
+        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc"
+
+    def main_cf(self, run_dir: Path) -> dict[str, str]:
+        pw = pwd.getpwnam("postfix")
+        return {
+            "compatibility_level": "3.6",
+            "queue_directory": str(run_dir / "queue"),
+            "data_directory": str(self.base / "data"),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "myhostname": "postfix-bench.test",
+            "mydomain": "postfix-bench.test",
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_banner": "$myhostname ESMTP",
+            # delivery: any user of the bench domain into one Maildir (trailing / = Maildir)
+            "virtual_mailbox_domains": DOMAIN,
+            "virtual_mailbox_base": str(run_dir / "mail"),
+            "virtual_mailbox_maps": "static:box/",
+            "virtual_uid_maps": f"static:{pw.pw_uid}",
+            "virtual_gid_maps": f"static:{pw.pw_gid}",
+            "virtual_minimum_uid": "1",
+            "local_recipient_maps": "",
+            # its own log file through postlogd, not syslog
+            "maillog_file": str(run_dir / "maillog"),
+            "maillog_file_prefixes": str(self.root),
+            "biff": "no",
+        }
+
+    MASTER_CF = """\
+# service type  private unpriv  chroot  wakeup  maxproc command
+{port} inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+    def _configure(self, run_dir: Path) -> None:
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in self.main_cf(run_dir).items()))
+
+    def _make(self) -> None:
+        """The instance: main.cf and master.cf (the services of Debian's
+        master.cf that a mail server needs, chroot off, smtpd on a loopback
+        port), and a template queue directory made by ``postfix check``."""
+        pw = pwd.getpwnam("postfix")
+        for d in ("etc", "data", "template/queue"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        os.chown(self.base / "data", pw.pw_uid, pw.pw_gid)
+        self.instance_port = free_port()
+        (self.etc / "master.cf").write_text(self.MASTER_CF.format(port=f"127.0.0.1:{self.instance_port}"))
+        self._configure(self.base / "template")
+        r = subprocess.run([POSTFIX, "-c", str(self.etc), "check"], capture_output=True, text=True)
+        if r.returncode != 0 or not (self.base / "template" / "queue" / "incoming").is_dir():
+            raise RuntimeError(f"postfix check failed: {r.stdout}{r.stderr}")
+        self.made = True
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        self.dir = self._fresh_dir(mode)
+        if mode == "sink":
+            self.port = free_port()
+            cmd = [SMTP_SINK]
+            if os.geteuid() == 0:
+                cmd += ["-u", "postfix"]
+            cmd += [f"127.0.0.1:{self.port}", "1024"]
+            self._spawn(cmd, self.dir / "smtp-sink.log")
+            return
+        if not self.made:
+            self._make()
+        pw = pwd.getpwnam("postfix")
+        subprocess.run(["cp", "-a", str(self.base / "template" / "queue"), str(self.dir / "queue")], check=True)
+        (self.dir / "mail").mkdir()
+        os.chown(self.dir / "mail", pw.pw_uid, pw.pw_gid)
+        self._configure(self.dir)
+        self.port = self.instance_port
+        r = subprocess.run([POSTFIX, "-c", str(self.etc), "start"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix start failed: {r.stdout}{r.stderr}\n{tail(self.dir / 'maillog')}")
+        STARTED.append(self)
+        try:
+            self.master_pid = int((self.dir / "queue" / "pid" / "master.pid").read_text().split()[0])
+            wait_smtp(self.port, 30, lambda: pid_alive(self.master_pid))
+        except (OSError, ValueError, RuntimeError) as e:
+            self.stop()
+            raise RuntimeError(f"postfix did not start: {e}\n{tail(self.dir / 'maillog')}") from None
+
+    def stop(self) -> None:
+        if self.mode == "sink" or not self.master_pid:
+            super().stop()
+            return
+        if self in STARTED:
+            STARTED.remove(self)
+        tree = descendants([self.master_pid], scan_proc())
+        subprocess.run([POSTFIX, "-c", str(self.etc), "stop"], capture_output=True)
+        if not wait_gone(tree, 15):
+            subprocess.run([POSTFIX, "-c", str(self.etc), "abort"], capture_output=True)
+            if not wait_gone(tree, 5):
+                kill_pids(tree)
+        self.master_pid = 0
+
+    def postconf_n(self) -> str:
+        if not self.made:
+            self._make()
+        return run_text([POSTCONF, "-c", str(self.etc), "-n"])
+
+
+SERVER_CLASSES: dict[str, type[Server]] = {
+    "smtprs": Smtprs,
+    "postfix": Postfix,
+    "aiosmtpd": Aiosmtpd,
+    "floor": Floor,
+    "floor-accept": FloorAccept,
+}

@@ -1,0 +1,69 @@
+"""What a load run is made of: the servers, the modes, the message, the tools, and the settings.
+
+Shared by every module of the package; imports nothing of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HELPERS = Path(__file__).resolve().parent  # the scripts started by path: probe.py, aiosmtpd_server.py, trio_floor.py
+RESULTS = HELPERS.parent / "results"  # the default output: benches/results/<date>-<time>/ (git-ignored)
+DOMAIN = "bench.test"
+RCPT = f"box@{DOMAIN}"
+SENDER = "load@source.test"
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+
+SERVERS = ("smtprs", "postfix", "aiosmtpd", "floor", "floor-accept")
+DEFAULT_SERVERS = ("smtprs", "postfix", "aiosmtpd")
+MODES = ("sink", "durable", "e2e")
+MODE_TITLES = {
+    "sink": "Sink mode (accept and discard; no fsync)",
+    "durable": "Durable acceptance (250 only once the message is fsync'd)",
+    "e2e": "End to end (accept, then delivery to an fsync'd Maildir), steady state",
+}
+PEER_LABEL = {  # what each server is in each mode, for the tables
+    ("postfix", "sink"): "Postfix smtp-sink",
+    ("aiosmtpd", "sink"): "aiosmtpd (no-op handler)",
+    ("smtprs", "sink"): "smtprs (queue.backend = null)",
+    ("postfix", "durable"): "Postfix",
+    ("postfix", "e2e"): "Postfix",
+    ("aiosmtpd", "durable"): "aiosmtpd (fsync'd Maildir)",
+    ("aiosmtpd", "e2e"): "aiosmtpd (fsync'd Maildir)",
+    ("floor", "sink"): "Trio floor (canned replies)",
+    ("floor", "durable"): "Trio floor (canned replies, group commit, syncfs Maildir)",
+    ("floor", "e2e"): "Trio floor (canned replies, group commit, syncfs Maildir)",
+    ("floor-accept", "durable"): "Trio floor, acceptance only (nothing delivered)",
+}
+
+
+def size_label(size: int) -> str:
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+
+
+@dataclass
+class Settings:
+    rounds: int = 3
+    warmup: float = 2.0  # seconds of load before the window (sink, durable)
+    window: float = 10.0  # seconds counted (sink, durable)
+    latency_seconds: float = 8.0  # the probe alone, at concurrency 1
+    e2e_warmup: float = 10.0
+    e2e_window: float = 60.0
+    servers: tuple[str, ...] = DEFAULT_SERVERS
+    modes: tuple[str, ...] = MODES
+    sizes: tuple[int, ...] = (1024, 102400)
+    concurrency: tuple[int, ...] = (1, 10, 50)
+    smtprs_cmd: tuple[str, ...] = (sys.executable, "-m", "smtprs")
+    smtprs_workers: int | None = None
+    smtprs_pythonpath: str | None = None  # a snapshot of python/ to import smtprs from
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls) -> Settings:
+        return cls(rounds=1, warmup=0.5, window=2.0, latency_seconds=2.0, e2e_warmup=1.0, e2e_window=4.0, quick=True)
