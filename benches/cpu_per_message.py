@@ -53,13 +53,17 @@ def main() -> int:
     p.add_argument("--extra-config", default="", help="TOML appended to the generated config, e.g. '[log]\\nlevel = \"warning\"'")
     args = p.parse_args()
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-    config = (
-        lambda port: f'hostname = "cpu.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
-        f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "mail/{{user}}"\n'
-        + ('[queue]\nbackend = "null"\n' if args.mode == "sink" else "")
-        + args.extra_config.replace("\\n", "\n")
-        + "\n"
-    )
+    extra: str = args.extra_config.replace("\\n", "\n")
+
+    def config(port: int) -> str:
+        return (
+            f'hostname = "cpu.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
+            f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "mail/{{user}}"\n'
+            + ('[queue]\nbackend = "null"\n' if args.mode == "sink" else "")  # sink: keep nothing; durable: the defaults
+            + extra
+            + "\n"
+        )
+
     with tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, _):
         time.sleep(0.5 * args.workers)
         u0, s0 = tree_ticks(proc.pid)
