@@ -12,7 +12,8 @@
 #   make fuzz    the cargo-fuzz targets, FUZZ_SECONDS each (default 60);
 #                make bench-rust for the criterion ones (rust/benches/)
 #   make e2e     only the end-to-end tests (no reinstall)
-#   make lint    clippy, rustfmt --check, mypy and mypy.stubtest
+#   make lint    ruff (format --check and lint), clippy -D warnings, rustfmt
+#                --check, mypy and mypy.stubtest (CI runs it after make test)
 #
 # The Python used is scripts/find-python.sh's choice: the active interpreter,
 # or a virtualenv in build/venv when that is Debian's externally managed one.
@@ -76,6 +77,8 @@ bench-rust:
 	PYO3_PYTHON="$(PYTHON)" LD_LIBRARY_PATH="$(PY_LIBDIR)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" cargo bench --workspace
 
 lint:
+	$(PYTHON) -m ruff format --check python tests benches
+	$(PYTHON) -m ruff check python tests benches
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --all --check
 	$(PYTHON) -m mypy
