@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if not servers:
             raise SystemExit("no server can run")
         results["meta"] = machine(work, servers, st)
+        results["meta"]["floor_processes"] = st.server_processes
         if results["meta"]["workdir_fs"] in ("tmpfs", "ramfs"):
             print(
                 f"warning: {work} is on {results['meta']['workdir_fs']}: fsync is free there, durable figures mean nothing (use --workdir)",

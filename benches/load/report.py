@@ -102,6 +102,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"smtprs {meta['versions'].get('smtprs', '?')} (commit {meta.get('smtprs_commit') or '?'}{wtext}) · "
         f"Postfix {meta['versions'].get('postfix', '?')} · "
         f"aiosmtpd {meta['versions'].get('aiosmtpd', '?')} · Python {meta['python']}"
+        + (f" · the floor: {meta['floor_processes']} process(es)" if meta.get("floor_processes") else "")
     )
     out.append("")
     out.append(

@@ -262,7 +262,17 @@ class Floor(HelperServer):
     extra: tuple[str, ...] = ()
 
     def args(self, mode: str) -> list[str]:
-        return ["--dir", str(self.dir), "--mode", "sink" if mode == "sink" else "durable", *self.extra]
+        # as many processes as smtprs has workers: a floor on one core would bound nothing
+        processes = str(self.settings.server_processes)
+        return [
+            "--dir",
+            str(self.dir),
+            "--mode",
+            "sink" if mode == "sink" else "durable",
+            "--processes",
+            processes,
+            *self.extra,
+        ]
 
 
 class FloorAccept(Floor):

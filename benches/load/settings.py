@@ -5,6 +5,7 @@ Shared by every module of the package; imports nothing of it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ class Settings:
     smtprs_workers: int | None = None
     smtprs_pythonpath: str | None = None  # a snapshot of python/ to import smtprs from
     quick: bool = False
+
+    @property
+    def server_processes(self) -> int:
+        """How many processes smtprs serves with (its workers: --smtprs-workers, else
+        its default of one per CPU); the floor runs with as many, so that it is a
+        bound for the same number of cores (issue 13)."""
+        return self.smtprs_workers or os.cpu_count() or 1
 
     @classmethod
     def quick_settings(cls) -> Settings:
