@@ -1,4 +1,5 @@
-"""SMTP AUTH: SASL PLAIN and LOGIN, the users file, password hashes, failure delays.
+"""SMTP AUTH: the AUTH dialog, SASL PLAIN and LOGIN, the users file, password
+hashes, failure delays.
 
 Owns the users file (``smtpd.auth.users_file``): one ``name:hash`` line per
 user, where the hash is ``$scrypt$ln=14,r=8,p=1$SALT$HASH`` (hashlib.scrypt,
@@ -15,8 +16,13 @@ constant time and the same work for unknown users as for known ones.
 ``FailureDelays`` says how long to wait before a 535 reply: a delay per client
 address that doubles with each failure, bounded, and forgotten after a while.
 
-Nothing here logs, and no password is ever put in a log line, a reply or an
-exception message.
+``Dialog`` is the AUTH command's exchange for one session (RFC 4954): it
+answers AUTH, sends the mechanism's challenges and feeds it the client's
+continuation lines (read by the core's line mode), has the credentials
+checked, and answers a failure only after its delay.  It is the one part
+here that logs (through maillog: the mechanism and the user name, never a
+password); no password is ever put in a log line, a reply or an exception
+message.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import trio
 
+from .. import _core, maillog
 from .. import reply as R
 
 # --------------------------------------------------------------------------
@@ -375,3 +382,115 @@ MECHANISMS: dict[str, type[Mechanism]] = {"PLAIN": Plain, "LOGIN": Login}
 def mechanism(name: str) -> Mechanism | None:
     cls = MECHANISMS.get(name.upper())
     return cls() if cls is not None else None
+
+
+# --------------------------------------------------------------------------
+# The AUTH command (RFC 4954)
+
+
+class _Services(Protocol):
+    """What the dialog uses of the session's context (smtpd/context.py)."""
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def auth_delays(self) -> FailureDelays: ...
+
+
+class AuthSession(Protocol):
+    """What the dialog uses of its session (smtpd/session.py)."""
+
+    auth_user: str | None  # set here once the client has authenticated
+    out: bytearray  # a challenge is not a reply: it goes straight here
+
+    @property
+    def ctx(self) -> _Services: ...
+    @property
+    def conn(self) -> _core.ServerConnection: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def peer_ip(self) -> str: ...
+    @property
+    def submission(self) -> bool: ...
+    @property
+    def auth_offered(self) -> bool: ...
+
+    def reply(self, r: R.Reply) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class Dialog:
+    """One session's AUTH exchanges: the command, the continuation lines, the verdict."""
+
+    def __init__(self, session: AuthSession) -> None:
+        self.session = session
+        self.waiting: Mechanism | None = None  # an AUTH exchange waiting for the client's line
+
+    async def command(self, cmd: _core.Command) -> None:
+        """AUTH mechanism [initial-response]."""
+        s = self.session
+        if not s.submission:
+            s.reply(R.AUTH_NOT_ENABLED)
+            return
+        if s.auth_user is not None:
+            s.reply(R.AUTH_ALREADY)
+            return
+        if not s.auth_offered:
+            s.reply(R.AUTH_NEEDS_TLS)
+            return
+        name, _, initial = cmd.arg.strip().partition(" ")
+        mech = mechanism(name)
+        if mech is None:
+            s.reply(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        await self._step(mech, mech.start(initial.strip() or None))
+
+    async def line(self, line: bytes) -> None:
+        """The client's answer to our last challenge (a RawLine event)."""
+        s = self.session
+        mech, self.waiting = self.waiting, None
+        if mech is None:  # nothing asked for a line; cannot happen, but never execute it
+            s.reply(R.Reply(500, "5.5.2", "Error: unexpected line"))
+            return
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            maillog.reject(s.id, s.peer, "AUTH", R.AUTH_CANCELLED)
+            s.reply(R.AUTH_CANCELLED)
+            return
+        await self._step(mech, mech.respond(text))
+
+    async def _step(self, mech: Mechanism, step: Step) -> None:
+        s = self.session
+        if isinstance(step, Challenge):
+            s.out += step.encode()
+            self.waiting = mech
+            s.conn.read_line()
+            return
+        if isinstance(step, Malformed):
+            maillog.reject(s.id, s.peer, "AUTH", step.reply)
+            s.reply(step.reply)
+            return
+        authenticator = s.ctx.authenticator
+        verdict: Verdict = "unknown"  # another authorization identity: refused unchecked
+        if not step.authzid or normalize_username(step.authzid) == normalize_username(step.username):
+            verdict = await authenticator.verify(step.username, step.password)
+        if verdict == "ok":
+            s.auth_user = normalize_username(step.username)
+            maillog.auth_ok(s.id, s.peer, mech.name, s.auth_user)
+            s.reply(R.AUTH_OK)
+            return
+        if verdict == "unavailable":
+            maillog.warning(f"{s.id}: AUTH {mech.name}: users file unavailable: {authenticator.last_error}")
+            s.reply(R.AUTH_UNAVAILABLE)
+            return
+        delays = s.ctx.auth_delays
+        delay = delays.record(s.peer_ip, trio.current_time())
+        known = normalize_username(step.username) if verdict == "bad" else None
+        maillog.auth_failed(s.id, s.peer, mech.name, known, delays.failures(s.peer_ip, trio.current_time()), delay)
+        await s.flush()  # what was answered before goes out now, not after the delay
+        await trio.sleep(delay)
+        s.reply(R.AUTH_FAILED)
