@@ -33,7 +33,7 @@ from .config import Config, load
 from .deliver.base import DeliveryRequest, Target
 from .deliver.smtp import SmtpAgent
 from .content import Content
-from .queue.spool import new_queue_id
+from .queue.records import new_queue_id
 from .hops import RemoteHop
 from . import daemon as _server
 from .hooks import Hooks

@@ -8,6 +8,7 @@ import os
 import trio
 
 from smtprs.envelope import Envelope, Recipient
+from smtprs.queue import records
 from smtprs.queue import spool as spool_mod
 from smtprs.queue.spool import Spool, read_queue
 
@@ -241,7 +242,7 @@ async def test_damaged_and_foreign_segments_never_stop_the_start(tmp_path, caplo
     (seg,) = list(spool.seg_dir.iterdir())
     data = bytearray(seg.read_bytes())
     # damage the first record's content (a bad checksum, with a good record after it)
-    data[spool_mod._HEAD.size + spool_mod._MHEAD.size + 5] ^= 0xFF
+    data[records.HEAD.size + records.MHEAD.size + 5] ^= 0xFF
     seg.write_bytes(bytes(data))
     (spool.seg_dir / "000000000077.seg").write_bytes(b"this is not a segment at all\n" * 10)  # foreign, segment-named
     (spool.seg_dir / "000000000078.seg").mkdir()  # cannot be read as a file

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..content import Content
 from ..envelope import Envelope
-from .spool import new_queue_id
+from .records import new_queue_id
 
 
 class NullWriter:

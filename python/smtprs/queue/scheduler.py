@@ -246,10 +246,6 @@ class Scheduler:
         heapq.heappush(self._heap, (due, qid))
         self._wakeup.set()
 
-    @property
-    def queue_length(self) -> int:
-        return len(self._queued) + len(self._active)
-
     # -- running ---------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for qid in await trio.to_thread.run_sync(self.spool.open):

@@ -40,13 +40,7 @@ own file.
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import secrets
-import shutil
-import struct
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,59 +49,30 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 import trio
 
 from .. import _threads, maillog
-from ..content import Content, RangeReader
+from ..content import Content
 from ..envelope import Envelope
 from ..errors import SpoolError
+from .records import (
+    HEAD,
+    INLINE,
+    KIND_DONE,
+    KIND_MESSAGE,
+    MAGIC,
+    MHEAD,
+    Entry,
+    fsync_dir,
+    new_queue_id,
+    queue_id_time,
+    spool_error,
+    unlink_quietly,
+)
+from .recovery import SpoolRecovery
 
 if TYPE_CHECKING:
     from .backend import Writer
 
-_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # 31 symbols, no vowels: ids never spell words
-
-# record: magic, kind, payload length, crc32 of payload
-_HEAD = struct.Struct("<4sBII")
-_MAGIC = b"SMR1"
-_KIND_MESSAGE = ord("M")
-_KIND_DONE = ord("D")
-# M payload: envelope length, flags, envelope JSON, then the content (inline only)
-_MHEAD = struct.Struct("<IB")
-_INLINE = 1
-
 SEGMENT_MAX = 32 * 1024 * 1024
 FRESH_MAX = 10_000  # envelopes kept for the first delivery attempt (see Spool._fresh)
-
-
-def new_queue_id() -> str:
-    """A time-ordered, unique-enough queue id (time in microseconds, base 31, + 4 random)."""
-    n = time.time_ns() // 1000
-    out = []
-    while n:
-        n, r = divmod(n, len(_ALPHABET))
-        out.append(_ALPHABET[r])
-    r = int.from_bytes(os.urandom(3), "big") % len(_ALPHABET) ** 4  # one getrandom, not four
-    for _ in range(4):
-        r, i = divmod(r, len(_ALPHABET))
-        out.insert(0, _ALPHABET[i])
-    return "".join(reversed(out))
-
-
-def queue_id_time(qid: str) -> float | None:
-    """When a queue id was made (seconds since the epoch), read back from the id; None if it is not one of ours."""
-    n = 0
-    for ch in qid[:-4]:
-        i = _ALPHABET.find(ch)
-        if i < 0:
-            return None
-        n = n * len(_ALPHABET) + i
-    return n / 1e6 if qid[:-4] else None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MessageWriter:
@@ -176,17 +141,6 @@ class MessageWriter:
 
 
 @dataclass
-class _Entry:
-    """Where a live message is. seg == 0: moved out (files/ID.env + files/ID.msg)."""
-
-    seg: int
-    env_off: int = 0
-    env_len: int = 0
-    content_off: int = 0  # -1: content in files/ID.msg
-    content_len: int = 0
-
-
-@dataclass
 class _Pending:
     record: bytes  # M or D record
     writer: MessageWriter | None = None
@@ -196,7 +150,9 @@ class _Pending:
     record_offset: int = 0  # where the record landed in the active segment
 
 
-class Spool:
+class Spool(SpoolRecovery):
+    """The segment spool backend (see the module docstring); start-up is recovery.py's."""
+
     def __init__(self, directory: Path, *, fsync: bool = True, inline_max: int = 256 * 1024, memory_budget: int = 64 * 1024 * 1024) -> None:
         self.root = Path(directory)
         self.seg_dir = self.root / "seg"
@@ -206,7 +162,7 @@ class Spool:
         self.inline_max = inline_max
         self.memory_budget = memory_budget
         self._reserved = 0
-        self._index: dict[str, _Entry] = {}
+        self._index: dict[str, Entry] = {}
         self._live: dict[int, int] = {}  # segment -> live messages in it
         self._segments: list[int] = []  # existing segments, oldest first
         self._active = 0
@@ -221,163 +177,6 @@ class Spool:
         # figures for benchmarks and metrics: how many records each fdatasync covered
         self.commit_batches = 0
         self.committed_messages = 0
-
-    # -- start-up ----------------------------------------------------------
-    def open(self) -> list[str]:
-        """Create the directories, read the segments and files, clear what no
-        250 was ever given for, and return the ids of queued messages (oldest first).
-
-        Damage is set aside (see the module docstring); an error that cannot be
-        (the spool's own directories unreadable, a disk error on a directory)
-        is a SpoolError with one clear line, never a traceback."""
-        try:
-            return self._open()
-        except SpoolError:
-            raise
-        except OSError as e:
-            raise SpoolError(f"cannot read the spool {self.root}: {e}") from e
-
-    def _open(self) -> list[str]:
-        try:
-            self._make_dirs()
-        except OSError as e:
-            raise SpoolError(f"cannot use the spool directory {self.root}: {e.strerror or e}") from e
-        self._close_active()
-        self._index.clear()
-        self._fresh.clear()
-        self._live.clear()
-        envs, contents = set(), set()
-        for entry in os.scandir(self.files_dir):
-            stem, _, ext = entry.name.rpartition(".")
-            if not _regular_file(entry):
-                self._move_aside(Path(entry.path), "not a regular file")
-            elif ext == "env":
-                envs.add(stem)
-            elif ext == "msg":
-                contents.add(stem)
-            elif ext == "tmp":
-                _unlink_quietly(Path(entry.path))
-            else:
-                self._move_aside(Path(entry.path), "not a spool file")
-        for qid in envs - contents:
-            self._move_aside(self.files_dir / f"{qid}.env", "envelope without content")
-        for qid in envs & contents:
-            self._index[qid] = _Entry(0)
-        self._segments = []
-        for entry in os.scandir(self.seg_dir):
-            stem, _, ext = entry.name.rpartition(".")
-            if ext == "seg" and stem.isdigit() and _regular_file(entry):
-                self._segments.append(int(stem))
-            else:
-                self._move_aside(Path(entry.path), "not a segment")
-        self._segments.sort()
-        for seg in list(self._segments):
-            try:
-                self._scan_segment(seg, contents)
-            except OSError as e:  # unreadable (EIO, EACCES): set aside whole, never a crash loop
-                self._segments.remove(seg)
-                self._live.pop(seg, None)
-                for qid in [q for q, entry in self._index.items() if entry.seg == seg]:
-                    del self._index[qid]
-                self._move_aside(self._seg_path(seg), f"unreadable segment: {e.strerror or e}")
-        for qid in contents - set(self._index):  # content whose record never landed (no 250), or a finished one's
-            _unlink_quietly(self.files_dir / f"{qid}.msg")  # (the scan may have removed it already: not an error)
-        self._active = (self._segments[-1] if self._segments else 0) + 1  # never append after a torn tail
-        self._drop_dead_segments()
-        if self.fsync:
-            fsync_dir(self.files_dir)
-        return sorted(self._index)
-
-    def _make_dirs(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        for d in (self.corrupt_dir, self.seg_dir, self.files_dir):
-            if (d.exists() or d.is_symlink()) and not d.is_dir():
-                if d == self.corrupt_dir:
-                    os.replace(d, d.with_name(f"corrupt.{int(time.time())}.{secrets.token_hex(3)}"))
-                else:
-                    self.corrupt_dir.mkdir(exist_ok=True)
-                    self._move_aside(d, "a file where the spool keeps a directory")
-            d.mkdir(exist_ok=True)
-
-    def _scan_segment(self, seg: int, contents: set[str]) -> None:
-        path = self._seg_path(seg)
-        self._live.setdefault(seg, 0)
-        with open(path, "rb") as fh:
-            data = fh.read()
-        pos = 0
-        while pos + _HEAD.size <= len(data):
-            magic, kind, length, crc = _HEAD.unpack_from(data, pos)
-            start = pos + _HEAD.size
-            payload = data[start : start + length]
-            if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                self._bad_tail(seg, path, data, pos)
-                break
-            if kind == _KIND_MESSAGE:
-                env_len, flags = _MHEAD.unpack_from(payload, 0)
-                env_off = start + _MHEAD.size
-                try:
-                    qid = json.loads(payload[_MHEAD.size : _MHEAD.size + env_len])["queue_id"]
-                except (ValueError, KeyError, TypeError):
-                    maillog.spool_problem(f"segment {seg}: unreadable envelope at {pos}")
-                    qid = None
-                if qid is not None and qid not in self._index:
-                    if flags & _INLINE:
-                        entry = _Entry(seg, env_off, env_len, env_off + env_len, length - _MHEAD.size - env_len)
-                    elif qid in contents:
-                        entry = _Entry(seg, env_off, env_len, -1, 0)
-                    else:
-                        entry = None
-                        maillog.spool_problem(f"segment {seg}: content of {qid} is missing; moved aside")
-                    if entry is not None:
-                        self._index[qid] = entry
-                        self._live[seg] += 1
-            elif kind == _KIND_DONE:
-                qid = payload.decode("ascii", "replace")
-                entry = self._index.get(qid)
-                if entry is not None and entry.seg:
-                    del self._index[qid]
-                    self._live[entry.seg] -= 1
-                    if entry.content_off < 0:
-                        try:
-                            os.unlink(self.files_dir / f"{qid}.msg")
-                        except FileNotFoundError:
-                            pass
-            pos = start + length
-
-    def _bad_tail(self, seg: int, path: Path, data: bytes, pos: int) -> None:
-        """What follows the last good record of a segment cannot be read.
-
-        A crash in the middle of a batch leaves a short or garbled last record,
-        or zeros (a file extended but not written), and nothing after it: that
-        batch was never acknowledged, and the tail is ignored.  Anything else (a bad
-        checksum with more records after it, foreign bytes) is damage: the
-        records before it are used, and a copy of the whole segment is kept in
-        corrupt/ for a human to look at.
-        """
-        tail = data[pos:]
-        magic, _, length, _ = _HEAD.unpack_from(data, pos)
-        last = magic == _MAGIC and pos + _HEAD.size + length >= len(data)  # the last record, short or garbled
-        torn = last or not tail.strip(b"\0")
-        if torn:
-            return
-        target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"
-        try:
-            shutil.copyfile(path, target)
-            where = f"a copy is in {target}"
-        except OSError as e:
-            where = f"no copy could be kept: {e.strerror or e}"
-        maillog.spool_problem(f"segment {seg}: unreadable record at offset {pos} of {len(data)}; the {pos} octets before it are used, the rest is ignored ({where})")
-
-    def _move_aside(self, path: Path, why: str) -> None:
-        target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"
-        try:
-            os.replace(path, target)
-            maillog.spool_problem(f"moved {path.name} to {target}: {why}")
-        except OSError as e:
-            maillog.spool_problem(f"cannot move {path} aside ({why}): {e}")
-
-    def _seg_path(self, seg: int) -> Path:
-        return self.seg_dir / f"{seg:012d}.seg"
 
     def _close_active(self) -> None:
         if self._active_fd >= 0:
@@ -425,13 +224,13 @@ class Spool:
         writer = cast(MessageWriter, w)
         if writer.failed is not None:
             self.abort(writer)
-            raise _spool_error("cannot write queue file", writer.failed)
+            raise spool_error("cannot write queue file", writer.failed)
         env = envelope.to_json()
         if writer._buf is not None:
-            payload = _MHEAD.pack(len(env), _INLINE) + env + writer._buf
+            payload = MHEAD.pack(len(env), INLINE) + env + writer._buf
         else:
-            payload = _MHEAD.pack(len(env), 0) + env
-        item = _Pending(_HEAD.pack(_MAGIC, _KIND_MESSAGE, len(payload), zlib.crc32(payload)) + payload, writer, envelope)
+            payload = MHEAD.pack(len(env), 0) + env
+        item = _Pending(HEAD.pack(MAGIC, KIND_MESSAGE, len(payload), zlib.crc32(payload)) + payload, writer, envelope)
         await self._submit(item)
 
     async def _submit(self, item: _Pending) -> None:
@@ -467,7 +266,7 @@ class Spool:
                     raise w.failed
                 spilled = True
             except OSError as e:
-                p.error = _spool_error("cannot write queue file", e)
+                p.error = spool_error("cannot write queue file", e)
         start = -1  # where this batch begins in the active segment
         try:
             if spilled and self.fsync:
@@ -503,7 +302,7 @@ class Spool:
                 except OSError as e2:
                     maillog.spool_problem(f"segment {self._active}: cannot cut off a failed batch at {start}: {e2.strerror or e2}")
             self._close_active()
-            err = _spool_error("cannot write the queue", e)
+            err = spool_error("cannot write the queue", e)
             for p in batch:
                 if p.error is None:
                     p.error = err
@@ -523,12 +322,12 @@ class Spool:
         for p in batch:
             w = p.writer
             if p.error is None and w is not None and p.envelope is not None:
-                env_len, flags = _MHEAD.unpack_from(p.record, _HEAD.size)
-                env_off = p.record_offset + _HEAD.size + _MHEAD.size
-                if flags & _INLINE:
-                    entry = _Entry(self._active, env_off, env_len, env_off + env_len, w.size)
+                env_len, flags = MHEAD.unpack_from(p.record, HEAD.size)
+                env_off = p.record_offset + HEAD.size + MHEAD.size
+                if flags & INLINE:
+                    entry = Entry(self._active, env_off, env_len, env_off + env_len, w.size)
                 else:
-                    entry = _Entry(self._active, env_off, env_len, -1, 0)
+                    entry = Entry(self._active, env_off, env_len, -1, 0)
                 self._index[w.queue_id] = entry
                 self._live[self._active] = self._live.get(self._active, 0) + 1
                 if len(self._fresh) < FRESH_MAX:
@@ -612,7 +411,7 @@ class Spool:
             return
         content = self.content(qid)
         await trio.to_thread.run_sync(self._move_out, envelope, content, entry.content_off >= 0)
-        self._index[qid] = _Entry(0)
+        self._index[qid] = Entry(0)
         await self._finish_in_segment(qid, entry)
 
     def _write_env_file(self, envelope: Envelope) -> None:
@@ -626,7 +425,7 @@ class Spool:
             if self.fsync:
                 os.fsync(fd)
         except OSError:
-            _unlink_quietly(tmp)  # a full disk must not leave half an envelope behind
+            unlink_quietly(tmp)  # a full disk must not leave half an envelope behind
             raise
         finally:
             os.close(fd)
@@ -654,12 +453,12 @@ class Spool:
             self._write_env_file(envelope)  # fsyncs files/ as well
         except OSError:
             if copy:
-                _unlink_quietly(path)
+                unlink_quietly(path)
             raise
 
-    async def _finish_in_segment(self, qid: str, entry: _Entry) -> None:
+    async def _finish_in_segment(self, qid: str, entry: Entry) -> None:
         record = qid.encode("ascii")
-        await self._submit(_Pending(_HEAD.pack(_MAGIC, _KIND_DONE, len(record), zlib.crc32(record)) + record))
+        await self._submit(_Pending(HEAD.pack(MAGIC, KIND_DONE, len(record), zlib.crc32(record)) + record))
         self._live[entry.seg] = self._live.get(entry.seg, 0) - 1
         self._drop_dead_segments()
 
@@ -676,34 +475,16 @@ class Spool:
                 self._index[qid] = entry  # still queued; the scheduler tries again
                 raise
             if entry.content_off < 0:
-                await trio.to_thread.run_sync(_unlink_quietly, self.files_dir / f"{qid}.msg")
+                await trio.to_thread.run_sync(unlink_quietly, self.files_dir / f"{qid}.msg")
             return
 
         def work() -> None:
-            _unlink_quietly(self.files_dir / f"{qid}.env")  # the envelope first: never half a message
-            _unlink_quietly(self.files_dir / f"{qid}.msg")
+            unlink_quietly(self.files_dir / f"{qid}.env")  # the envelope first: never half a message
+            unlink_quietly(self.files_dir / f"{qid}.msg")
             if self.fsync:
                 fsync_dir(self.files_dir)
 
         await trio.to_thread.run_sync(work)
-
-
-def _regular_file(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_file(follow_symlinks=False)
-    except OSError:
-        return False
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _spool_error(what: str, e: OSError) -> SpoolError:
-    return SpoolError(f"{what}: {e.strerror or e}", storage_full=e.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
@@ -722,7 +503,7 @@ def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
     contents = {p.stem for p in spool.files_dir.glob("*.msg")}
     for p in spool.files_dir.glob("*.env"):
         if p.stem in contents:
-            spool._index[p.stem] = _Entry(0)
+            spool._index[p.stem] = Entry(0)
     segs = sorted(int(p.stem) for p in spool.seg_dir.glob("*.seg") if p.stem.isdigit())
     spool._segments = segs
     for seg in segs:
