@@ -32,8 +32,8 @@ import trio
 from .. import maillog
 from .. import reply as R
 from ..deliver.base import DeliveryRequest, Outcome, Target
-from ..queue.backend import Writer
 from ..hops import Unroutable
+from ..queue.backend import Writer
 
 if TYPE_CHECKING:
     from .context import SessionContext

@@ -41,16 +41,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _core, maillog
-from . import lmtp
 from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
+from ..hooks import HOOK_FAILED, SessionInfo
 from ..hops import Unroutable
 from . import auth as sasl
+from . import lmtp
 from . import params as esmtp
-from ..hooks import HOOK_FAILED, SessionInfo
 from .channel import Channel
+from .greeting import Hello
 from .intake import Intake
-from .transaction import Transaction, check_sequence
+from .transaction import CloseSession, Transaction, check_sequence
 
 if TYPE_CHECKING:
     from .context import SessionContext
@@ -60,10 +61,6 @@ _session_ids = itertools.count(1)
 
 # Commands that do not move a transaction forward (Postfix's "junk commands").
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
-
-
-class CloseSession(Exception):
-    """Raised by a handler to end the session after the pending replies are sent."""
 
 
 _COUNTED_STAGES = frozenset({"connect", "MAIL", "RCPT", "DATA", "BDAT"})
@@ -102,16 +99,17 @@ class Session:
         self.auth_user: str | None = None
         self.sasl = sasl.Dialog(self)  # AUTH; .waiting while an exchange waits for the client's line
         self.intake = Intake(self)  # DATA/BDAT, from the command to the final reply
+        self.hello = Hello(self)  # HELO/EHLO/LHLO and STARTTLS
         self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
         self._waiting_for = ""  # what the current (or last) wait was for, for the timeout's log line
         self.stage = "connect"  # what a rejection is counted against (metrics)
         self.hooks = ctx.hooks
         # The dispatch table.  A verb the engine knows that is not here (EXPN) gets 502.
         self._handlers: dict[str, Handler] = {
-            "HELO": self._cmd_helo,
-            "EHLO": self._cmd_ehlo,
-            "LHLO": self._cmd_lhlo,
-            "STARTTLS": self._cmd_starttls,
+            "HELO": self.hello.helo,
+            "EHLO": self.hello.ehlo,
+            "LHLO": self.hello.lhlo,
+            "STARTTLS": self.hello.starttls,
             "AUTH": self.sasl.command,
             "MAIL": self._cmd_mail,
             "RCPT": self._cmd_rcpt,
@@ -371,82 +369,6 @@ class Session:
             self.reply(R.NOT_IMPLEMENTED)
             return
         await handler(cmd)
-
-    async def _cmd_helo(self, cmd: _core.Command) -> None:
-        if self.lmtp:
-            self.reply(R.LMTP_USE_LHLO)
-            return
-        if self.hooks is not None and (refusal := await self.ask_hook("on_helo", cmd.arg.strip())) is not None:
-            self.reply(refusal)
-            return
-        self._greet("HELO", cmd.arg)
-        self.reply(R.Reply(250, None, self.ctx.hostname))
-
-    async def _cmd_ehlo(self, cmd: _core.Command) -> None:
-        if self.lmtp:
-            self.reply(R.LMTP_USE_LHLO)
-            return
-        if self.hooks is not None and (refusal := await self.ask_hook("on_helo", cmd.arg.strip())) is not None:
-            self.reply(refusal)
-            return
-        self._greet("EHLO", cmd.arg)
-        self._extensions()
-
-    def _extensions(self) -> None:
-        lines = [
-            self.ctx.hostname,
-            "PIPELINING",
-            f"SIZE {self.cfg.smtpd.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-            "DSN",
-        ]
-        if self.starttls_offered:
-            lines.append("STARTTLS")
-        if self.auth_offered:
-            lines.append("AUTH " + " ".join(sasl.MECHANISMS))
-        self.reply(R.Reply(250, None, tuple(lines)))
-
-    async def _cmd_lhlo(self, cmd: _core.Command) -> None:
-        if not self.lmtp:
-            self.reply(R.NOT_IMPLEMENTED)
-            return
-        self._greet("LHLO", cmd.arg)
-        self._extensions()
-
-    def _greet(self, kind: str, name: str) -> None:
-        self.intake.abort()
-        self.txn = None
-        self.greeting = kind
-        self.helo_name = name.strip()
-
-    # -- STARTTLS (RFC 3207) ---------------------------------------------------
-    async def _cmd_starttls(self, cmd: _core.Command) -> None:
-        if self.tls is not None:
-            self.reply(R.TLS_ACTIVE)
-            return
-        if self.ctx.tls is None:
-            self.reply(R.NOT_IMPLEMENTED)
-            return
-        # Whatever came after the STARTTLS line came before the handshake: it
-        # was sent in the clear and must never be executed (CVE-2011-0411).
-        dropped = self.conn.discard_buffer()
-        if dropped:
-            maillog.starttls_pipelined(self.id, self.peer, dropped)
-        self.reply(R.TLS_READY)
-        await self.flush()
-        if not await self._start_tls():
-            raise CloseSession
-        # RFC 3207 4.2: forget everything learnt from the client before TLS.
-        self.intake.abort()
-        self.conn = self._new_engine()
-        self.txn = None
-        self.greeting = None
-        self.helo_name = ""
-        self.auth_user = None
-        self.sasl.waiting = None
 
     async def _start_tls(self) -> bool:
         """Handshake as the server on the current stream; False (logged) if it fails."""

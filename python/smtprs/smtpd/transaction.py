@@ -62,3 +62,7 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
     if need_rcpt and txn is not None and not txn.recipients:
         return R.NO_VALID_RCPT if txn.rcpt_attempts else R.NEED_RCPT
     return None
+
+
+class CloseSession(Exception):
+    """Raised by a handler to end the session after the pending replies are sent."""
