@@ -44,9 +44,6 @@ import base64
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import trio
 
@@ -56,6 +53,7 @@ from ..hops import RemoteHop
 from .base import DeliveryRequest, Outcome, Status, Target
 from .client import CHUNK, ClientConnection, Lost
 from .mx import DnsFailure, Host, Resolver
+from .pool import ConnectionPool
 
 QUIT_TIMEOUT = 5.0
 
@@ -95,11 +93,6 @@ class Connection(ClientConnection):
         await self.abort()
 
 
-@dataclass(eq=False)
-class _Idle:
-    conn: Connection
-
-
 def show(reply: _core.Reply) -> str:
     """A reply on one line: ``550 5.1.1 text / more text``."""
     enh = f" {reply.enhanced}" if reply.enhanced else ""
@@ -125,9 +118,7 @@ class SmtpAgent:
         self.r = cfg.relay
         self.hostname = hostname
         self.resolver = resolver or Resolver(cfg.dns, prefer=cfg.relay.address_preference)
-        self._idle: dict[str, list[_Idle]] = {}
-        self._limits: dict[str, trio.Semaphore] = {}
-        self._nursery: trio.Nursery | None = None
+        self.pool: ConnectionPool[Connection] = ConnectionPool()
         self._ctx_may = ssl.create_default_context()
         self._ctx_may.check_hostname = False
         self._ctx_may.verify_mode = ssl.CERT_NONE
@@ -135,22 +126,15 @@ class SmtpAgent:
         self._ctx_verify = ssl.create_default_context(cafile=str(ca) if ca else None)
         # figures for tests and metrics
         self.connections_opened = 0
-        self.connections_reused = 0
 
     # -- life cycle ------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the nursery in which idle connections wait; closes them on exit."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            idle, self._idle = self._idle, {}
-            for entries in idle.values():
-                for e in entries:
-                    await e.conn.abort()
+        """Hold the nursery in which idle connections wait (pool.py); closes them on exit."""
+        await self.pool.run(task_status=task_status)
+
+    @property
+    def connections_reused(self) -> int:
+        return self.pool.reused
 
     # -- the contract ----------------------------------------------------------
     async def deliver(self, request: DeliveryRequest) -> list[Outcome]:
@@ -166,7 +150,7 @@ class SmtpAgent:
     async def _deliver_destination(self, request: DeliveryRequest, targets: list[Target]) -> list[Outcome]:
         hop = targets[0].hop
         assert isinstance(hop, RemoteHop)
-        async with self._limit(hop.destination):
+        async with self.pool.limit(hop.destination, self.r.destination_concurrency):
             try:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
@@ -175,7 +159,7 @@ class SmtpAgent:
             final: dict[int, Outcome] = {}
             last: dict[int, Outcome] = {}
             pending = list(targets)
-            conn = await self._checkout(hop.destination)
+            conn = await self.pool.checkout(hop.destination, self.r.command_timeout)
             if conn is not None:
                 hosts = [conn.host, *[h for h in hosts if h.ip != conn.host.ip]]
             for host in hosts:
@@ -193,7 +177,7 @@ class SmtpAgent:
                         continue
                 pending, usable = await self._send(conn, request, hop, pending, final, last)
                 if usable:
-                    await self._release(hop.destination, conn)
+                    await self.pool.release(hop.destination, conn, self.r.idle_timeout)
                 else:
                     await conn.close(quit=False)
                 conn = None
@@ -508,52 +492,6 @@ class SmtpAgent:
         reply = await conn.command("RSET", self.r.command_timeout)
         if reply.code != 250:
             raise Lost(f"RSET refused: {show(reply)}")
-
-    # -- the idle pool and the per-destination limit -----------------------------
-    @asynccontextmanager
-    async def _limit(self, destination: str) -> AsyncIterator[None]:
-        sem = self._limits.get(destination)
-        if sem is None:
-            sem = self._limits[destination] = trio.Semaphore(self.r.destination_concurrency)
-        try:
-            async with sem:
-                yield
-        finally:
-            if sem.value == self.r.destination_concurrency and sem.statistics().tasks_waiting == 0:
-                self._limits.pop(destination, None)
-
-    async def _checkout(self, destination: str) -> Connection | None:
-        entries = self._idle.get(destination)
-        while entries:
-            conn = entries.pop().conn
-            try:
-                reply = await conn.command("RSET", self.r.command_timeout)
-                if reply.code == 250:
-                    self.connections_reused += 1
-                    return conn
-                await conn.close(quit=False)
-            except Lost:
-                await conn.close(quit=False)
-        self._idle.pop(destination, None)
-        return None
-
-    async def _release(self, destination: str, conn: Connection) -> None:
-        nursery = self._nursery
-        if nursery is None or self.r.idle_timeout <= 0:
-            await conn.close()
-            return
-        entry = _Idle(conn)
-        self._idle.setdefault(destination, []).append(entry)
-        nursery.start_soon(self._expire, destination, entry)
-
-    async def _expire(self, destination: str, entry: _Idle) -> None:
-        await trio.sleep(self.r.idle_timeout)
-        entries = self._idle.get(destination, [])
-        if entry in entries:  # nobody took it meanwhile
-            entries.remove(entry)
-            if not entries:
-                self._idle.pop(destination, None)
-            await entry.conn.close()
 
 
 def _is_ip(name: str) -> bool:
