@@ -28,7 +28,6 @@ from smtprs_process import smtprs_serve
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-
 def tree_ticks(root: int) -> tuple[int, int]:
     """(utime, stime) summed over ``root`` and its children, in clock ticks."""
     pids = [root] + [int(p) for p in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
@@ -50,7 +49,9 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=4000)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--extra-config", default="", help="TOML appended to the generated config, e.g. '[log]\\nlevel = \"warning\"'")
+    p.add_argument(
+        "--extra-config", default="", help="TOML appended to the generated config, e.g. '[log]\\nlevel = \"warning\"'"
+    )
     args = p.parse_args()
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     extra: str = args.extra_config.replace("\\n", "\n")
@@ -59,17 +60,35 @@ def main() -> int:
         return (
             f'hostname = "cpu.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = 1000\nmax_connections_per_client = 1000\n'
             f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n[local]\ndomains = ["bench.test"]\nmaildir = "mail/{{user}}"\n'
-            + ('[queue]\nbackend = "null"\n' if args.mode == "sink" else "")  # sink: keep nothing; durable: the defaults
+            + (
+                '[queue]\nbackend = "null"\n' if args.mode == "sink" else ""
+            )  # sink: keep nothing; durable: the defaults
             + extra
             + "\n"
         )
 
-    with tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, _):
+    with (
+        tempfile.TemporaryDirectory(prefix="smtprs-cpu-", dir="/var/tmp") as tmp,
+        smtprs_serve(Path(tmp), config, args.workers) as (proc, port, _),
+    ):
         time.sleep(0.5 * args.workers)
         u0, s0 = tree_ticks(proc.pid)
         t0 = time.monotonic()
         subprocess.run(
-            [source, "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size), "-f", "load@source.test", "-t", "box@bench.test", f"127.0.0.1:{port}"],
+            [
+                source,
+                "-s",
+                str(args.sessions),
+                "-m",
+                str(args.messages),
+                "-l",
+                str(args.size),
+                "-f",
+                "load@source.test",
+                "-t",
+                "box@bench.test",
+                f"127.0.0.1:{port}",
+            ],
             check=True,
         )
         t1 = time.monotonic()

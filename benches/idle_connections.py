@@ -26,7 +26,6 @@ from pathlib import Path
 from smtprs_process import smtprs_serve
 
 
-
 def tree_rss_kib(root: int) -> int:
     """Sum of VmRSS over ``root`` and its descendants."""
     children: dict[int, list[int]] = {}
@@ -50,8 +49,6 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connections", type=int, default=10_000)
@@ -62,12 +59,18 @@ def main() -> int:
     want = n + 1000
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY else want, hard))
-    config = (
-        lambda port: f'hostname = "idle.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = {n + 100}\n'
-        f"max_connections_per_client = {n + 100}\ncommand_timeout = 3600\n"
-        f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n'
-    )
-    with tempfile.TemporaryDirectory(prefix="smtprs-idle-") as tmp, smtprs_serve(Path(tmp), config, args.workers) as (proc, port, cmd):
+
+    def config(port):
+        return (
+            f'hostname = "idle.test"\ndata_dir = "data"\n[smtpd]\nmax_connections = {n + 100}\n'
+            f"max_connections_per_client = {n + 100}\ncommand_timeout = 3600\n"
+            f'[[smtpd.listeners]]\naddress = "127.0.0.1:{port}"\n'
+        )
+
+    with (
+        tempfile.TemporaryDirectory(prefix="smtprs-idle-") as tmp,
+        smtprs_serve(Path(tmp), config, args.workers) as (proc, port, cmd),
+    ):
         socks: list[socket.socket] = []
         try:
             time.sleep(1.0)
@@ -92,8 +95,10 @@ def main() -> int:
                 raise SystemExit(f"only {greeted} of {n} connections were greeted")
             time.sleep(2.0)
             held = tree_rss_kib(proc.pid)
-            print(f"smtprs ({' '.join(cmd[3:])}) idle: {base / 1024:.1f} MiB RSS; with {n} idle connections: {held / 1024:.1f} MiB "
-                  f"(+{(held - base) / 1024:.1f} MiB, {(held - base) / n:.1f} KiB per connection)")
+            print(
+                f"smtprs ({' '.join(cmd[3:])}) idle: {base / 1024:.1f} MiB RSS; with {n} idle connections: {held / 1024:.1f} MiB "
+                f"(+{(held - base) / 1024:.1f} MiB, {(held - base) / n:.1f} KiB per connection)"
+            )
         finally:
             for s in socks:
                 s.close()

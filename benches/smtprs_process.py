@@ -21,7 +21,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def smtprs_serve(directory: Path, config: Callable[[int], str], workers: int = 0) -> Iterator[tuple[subprocess.Popen[bytes], int, list[str]]]:
+def smtprs_serve(
+    directory: Path, config: Callable[[int], str], workers: int = 0
+) -> Iterator[tuple[subprocess.Popen[bytes], int, list[str]]]:
     """Start smtprs with ``config(port)`` as its configuration; yields (process, port, command)
     once it greets, and stops it (SIGTERM, then SIGKILL of its group) when the block ends."""
     port = free_port()

@@ -13,10 +13,7 @@ from typing import Any
 from smtprs import _core
 
 COMMANDS = (
-    b"MAIL FROM:<sender@example.org> SIZE=12345 BODY=8BITMIME\r\n"
-    b"RCPT TO:<rcpt@example.com>\r\n"
-    b"RSET\r\n"
-    b"NOOP\r\n"
+    b"MAIL FROM:<sender@example.org> SIZE=12345 BODY=8BITMIME\r\nRCPT TO:<rcpt@example.com>\r\nRSET\r\nNOOP\r\n"
 ) * 250  # 1000 commands
 
 ADDRESSES = [

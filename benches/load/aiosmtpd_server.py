@@ -68,8 +68,7 @@ class MaildirHandler:
         content = envelope.original_content or b""
         # LF line ends on disk, as Postfix and smtprs write Maildir files
         head = (
-            f"Return-Path: <{envelope.mail_from}>\n"
-            f"Delivered-To: {envelope.rcpt_tos[0] if envelope.rcpt_tos else ''}\n"
+            f"Return-Path: <{envelope.mail_from}>\nDelivered-To: {envelope.rcpt_tos[0] if envelope.rcpt_tos else ''}\n"
         ).encode()
         data = head + content.replace(b"\r\n", b"\n")
         now = time.time()

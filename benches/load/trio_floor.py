@@ -207,7 +207,11 @@ def main() -> int:
     p.add_argument("--mode", choices=("sink", "durable"), default="sink")
     p.add_argument("--dir", type=Path, default=Path("."))
     p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--no-delivery", action="store_true", help="durable: commit only, deliver nothing (an upper bound for acceptance alone)")
+    p.add_argument(
+        "--no-delivery",
+        action="store_true",
+        help="durable: commit only, deliver nothing (an upper bound for acceptance alone)",
+    )
     args = p.parse_args()
     children: list[int] = []
     for _ in range(max(1, args.processes) - 1):

@@ -25,12 +25,13 @@ from ._core import (
     parse_path,
 )
 from .api import RunningServer, SendResult, send, serve
-from .config import Config, load as load_config
+from .config import Config
+from .config import load as load_config
+from .content import Content
 from .envelope import Envelope, Recipient
 from .errors import AddressError, ConfigError, ListenError, ParseError, SmtprsError, SpoolError
-from .content import Content
-from .reply import Reply
 from .hooks import Hooks, SessionInfo
+from .reply import Reply
 
 __version__ = "0.1.0"
 

@@ -323,7 +323,18 @@ class LfConverter:
     def finish(self) -> bytes: ...
 
 def write_files(
-    jobs: list[tuple[str | os.PathLike[str], int, int, bytes, str | os.PathLike[str], str | os.PathLike[str], int, tuple[int, int] | None]],
+    jobs: list[
+        tuple[
+            str | os.PathLike[str],
+            int,
+            int,
+            bytes,
+            str | os.PathLike[str],
+            str | os.PathLike[str],
+            int,
+            tuple[int, int] | None,
+        ]
+    ],
     *,
     to_lf: bool = True,
     fsync: bool = True,

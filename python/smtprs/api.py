@@ -29,14 +29,14 @@ from typing import Literal
 
 import trio
 
+from . import daemon as _server
 from .config import Config, load
+from .content import Content
 from .deliver.base import DeliveryRequest, Target
 from .deliver.smtp import SmtpAgent
-from .content import Content
-from .queue.records import new_queue_id
-from .hops import RemoteHop
-from . import daemon as _server
 from .hooks import Hooks
+from .hops import RemoteHop
+from .queue.records import new_queue_id
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,11 @@ async def send(
     targets = []
     for i, rcpt in enumerate(recipients):
         domain = rcpt.rpartition("@")[2].lower()
-        hop = RemoteHop(domain, host, default_port, False, level) if host else RemoteHop(domain, domain, default_port, True, level)
+        hop = (
+            RemoteHop(domain, host, default_port, False, level)
+            if host
+            else RemoteHop(domain, domain, default_port, True, level)
+        )
         targets.append(Target(i, rcpt, hop))
     fd, name = tempfile.mkstemp(prefix="smtprs-send-")
     try:
@@ -115,11 +119,19 @@ async def send(
             fh.write(message)
         eight_bit = any(b > 127 for b in message)
         request = DeliveryRequest(
-            new_queue_id(), sender, Content(Path(name), 0, len(message)), time.time(), tuple(targets), len(message),
+            new_queue_id(),
+            sender,
+            Content(Path(name), 0, len(message)),
+            time.time(),
+            tuple(targets),
+            len(message),
             {"BODY": "8BITMIME"} if eight_bit else {},
         )
         outcomes = await agent.deliver(request)
     finally:
         os.unlink(name)
     by_index = {o.index: o for o in outcomes}
-    return [SendResult(t.address, by_index[t.index].status, by_index[t.index].detail, by_index[t.index].relay or "none") for t in targets]
+    return [
+        SendResult(t.address, by_index[t.index].status, by_index[t.index].detail, by_index[t.index].relay or "none")
+        for t in targets
+    ]

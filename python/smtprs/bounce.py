@@ -30,9 +30,9 @@ import trio
 
 from . import maillog
 from .config import Config
+from .content import Content
 from .envelope import Envelope, Recipient
 from .errors import SpoolError
-from .content import Content
 from .queue.backend import SpoolBackend
 
 # kind -> (Subject, the human part's first paragraph)
@@ -214,7 +214,9 @@ def _wrap(text: str, indent: str = "") -> list[str]:
         if not para:
             out.append("")
             continue
-        out += textwrap.wrap(para, 76, initial_indent=indent, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False) or [""]
+        out += textwrap.wrap(
+            para, 76, initial_indent=indent, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False
+        ) or [""]
     return out
 
 
@@ -300,7 +302,13 @@ class Notifier:
             params=params,
         )
         await self.spool.commit(writer, notice)  # raises SpoolError; the notice stays owed
-        maillog.notice(env.queue_id, {"success": "success", "delayed": "delay", "failed": "non-delivery"}[kind], env.sender, notice.queue_id, [e.recipient.address for e in entries])
+        maillog.notice(
+            env.queue_id,
+            {"success": "success", "delayed": "delay", "failed": "non-delivery"}[kind],
+            env.sender,
+            notice.queue_id,
+            [e.recipient.address for e in entries],
+        )
         self.submit(notice)
 
 

@@ -141,7 +141,9 @@ def _warn_readable_secrets(path: str | None, cfg: config_mod.Config) -> None:
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        maillog.warning(f"{path} holds relay.auth_password but is readable by others (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
+        maillog.warning(
+            f"{path} holds relay.auth_password but is readable by others (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -193,16 +195,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"sessions active:     {n('smtprs_sessions_active')}")
     print(f"connections:         {n('smtprs_connections_total')} ({by('smtprs_connections_total', 'mode')})")
     print(f"messages accepted:   {n('smtprs_messages_accepted_total')}")
-    print(f"rejections:          {n('smtprs_messages_rejected_total')} ({by('smtprs_messages_rejected_total', 'reason')})")
+    print(
+        f"rejections:          {n('smtprs_messages_rejected_total')} ({by('smtprs_messages_rejected_total', 'reason')})"
+    )
     for result in ("delivered", "deferred", "bounced"):
         total = n("smtprs_deliveries_total", result=result)
         detail = ", ".join(
-            f"{t} {int(v)}" for t, v in sorted(
-                ((dict(map(tuple, ls)).get("transport", ""), v) for nm, ls, v in snap["counters"] if nm == "smtprs_deliveries_total" and dict(map(tuple, ls)).get("result") == result)
+            f"{t} {int(v)}"
+            for t, v in sorted(
+                (
+                    (dict(map(tuple, ls)).get("transport", ""), v)
+                    for nm, ls, v in snap["counters"]
+                    if nm == "smtprs_deliveries_total" and dict(map(tuple, ls)).get("result") == result
+                )
             )
         )
         print(f"{result + ':':<21}{total}" + (f" ({detail})" if detail else ""))
-    print(f"queue:               {n('smtprs_queue_messages')} messages, {n('smtprs_queue_held_messages')} on hold, {n('smtprs_queue_active_deliveries')} being delivered")
+    print(
+        f"queue:               {n('smtprs_queue_messages')} messages, {n('smtprs_queue_held_messages')} on hold, {n('smtprs_queue_active_deliveries')} being delivered"
+    )
     print(f"oldest in queue:     {_age(value(snap, 'smtprs_queue_oldest_age_seconds'))}")
     commits, records = value(snap, "smtprs_spool_commits_total"), value(snap, "smtprs_spool_records_total")
     per = f" ({records / commits:.2f} per fdatasync)" if commits else ""
@@ -231,7 +242,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except auth.UsersFileError as e:
             raise ConfigError(f"smtpd.auth.users_file: {e}") from None
         if not users:
-            print(f"warning: smtpd.auth.users_file: no users in {cfg.users_path}; add them with `smtprs passwd add`", file=sys.stderr)
+            print(
+                f"warning: smtpd.auth.users_file: no users in {cfg.users_path}; add them with `smtprs passwd add`",
+                file=sys.stderr,
+            )
     print("config ok")
     return 0
 
@@ -316,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the server in the foreground")
     p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
-    p.add_argument("--workers", "-w", type=int, help="worker processes (default: the config's `workers`, 0 there meaning one per CPU)")
+    p.add_argument(
+        "--workers",
+        "-w",
+        type=int,
+        help="worker processes (default: the config's `workers`, 0 there meaning one per CPU)",
+    )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate the configuration and exit")
@@ -327,19 +346,29 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("passwd", help="manage the users of SMTP AUTH (the users file)")
     psub = p.add_subparsers(dest="action", required=True)
-    for action, text in (("add", "add a user or change a password"), ("remove", "remove a user"), ("list", "list the users")):
+    for action, text in (
+        ("add", "add a user or change a password"),
+        ("remove", "remove a user"),
+        ("list", "list the users"),
+    ):
         q = psub.add_parser(action, help=text)
         if action != "list":
             q.add_argument("user", help="the login name (an address such as alice@example.org, or a bare name)")
         if action == "add":
-            q.add_argument("--stdin", action="store_true", help="read the password from one line of standard input instead of the terminal")
+            q.add_argument(
+                "--stdin",
+                action="store_true",
+                help="read the password from one line of standard input instead of the terminal",
+            )
         q.add_argument("--config", "-c", help="take the users file from this configuration (smtpd.auth.users_file)")
         q.add_argument("--file", "-f", help="the users file to edit (overrides --config)")
         q.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("tls", help="TLS helpers")
     tsub = p.add_subparsers(dest="action", required=True)
-    q = tsub.add_parser("selfsigned", help="write a self-signed certificate and key (cert.pem, key.pem) for trying TLS out")
+    q = tsub.add_parser(
+        "selfsigned", help="write a self-signed certificate and key (cert.pem, key.pem) for trying TLS out"
+    )
     q.add_argument("--out", "-o", required=True, help="directory to write cert.pem and key.pem into")
     q.add_argument("--hostname", help="the name in the certificate (default: the configured hostname)")
     q.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
@@ -347,20 +376,28 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--config", "-c", help="configuration to take the hostname from")
     q.set_defaults(func=cmd_tls)
 
-    qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(dest="queue_command", required=True)
+    qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(
+        dest="queue_command", required=True
+    )
     p = qsub.add_parser("list", help="list queued messages with each recipient's state (reads the spool)")
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_queue_list)
-    p = qsub.add_parser("count", help="how many messages and open recipients are queued, for scripts and monitoring (reads the spool)")
+    p = qsub.add_parser(
+        "count", help="how many messages and open recipients are queued, for scripts and monitoring (reads the spool)"
+    )
     p.add_argument("--config", "-c")
-    p.add_argument("--json", action="store_true", help='one JSON object: {"messages", "recipients", "deferred", "held", "octets"}')
+    p.add_argument(
+        "--json", action="store_true", help='one JSON object: {"messages", "recipients", "deferred", "held", "octets"}'
+    )
     p.set_defaults(func=cmd_queue_count)
     p = qsub.add_parser("flush", help="ask the running server to retry every queued message (or one) now")
     p.add_argument("--config", "-c")
     p.add_argument("id", nargs="?", help="only this message")
     p.set_defaults(func=cmd_queue_flush)
-    p = qsub.add_parser("show", help="a message's envelope, each recipient's state and the header (from the running server)")
+    p = qsub.add_parser(
+        "show", help="a message's envelope, each recipient's state and the header (from the running server)"
+    )
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("id")
@@ -375,9 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", "-c")
         p.add_argument("ids", nargs="*", metavar="ID")
         if name == "delete":
-            p.add_argument("--all-deferred", action="store_true", help="every message with a deferred recipient (held ones excepted)")
+            p.add_argument(
+                "--all-deferred",
+                action="store_true",
+                help="every message with a deferred recipient (held ones excepted)",
+            )
         p.set_defaults(func=cmd_queue_act)
-    p = qsub.add_parser("qshape", help="open recipients by destination domain and age in minutes, as Postfix's qshape (reads the spool)")
+    p = qsub.add_parser(
+        "qshape", help="open recipients by destination domain and age in minutes, as Postfix's qshape (reads the spool)"
+    )
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--top", type=int, default=0, help="only the N busiest domains")

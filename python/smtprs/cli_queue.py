@@ -60,7 +60,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def queue_counts(entries: list[tuple["Envelope", int]]) -> dict[str, int]:
+def queue_counts(entries: list[tuple[Envelope, int]]) -> dict[str, int]:
     """What `smtprs queue count` reports: messages, their open (not yet final)
     recipients, of those the deferred ones, messages on hold, octets."""
     return {
@@ -85,7 +85,7 @@ def cmd_queue_count(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry(env: "Envelope", size: int, now: float) -> dict[str, Any]:
+def _entry(env: Envelope, size: int, now: float) -> dict[str, Any]:
     return {
         "id": env.queue_id,
         "size": size,
@@ -205,11 +205,16 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     now = time.time()
     state = "on hold" if info["held"] else ("being delivered" if info["active"] else "queued")
     print(f"Queue-ID:  {info['queue_id']} ({state})")
-    print(f"Arrival:   {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(info['arrival']))} ({_age(now - info['arrival'])} ago)")
+    print(
+        f"Arrival:   {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(info['arrival']))} ({_age(now - info['arrival'])} ago)"
+    )
     print(f"Size:      {info['content_size']} octets")
     print(f"Sender:    <{info['sender']}>")
     client = info["client_address"] or "local"
-    print(f"Client:    {client} helo={info['client_helo'] or '-'} protocol={info['protocol']}" + (f" auth={info['auth']}" if info["auth"] else ""))
+    print(
+        f"Client:    {client} helo={info['client_helo'] or '-'} protocol={info['protocol']}"
+        + (f" auth={info['auth']}" if info["auth"] else "")
+    )
     if info["params"]:
         print("Params:    " + " ".join(f"{k}={v}" if v else k for k, v in info["params"].items()))
     print("Recipients:")
@@ -233,7 +238,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 QSHAPE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
 
-def qshape(entries: list[tuple["Envelope", int]], now: float, *, held: bool | None = None) -> dict[str, list[int]]:
+def qshape(entries: list[tuple[Envelope, int]], now: float, *, held: bool | None = None) -> dict[str, list[int]]:
     """Open recipients by destination domain and message age: {domain: [total, per bucket..., older]}
     (``held``: only held messages, or only not held; None: all)."""
     import bisect

@@ -176,7 +176,9 @@ def _watch(ctx: ServerContext) -> None:
     m.gauge("smtprs_queue_active_deliveries", lambda: sum(len(s._active) for s in ctx.schedulers))
     m.gauge("smtprs_spool_commits_total", lambda: sum(s.spool.commit_batches for s in ctx.schedulers))
     m.gauge("smtprs_spool_records_total", lambda: sum(s.spool.committed_messages for s in ctx.schedulers))
-    m.gauge("smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0))
+    m.gauge(
+        "smtprs_queue_oldest_age_seconds", lambda: max((s.stats()["oldest_age"] for s in ctx.schedulers), default=0.0)
+    )
 
 
 def make_spool(cfg: Config, shard: int) -> SpoolBackend:
@@ -330,7 +332,9 @@ def _check_settings(ctx: ServerContext) -> None:
     """At start and reload: say so in the log if nobody will be able to authenticate
     (or if every message is being thrown away)."""
     if ctx.cfg.queue.backend == "null":
-        maillog.warning('queue.backend is "null": every message is answered 250 and thrown away (a benchmark setting; no mail is kept)')
+        maillog.warning(
+            'queue.backend is "null": every message is answered 250 and thrown away (a benchmark setting; no mail is kept)'
+        )
     if ctx.cfg.unsafe_no_fsync:
         maillog.warning("unsafe_no_fsync is on: mail answered 250 is lost in a crash or power loss")
     if not any(lst.mode in SUBMISSION_MODES + POP3_MODES for lst in ctx.cfg.smtpd.listeners):
@@ -341,14 +345,22 @@ def _check_settings(ctx: ServerContext) -> None:
         maillog.warning(f"smtpd.auth.users_file: {e}; AUTH will fail with 454 until it is fixed")
         return
     if not users:
-        maillog.warning(f"smtpd.auth.users_file: no users in {ctx.cfg.users_path} (add some with `smtprs passwd add`): nobody can authenticate")
+        maillog.warning(
+            f"smtpd.auth.users_file: no users in {ctx.cfg.users_path} (add some with `smtprs passwd add`): nobody can authenticate"
+        )
 
 
 class Server:
     """One server process (or worker): the current context, its listeners, and the life cycle above."""
 
     def __init__(
-        self, cfg: Config, config_path: str | os.PathLike[str] | None = None, *, worker: int = 0, workers: int = 1, hooks: Hooks | None = None
+        self,
+        cfg: Config,
+        config_path: str | os.PathLike[str] | None = None,
+        *,
+        worker: int = 0,
+        workers: int = 1,
+        hooks: Hooks | None = None,
     ) -> None:
         self.cfg = cfg
         self.hooks = hooks
@@ -405,9 +417,15 @@ class Server:
             try:
                 async with trio.open_nursery() as nursery:
                     # the control socket first: it refuses to start when another server uses this data directory
-                    await nursery.start(partial(control.serve, cfg.control_socket_for(worker), ctx.schedulers, stats=ctx.metrics.snapshot))
+                    await nursery.start(
+                        partial(
+                            control.serve, cfg.control_socket_for(worker), ctx.schedulers, stats=ctx.metrics.snapshot
+                        )
+                    )
                     if cfg.metrics.enabled and worker == 0:
-                        ctx.metrics_address = await nursery.start(metrics_http.serve, cfg, ctx.metrics, worker == 0 and workers > 1)
+                        ctx.metrics_address = await nursery.start(
+                            metrics_http.serve, cfg, ctx.metrics, worker == 0 and workers > 1
+                        )
                     await nursery.start(ctx.smtp.run)
                     for sched in ctx.schedulers:
                         await nursery.start(sched.run)
@@ -499,7 +517,9 @@ class Server:
         with trio.move_on_at(rt.drain_deadline + SHUTDOWN_GRACE):
             await rt.all_closed.wait()
         if rt.sessions:
-            maillog.warning(f"{len(rt.sessions)} sessions still open {SHUTDOWN_GRACE:.0f}s after the shutdown deadline; cancelled")
+            maillog.warning(
+                f"{len(rt.sessions)} sessions still open {SHUTDOWN_GRACE:.0f}s after the shutdown deadline; cancelled"
+            )
 
     # -- reloading -----------------------------------------------------------
     async def reload(self) -> bool:
@@ -541,7 +561,9 @@ class Server:
             maillog.listener_closed(b.address)
         for address, b in self._listeners.items():
             b.mode = wanted[address]
-        ctx.bound = [(host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(describe, b.sockets)]
+        ctx.bound = [
+            (host, port, b.mode) for b in self._listeners.values() for host, port, _ in map(describe, b.sockets)
+        ]
         self._ctx = ctx
         for sched in ctx.schedulers:
             sched.reconfigure(cfg, ctx.router)

@@ -34,8 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .envelope import Envelope, Recipient
 from .content import Content
+from .envelope import Envelope, Recipient
 from .reply import Reply
 
 

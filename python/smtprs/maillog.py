@@ -90,7 +90,7 @@ class JsonFormatter(logging.Formatter):
         import datetime
 
         out = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "pid": record.process,
             "event": record.funcName if record.name == log.name else "debug",
@@ -119,7 +119,9 @@ class LineHandler(logging.Handler):
 
     def __init__(self, file: str = "") -> None:
         super().__init__()
-        self.fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666) if file else sys.stderr.fileno()
+        self.fd = (
+            os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666) if file else sys.stderr.fileno()
+        )
         self.owned = bool(file)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -180,11 +182,24 @@ def listener_closed(address: str) -> None:
 
 
 def shutting_down(sessions: int, busy: int, timeout: float) -> None:
-    _line(WARNING, "shutting down: no new connections; %d sessions open, %d in a transaction, given %.0fs to finish", sessions, busy, timeout)
+    _line(
+        WARNING,
+        "shutting down: no new connections; %d sessions open, %d in a transaction, given %.0fs to finish",
+        sessions,
+        busy,
+        timeout,
+    )
 
 
 def reloaded(path: str, sessions: int, added: int, removed: int) -> None:
-    _line(WARNING, "reloaded the configuration from %s (new sessions use it; %d open sessions keep theirs; listeners: %d added, %d removed)", path, sessions, added, removed)
+    _line(
+        WARNING,
+        "reloaded the configuration from %s (new sessions use it; %d open sessions keep theirs; listeners: %d added, %d removed)",
+        path,
+        sessions,
+        added,
+        removed,
+    )
 
 
 def reload_refused(path: str, why: str) -> None:
@@ -208,7 +223,16 @@ def queued(qid: str, sender: str, size: int, nrcpt: int, peer: str, auth_user: s
     if auth_user is None:
         _line(INFO, "%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queue active)", qid, sender, size, nrcpt, peer)
     else:
-        _line(INFO, "%s: from=<%s>, size=%d, nrcpt=%d, client=%s, sasl_username=%s (queue active)", qid, sender, size, nrcpt, peer, auth_user)
+        _line(
+            INFO,
+            "%s: from=<%s>, size=%d, nrcpt=%d, client=%s, sasl_username=%s (queue active)",
+            qid,
+            sender,
+            size,
+            nrcpt,
+            peer,
+            auth_user,
+        )
 
 
 def tls_established(session: str, peer: str, description: str) -> None:
@@ -221,7 +245,13 @@ def tls_failed(session: str, peer: str, reason: str) -> None:
 
 def starttls_pipelined(session: str, peer: str, octets: int) -> None:
     """Bytes sent after STARTTLS before the handshake (CVE-2011-0411): dropped unread."""
-    _line(WARNING, "%s: %s sent %d octets after STARTTLS before the TLS handshake; discarded, not executed", session, peer, octets)
+    _line(
+        WARNING,
+        "%s: %s sent %d octets after STARTTLS before the TLS handshake; discarded, not executed",
+        session,
+        peer,
+        octets,
+    )
 
 
 def auth_ok(session: str, peer: str, mechanism: str, user: str) -> None:
@@ -231,7 +261,16 @@ def auth_ok(session: str, peer: str, mechanism: str, user: str) -> None:
 def auth_failed(session: str, peer: str, mechanism: str, user: str | None, failures: int, delay: float) -> None:
     """``user`` only when it names a known user: an unknown "name" may be a mistyped password."""
     who = f" as {user}" if user is not None else ""
-    _line(INFO, "%s: AUTH %s from %s failed%s (failure %d from this address, reply delayed %.1fs)", session, mechanism, peer, who, failures, delay)
+    _line(
+        INFO,
+        "%s: AUTH %s from %s failed%s (failure %d from this address, reply delayed %.1fs)",
+        session,
+        mechanism,
+        peer,
+        who,
+        failures,
+        delay,
+    )
 
 
 def _orig(orig: str) -> str:
@@ -242,18 +281,40 @@ def delivered(qid: str, rcpt: str, relay: str, delay: float, detail: str, *, ori
     _line(INFO, "%s: to=<%s>%s, relay=%s, delay=%.3f, status=sent (%s)", qid, rcpt, _orig(orig), relay, delay, detail)
 
 
-def deferred(qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float | None, *, orig: str = "") -> None:
+def deferred(
+    qid: str, rcpt: str, relay: str, delay: float, reason: str, retry_in: float | None, *, orig: str = ""
+) -> None:
     """``retry_in`` None: not ours to retry (an LMTP client was told 4xx)."""
     retry = f", retry in {retry_in:.0f}s" if retry_in is not None else ""
-    _line(INFO, "%s: to=<%s>%s, relay=%s, delay=%.3f, status=deferred (%s)%s", qid, rcpt, _orig(orig), relay, delay, reason, retry)
+    _line(
+        INFO,
+        "%s: to=<%s>%s, relay=%s, delay=%.3f, status=deferred (%s)%s",
+        qid,
+        rcpt,
+        _orig(orig),
+        relay,
+        delay,
+        reason,
+        retry,
+    )
 
 
 def failed(qid: str, rcpt: str, relay: str, delay: float, reason: str, *, orig: str = "") -> None:
-    _line(INFO, "%s: to=<%s>%s, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, _orig(orig), relay, delay, reason)
+    _line(
+        INFO, "%s: to=<%s>%s, relay=%s, delay=%.3f, status=bounced (%s)", qid, rcpt, _orig(orig), relay, delay, reason
+    )
 
 
 def lmtp_received(qid: str, sender: str, size: int, nrcpt: int, peer: str) -> None:
-    _line(INFO, "%s: from=<%s>, size=%d, nrcpt=%d, client=%s (LMTP: delivering now, not queued)", qid, sender, size, nrcpt, peer)
+    _line(
+        INFO,
+        "%s: from=<%s>, size=%d, nrcpt=%d, client=%s (LMTP: delivering now, not queued)",
+        qid,
+        sender,
+        size,
+        nrcpt,
+        peer,
+    )
 
 
 def pop3_login(session: str, peer: str, user: str, result: str) -> None:
@@ -274,7 +335,14 @@ def relay_problem(qid: str, relay: str, detail: str) -> None:
 
 
 def relay_tls_established(relay: str, verified: bool, version: str, cipher: str) -> None:
-    _line(INFO, "%s TLS connection established to %s: %s with cipher %s", "Verified" if verified else "Untrusted", relay, version, cipher)
+    _line(
+        INFO,
+        "%s TLS connection established to %s: %s with cipher %s",
+        "Verified" if verified else "Untrusted",
+        relay,
+        version,
+        cipher,
+    )
 
 
 def relay_tls_fallback(relay: str) -> None:
@@ -287,7 +355,15 @@ def relay_auth_ok(relay: str, user: str) -> None:
 
 def notice(qid: str, kind: str, sender: str, notice_qid: str, rcpts: list[str]) -> None:
     """A delivery status notification about ``qid`` was queued as ``notice_qid``."""
-    _line(INFO, "%s: sender %s notification: %s (queued as %s; about %s)", qid, kind, f"<{sender}>", notice_qid, ", ".join(f"<{r}>" for r in rcpts))
+    _line(
+        INFO,
+        "%s: sender %s notification: %s (queued as %s; about %s)",
+        qid,
+        kind,
+        f"<{sender}>",
+        notice_qid,
+        ", ".join(f"<{r}>" for r in rcpts),
+    )
 
 
 def no_notice(qid: str, why: str) -> None:

@@ -23,14 +23,44 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 # seconds: from a millisecond (a spool commit) to a day (a deferred delivery)
-BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400, 86400)
+BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+    3600,
+    14400,
+    86400,
+)
 
 DEFINITIONS: dict[str, tuple[str, str]] = {
     "smtprs_connections_total": ("counter", "SMTP, LMTP and POP3 connections accepted, by listener mode."),
     "smtprs_sessions_active": ("gauge", "Sessions open now."),
-    "smtprs_messages_accepted_total": ("counter", "Messages accepted and queued (250 after the data), by listener mode."),
-    "smtprs_messages_rejected_total": ("counter", "Error replies to MAIL, RCPT, DATA/BDAT and the connection, by stage and reply code (the reason)."),
-    "smtprs_deliveries_total": ("counter", "Per-recipient delivery outcomes, by transport (maildir, mbox, lmtp, smtp, none) and result (delivered, deferred, bounced)."),
+    "smtprs_messages_accepted_total": (
+        "counter",
+        "Messages accepted and queued (250 after the data), by listener mode.",
+    ),
+    "smtprs_messages_rejected_total": (
+        "counter",
+        "Error replies to MAIL, RCPT, DATA/BDAT and the connection, by stage and reply code (the reason).",
+    ),
+    "smtprs_deliveries_total": (
+        "counter",
+        "Per-recipient delivery outcomes, by transport (maildir, mbox, lmtp, smtp, none) and result (delivered, deferred, bounced).",
+    ),
     "smtprs_queue_messages": ("gauge", "Messages in the queue."),
     "smtprs_queue_held_messages": ("gauge", "Messages on hold (smtprs queue hold)."),
     "smtprs_queue_active_deliveries": ("gauge", "Messages being delivered now."),
@@ -40,7 +70,10 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "counter",
         "Spool records (new messages, finished ones) written by those commits; over smtprs_spool_commits_total: how many records each fdatasync covered.",
     ),
-    "smtprs_acceptance_seconds": ("histogram", "From the end of the message data to the 250 reply (the durable spool commit)."),
+    "smtprs_acceptance_seconds": (
+        "histogram",
+        "From the end of the message data to the 250 reply (the durable spool commit).",
+    ),
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
 }
 MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds"})

@@ -45,7 +45,13 @@ async def gather(cfg: Config, metrics: Metrics | None, others: bool) -> dict:  #
     return merge(snaps)
 
 
-async def serve(cfg: Config, metrics: Metrics, others: bool, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    cfg: Config,
+    metrics: Metrics,
+    others: bool,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     host, port = parse_host_port(cfg.metrics.address, "metrics.address")
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)

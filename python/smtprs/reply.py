@@ -50,7 +50,9 @@ TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
 TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Error: too many connections, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing transmission channel")
 TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Error: too many connections from your address, try again later")
-CONNECTION_RATE_EXCEEDED = Reply(421, "4.7.0", "Error: too many connections from your address in a short time, try again later")
+CONNECTION_RATE_EXCEEDED = Reply(
+    421, "4.7.0", "Error: too many connections from your address in a short time, try again later"
+)
 TOO_SLOW = Reply(421, "4.4.2", "Error: timeout exceeded (data arriving too slowly)")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
 SPOOL_FAILED = Reply(451, "4.3.0", "Error: queue file write error")

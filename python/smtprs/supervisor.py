@@ -101,7 +101,9 @@ def run(config_path: str | None, workers: int) -> int:
                 stop.append(signal.SIGTERM)
                 status = code
                 break
-            maillog.supervisor(f"worker {w.index} exited with status {code}; starting it again in {w.restart_delay:.0f}s", problem=True)
+            maillog.supervisor(
+                f"worker {w.index} exited with status {code}; starting it again in {w.restart_delay:.0f}s", problem=True
+            )
             w.restart_at = now + w.restart_delay
             w.restart_delay = min(30.0, w.restart_delay * 2) if now - w.started < START_GRACE else 1.0
     for w in pool:

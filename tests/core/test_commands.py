@@ -94,13 +94,13 @@ def test_utf8_mail_needs_smtputf8_param_and_offer() -> None:
 def test_utf8_rcpt_follows_the_transaction() -> None:
     conn = _core.ServerConnection()
     rcpt = "RCPT TO:<ü@example.org>\r\n".encode()
-    conn.receive_data(rcpt + "MAIL FROM:<a@b> SMTPUTF8\r\n".encode() + rcpt + b"RSET\r\n" + rcpt)
+    conn.receive_data(rcpt + b"MAIL FROM:<a@b> SMTPUTF8\r\n" + rcpt + b"RSET\r\n" + rcpt)
     kinds = []
     while (ev := conn.next_event()) is not None:
         assert isinstance(ev, (_core.Command, _core.CommandError))
         kinds.append((ev.verb, isinstance(ev, _core.Command)))
     assert kinds == [("RCPT", False), ("MAIL", True), ("RCPT", True), ("RSET", True), ("RCPT", False)]
-    conn.receive_data("MAIL FROM:<a@b> SMTPUTF8\r\n".encode() + rcpt)
+    conn.receive_data(b"MAIL FROM:<a@b> SMTPUTF8\r\n" + rcpt)
     assert isinstance(conn.next_event(), _core.Command)
     conn.reset_transaction()
     ev = conn.next_event()
@@ -188,7 +188,16 @@ def test_bdat(line: bytes, size: int, last: bool) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"BDAT", b"BDAT x", b"BDAT -1", b"BDAT 1.5", b"BDAT 10 LASTLY", b"BDAT 10 LAST more", b"BDAT " + b"9" * 21, b"BDAT 99999999999999999999"],
+    [
+        b"BDAT",
+        b"BDAT x",
+        b"BDAT -1",
+        b"BDAT 1.5",
+        b"BDAT 10 LASTLY",
+        b"BDAT 10 LAST more",
+        b"BDAT " + b"9" * 21,
+        b"BDAT 99999999999999999999",
+    ],
 )
 def test_bdat_syntax_is_fatal(line: bytes) -> None:
     ev = parse(line)

@@ -13,7 +13,12 @@ from smtprs.errors import ParseError
     [
         (250, None, "Ok", b"250 Ok\r\n"),
         (250, "2.0.0", "Ok", b"250 2.0.0 Ok\r\n"),
-        (250, None, ["mx.example", "PIPELINING", "SIZE 1000"], b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"),
+        (
+            250,
+            None,
+            ["mx.example", "PIPELINING", "SIZE 1000"],
+            b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n",
+        ),
         (550, "5.1.1", ["no such", "user"], b"550-5.1.1 no such\r\n550 5.1.1 user\r\n"),
         (250, None, [], b"250\r\n"),
         (250, "2.1.5", [], b"250 2.1.5\r\n"),

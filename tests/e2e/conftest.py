@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,13 @@ def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
     servers: list[Server] = []
     request.node._smtprs_servers = servers
 
-    def factory(overrides: dict[str, Any] | None = None, *, start: bool = True, name: str | None = None, modes: tuple[str, ...] = ()) -> Server:
+    def factory(
+        overrides: dict[str, Any] | None = None,
+        *,
+        start: bool = True,
+        name: str | None = None,
+        modes: tuple[str, ...] = (),
+    ) -> Server:
         srv = Server(tmp_path / (name or f"server{len(servers)}"), overrides, modes)
         servers.append(srv)
         if start:

@@ -41,7 +41,14 @@ def need_dovecot(*protocols: str) -> None:
 
 
 class Dovecot:
-    def __init__(self, users: dict[str, str], *, mail_root: Path | None = None, protocols: tuple[str, ...] = ("imap", "lmtp"), extra: str = "") -> None:
+    def __init__(
+        self,
+        users: dict[str, str],
+        *,
+        mail_root: Path | None = None,
+        protocols: tuple[str, ...] = ("imap", "lmtp"),
+        extra: str = "",
+    ) -> None:
         need_dovecot(*protocols)
         # a short directory: unix socket paths are limited to 107 octets
         self.base = Path(tempfile.mkdtemp(prefix="dv", dir="/tmp"))
@@ -61,7 +68,9 @@ class Dovecot:
         self.uid, self.gid = mail_user.pw_uid, mail_user.pw_gid
         for d in ("run", "state", "home"):
             (self.base / d).mkdir()
-        passwd = "".join(f"{u}:{{PLAIN}}{pw}:{self.uid}:{self.gid}::{self.base}/home/{u}::\n" for u, pw in users.items())
+        passwd = "".join(
+            f"{u}:{{PLAIN}}{pw}:{self.uid}:{self.gid}::{self.base}/home/{u}::\n" for u, pw in users.items()
+        )
         (self.base / "users").write_text(passwd)
         for u in users:
             (self.base / "home" / u).mkdir()
@@ -72,9 +81,13 @@ class Dovecot:
         self.give_mail()
         listeners = []
         if "imap" in protocols:
-            listeners.append(f"service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.ports['imap']}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n")
+            listeners.append(
+                f"service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.ports['imap']}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
+            )
         if "pop3" in protocols:
-            listeners.append(f"service pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {self.ports['pop3']}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n")
+            listeners.append(
+                f"service pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {self.ports['pop3']}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n"
+            )
         if "lmtp" in protocols:
             listeners.append(
                 f"service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {self.ports['lmtp']}\n  }}\n"
@@ -126,16 +139,16 @@ userdb {{
         """Hand the mail directory to the mail user (only when running as root)."""
         if os.getuid() != 0:
             return
-        for dirpath, dirs, files in os.walk(self.mail_root):
+        for dirpath, _dirs, files in os.walk(self.mail_root):
             os.chown(dirpath, self.uid, self.gid)
             for name in files:
                 os.chown(os.path.join(dirpath, name), self.uid, self.gid)
 
-    def start(self, timeout: float = 20.0) -> "Dovecot":
+    def start(self, timeout: float = 20.0) -> Dovecot:
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
-            stdout=open(self.base / "stdout.log", "ab"),
+            stdout=open(self.base / "stdout.log", "ab"),  # noqa: SIM115 (the child holds it for its life)
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 HOSTNAME = "mx.test"
 DOMAIN = "example.test"
@@ -113,7 +114,7 @@ def smtprs_command() -> list[str]:
     return [sys.executable, "-m", "smtprs"]
 
 
-_LIVE: "weakref.WeakSet[Server]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Server] = weakref.WeakSet()
 
 
 @atexit.register
@@ -166,7 +167,9 @@ class Server:
         }
         cfg = merge(base, self.overrides)
         cfg["smtpd"]["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
-        cfg["smtpd"]["listeners"] += [{"address": f"127.0.0.1:{port}", "mode": mode} for mode, port in self.ports.items() if mode != "mx"]
+        cfg["smtpd"]["listeners"] += [
+            {"address": f"127.0.0.1:{port}", "mode": mode} for mode, port in self.ports.items() if mode != "mx"
+        ]
         return cfg
 
     def write_config(self) -> None:
@@ -178,7 +181,7 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = START_TIMEOUT) -> "Server":
+    def start(self, timeout: float = START_TIMEOUT) -> Server:
         """Start and wait until the listener is announced and accepts connections."""
         for attempt in range(3):
             try:
@@ -217,7 +220,11 @@ class Server:
             text = self._read_log(offset)
             if self.proc.poll() is not None:
                 raise ServerError(f"smtprs serve exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if announce in text and all(f"listening on 127.0.0.1:{p}" in text for p in self.ports.values()) and _accepts(self.port):
+            if (
+                announce in text
+                and all(f"listening on 127.0.0.1:{p}" in text for p in self.ports.values())
+                and _accepts(self.port)
+            ):
                 return
             if time.monotonic() > deadline:
                 self.dump_and_kill()
@@ -234,7 +241,9 @@ class Server:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.dump_and_kill()
-                raise ServerError(f"smtprs serve did not stop within {timeout}s of signal {sig}:\n{self.log_tail()}")
+                raise ServerError(
+                    f"smtprs serve did not stop within {timeout}s of signal {sig}:\n{self.log_tail()}"
+                ) from None
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -253,7 +262,7 @@ class Server:
                 pass
         self.kill()
 
-    def restart(self) -> "Server":
+    def restart(self) -> Server:
         self.stop()
         return self.start()
 
@@ -328,7 +337,9 @@ class Server:
         blocker.write_text("not a Maildir\n")
         return blocker
 
-    def send_deferred(self, user: str, subject: str, body: str, sender: str = "sender@client.test") -> tuple[bytes, str]:
+    def send_deferred(
+        self, user: str, subject: str, body: str, sender: str = "sender@client.test"
+    ) -> tuple[bytes, str]:
         """Send one message to ``user`` (whose Maildir is blocked), check its
         250 2.0.0 and wait until its first delivery attempt is deferred.
         Returns the message as sent and its queue id."""
@@ -365,7 +376,9 @@ class Server:
         return out
 
     # -- clients ---------------------------------------------------------
-    def connect(self, timeout: float = 10.0, greet: bool = True, source: str | None = None, port: int | None = None) -> "SMTPClient":
+    def connect(
+        self, timeout: float = 10.0, greet: bool = True, source: str | None = None, port: int | None = None
+    ) -> SMTPClient:
         c = SMTPClient(port or self.port, timeout=timeout, source=source)
         if greet:
             r = c.reply()
@@ -433,7 +446,9 @@ class SMTPClient:
 
     def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
         # source: connect from this address (any 127.x.y.z works on Linux), to look like another client
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None)
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.timeout = timeout
         self.buf = b""
         self.eof = False
@@ -444,7 +459,7 @@ class SMTPClient:
         except OSError:
             pass
 
-    def __enter__(self) -> "SMTPClient":
+    def __enter__(self) -> SMTPClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -646,18 +661,24 @@ def check_delivered(
     assert content.endswith(expected), (
         f"{path.name}: delivered content does not end with the message as sent "
         f"({len(content)} octets delivered, {len(expected)} expected); "
-        f"first difference near: {_first_diff(content[-len(expected):], expected)}"
+        f"first difference near: {_first_diff(content[-len(expected) :], expected)}"
     )
     prefix = content[: len(content) - len(expected)]
     fields = split_fields(prefix)
     names = [n.lower() for n, _ in fields]
     assert names and names[0] == "return-path", f"{path.name}: first field should be Return-Path: {fields}"
-    assert sorted(names) == ["delivered-to", "received", "return-path"], f"{path.name}: added fields should be exactly Return-Path, Delivered-To, Received: {fields}"
+    assert sorted(names) == ["delivered-to", "received", "return-path"], (
+        f"{path.name}: added fields should be exactly Return-Path, Delivered-To, Received: {fields}"
+    )
     got = dict((n.lower(), v) for n, v in fields)
     assert got["return-path"] == f"<{sender}>", f"Return-Path {got['return-path']!r}, expected <{sender}>"
-    assert got["delivered-to"].lower() in (rcpt.lower(), f"<{rcpt.lower()}>"), f"Delivered-To {got['delivered-to']!r}, expected {rcpt}"
+    assert got["delivered-to"].lower() in (rcpt.lower(), f"<{rcpt.lower()}>"), (
+        f"Delivered-To {got['delivered-to']!r}, expected {rcpt}"
+    )
     rec = got["received"]
-    assert re.search(rf"\bby {re.escape(HOSTNAME)} \(smtprs\)", rec), f"Received: {rec!r} lacks 'by {HOSTNAME} (smtprs)'"
+    assert re.search(rf"\bby {re.escape(HOSTNAME)} \(smtprs\)", rec), (
+        f"Received: {rec!r} lacks 'by {HOSTNAME} (smtprs)'"
+    )
     assert re.match(r"from \S", rec), f"Received: {rec!r} should start with 'from'"
     m = re.search(r"\bby \S+ \(smtprs\) with (\S+)", rec)  # not a "with" inside a comment (TLS)
     assert m, f"Received: {rec!r} lacks 'with PROTOCOL'"
@@ -674,5 +695,5 @@ def check_delivered(
 def _first_diff(a: bytes, b: bytes) -> str:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            return f"offset {i}: got {a[max(0, i - 20):i + 20]!r}, expected {b[max(0, i - 20):i + 20]!r}"
+            return f"offset {i}: got {a[max(0, i - 20) : i + 20]!r}, expected {b[max(0, i - 20) : i + 20]!r}"
     return f"lengths {len(a)} vs {len(b)}"

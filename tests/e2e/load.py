@@ -32,9 +32,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .harness import DOMAIN, ConnectionClosed, SMTPClient, check_delivered, make_message, stuff
 
@@ -73,7 +73,7 @@ class Load:
     errors: list[str] = field(default_factory=list)
 
     # -- running ---------------------------------------------------------
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for k in range(self.clients):
             t = threading.Thread(target=self._client, args=(k,), name=f"load-{k}", daemon=True)
             self._threads.append(t)
@@ -195,7 +195,9 @@ def match_delivered(sent: list[Sent], mail: dict[str, list[Path]]) -> dict[str, 
             assert s is not None, f"{f}: token {token} was never sent"
             rcpt = f"{user}@{DOMAIN}"
             assert rcpt in s.rcpts, f"{f}: {token} was for {s.rcpts}, delivered to {user}"
-            assert (token, rcpt) not in seen, f"{token} delivered twice to {user}: {seen[(token, rcpt)].name} and {f.name}"
+            assert (token, rcpt) not in seen, (
+                f"{token} delivered twice to {user}: {seen[(token, rcpt)].name} and {f.name}"
+            )
             seen[(token, rcpt)] = f
             assert s.outcome != "refused", f"{token} was refused ({s.reply}) but delivered: {f}"
             check_delivered(f, s.message, sender=s.sender, rcpt=rcpt, qid=s.qid)
@@ -245,15 +247,25 @@ def match_relayed(sent: list[Sent], dumps: list[Path], remote_domain: str, local
         assert dump.mail_args.startswith(f"<{s.sender}>"), dump.mail_args
         for arg in dump.rcpt_args:
             rcpt = arg.split(">", 1)[0].lstrip("<")
-            assert rcpt.endswith(f"@{remote_domain}") and rcpt in s.rcpts, f"{s.token}: relayed to {rcpt}, recipients {s.rcpts}"
+            assert rcpt.endswith(f"@{remote_domain}") and rcpt in s.rcpts, (
+                f"{s.token}: relayed to {rcpt}, recipients {s.rcpts}"
+            )
             got[(s.token, rcpt)] = got.get((s.token, rcpt), 0) + 1
     missing = [
-        (s.token, r) for s in sent if s.outcome == "accepted" for r in s.rcpts if r.endswith(f"@{remote_domain}") and (s.token, r) not in got
+        (s.token, r)
+        for s in sent
+        if s.outcome == "accepted"
+        for r in s.rcpts
+        if r.endswith(f"@{remote_domain}") and (s.token, r) not in got
     ]
     assert not missing, f"accepted but never relayed: {missing[:10]}"
     relayed_tokens = {token for token, _ in got}
     for s in sent:
-        if s.outcome == "unknown" and any(r.endswith(f"@{DOMAIN}") for r in s.rcpts) and any(r.endswith(f"@{remote_domain}") for r in s.rcpts):
+        if (
+            s.outcome == "unknown"
+            and any(r.endswith(f"@{DOMAIN}") for r in s.rcpts)
+            and any(r.endswith(f"@{remote_domain}") for r in s.rcpts)
+        ):
             assert (s.token in relayed_tokens) == (s.token in local_tokens), (
                 f"{s.token} (no reply seen): relayed {s.token in relayed_tokens}, delivered locally {s.token in local_tokens}: half a message"
             )
@@ -273,7 +285,9 @@ def count_mail(mail: dict[str, list[Path]]) -> int:
     return sum(len(files) for files in mail.values())
 
 
-def wait_quiet(srv_mail: Callable[[], dict[str, list[Path]]], at_least: int, timeout: float, settle: float = 1.5) -> dict[str, list[Path]]:
+def wait_quiet(
+    srv_mail: Callable[[], dict[str, list[Path]]], at_least: int, timeout: float, settle: float = 1.5
+) -> dict[str, list[Path]]:
     """Wait until the Maildirs hold at least ``at_least`` files and stop changing for ``settle`` s."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()

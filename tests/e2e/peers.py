@@ -24,15 +24,16 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dns.message
 import dns.query
 import dns.rdatatype
 
-_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @atexit.register
@@ -94,7 +95,7 @@ class Dnsmasq:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = base / "dnsmasq.log"
 
-    def start(self) -> "Dnsmasq":
+    def start(self) -> Dnsmasq:
         exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         for _ in range(3):
             self.port = free_port(udp_too=True)
@@ -118,7 +119,9 @@ class Dnsmasq:
             ]
             if os.getuid() == 0:
                 args.append("--user=root")  # writes its log file; drops nothing else we need
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             _LIVE.add(self)
             try:
                 wait_until(self._ready, 10, "dnsmasq to answer")
@@ -132,7 +135,9 @@ class Dnsmasq:
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"dnsmasq exited with {self.proc.returncode}: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            raise AssertionError(
+                f"dnsmasq exited with {self.proc.returncode}: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
+            )
         q = dns.message.make_query("ready.probe.test", dns.rdatatype.A)
         try:
             r = dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.5)
@@ -183,7 +188,9 @@ class SmtpSink:
     received, with LF line ends and an empty line at the end.
     """
 
-    def __init__(self, base: Path, options: list[str] | None = None, port: int | None = None, hostname: str = "sink.test") -> None:
+    def __init__(
+        self, base: Path, options: list[str] | None = None, port: int | None = None, hostname: str = "sink.test"
+    ) -> None:
         self.base = base
         self.dump_dir = base / "dump"
         self.dump_dir.mkdir(parents=True, exist_ok=True)
@@ -192,11 +199,21 @@ class SmtpSink:
         self.hostname = hostname
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "SmtpSink":
+    def start(self) -> SmtpSink:
         exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         user = ["-u", pwd.getpwuid(os.getuid()).pw_name] if os.getuid() == 0 else []
         self.proc = subprocess.Popen(
-            [exe, *user, "-h", self.hostname, "-d", f"{self.dump_dir}/msg.", *self.options, f"127.0.0.1:{self.port}", "64"],
+            [
+                exe,
+                *user,
+                "-h",
+                self.hostname,
+                "-d",
+                f"{self.dump_dir}/msg.",
+                *self.options,
+                f"127.0.0.1:{self.port}",
+                "64",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -246,7 +263,7 @@ class SinkDump:
     message: bytes  # as received, LF line ends
 
     @classmethod
-    def read(cls, path: Path) -> "SinkDump":
+    def read(cls, path: Path) -> SinkDump:
         raw = path.read_bytes()
         lines = raw.split(b"\n")
         mail, rcpts, helo = "", [], ""
@@ -338,10 +355,12 @@ class ScriptedPeer:
 
         return check
 
-    def start(self) -> "ScriptedPeer":
+    def start(self) -> ScriptedPeer:
         from aiosmtpd.controller import Controller
 
-        self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port, ready_timeout=10, **self._kwargs)
+        self.controller = Controller(
+            _Handler(self), hostname="127.0.0.1", port=self.port, ready_timeout=10, **self._kwargs
+        )
         self.controller.start()
         _LIVE.add(self)
         return self
@@ -355,7 +374,11 @@ class ScriptedPeer:
             self.controller = None
 
     def wait_received(self, n: int, timeout: float = 20.0) -> list[Received]:
-        return wait_until(lambda: list(self.received) if len(self.received) >= n else None, timeout, f"{n} messages at the scripted peer")
+        return wait_until(
+            lambda: list(self.received) if len(self.received) >= n else None,
+            timeout,
+            f"{n} messages at the scripted peer",
+        )
 
 
 class _Handler:
@@ -366,7 +389,9 @@ class _Handler:
     def _next(replies: list[str]) -> str | None:
         return replies.pop(0) if replies else None
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if not getattr(session, "_counted", False):
             session._counted = True
@@ -420,10 +445,22 @@ def make_cert(directory: Path, name: str, *, ip: str = "127.0.0.1") -> tuple[Pat
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName=DNS:{name},IP:{ip}",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name},IP:{ip}",
         ],
         check=True,
         capture_output=True,

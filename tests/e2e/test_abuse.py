@@ -185,8 +185,12 @@ def test_slowloris_is_dropped_while_normal_clients_are_served(make_server) -> No
     assert delivered, "no normal message went through while the slow clients were connected"
     assert srv.mail("victim") == []
     log = srv.log()
-    assert len(re.findall(r"reject: timeout from \[127\.0\.1\.\d\]:\d+: 421 4\.4\.2 .*waiting for a command", log)) == 5, srv.log_tail()
-    assert len(re.findall(r"reject: timeout from \[127\.0\.2\.\d\]:\d+: 421 4\.4\.2 .*too slow", log)) == 5, srv.log_tail()
+    assert (
+        len(re.findall(r"reject: timeout from \[127\.0\.1\.\d\]:\d+: 421 4\.4\.2 .*waiting for a command", log)) == 5
+    ), srv.log_tail()
+    assert len(re.findall(r"reject: timeout from \[127\.0\.2\.\d\]:\d+: 421 4\.4\.2 .*too slow", log)) == 5, (
+        srv.log_tail()
+    )
 
 
 @pytest.mark.timeout(60)
@@ -216,7 +220,10 @@ def test_pipelined_errors_stop_at_max_errors(make_server) -> None:
     with srv.connect() as c:
         c.ehlo()
         bad = b"".join(b"BOGUS%d\r\n" % i for i in range(20))
-        txn = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<alice@{DOMAIN}>\r\nDATA\r\n".encode() + b"Subject: after the errors\r\n\r\nx\r\n.\r\n"
+        txn = (
+            f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<alice@{DOMAIN}>\r\nDATA\r\n".encode()
+            + b"Subject: after the errors\r\n\r\nx\r\n.\r\n"
+        )
         c.send(bad + txn)
         replies = []
         while True:
@@ -243,7 +250,9 @@ def test_header_block_over_max_header_size(make_server) -> None:
     with srv.connect() as c:
         c.ehlo()
         check(c.send_message(SENDER, [f"alice@{DOMAIN}"], stuff(too_big)), 552, "5.3.4", "10 kB header block")
-        check(c.send_message(SENDER, [f"alice@{DOMAIN}"], stuff(only_header)), 552, "5.3.4", "12 kB of header and no body")
+        check(
+            c.send_message(SENDER, [f"alice@{DOMAIN}"], stuff(only_header)), 552, "5.3.4", "12 kB of header and no body"
+        )
         # the session goes on, and a header block under the limit is fine
         r = c.send_message(SENDER, [f"bob@{DOMAIN}"], stuff(fits))
         check(r, 250, "2.0.0")
@@ -291,7 +300,16 @@ def test_open_relay_tricks_are_refused_or_delivered_locally(make_server, smtp_si
     server = make_server(
         {
             "smtpd": {"max_errors": 1000},
-            "relay": {"transport": {"elsewhere.test": hop, ".elsewhere.test": hop, "other.test": hop, f".{DOMAIN}": hop, "mx.test": hop}, "relayhost": hop},
+            "relay": {
+                "transport": {
+                    "elsewhere.test": hop,
+                    ".elsewhere.test": hop,
+                    "other.test": hop,
+                    f".{DOMAIN}": hop,
+                    "mx.test": hop,
+                },
+                "relayhost": hop,
+            },
         }
     )
     msg = make_message("relay attempt", "never to leave this host\r\n")

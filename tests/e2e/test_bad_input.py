@@ -207,7 +207,13 @@ def test_malformed_addresses(make_server) -> None:
             assert r.code in (501, 553), f"MAIL FROM:{path} -> {r}"
             if r.code == 553:
                 assert r.enhanced == "5.1.7", f"MAIL FROM:{path} -> {r}"
-        for bad_syntax in ("MAIL", "MAIL FROM", "MAIL TO:<a@client.test>", "MAIL FROM:", "MAIL FROM:<a@client.test> NOSUCHPARAM=1"):
+        for bad_syntax in (
+            "MAIL",
+            "MAIL FROM",
+            "MAIL TO:<a@client.test>",
+            "MAIL FROM:",
+            "MAIL FROM:<a@client.test> NOSUCHPARAM=1",
+        ):
             r = c.cmd(bad_syntax)
             assert r.code in (501, 553, 555), f"{bad_syntax} -> {r}"
         c.expect(f"MAIL FROM:<{SENDER}>", 250)
@@ -320,7 +326,12 @@ def test_smuggling_bare_newlines(server: Server, sep: str) -> None:
         b"DATA\r\n"
         b"From: admin@" + DOMAIN.encode() + b"\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n"
     )
-    payload = b"From: sender@client.test\r\nSubject: carrier\r\n\r\ncarrier body" + SMUGGLING_SEPARATORS[sep] + smuggled + b".\r\n"
+    payload = (
+        b"From: sender@client.test\r\nSubject: carrier\r\n\r\ncarrier body"
+        + SMUGGLING_SEPARATORS[sep]
+        + smuggled
+        + b".\r\n"
+    )
     with server.connect() as c:
         c.ehlo()
         c.expect(f"MAIL FROM:<{SENDER}>", 250)
@@ -443,7 +454,11 @@ def test_bare_line_end_in_data_is_refused(server: Server, bare: bytes) -> None:
 
 def test_smuggling_in_bdat_is_just_data(server: Server) -> None:
     """In BDAT, '\\n.\\n' and what follows is content: one message, to alice only."""
-    content = b"Subject: chunk\r\n\r\ncarrier\n.\nMAIL FROM:<x@client.test>\r\nRCPT TO:<bob@" + DOMAIN.encode() + b">\r\nDATA\r\nevil\r\n.\r\n"
+    content = (
+        b"Subject: chunk\r\n\r\ncarrier\n.\nMAIL FROM:<x@client.test>\r\nRCPT TO:<bob@"
+        + DOMAIN.encode()
+        + b">\r\nDATA\r\nevil\r\n.\r\n"
+    )
     with server.connect() as c:
         c.ehlo()
         c.expect(f"MAIL FROM:<{SENDER}>", 250)
@@ -524,7 +539,9 @@ def test_message_over_size_limit_memory_bounded(server: Server) -> None:
         if hwm_after > hwm_before:
             peak = max(peak, hwm_after)
         growth = peak - rss_before
-        print(f"RSS {rss_before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f} MiB (HWM {hwm_before / 2**20:.1f} -> {hwm_after / 2**20:.1f}), {len(samples)} samples")
+        print(
+            f"RSS {rss_before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f} MiB (HWM {hwm_before / 2**20:.1f} -> {hwm_after / 2**20:.1f}), {len(samples)} samples"
+        )
         assert growth < 4 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB while 100 MiB were refused"
         same_session_delivers(c, srv, "bob")
     # the refused content is not kept in the spool
@@ -589,7 +606,9 @@ def test_too_many_errors(make_server) -> None:
     # errors of any kind count: syntax, order, bad addresses
     with srv.connect() as c:
         c.ehlo()
-        replies = read_until_closed(c, [b"RCPT TO:<a@example.test>", b"MAIL FROM:<a@>", b"DATA", b"NOOP", b"BAR", b"BAZ"])
+        replies = read_until_closed(
+            c, [b"RCPT TO:<a@example.test>", b"MAIL FROM:<a@>", b"DATA", b"NOOP", b"BAR", b"BAZ"]
+        )
         c.wait_closed(5)
     codes = [r.code for r in replies]
     assert codes[-1] == 421, codes
@@ -635,7 +654,10 @@ def test_data_timeout(make_server) -> None:
 
 def test_mail_loop_received_headers(server: Server) -> None:
     def looped(n: int) -> bytes:
-        trace = [f"Received: from hop{i}.test by hop{i + 1}.test with SMTP id H{i}; Fri, 29 Nov 2024 08:00:{i % 60:02d} +0000" for i in range(n)]
+        trace = [
+            f"Received: from hop{i}.test by hop{i + 1}.test with SMTP id H{i}; Fri, 29 Nov 2024 08:00:{i % 60:02d} +0000"
+            for i in range(n)
+        ]
         return make_message(f"{n} hops", "looping\r\n", trace)
 
     with server.connect() as c:

@@ -28,7 +28,16 @@ import pytest
 from smtprs.queue.spool import read_queue
 
 from .harness import DOMAIN, Server, check, check_delivered, make_message, stuff
-from .load import Load, count_mail, delivered_tokens, expected_deliveries, expected_relayed, match_delivered, match_relayed, wait_quiet
+from .load import (
+    Load,
+    count_mail,
+    delivered_tokens,
+    expected_deliveries,
+    expected_relayed,
+    match_delivered,
+    match_relayed,
+    wait_quiet,
+)
 from .peers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -138,10 +147,26 @@ def test_junk_in_the_spool_is_set_aside_not_a_crash_loop(make_server) -> None:
     (f,) = srv.wait_mail("carol", 1, timeout=15, settle=1.0)
     check_delivered(f, msg, sender=SENDER, rcpt=f"carol@{DOMAIN}", qid=qid)
     log = srv.log()
-    for name in ("000000009999.seg", "000000009998.seg", "notes.txt", "ZZZZZZZZZZZZZZZ.env", "YYYYYYYYYYYYYYY.env", "core"):
-        assert any(name in line and "spool:" in line for line in log.splitlines()), f"nothing logged about {name}:\n{srv.log_tail()}"
+    for name in (
+        "000000009999.seg",
+        "000000009998.seg",
+        "notes.txt",
+        "ZZZZZZZZZZZZZZZ.env",
+        "YYYYYYYYYYYYYYY.env",
+        "core",
+    ):
+        assert any(name in line and "spool:" in line for line in log.splitlines()), (
+            f"nothing logged about {name}:\n{srv.log_tail()}"
+        )
     aside = sorted(p.name for p in (spool / "corrupt").iterdir())
-    for name in ("000000009999.seg", "000000009998.seg", "notes.txt", "ZZZZZZZZZZZZZZZ.env", "YYYYYYYYYYYYYYY.env", "core"):
+    for name in (
+        "000000009999.seg",
+        "000000009998.seg",
+        "notes.txt",
+        "ZZZZZZZZZZZZZZZ.env",
+        "YYYYYYYYYYYYYYY.env",
+        "core",
+    ):
         assert any(a.startswith(name) for a in aside), (name, aside)
     # still serving, and the next start finds nothing more to complain about
     with srv.connect() as c:

@@ -92,8 +92,10 @@ def test_plain_message_smtplib(server: Server) -> None:
     # the log: one line per event, greppable by queue id
     server.wait_log(rf"{qid}: to=<alice@{DOMAIN}>, relay=local.*status=sent")
     lines = server.log_lines(qid)
-    assert any(f"from=<{SENDER}>" in line and f"size=" in line and "nrcpt=1" in line for line in lines), lines
-    assert any("connect" in line and "127.0.0.1" in line for line in server.log().splitlines()), "no connect line in the log"
+    assert any(f"from=<{SENDER}>" in line and "size=" in line and "nrcpt=1" in line for line in lines), lines
+    assert any("connect" in line and "127.0.0.1" in line for line in server.log().splitlines()), (
+        "no connect line in the log"
+    )
 
 
 def test_sendmail_with_size_parameter(server: Server) -> None:
@@ -176,7 +178,18 @@ def test_pipelined_batch(server: Server) -> None:
             + b"NOOP\r\n"
             + b"DATA\r\n"
         )
-        expected = [(250, None), (250, "2.0.0"), (250, "2.0.0"), (250, None), (250, None), (554, "5.7.1"), (250, None), (252, None), (250, "2.0.0"), (354, None)]
+        expected = [
+            (250, None),
+            (250, "2.0.0"),
+            (250, "2.0.0"),
+            (250, None),
+            (250, None),
+            (554, "5.7.1"),
+            (250, None),
+            (252, None),
+            (250, "2.0.0"),
+            (354, None),
+        ]
         for i, (code, enh) in enumerate(expected):
             check(c.reply(), code, enh, f"pipelined reply #{i}")
         # end of data and a whole second transaction in one write
@@ -238,7 +251,11 @@ def test_bdat(server: Server) -> None:
         m2 = b"Subject: pipelined chunks\r\n\r\nabc\r\n"
         c.send(
             f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<bob@{DOMAIN}>\r\n".encode()
-            + b"BDAT 10\r\n" + m2[:10] + f"BDAT {len(m2) - 10}\r\n".encode() + m2[10:] + b"BDAT 0 LAST\r\n"
+            + b"BDAT 10\r\n"
+            + m2[:10]
+            + f"BDAT {len(m2) - 10}\r\n".encode()
+            + m2[10:]
+            + b"BDAT 0 LAST\r\n"
         )
         for code in (250, 250, 250, 250):
             check(c.reply(), code)
@@ -255,9 +272,14 @@ def test_8bit_body(server: Server) -> None:
         "Grüße aus Köln — ½ € ✓ 日本語\r\n".encode()
         + bytes(range(0x80, 0x100))
         + b"\r\nlatin-1: caf\xe9\r\n"
-        + bytes(range(0x01, 0x09)) + b"\x0b\x0c\x0e\x1f\x7f\r\n"
+        + bytes(range(0x01, 0x09))
+        + b"\x0b\x0c\x0e\x1f\x7f\r\n"
     )
-    msg = make_message("8bit", body, ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"])
+    msg = make_message(
+        "8bit",
+        body,
+        ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"],
+    )
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=10) as s:
         s.ehlo()
         assert s.has_extn("8bitmime")
@@ -313,7 +335,9 @@ def test_unsafe_mailbox_names_stay_inside_the_mail_directory(server: Server) -> 
     for p in server.base.rglob("*"):
         if p in before or p.is_dir():
             continue
-        assert p == server.log_path or mail_root in p.parents or server.spool_dir in p.parents, f"file written outside the mail and spool directories: {p}"
+        assert p == server.log_path or mail_root in p.parents or server.spool_dir in p.parents, (
+            f"file written outside the mail and spool directories: {p}"
+        )
     assert not (server.base.parent / "escape").exists()
 
 
@@ -321,7 +345,12 @@ def test_null_sender_and_special_addresses(server: Server) -> None:
     msg = make_message("bounce-like", "from the null sender\r\n")
     with server.connect() as c:
         c.ehlo()
-        for mail in ('<"john doe"@client.test>', "<u@[192.0.2.1]>", "<u@[IPv6:2001:db8::1]>", "<@relay.test,@other.test:u@client.test>"):
+        for mail in (
+            '<"john doe"@client.test>',
+            "<u@[192.0.2.1]>",
+            "<u@[IPv6:2001:db8::1]>",
+            "<@relay.test,@other.test:u@client.test>",
+        ):
             c.expect(f"MAIL FROM:{mail}", 250)
             c.expect("RSET", 250)
         r = c.send_message("", [f"alice@{DOMAIN}"], stuff(msg))

@@ -13,14 +13,14 @@ import errno
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from smtprs.queue.spool import read_queue
 
-from .harness import DOMAIN, Server, check, check_delivered, make_message, stuff
+from .harness import DOMAIN, check, check_delivered, make_message, stuff
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,9 @@ SENDER = "sender@client.test"
 
 def _mount(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill up (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
 
@@ -82,7 +84,9 @@ def test_spool_disk_full_452_then_recovery(make_server, small_fs) -> None:
     srv.wait_mail("alice", 1)
     # carol's Maildir is broken: her message waits in the spool while the disk fills
     blocker = srv.block_maildir("carol")
-    waiting, qid_waiting = srv.send_deferred("carol", "waiting", "queued before the disk filled, delivered after\r\n", SENDER)
+    waiting, qid_waiting = srv.send_deferred(
+        "carol", "waiting", "queued before the disk filled, delivered after\r\n", SENDER
+    )
 
     fill(spool_fs)
     refused = []
@@ -138,7 +142,9 @@ def test_spool_disk_full_452_then_recovery(make_server, small_fs) -> None:
     assert len(srv.mail("alice")) == 1 and len(srv.mail("bob")) == 1 and len(srv.mail("carol")) == 1
     assert qid_before in srv.mail("alice")[0].read_text()
     for f in srv.mail("bob"):
-        assert not any(f.read_bytes().endswith(m.replace(b"\r\n", b"\n")) for m in refused), "a refused message was delivered"
+        assert not any(f.read_bytes().endswith(m.replace(b"\r\n", b"\n")) for m in refused), (
+            "a refused message was delivered"
+        )
 
 
 def test_mailbox_disk_full_defers_then_delivers_once(make_server, small_fs, tmp_path) -> None:

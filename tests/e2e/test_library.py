@@ -22,11 +22,19 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_example_embeds_the_server_and_refuses_a_recipient(tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, str(ROOT / "examples" / "embed.py"), str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "embed.py"), str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("alice@example.test: delivered (") and "250 2.0.0 Ok: queued as" in lines[0]
-    assert lines[1].startswith("blocked@example.test: failed (") and "550 5.7.1 This recipient does not take mail from you" in lines[1]
+    assert (
+        lines[1].startswith("blocked@example.test: failed (")
+        and "550 5.7.1 This recipient does not take mail from you" in lines[1]
+    )
     assert "delivered to alice@example.test" in lines
     assert len(list((tmp_path / "data" / "mail" / "alice" / "new").iterdir())) == 1
     assert not (tmp_path / "data" / "mail" / "blocked").exists()
@@ -47,7 +55,9 @@ class Refuser(smtprs.Hooks):
     async def on_mail(self, session: smtprs.SessionInfo, sender: str) -> smtprs.Reply | None:
         return smtprs.Reply(451, "4.7.1", "Greylisted, come back later") if sender.startswith("grey@") else None
 
-    async def on_data(self, session: smtprs.SessionInfo, envelope: smtprs.Envelope, content: smtprs.Content) -> smtprs.Reply | None:
+    async def on_data(
+        self, session: smtprs.SessionInfo, envelope: smtprs.Envelope, content: smtprs.Content
+    ) -> smtprs.Reply | None:
         with content.open() as fh:
             if b"SPAM" in fh.read():
                 return smtprs.Reply(554, "5.7.1", "Looks like spam")
@@ -64,7 +74,11 @@ async def _embedded(tmp_path: Path, sink_port: int) -> None:
             "hostname": "mx.test",
             "smtpd": {"listeners": [{"address": "127.0.0.1:0"}]},
             "local": {"domains": ["example.test"]},
-            "relay": {"trusted_networks": ["127.0.0.0/8"], "transport": {"sink.test": f"[127.0.0.1]:{sink_port}"}, "tls": "none"},
+            "relay": {
+                "trusted_networks": ["127.0.0.0/8"],
+                "transport": {"sink.test": f"[127.0.0.1]:{sink_port}"},
+                "tls": "none",
+            },
         }
     )
     hooks = Refuser()
@@ -110,13 +124,21 @@ def test_hooks_refuse_at_each_stage(tmp_path: Path) -> None:
 
 def test_send_relays_to_smtp_sink_by_host_and_by_mx(tmp_path: Path) -> None:
     sink = SmtpSink(tmp_path / "sink").start()
-    dns = Dnsmasq(tmp_path / "dns", ["--mx-host=sink.test,mx.sink.test,10", "--host-record=mx.sink.test,127.0.0.1"]).start()
+    dns = Dnsmasq(
+        tmp_path / "dns", ["--mx-host=sink.test,mx.sink.test,10", "--host-record=mx.sink.test,127.0.0.1"]
+    ).start()
     try:
         message = b"From: <me@example.test>\nTo: <you@sink.test>\nSubject: from the library\n\n.leading dot\nbody\n"
-        results = trio.run(lambda: smtprs.send("me@example.test", ["you@sink.test", "other@sink.test"], message, host="127.0.0.1", port=sink.port))
+        results = trio.run(
+            lambda: smtprs.send(
+                "me@example.test", ["you@sink.test", "other@sink.test"], message, host="127.0.0.1", port=sink.port
+            )
+        )
         assert [r.status for r in results] == ["delivered", "delivered"], results
         assert results[0].relay.endswith(f":{sink.port}")
-        cfg = smtprs.load_config(overrides={"data_dir": str(tmp_path / "d"), "dns": dns.config(), "relay": {"smtp_port": sink.port}})
+        cfg = smtprs.load_config(
+            overrides={"data_dir": str(tmp_path / "d"), "dns": dns.config(), "relay": {"smtp_port": sink.port}}
+        )
         results = trio.run(lambda: smtprs.send("", ["mx@sink.test"], message, config=cfg))
         assert [r.status for r in results] == ["delivered"], results
         assert "mx.sink.test" in results[0].relay
@@ -126,9 +148,13 @@ def test_send_relays_to_smtp_sink_by_host_and_by_mx(tmp_path: Path) -> None:
         first = by_sender["<me@example.test>"]
         assert sorted(a.split()[0] for a in first.rcpt_args) == ["<other@sink.test>", "<you@sink.test>"]
         assert by_sender["<>"].rcpt_args[0].split()[0] == "<mx@sink.test>"
-        assert b"Subject: from the library\n\n.leading dot\nbody\n" in first.message  # dot-stuffed on the way, unstuffed by the sink
+        assert (
+            b"Subject: from the library\n\n.leading dot\nbody\n" in first.message
+        )  # dot-stuffed on the way, unstuffed by the sink
         # a recipient domain without any host: failed or deferred, never an exception
-        results = trio.run(lambda: smtprs.send("me@example.test", ["x@nowhere.invalid"], message, host="127.0.0.1", port=free_port()))
+        results = trio.run(
+            lambda: smtprs.send("me@example.test", ["x@nowhere.invalid"], message, host="127.0.0.1", port=free_port())
+        )
         assert results[0].status == "deferred" and "refused" in results[0].detail.lower()
     finally:
         sink.stop()

@@ -83,7 +83,9 @@ def test_sigterm_drains_then_exits_0(make_server) -> None:
     srv.proc.wait(20)
     assert srv.proc.returncode == 0, srv.log_tail()
     log = srv.log()
-    assert "shutting down: no new connections; 4 sessions open, 3 in a transaction, given 8s to finish" in log, srv.log_tail()
+    assert "shutting down: no new connections; 4 sessions open, 3 in a transaction, given 8s to finish" in log, (
+        srv.log_tail()
+    )
     assert "Traceback" not in log
 
     # nothing acknowledged is lost; nothing unacknowledged is kept

@@ -52,7 +52,14 @@ def imap_messages(dv: Dovecot, user: str, password: str) -> list[bytes]:
 
 def our_received(prefix: bytes, qid: str) -> None:
     """The header block Dovecot saw ends with our Received field for ``qid``."""
-    m = re.search(rb"Received: from client\.test \(\[127\.0\.0\.1\]\)\r\n\tby " + HOSTNAME.encode() + rb" \(smtprs\) with E?SMTP id " + qid.encode() + rb"\r\n\t[^\r]*\r\n$", prefix)
+    m = re.search(
+        rb"Received: from client\.test \(\[127\.0\.0\.1\]\)\r\n\tby "
+        + HOSTNAME.encode()
+        + rb" \(smtprs\) with E?SMTP id "
+        + qid.encode()
+        + rb"\r\n\t[^\r]*\r\n$",
+        prefix,
+    )
     assert m, f"our Received field for {qid} is not the last field before the message: {prefix[-400:]!r}"
 
 
@@ -112,10 +119,18 @@ plugin {
 }
 """
     dv = make_dovecot({"alice": "pw-alice", "bob": "pw-bob"}, extra=quota)
-    users = "".join(line + ("userdb_quota_rule=*:storage=1B" if line.startswith("bob:") else "") + "\n" for line in (dv.base / "users").read_text().splitlines())
+    users = "".join(
+        line + ("userdb_quota_rule=*:storage=1B" if line.startswith("bob:") else "") + "\n"
+        for line in (dv.base / "users").read_text().splitlines()
+    )
     (dv.base / "users").write_text(users)
     dv.start()
-    srv = make_server({"local": {"delivery": "lmtp", "lmtp": f"127.0.0.1:{dv.ports['lmtp']}"}, "queue": {"retry_min": 60, "retry_max": 60}})
+    srv = make_server(
+        {
+            "local": {"delivery": "lmtp", "lmtp": f"127.0.0.1:{dv.ports['lmtp']}"},
+            "queue": {"retry_min": 60, "retry_max": 60},
+        }
+    )
     msg = make_message("quota", "a body bigger than one octet\r\n")
     with srv.connect() as c:
         r = c.send_message(SENDER, [f"alice@{DOMAIN}", f"bob@{DOMAIN}"], stuff(msg), ehlo=True)
@@ -125,7 +140,10 @@ plugin {
     assert "452 4.2.2" in line or "4.2.2" in line, line
     # the message stays queued for bob alone
     deadline = time.monotonic() + 10
-    while [(rc.address, rc.state) for rc in queued(srv)[r.qid].recipients] != [(f"alice@{DOMAIN}", "delivered"), (f"bob@{DOMAIN}", "deferred")]:
+    while [(rc.address, rc.state) for rc in queued(srv)[r.qid].recipients] != [
+        (f"alice@{DOMAIN}", "delivered"),
+        (f"bob@{DOMAIN}", "deferred"),
+    ]:
         assert time.monotonic() < deadline, queued(srv)
         time.sleep(0.05)
     assert len(imap_messages(dv, "alice", "pw-alice")) == 1
@@ -170,7 +188,10 @@ def unquote_mboxrd(data: bytes) -> bytes:
 
 def test_mbox_read_by_python_mailbox(make_server) -> None:
     srv = make_server({"local": {"delivery": "mbox", "mbox": "mbox/{user}"}})
-    sent = [make_message(f"mbox {i}", body) for i, body in enumerate(["From me to you\r\n", TRICKY_BODY, ">>From deep\r\nFrom\r\n"])]
+    sent = [
+        make_message(f"mbox {i}", body)
+        for i, body in enumerate(["From me to you\r\n", TRICKY_BODY, ">>From deep\r\nFrom\r\n"])
+    ]
     with srv.connect() as c:
         c.ehlo()
         qids = [c.send_message(SENDER if i else "", [f"dave@{DOMAIN}"], stuff(msg)).qid for i, msg in enumerate(sent)]
@@ -183,7 +204,7 @@ def test_mbox_read_by_python_mailbox(make_server) -> None:
         # Local deliveries run concurrently, so the mbox order is not the
         # submission order: pair each stored message with what was sent by
         # its Subject.
-        by_subject = {box[key]["Subject"]: key for key in box.keys()}
+        by_subject = {box[key]["Subject"]: key for key in box}
         assert sorted(by_subject) == [f"mbox {i}" for i in range(3)]
         for i, msg in enumerate(sent):
             key = by_subject[f"mbox {i}"]
@@ -242,9 +263,26 @@ def test_lmtp_listener_swaks(make_server) -> None:
     srv = lmtp_server(make_server, delivery="mbox")
     port = srv.ports["lmtp"]
     p = subprocess.run(
-        ["swaks", "--protocol", "LMTP", "--server", f"127.0.0.1:{port}", "--helo", "client.test", "--from", SENDER,
-         "--to", f"alice@{DOMAIN},bob@{DOMAIN}", "--body", "From swaks\n.dot line\n", "--timeout", "10"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "swaks",
+            "--protocol",
+            "LMTP",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--helo",
+            "client.test",
+            "--from",
+            SENDER,
+            "--to",
+            f"alice@{DOMAIN},bob@{DOMAIN}",
+            "--body",
+            "From swaks\n.dot line\n",
+            "--timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert re.search(r"-> LHLO client\.test", p.stdout), p.stdout
@@ -274,7 +312,16 @@ def test_aliases_nested_loop_and_sub_addressing(make_server, tmp_path: Path) -> 
     )
     virtual = tmp_path / "virtual"
     virtual.write_text("info@virt.test   staff@example.test\n@virt.test       carol\n")
-    srv = make_server({"local": {"users": ["alice", "bob", "carol"], "aliases": str(aliases), "virtual_map": str(virtual), "virtual_domains": ["virt.test"]}})
+    srv = make_server(
+        {
+            "local": {
+                "users": ["alice", "bob", "carol"],
+                "aliases": str(aliases),
+                "virtual_map": str(virtual),
+                "virtual_domains": ["virt.test"],
+            }
+        }
+    )
     assert "alias ping" in srv.log() and "Alias loop" in srv.log(), "the loop is reported at start-up"
     msg = make_message("aliases", "to many\r\n")
     with srv.connect() as c:
@@ -309,13 +356,23 @@ def test_check_config_reads_the_addressing_tables(tmp_path: Path) -> None:
     aliases.write_text("staff: alice, bob\nping: pong\npong: ping\n")
     cfg = tmp_path / "smtprs.toml"
     cfg.write_text(f'data_dir = "{tmp_path}"\n[local]\ndomains = ["example.test"]\naliases = "{aliases}"\n')
-    p = subprocess.run([*smtprs_command(), "check-config", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*smtprs_command(), "check-config", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "config ok" in p.stdout
-    assert f"{aliases}:2: alias ping: 550 5.4.6 Alias loop: ping@example.test -> pong@example.test -> ping@example.test" in p.stdout
+    assert (
+        f"{aliases}:2: alias ping: 550 5.4.6 Alias loop: ping@example.test -> pong@example.test -> ping@example.test"
+        in p.stdout
+    )
     aliases.write_text("ok: alice\nmail: |/usr/bin/procmail\n")
     for command in ("check-config", "serve"):
-        p = subprocess.run([*smtprs_command(), command, "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*smtprs_command(), command, "--config", str(cfg)], capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 2, p.stdout + p.stderr
-        assert f"{aliases}:2: target '|/usr/bin/procmail': file, command and :include: targets are not supported" in p.stderr
+        assert (
+            f"{aliases}:2: target '|/usr/bin/procmail': file, command and :include: targets are not supported"
+            in p.stderr
+        )
         assert "Traceback" not in p.stderr

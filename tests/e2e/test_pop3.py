@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import poplib
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -120,7 +119,9 @@ def test_poplib_stls_retrieve_and_delete(pop: Server, credentials: dict[str, Pat
     assert p.stat()[0] == 1
     assert len(list((pop.maildir("alice") / "cur").iterdir())) == 3  # nothing removed before QUIT
     assert p.quit().startswith(b"+OK")
-    left = sorted(f.read_bytes() for f in (pop.maildir("alice") / "cur").iterdir()) + [f.read_bytes() for f in pop.mail("alice")]
+    left = sorted(f.read_bytes() for f in (pop.maildir("alice") / "cur").iterdir()) + [
+        f.read_bytes() for f in pop.mail("alice")
+    ]
     assert len(left) == 2
     # the next session sees the survivor and the late one
     p = pop3_stls(pop, credentials)
@@ -175,7 +176,9 @@ with open(os.path.join(out, "%d.%d" % (time.time_ns(), os.getpid())), "wb") as f
 """
 
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed (scripts/install-deps.sh installs it)")
+@pytest.mark.skipif(
+    shutil.which("fetchmail") is None, reason="fetchmail is not installed (scripts/install-deps.sh installs it)"
+)
 def test_fetchmail_stls_fetches_and_deletes(pop: Server, credentials: dict[str, Path], tmp_path: Path) -> None:
     sent = [make_message(f"fetchmail {i}", body) for i, body in enumerate(BODIES)]
     stored = deliver(pop, "alice", sent)
@@ -185,7 +188,7 @@ def test_fetchmail_stls_fetches_and_deletes(pop: Server, credentials: dict[str, 
     mda.write_text(FETCHMAIL_MDA)
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
-        f'poll 127.0.0.1 service {pop.ports["pop3"]} protocol POP3 auth password timeout 20\n'
+        f"poll 127.0.0.1 service {pop.ports['pop3']} protocol POP3 auth password timeout 20\n"
         f'  user "{USER}" there with password "{PASSWORD}" is root here\n'
         f'  sslproto "tls1.2+" sslcertck sslcertfile "{credentials["cert"]}" sslcommonname "mx.test"\n'
         f'  mda "{sys.executable} {mda} {out}"\n'
@@ -194,9 +197,22 @@ def test_fetchmail_stls_fetches_and_deletes(pop: Server, credentials: dict[str, 
     rc.chmod(0o600)
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
     p = subprocess.run(
-        ["fetchmail", "--fetchmailrc", str(rc), "--idfile", str(tmp_path / "fetchids"), "--pidfile", str(tmp_path / "fetchmail.pid"),
-         "--nosyslog", "--invisible", "-v"],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            "fetchmail",
+            "--fetchmailrc",
+            str(rc),
+            "--idfile",
+            str(tmp_path / "fetchids"),
+            "--pidfile",
+            str(tmp_path / "fetchmail.pid"),
+            "--nosyslog",
+            "--invisible",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "STLS" in p.stdout + p.stderr, "fetchmail did not use STLS"

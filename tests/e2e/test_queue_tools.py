@@ -16,7 +16,8 @@ import smtplib
 import subprocess
 import time
 import urllib.request
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,9 @@ def peers() -> Iterator[list[Any]]:
 
 
 def run(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*smtprs_command(), *args, "--config", str(srv.config_path)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*smtprs_command(), *args, "--config", str(srv.config_path)], capture_output=True, text=True, timeout=60
+    )
 
 
 def ok(srv: Server, *args: str) -> str:
@@ -91,7 +94,9 @@ def test_show_hold_release_flush_requeue_delete(make_server: Callable[..., Serve
     two = send(srv, ["a@far.test"], "second")
     three = send(srv, ["x@closed.test", "y@closed.test"], "third")
     for qid in (one, two, three):
-        wait_until(lambda: states(srv, qid) and all(s == "deferred" for s in states(srv, qid)), 15, f"{qid} deferred")
+        wait_until(
+            lambda qid=qid: states(srv, qid) and all(s == "deferred" for s in states(srv, qid)), 15, f"{qid} deferred"
+        )
 
     # show: envelope, per-recipient state and last error, the header block
     out = ok(srv, "queue", "show", one)
@@ -130,7 +135,13 @@ def test_show_hold_release_flush_requeue_delete(make_server: Callable[..., Serve
     # requeue: the open recipients are routed again and tried at once
     attempts = listing(srv)[three]["recipients"][0]["attempts"]  # the flushes tried it too
     assert ok(srv, "queue", "requeue", three).strip() == f"OK {three} requeued"
-    wait_until(lambda: all(r["attempts"] == attempts + 1 and r["state"] == "deferred" for r in listing(srv)[three]["recipients"]), 15, "one more attempt")
+    wait_until(
+        lambda: all(
+            r["attempts"] == attempts + 1 and r["state"] == "deferred" for r in listing(srv)[three]["recipients"]
+        ),
+        15,
+        "one more attempt",
+    )
 
     # qshape: the open recipients by domain and age
     shape = ok(srv, "queue", "qshape")
@@ -157,7 +168,9 @@ def test_show_hold_release_flush_requeue_delete(make_server: Callable[..., Serve
     assert f"{three}: deleted by the administrator" in srv.log()
 
 
-def test_queue_commands_reach_the_worker_that_owns_the_message(make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_queue_commands_reach_the_worker_that_owns_the_message(
+    make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     srv = deferring_server(make_server, free_port(), workers=2)
     deadline = time.monotonic() + 15
     while srv.log().count(f"listening on 127.0.0.1:{srv.port}") < 2:
@@ -170,7 +183,7 @@ def test_queue_commands_reach_the_worker_that_owns_the_message(make_server: Call
     shards: set[str] = set()
     while len(ids) < 6 or (shards != {"shard-0", "shard-1"} and len(ids) < 30):
         qid = send(srv, ["x@closed.test"], f"m{len(ids)}")
-        wait_until(lambda: states(srv, qid) == ["deferred"], 15, f"{qid} deferred")
+        wait_until(lambda qid=qid: states(srv, qid) == ["deferred"], 15, f"{qid} deferred")
         ids.append(qid)
         shards = {p.parent.parent.name for p in srv.spool_dir.glob("shard-*/files/*.env")}
     assert shards == {"shard-0", "shard-1"}, "both workers took mail"
@@ -200,10 +213,14 @@ def scrape(port: int) -> dict[str, float]:
 def test_metrics_endpoint_and_status_follow_traffic(make_server: Callable[..., Server], peers: list[Any]) -> None:
     port = free_port()
     srv = deferring_server(
-        make_server, free_port(), metrics={"enabled": True, "address": f"127.0.0.1:{port}"}, log={"format": "json"}, local={"users": ["alice", "bob"]}
+        make_server,
+        free_port(),
+        metrics={"enabled": True, "address": f"127.0.0.1:{port}"},
+        log={"format": "json"},
+        local={"users": ["alice", "bob"]},
     )
     before = scrape(port)
-    assert before.get('smtprs_queue_messages', 0) == 0
+    assert before.get("smtprs_queue_messages", 0) == 0
     send(srv, [f"alice@{DOMAIN}"], "local")
     send(srv, [f"bob@{DOMAIN}"], "local 2")
     send(srv, ["x@closed.test"], "remote")
@@ -214,8 +231,15 @@ def test_metrics_endpoint_and_status_follow_traffic(make_server: Callable[..., S
     srv.wait_mail("alice", 1)
     srv.wait_mail("bob", 1)
     # the counters follow the Maildir files by a moment (the outcome is recorded after the rename)
-    counted = ('smtprs_deliveries_total{result="deferred",transport="smtp"}', 1), ('smtprs_deliveries_total{result="delivered",transport="maildir"}', 2)
-    m = wait_until(lambda: (lambda m: m if all(m.get(k, 0) >= n for k, n in counted) else None)(scrape(port)), 15, "the deferral and both deliveries counted")
+    counted = (
+        ('smtprs_deliveries_total{result="deferred",transport="smtp"}', 1),
+        ('smtprs_deliveries_total{result="delivered",transport="maildir"}', 2),
+    )
+    m = wait_until(
+        lambda: (lambda m: m if all(m.get(k, 0) >= n for k, n in counted) else None)(scrape(port)),
+        15,
+        "the deferral and both deliveries counted",
+    )
     assert m['smtprs_connections_total{mode="mx"}'] >= 4
     assert m['smtprs_messages_accepted_total{mode="mx"}'] == 3
     assert m['smtprs_deliveries_total{result="delivered",transport="maildir"}'] == 2

@@ -18,15 +18,16 @@ import smtplib
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from smtprs.queue.spool import read_queue
 
-from .harness import DOMAIN, HOSTNAME, Server, merge, stuff
-from .peers import Dnsmasq, Script, ScriptedPeer, SinkDump, SmtpSink, free_port, make_cert, wait_until
+from .harness import DOMAIN, HOSTNAME, Server, merge
+from .peers import Dnsmasq, Script, ScriptedPeer, SinkDump, SmtpSink, free_port, make_cert
 
 SENDER = f"sender@{DOMAIN}"  # a local sender: bounces land in its Maildir
 
@@ -84,7 +85,14 @@ def relay_overrides(dns: Dnsmasq, port: int, extra: dict[str, Any] | None = None
     return merge(base, extra or {})
 
 
-def send(server: Server, rcpts: list[str], message: bytes, sender: str = SENDER, mail_options: list[str] | None = None, rcpt_options: list[str] | None = None) -> str:
+def send(
+    server: Server,
+    rcpts: list[str],
+    message: bytes,
+    sender: str = SENDER,
+    mail_options: list[str] | None = None,
+    rcpt_options: list[str] | None = None,
+) -> str:
     """Submit with smtplib; return the queue id."""
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30) as s:
         s.ehlo()
@@ -114,7 +122,9 @@ def our_received(content: bytes) -> list[bytes]:
     return [f for f in fields if f"by {HOSTNAME} (smtprs)".encode() in f]
 
 
-def bounces(server: Server, user: str = "sender", n: int = 1, timeout: float = 20.0) -> list[email.message.EmailMessage]:
+def bounces(
+    server: Server, user: str = "sender", n: int = 1, timeout: float = 20.0
+) -> list[email.message.EmailMessage]:
     files = server.wait_mail(user, n, timeout=timeout)
     return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]  # type: ignore[misc]
 
@@ -133,7 +143,9 @@ def dsn_fields(msg: email.message.EmailMessage) -> tuple[dict[str, str], list[di
 # --------------------------------------------------------------------------
 
 
-def test_relay_by_mx_byte_for_byte(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_relay_by_mx_byte_for_byte(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     """Dots, 8-bit text and 998-octet lines arrive at the MX exactly as sent, with one Received of ours."""
     sink = SmtpSink(tmp_path / "sink").start()
     peers.append(sink)
@@ -142,10 +154,7 @@ def test_relay_by_mx_byte_for_byte(tmp_path: Path, dns_server: Dnsmasq, make_ser
         b".leading dot\r\n"
         b"..two dots\r\n"
         b".\r\n"
-        b"caf\xc3\xa9 8-bit \xff\xfe text\r\n"
-        + b"x" * 998 + b"\r\n"
-        + b"." + b"y" * 997 + b"\r\n"
-        + b"last line\r\n"
+        b"caf\xc3\xa9 8-bit \xff\xfe text\r\n" + b"x" * 998 + b"\r\n" + b"." + b"y" * 997 + b"\r\n" + b"last line\r\n"
     )
     msg = message("byte for byte", body)
     qid = send(server, ["someone@good.test"], msg)
@@ -161,7 +170,9 @@ def test_relay_by_mx_byte_for_byte(tmp_path: Path, dns_server: Dnsmasq, make_ser
     assert content.endswith(expected), "the message did not arrive byte for byte"
     added = content[: -len(expected)]
     assert len(our_received(content)) == 1
-    assert added.startswith(b"Received: from client.test ([127.0.0.1])\n\tby mx.test (smtprs) with ESMTP id " + qid.encode())
+    assert added.startswith(
+        b"Received: from client.test ([127.0.0.1])\n\tby mx.test (smtprs) with ESMTP id " + qid.encode()
+    )
     assert added.count(b"\n") == 3, added  # exactly our three-line Received field, nothing else
     server.wait_log(rf"{qid}: removed")
     assert [env.queue_id for env, _ in read_queue(server.spool_dir)] == []
@@ -169,7 +180,9 @@ def test_relay_by_mx_byte_for_byte(tmp_path: Path, dns_server: Dnsmasq, make_ser
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_relay_ten_megabytes(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_relay_ten_megabytes(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port, {"smtpd": {"max_message_size": 12 * 1024 * 1024}}))
@@ -185,11 +198,15 @@ def test_relay_ten_megabytes(tmp_path: Path, dns_server: Dnsmasq, make_server: C
     assert len(our_received(content)) == 1
 
 
-def test_all_recipients_of_a_destination_in_one_transaction(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_all_recipients_of_a_destination_in_one_transaction(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
-    qid = send(server, ["a@good.test", "b@good.test", f"local@{DOMAIN}", "c@amx.test"], message("fan out", b"hello\r\n"))
+    qid = send(
+        server, ["a@good.test", "b@good.test", f"local@{DOMAIN}", "c@amx.test"], message("fan out", b"hello\r\n")
+    )
     for r in ("a@good.test", "b@good.test", "c@amx.test"):
         server.wait_log(rf"{qid}: to=<{r}>, .*status=sent")
     server.wait_mail("local", 1)
@@ -198,18 +215,24 @@ def test_all_recipients_of_a_destination_in_one_transaction(tmp_path: Path, dns_
     assert rcpt_sets == [["<a@good.test>", "<b@good.test>"], ["<c@amx.test>"]]
 
 
-def test_mx_fallback_when_preferred_mx_is_down(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_mx_fallback_when_preferred_mx_is_down(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
     qid = send(server, ["someone@relay.test"], message("fallback", b"via the backup MX\r\n"))
-    server.wait_log(rf"{qid}: to=<someone@relay.test>, relay=mx2\.relay\.test\[127\.0\.0\.1\]:{sink.port}, .*status=sent")
+    server.wait_log(
+        rf"{qid}: to=<someone@relay.test>, relay=mx2\.relay\.test\[127\.0\.0\.1\]:{sink.port}, .*status=sent"
+    )
     # the preferred MX was tried first, in the same attempt
     assert any(f"relay=mx1.relay.test[127.0.0.2]:{sink.port}: connect to" in line for line in server.log_lines(qid))
     assert len(sink.wait_dumps(1)) == 1
 
 
-def test_implicit_mx_a_record(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_implicit_mx_a_record(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
@@ -217,7 +240,9 @@ def test_implicit_mx_a_record(tmp_path: Path, dns_server: Dnsmasq, make_server: 
     server.wait_log(rf"{qid}: to=<someone@amx.test>, relay=amx\.test\[127\.0\.0\.1\]:{sink.port}, .*status=sent")
 
 
-def test_null_mx_bounces_to_local_sender(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]) -> None:
+def test_null_mx_bounces_to_local_sender(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]
+) -> None:
     server = make_server(relay_overrides(dns_server, free_port()))
     msg = message("null mx", b"nobody will take this\r\n")
     qid = send(server, ["someone@nullmx.test"], msg)
@@ -245,7 +270,9 @@ def test_null_mx_bounces_to_local_sender(tmp_path: Path, dns_server: Dnsmasq, ma
     server.wait_log(rf"{qid}: removed")
 
 
-def test_nxdomain_bounces_servfail_defers(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]) -> None:
+def test_nxdomain_bounces_servfail_defers(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]
+) -> None:
     server = make_server(relay_overrides(dns_server, free_port(), {"queue": {"retry_min": 30.0, "retry_max": 60.0}}))
     qid1 = send(server, ["someone@nowhere.test"], message("nxdomain", b"x\r\n"))
     qid2 = send(server, ["someone@servfail.test"], message("servfail", b"x\r\n"))
@@ -258,8 +285,12 @@ def test_nxdomain_bounces_servfail_defers(tmp_path: Path, dns_server: Dnsmasq, m
     assert len(server.mail("sender")) == 1  # no bounce for the deferred one
 
 
-def test_temporary_failure_then_delivered_once(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
-    peer = ScriptedPeer(Script(rcpt={"someone@good.test": ["451 4.3.0 try again later", "452 4.2.2 still busy"]})).start()
+def test_temporary_failure_then_delivered_once(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
+    peer = ScriptedPeer(
+        Script(rcpt={"someone@good.test": ["451 4.3.0 try again later", "452 4.2.2 still busy"]})
+    ).start()
     peers.append(peer)
     server = make_server(relay_overrides(dns_server, peer.port))
     msg = message("retry", b"patience\r\n")
@@ -276,7 +307,9 @@ def test_temporary_failure_then_delivered_once(tmp_path: Path, dns_server: Dnsma
     assert server.mail("sender") == []  # no notice for a delivered message
 
 
-def test_permanent_failure_bounces_with_peer_diagnostic(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_permanent_failure_bounces_with_peer_diagnostic(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink", ["-f", "RCPT", "-B", "550 5.1.1 No such user here"]).start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
@@ -292,10 +325,14 @@ def test_permanent_failure_bounces_with_peer_diagnostic(tmp_path: Path, dns_serv
     assert "<ghost@good.test>: host mx.good.test[127.0.0.1]" in human and "550 5.1.1 No such user here" in human
 
 
-def test_expiry_bounces(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_expiry_bounces(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink", ["-r", "RCPT"]).start()  # 450 4.3.0 to every RCPT
     peers.append(sink)
-    server = make_server(relay_overrides(dns_server, sink.port, {"queue": {"max_lifetime": 2.0, "retry_min": 0.3, "retry_max": 0.6}}))
+    server = make_server(
+        relay_overrides(dns_server, sink.port, {"queue": {"max_lifetime": 2.0, "retry_min": 0.3, "retry_max": 0.6}})
+    )
     t0 = time.monotonic()
     qid = send(server, ["slow@good.test"], message("expiry", b"x\r\n"))
     server.wait_log(rf"{qid}: to=<slow@good.test>, .*status=bounced \(message expired", timeout=20)
@@ -308,7 +345,9 @@ def test_expiry_bounces(tmp_path: Path, dns_server: Dnsmasq, make_server: Callab
     assert sum("status=deferred" in line for line in server.log_lines(qid)) >= 2
 
 
-def test_smart_host_with_auth_over_starttls(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_smart_host_with_auth_over_starttls(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     cert = make_cert(tmp_path / "certs", "smart.test")
     secret = "s3cret-Pa55word"
     peer = ScriptedPeer(tls_cert=cert, credentials=("relayuser", secret), hostname="smart.test").start()
@@ -317,7 +356,13 @@ def test_smart_host_with_auth_over_starttls(tmp_path: Path, dns_server: Dnsmasq,
         relay_overrides(
             dns_server,
             free_port(),  # MX delivery would go nowhere: everything must take the smart host
-            {"relay": {"relayhost": f"[smart.test]:{peer.port}", "auth_username": "relayuser", "auth_password": secret}},
+            {
+                "relay": {
+                    "relayhost": f"[smart.test]:{peer.port}",
+                    "auth_username": "relayuser",
+                    "auth_password": secret,
+                }
+            },
         )
     )
     os.chmod(server.config_path, 0o600)
@@ -337,12 +382,24 @@ def test_smart_host_with_auth_over_starttls(tmp_path: Path, dns_server: Dnsmasq,
             assert secret.encode() not in p.read_bytes(), p
 
 
-def test_smart_host_wrong_password_defers(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_smart_host_wrong_password_defers(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     cert = make_cert(tmp_path / "certs", "smart.test")
     peer = ScriptedPeer(tls_cert=cert, credentials=("relayuser", "right"), hostname="smart.test").start()
     peers.append(peer)
     server = make_server(
-        relay_overrides(dns_server, free_port(), {"relay": {"relayhost": f"[smart.test]:{peer.port}", "auth_username": "relayuser", "auth_password": "wrong-one"}})
+        relay_overrides(
+            dns_server,
+            free_port(),
+            {
+                "relay": {
+                    "relayhost": f"[smart.test]:{peer.port}",
+                    "auth_username": "relayuser",
+                    "auth_password": "wrong-one",
+                }
+            },
+        )
     )
     qid = send(server, ["someone@good.test"], message("bad login", b"x\r\n"))
     line = server.wait_log(rf"{qid}: to=<someone@good.test>, .*status=deferred")
@@ -351,7 +408,9 @@ def test_smart_host_wrong_password_defers(tmp_path: Path, dns_server: Dnsmasq, m
     assert peer.received == []
 
 
-def test_restart_with_deferred_mail_still_delivers(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_restart_with_deferred_mail_still_delivers(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     port = free_port()
     server = make_server(relay_overrides(dns_server, port))
     msg = message("survives restart", b"still here\r\n")
@@ -373,10 +432,17 @@ def test_restart_with_deferred_mail_still_delivers(tmp_path: Path, dns_server: D
 
 
 def _smtprs(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "smtprs", *args, "--config", str(server.config_path)], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "smtprs", *args, "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-def test_queue_list_and_flush(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_queue_list_and_flush(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     port = free_port()
     server = make_server(relay_overrides(dns_server, port, {"queue": {"retry_min": 120.0, "retry_max": 600.0}}))
     p = _smtprs(server, "queue", "list")
@@ -413,7 +479,9 @@ def test_queue_flush_without_server_fails_clearly(tmp_path: Path, make_server: C
     assert "no server is running" in p.stderr
 
 
-def test_message_too_big_for_peer_bounces(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_message_too_big_for_peer_bounces(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     peer = ScriptedPeer(data_size_limit=2000).start()
     peers.append(peer)
     server = make_server(relay_overrides(dns_server, peer.port))
@@ -426,7 +494,9 @@ def test_message_too_big_for_peer_bounces(tmp_path: Path, dns_server: Dnsmasq, m
     assert peer.received == []
 
 
-def test_8bit_to_peer_without_8bitmime_bounces(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_8bit_to_peer_without_8bitmime_bounces(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink", ["-8"]).start()
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
@@ -439,7 +509,9 @@ def test_8bit_to_peer_without_8bitmime_bounces(tmp_path: Path, dns_server: Dnsma
     assert len(sink.dumps()) == 1
 
 
-def test_utf8_envelope_to_peer_without_smtputf8_bounces(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_utf8_envelope_to_peer_without_smtputf8_bounces(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()  # smtp-sink does not offer SMTPUTF8
     utf8_peer = ScriptedPeer(smtputf8=True).start()
     peers += [sink, utf8_peer]
@@ -465,7 +537,9 @@ def test_utf8_envelope_to_peer_without_smtputf8_bounces(tmp_path: Path, dns_serv
     assert sink.dumps() == []
 
 
-def test_dsn_parameters_are_relayed_to_dsn_peer(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_dsn_parameters_are_relayed_to_dsn_peer(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()  # smtp-sink offers DSN
     peers.append(sink)
     server = make_server(relay_overrides(dns_server, sink.port))
@@ -484,11 +558,19 @@ def test_dsn_parameters_are_relayed_to_dsn_peer(tmp_path: Path, dns_server: Dnsm
     assert server.mail("sender") == []  # the DSN-capable next hop owns the success notice
 
 
-def test_success_notice_when_peer_has_no_dsn_and_never_means_never(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_success_notice_when_peer_has_no_dsn_and_never_means_never(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     peer = ScriptedPeer(Script(rcpt={"never@good.test": ["550 5.1.1 no such user"]})).start()  # aiosmtpd offers no DSN
     peers.append(peer)
     server = make_server(relay_overrides(dns_server, peer.port))
-    qid = send(server, ["someone@good.test"], message("notify success", b"x\r\n"), mail_options=["ENVID=env-1"], rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;someone@good.test"])
+    qid = send(
+        server,
+        ["someone@good.test"],
+        message("notify success", b"x\r\n"),
+        mail_options=["ENVID=env-1"],
+        rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;someone@good.test"],
+    )
     qid2 = send(server, ["never@good.test"], message("notify never", b"x\r\n"), rcpt_options=["NOTIFY=NEVER"])
     server.wait_log(rf"{qid}: to=<someone@good.test>, .*status=sent")
     server.wait_log(rf"{qid2}: to=<never@good.test>, .*status=bounced")
@@ -504,7 +586,9 @@ def test_success_notice_when_peer_has_no_dsn_and_never_means_never(tmp_path: Pat
     assert len(server.mail("sender")) == 1  # NOTIFY=NEVER: no bounce for the failed one
 
 
-def test_ret_full_returns_the_whole_message(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]) -> None:
+def test_ret_full_returns_the_whole_message(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server]
+) -> None:
     server = make_server(relay_overrides(dns_server, free_port()))
     msg = message("return it all", b"the body comes back\r\n")
     qid = send(server, ["someone@nullmx.test"], msg, mail_options=["RET=FULL"])
@@ -525,10 +609,18 @@ def test_no_bounce_for_null_sender(tmp_path: Path, dns_server: Dnsmasq, make_ser
     assert server.all_mail() == {}
 
 
-def test_delay_warning(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_delay_warning(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     sink = SmtpSink(tmp_path / "sink", ["-r", "RCPT"]).start()
     peers.append(sink)
-    server = make_server(relay_overrides(dns_server, sink.port, {"queue": {"delay_warning": 1.0, "max_lifetime": 60.0, "retry_min": 0.3, "retry_max": 0.5}}))
+    server = make_server(
+        relay_overrides(
+            dns_server,
+            sink.port,
+            {"queue": {"delay_warning": 1.0, "max_lifetime": 60.0, "retry_min": 0.3, "retry_max": 0.5}},
+        )
+    )
     qid = send(server, ["slow@good.test"], message("delayed", b"x\r\n"))
     (notice,) = bounces(server, timeout=15)
     assert notice["Subject"] == "Delayed Mail (still being retried)"
@@ -541,7 +633,9 @@ def test_delay_warning(tmp_path: Path, dns_server: Dnsmasq, make_server: Callabl
     assert any("status=deferred" in line for line in server.log_lines(qid)[-3:])
 
 
-def test_connection_reused_for_next_message(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_connection_reused_for_next_message(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     peer = ScriptedPeer().start()
     peers.append(peer)
     server = make_server(relay_overrides(dns_server, peer.port, {"relay": {"idle_timeout": 5.0}}))
@@ -553,7 +647,9 @@ def test_connection_reused_for_next_message(tmp_path: Path, dns_server: Dnsmasq,
     assert peer.connections == 1
 
 
-def test_opportunistic_tls_and_verify_policy(tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]) -> None:
+def test_opportunistic_tls_and_verify_policy(
+    tmp_path: Path, dns_server: Dnsmasq, make_server: Callable[..., Server], peers: list[Any]
+) -> None:
     cert = make_cert(tmp_path / "certs", "mx.tls.test")
     wrong = make_cert(tmp_path / "certs", "someone-else.test")
     good = ScriptedPeer(tls_cert=cert).start()

@@ -23,7 +23,12 @@ pytestmark = pytest.mark.e2e
 
 
 def count(srv: Server) -> dict[str, int]:
-    p = subprocess.run([*smtprs_command(), "queue", "count", "--json", "--config", str(srv.config_path)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*smtprs_command(), "queue", "count", "--json", "--config", str(srv.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -51,7 +56,12 @@ def test_lmtp_transport_per_domain_and_address_to_dovecot(make_server, make_dove
 
 def test_unreachable_lmtp_transport_defers_then_delivers(make_server, make_dovecot) -> None:
     dv = make_dovecot({"alice": "pw-alice"})
-    srv = make_server({"relay": {"transport": {"dove.test": f"lmtp:[127.0.0.1]:{dv.ports['lmtp']}"}}, "queue": {"retry_min": 0.5, "retry_max": 1.0}})
+    srv = make_server(
+        {
+            "relay": {"transport": {"dove.test": f"lmtp:[127.0.0.1]:{dv.ports['lmtp']}"}},
+            "queue": {"retry_min": 0.5, "retry_max": 1.0},
+        }
+    )
     with srv.connect() as c:
         r = c.send_message(SENDER, ["alice@dove.test"], stuff(make_message("later", "wait\r\n")), ehlo=True)
         check(r, 250)
@@ -67,7 +77,17 @@ def test_unreachable_lmtp_transport_defers_then_delivers(make_server, make_dovec
 
 
 def test_error_and_discard_entries(make_server) -> None:
-    srv = make_server({"relay": {"transport": {"moved.test": "error:5.1.2 Moved to new.test", f"gone@{DOMAIN}": "error:4.2.1 Try later", "trap.test": "discard:trap"}}})
+    srv = make_server(
+        {
+            "relay": {
+                "transport": {
+                    "moved.test": "error:5.1.2 Moved to new.test",
+                    f"gone@{DOMAIN}": "error:4.2.1 Try later",
+                    "trap.test": "discard:trap",
+                }
+            }
+        }
+    )
     with srv.connect() as c:
         c.ehlo()
         c.expect(f"MAIL FROM:<{SENDER}>", 250)
@@ -87,7 +107,10 @@ def test_per_address_mailboxes_maildir_owned_for_dovecot_and_mbox(make_server, m
     srv = make_server(
         {
             "local": {
-                "mailboxes": {f"alice@{DOMAIN}": {"maildir": str(dv.mail_root / "alice")}, f"carol@{DOMAIN}": {"mbox": "boxes/carol.mbox"}},
+                "mailboxes": {
+                    f"alice@{DOMAIN}": {"maildir": str(dv.mail_root / "alice")},
+                    f"carol@{DOMAIN}": {"mbox": "boxes/carol.mbox"},
+                },
                 "mailbox_owner": owner,
                 "mailbox_mode": "0750",
             }
@@ -117,9 +140,13 @@ def test_per_address_mailboxes_maildir_owned_for_dovecot_and_mbox(make_server, m
 
 def test_unknown_transport_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "smtprs.toml"
-    cfg.write_text(to_toml({"data_dir": str(tmp_path / "d"), "relay": {"transport": {"example.net": "lmpt:[127.0.0.1]:24"}}}))
+    cfg.write_text(
+        to_toml({"data_dir": str(tmp_path / "d"), "relay": {"transport": {"example.net": "lmpt:[127.0.0.1]:24"}}})
+    )
     for cmd in ("check-config", "serve"):
-        p = subprocess.run([*smtprs_command(), cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        p = subprocess.run(
+            [*smtprs_command(), cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
         assert p.returncode == 2, (cmd, p.stdout, p.stderr)
         assert "relay.transport.example.net: unknown transport 'lmpt'" in p.stderr, p.stderr
 
@@ -136,7 +163,9 @@ def test_smtp_and_local_transports_and_a_utf8_mailbox(make_server, smtp_sink) ->
     )
     with srv.connect() as c:
         c.ehlo()
-        r = c.send_message(SENDER, ["x@far.test", "dave@other.test"], stuff(make_message("two ways", "smtp and local\r\n")))
+        r = c.send_message(
+            SENDER, ["x@far.test", "dave@other.test"], stuff(make_message("two ways", "smtp and local\r\n"))
+        )
         check(r, 250)
         # a UTF-8 local part, deliverable because it has a mailbox of its own (RFC 6531 SMTPUTF8)
         c.expect(f"MAIL FROM:<{SENDER}> SMTPUTF8", 250)

@@ -35,7 +35,7 @@ import pytest
 
 from smtprs.queue.spool import read_queue
 
-from .harness import DOMAIN, ConnectionClosed, Server, SMTPClient, make_message, stuff
+from .harness import DOMAIN, ConnectionClosed, Server, SMTPClient, make_message
 from .peers import SmtpSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -65,7 +65,11 @@ def file_fds(pid: int) -> int:
 
 def _smtp_source(port: int, *args: str) -> subprocess.Popen[bytes]:
     exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-    return subprocess.Popen([exe, "-M", "client.test", "-f", "soak@client.test", *args, f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [exe, "-M", "client.test", "-f", "soak@client.test", *args, f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 class Misbehaving:
@@ -74,11 +78,14 @@ class Misbehaving:
     def __init__(self, srv: Server) -> None:
         self.srv = srv
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(kind,), daemon=True) for kind in ("hangup", "garbage", "idle", "bdat", "crowd")]
+        self.threads = [
+            threading.Thread(target=self._run, args=(kind,), daemon=True)
+            for kind in ("hangup", "garbage", "idle", "bdat", "crowd")
+        ]
         self.rounds = {t.name: 0 for t in self.threads}
         self.errors: list[str] = []
 
-    def __enter__(self) -> "Misbehaving":
+    def __enter__(self) -> Misbehaving:
         for t in self.threads:
             t.start()
         return self
@@ -164,7 +171,11 @@ def test_soak_memory_flat_and_no_fd_leak(make_server, smtp_sink: SmtpSink) -> No
         {
             "smtpd": {"command_timeout": 2.0, "max_connections_per_client": PER_CLIENT},
             "queue": {"retry_min": 0.5, "retry_max": 2.0},
-            "relay": {"transport": {REMOTE: f"[127.0.0.1]:{sink.port}"}, "trusted_networks": ["127.0.0.1/32"], "idle_timeout": 0.5},
+            "relay": {
+                "transport": {REMOTE: f"[127.0.0.1]:{sink.port}"},
+                "trusted_networks": ["127.0.0.1/32"],
+                "idle_timeout": 0.5,
+            },
         }
     )
     idle_fds = fd_count(srv.pid)
@@ -214,5 +225,7 @@ def test_soak_memory_flat_and_no_fd_leak(make_server, smtp_sink: SmtpSink) -> No
     while (read_queue(srv.spool_dir) or fd_count(srv.pid) > idle_fds + 2) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert read_queue(srv.spool_dir) == [], "the queue did not drain"
-    assert fd_count(srv.pid) <= idle_fds + 2, f"{fd_count(srv.pid)} descriptors open at rest, {idle_fds} before the soak: {os.listdir(f'/proc/{srv.pid}/fd')}"
+    assert fd_count(srv.pid) <= idle_fds + 2, (
+        f"{fd_count(srv.pid)} descriptors open at rest, {idle_fds} before the soak: {os.listdir(f'/proc/{srv.pid}/fd')}"
+    )
     assert "internal error" not in srv.log() and "Traceback" not in srv.log()

@@ -11,13 +11,14 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from .harness import DOMAIN, SMTPClient, Server, check, check_delivered, merge, smtprs_command, split_fields
+from .harness import DOMAIN, Server, SMTPClient, check, check_delivered, merge, smtprs_command, split_fields
 from .peers import SinkDump, SmtpSink
 
 pytestmark = pytest.mark.e2e
@@ -107,8 +108,22 @@ def queue_files(server: Server) -> list[str]:
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_swaks_starttls_auth(msa: Server, mech: str) -> None:
-    p = swaks(msa.ports["submission"], "--tls", "--auth", mech, "--auth-user", USER, "--auth-password", PASSWORD,
-              "--from", USER, "--to", f"bob@{DOMAIN}", "--header", f"Subject: swaks {mech}")
+    p = swaks(
+        msa.ports["submission"],
+        "--tls",
+        "--auth",
+        mech,
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        USER,
+        "--to",
+        f"bob@{DOMAIN}",
+        "--header",
+        f"Subject: swaks {mech}",
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "235 2.7.0" in p.stdout
     qid = swaks_qid(p.stdout)
@@ -123,8 +138,20 @@ def test_swaks_starttls_auth(msa: Server, mech: str) -> None:
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_swaks_tls_on_connect_auth(msa: Server, mech: str) -> None:
-    p = swaks(msa.ports["submissions"], "--tls-on-connect", "--auth", mech, "--auth-user", USER, "--auth-password", PASSWORD,
-              "--from", USER, "--to", f"bob@{DOMAIN}")
+    p = swaks(
+        msa.ports["submissions"],
+        "--tls-on-connect",
+        "--auth",
+        mech,
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        USER,
+        "--to",
+        f"bob@{DOMAIN}",
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     qid = swaks_qid(p.stdout)
     (f,) = msa.wait_mail("bob", 1)
@@ -133,8 +160,20 @@ def test_swaks_tls_on_connect_auth(msa: Server, mech: str) -> None:
 
 
 def test_swaks_wrong_password(msa: Server) -> None:
-    p = swaks(msa.ports["submission"], "--tls", "--auth", "PLAIN", "--auth-user", USER, "--auth-password", WRONG,
-              "--from", USER, "--to", f"bob@{DOMAIN}")
+    p = swaks(
+        msa.ports["submission"],
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        WRONG,
+        "--from",
+        USER,
+        "--to",
+        f"bob@{DOMAIN}",
+    )
     assert p.returncode != 0
     assert "535 5.7.8" in p.stdout, p.stdout
     assert msa.mail("bob") == []
@@ -216,17 +255,24 @@ def test_smtplib_mail_before_auth_gets_530(msa: Server, credentials: dict[str, P
     assert queue_files(msa) == []
 
 
-def test_authenticated_user_relays_and_it_is_delivered(make_server: Callable[..., Server], credentials: dict[str, Path], tmp_path: Path) -> None:
+def test_authenticated_user_relays_and_it_is_delivered(
+    make_server: Callable[..., Server], credentials: dict[str, Path], tmp_path: Path
+) -> None:
     sink = SmtpSink(tmp_path / "sink").start()  # the next hop for elsewhere.test
     try:
-        msa = make_server(merge(msa_config(credentials), {"relay": {"transport": {"elsewhere.test": f"[127.0.0.1]:{sink.port}"}}}), modes=MODES)
+        msa = make_server(
+            merge(msa_config(credentials), {"relay": {"transport": {"elsewhere.test": f"[127.0.0.1]:{sink.port}"}}}),
+            modes=MODES,
+        )
         with smtplib.SMTP("127.0.0.1", msa.ports["submission"], timeout=15) as s:
             s.starttls(context=client_context(credentials))
             s.login(USER, PASSWORD)
             s.sendmail(USER, ["friend@elsewhere.test"], b"Subject: out\r\n\r\nto the world\r\n")
         line = msa.wait_log(r"from=<alice@example\.test>, .*sasl_username=alice@example\.test \(queue active\)")
         qid = line.split(": ")[1]
-        msa.wait_log(rf"{qid}: to=<friend@elsewhere\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, .*status=sent")
+        msa.wait_log(
+            rf"{qid}: to=<friend@elsewhere\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, .*status=sent"
+        )
         (dump,) = sink.wait_dumps(1)
         got = SinkDump.read(dump)
         assert got.mail_args.startswith(f"<{USER}>") and got.rcpt_args == ["<friend@elsewhere.test>"]
@@ -341,7 +387,9 @@ def test_starttls_injection_of_a_whole_transaction(msa: Server, credentials: dic
 
 def test_passwd_command(tmp_path: Path, msa: Server, credentials: dict[str, Path]) -> None:
     users = tmp_path / "users"
-    p = run("passwd", "add", "dave@example.test", "--stdin", "--file", str(users), cwd=tmp_path, input="dave's secret\n")
+    p = run(
+        "passwd", "add", "dave@example.test", "--stdin", "--file", str(users), cwd=tmp_path, input="dave's secret\n"
+    )
     assert p.returncode == 0 and "added dave@example.test" in p.stdout, p.stderr
     text = users.read_text()
     assert "dave's secret" not in text and "dave@example.test:$scrypt$ln=14,r=8,p=1$" in text
@@ -374,10 +422,14 @@ def test_passwd_command(tmp_path: Path, msa: Server, credentials: dict[str, Path
 
 def test_check_config_with_submission(tmp_path: Path, credentials: dict[str, Path]) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2587"\nmode = "submission"\n')
+    cfg.write_text(
+        f'data_dir = "{tmp_path}/data"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2587"\nmode = "submission"\n'
+    )
     p = run("check-config", "--config", str(cfg), cwd=tmp_path)
     assert p.returncode == 2 and "smtpd.listeners[0].mode" in p.stderr
-    cfg.write_text(cfg.read_text() + f'[smtpd.tls]\ncert_file = "{credentials["cert"]}"\nkey_file = "{tmp_path}/missing.pem"\n')
+    cfg.write_text(
+        cfg.read_text() + f'[smtpd.tls]\ncert_file = "{credentials["cert"]}"\nkey_file = "{tmp_path}/missing.pem"\n'
+    )
     p = run("check-config", "--config", str(cfg), cwd=tmp_path)
     assert p.returncode == 2 and "smtpd.tls.key_file: cannot read" in p.stderr
     cfg.write_text(cfg.read_text().replace(f"{tmp_path}/missing.pem", str(credentials["key"])))
@@ -401,7 +453,9 @@ def test_example_config(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "examples" / "smtprs.toml"
     # as shipped: it is valid, only the certificate is not on this machine
     p = run("check-config", "--config", str(example), cwd=tmp_path)
-    assert p.returncode == 2 and p.stderr.startswith("smtprs: configuration error: smtpd.tls.cert_file: cannot read /etc/smtprs/tls/cert.pem"), p.stderr
+    assert p.returncode == 2 and p.stderr.startswith(
+        "smtprs: configuration error: smtpd.tls.cert_file: cannot read /etc/smtprs/tls/cert.pem"
+    ), p.stderr
     # with its paths moved under tmp_path and the files made by our own commands, it is ready to run
     etc, var = tmp_path / "etc", tmp_path / "var"
     text = example.read_text().replace("/etc/smtprs", str(etc)).replace("/var/lib/smtprs", str(var))
@@ -413,7 +467,16 @@ def test_example_config(tmp_path: Path) -> None:
     p = run("check-config", "--config", str(cfg), cwd=tmp_path)
     assert p.returncode == 0 and p.stdout == "config ok\n" and p.stderr == "", p.stderr
     text = cfg.read_text()
-    for needed in ('mode = "mx"', 'mode = "submission"', 'mode = "submissions"', ":25\"", ":587\"", ":465\"", "cert_file", "users_file"):
+    for needed in (
+        'mode = "mx"',
+        'mode = "submission"',
+        'mode = "submissions"',
+        ':25"',
+        ':587"',
+        ':465"',
+        "cert_file",
+        "users_file",
+    ):
         assert needed in text
 
 
@@ -433,10 +496,34 @@ def test_no_password_in_the_log_after_everything(msa: Server, credentials: dict[
     """Every way a password can travel, then a grep of the whole log."""
     for mech in ("PLAIN", "LOGIN"):
         for password in (PASSWORD, WRONG):
-            swaks(msa.ports["submission"], "--tls", "--auth", mech, "--auth-user", USER, "--auth-password", password,
-                  "--from", USER, "--to", f"bob@{DOMAIN}")
+            swaks(
+                msa.ports["submission"],
+                "--tls",
+                "--auth",
+                mech,
+                "--auth-user",
+                USER,
+                "--auth-password",
+                password,
+                "--from",
+                USER,
+                "--to",
+                f"bob@{DOMAIN}",
+            )
     # a password typed as the user name must not be logged either
-    swaks(msa.ports["submissions"], "--tls-on-connect", "--auth", "LOGIN", "--auth-user", PASSWORD, "--auth-password", WRONG,
-          "--from", USER, "--to", f"bob@{DOMAIN}")
+    swaks(
+        msa.ports["submissions"],
+        "--tls-on-connect",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        PASSWORD,
+        "--auth-password",
+        WRONG,
+        "--from",
+        USER,
+        "--to",
+        f"bob@{DOMAIN}",
+    )
     time.sleep(0.2)
     assert_no_secrets(msa)

@@ -19,7 +19,9 @@ from smtprs.smtpd.session import Session
 
 
 async def _dialogue(tmp_path: Path, data: bytes) -> list[bytes]:
-    cfg = config.load(None, overrides={"data_dir": str(tmp_path), "hostname": "mx.test", "local": {"domains": ["example.test"]}})
+    cfg = config.load(
+        None, overrides={"data_dir": str(tmp_path), "hostname": "mx.test", "local": {"domains": ["example.test"]}}
+    )
     ctx = build(cfg)
     ctx.spool.open()
     client, server = trio.testing.memory_stream_pair()
@@ -65,6 +67,8 @@ async def test_long_unsupported_parameter_is_answered_not_fatal(tmp_path: Path) 
     reply line went over 512 octets and the session died with ValueError.
     Fixed in python/smtprs/smtpd/session.py (the keyword is cut at 64)."""
     for verb in (b"MAIL FROM:<a@b.test>", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>"):
-        lines = await _dialogue(tmp_path, b"EHLO c\r\n" + verb + b" " + b"K" * 482 + b"\r\nQUIT\r\n")  # line <= 512, reply 514
+        lines = await _dialogue(
+            tmp_path, b"EHLO c\r\n" + verb + b" " + b"K" * 482 + b"\r\nQUIT\r\n"
+        )  # line <= 512, reply 514
         assert lines[-2] == b"555 5.5.4 Unsupported option: " + b"K" * 64
         assert lines[-1].startswith(b"221 ")

@@ -50,14 +50,14 @@ from unittest import mock
 import trio
 import trio.testing
 from hypothesis import assume, event, example, given, note
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from smtprs import _core, config
 from smtprs.config import Listener
+from smtprs.daemon import ServerContext, build
 from smtprs.queue.spool import Spool
 from smtprs.smtpd import auth
-from smtprs.daemon import ServerContext, build
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
@@ -142,7 +142,17 @@ HEADER_LINES = [
 ]
 BODY_LINES = [b"", b".", b"..", b".leading dot", b"...", b"x" * 998, b"x" * 1200, b"\xff\xfe binary-ish", b"tab\there"]
 # Every way of ending DATA other than CRLF.CRLF that some MTA once accepted.
-SMUGGLE_ENDS = [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r", b"\r\n\x00.\r\n", b"\r\n.\x00\r\n"]
+SMUGGLE_ENDS = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r\n.\n",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\n.\r",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\x00\r\n",
+]
 MISC_COMMANDS = [
     b"NOOP",
     b"RSET",
@@ -230,7 +240,9 @@ def transactions(draw: st.DrawFn, d: Dialogue, clean: bool = False) -> None:
         rcpt = _mostly(draw, RECIPIENTS[:4], RECIPIENTS)
         params = _param_text(draw, RCPT_PARAMS) if draw(st.integers(0, 5)) == 0 else ""
         d.add(f"RCPT TO:{rcpt}{params}\r\n".encode())
-    how = draw(st.sampled_from(["DATA", "DATA", "BDAT", "none"] if clean else ["DATA", "DATA", "BDAT", "smuggle", "none"]))
+    how = draw(
+        st.sampled_from(["DATA", "DATA", "BDAT", "none"] if clean else ["DATA", "DATA", "BDAT", "smuggle", "none"])
+    )
     if how == "DATA":
         body = draw(bodies())
         if draw(st.integers(0, 19)) == 0:  # over the spool's inline limit: a content file of its own
@@ -278,7 +290,11 @@ def dialogues(draw: st.DrawFn, clean: bool = False) -> Dialogue:
             d.add(command + b"\r\n")
         else:
             n = draw(st.sampled_from([511, 512, 513, 1000, 5000, 20000, 100_000]))
-            d.add(draw(st.sampled_from([b"NOOP ", b"AUTH PLAIN ", b"", b"MAIL FROM:<"])) + b"x" * n + draw(st.sampled_from([b"\r\n", b""])))
+            d.add(
+                draw(st.sampled_from([b"NOOP ", b"AUTH PLAIN ", b"", b"MAIL FROM:<"]))
+                + b"x" * n
+                + draw(st.sampled_from([b"\r\n", b""]))
+            )
             d.pure = False
     if draw(st.booleans()):
         d.add(b"QUIT\r\n")
@@ -380,7 +396,11 @@ def disk_log(log: list[tuple[str, str, bytes]]) -> Iterator[None]:
             log.append(("write", path, bytes(data[:n])))
         return n
 
-    with mock.patch.object(os, "fsync", fsync), mock.patch.object(os, "fdatasync", fdatasync), mock.patch.object(os, "write", write):
+    with (
+        mock.patch.object(os, "fsync", fsync),
+        mock.patch.object(os, "fdatasync", fdatasync),
+        mock.patch.object(os, "write", write),
+    ):
         yield
 
 
@@ -401,7 +421,12 @@ def make_context(data_dir: Path, limits: dict[str, Any], tls: bool) -> ServerCon
         smtpd["tls"] = {"cert_file": str(cert), "key_file": str(key)}
     cfg = config.load(
         None,
-        overrides={"data_dir": str(data_dir), "hostname": "mx.test", "local": {"domains": list(LOCAL_DOMAINS)}, "smtpd": smtpd},
+        overrides={
+            "data_dir": str(data_dir),
+            "hostname": "mx.test",
+            "local": {"domains": list(LOCAL_DOMAINS)},
+            "smtpd": smtpd,
+        },
     )
     ctx = build(cfg)
     ctx.spool.open()
@@ -433,7 +458,9 @@ def run_dialogue(
 
         async def serve() -> None:
             try:
-                session = Session(ctx.session, LoggingStream(server, log), "192.0.2.7", 40000, Listener("127.0.0.1:25", mode))  # type: ignore[arg-type]
+                session = Session(
+                    ctx.session, LoggingStream(server, log), "192.0.2.7", 40000, Listener("127.0.0.1:25", mode)
+                )  # type: ignore[arg-type]
                 await session.run()
             finally:
                 await server.aclose()
@@ -553,12 +580,16 @@ def check_outcome(out: Outcome, d: Dialogue | None, limits: dict[str, Any], smug
     # to a segment and that segment fdatasync'd afterwards; a content file of
     # its own (a big message) was fsync'd, and so were the directories.
     for qid in queued:
-        sent = next(i for i, (kind, _, data) in enumerate(out.log) if kind == "send" and f"queued as {qid}\r\n".encode() in data)
+        sent = next(
+            i for i, (kind, _, data) in enumerate(out.log) if kind == "send" and f"queued as {qid}\r\n".encode() in data
+        )
         marker = f'"queue_id":"{qid}"'.encode()
         written = [i for i, (kind, _, data) in enumerate(out.log[:sent]) if kind == "write" and marker in data]
         assert written, f"{qid}: no record written before its 250"
         seg = out.log[written[0]][1]
-        synced = [i for i, (kind, path, _) in enumerate(out.log[:sent]) if kind in ("fsync", "fdatasync") and path == seg]
+        synced = [
+            i for i, (kind, path, _) in enumerate(out.log[:sent]) if kind in ("fsync", "fdatasync") and path == seg
+        ]
         assert any(i > written[0] for i in synced), f"{qid}: segment not synced between its record and the 250"
         assert ("fsync", str(spool.seg_dir), b"") in out.log[:sent], f"{qid}: segment directory never fsync'd"
         own_file = str(spool.files_dir / f"{qid}.msg")
@@ -660,7 +691,9 @@ def test_session_survives_random_dialogues(
     end=st.sampled_from([b"", b".\r\n", b"\r\n.\r\n", b"\r\n\r\n.\r\n"]),
     cuts=CUTS,
 )
-def test_smuggled_message_is_never_queued(before: bytes, crlf: bool, smuggle: bytes, end: bytes, cuts: list[int] | None) -> None:
+def test_smuggled_message_is_never_queued(
+    before: bytes, crlf: bool, smuggle: bytes, end: bytes, cuts: list[int] | None
+) -> None:
     """A DATA accepted with 354 whose body holds a false end (bare CR or LF,
     or a NUL, around the dot) and then a whole second transaction.  The second
     transaction is never queued and never answered as commands; with a bare
@@ -673,7 +706,9 @@ def test_smuggled_message_is_never_queued(before: bytes, crlf: bool, smuggle: by
         b"MAIL FROM:<a@remote.test>\r\n",
         b"RCPT TO:<bob@example.test>\r\n",
         b"DATA\r\n",
-        stuffed + smuggle + f"MAIL FROM:<{SMUGGLED_SENDER}>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nsmuggled\r\n".encode(),
+        stuffed
+        + smuggle
+        + f"MAIL FROM:<{SMUGGLED_SENDER}>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nsmuggled\r\n".encode(),
         end,
         b"QUIT\r\n",
     ]

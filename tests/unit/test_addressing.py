@@ -9,8 +9,8 @@ import pytest
 
 from smtprs import _core
 from smtprs.errors import ConfigError
-from smtprs.route.aliases import load_aliases, load_virtual
 from smtprs.hops import LmtpMailbox, LocalMailbox, MboxMailbox, RemoteHop, Unroutable
+from smtprs.route.aliases import load_aliases, load_virtual
 from smtprs.route.router import MAX_ALIAS_DEPTH, Expansion, Router
 
 from .conftest import make_config
@@ -167,7 +167,9 @@ def test_unknown_alias_target_is_refused_naming_it(tmp_path):
 def test_sub_addressing(tmp_path):
     r = router(tmp_path, "list: alice\n", users=["alice"])
     assert expand(r, "alice+news@example.test") == ("alice+news@example.test",)
-    assert r.route("alice+news@example.test") == LocalMailbox("alice", "example.test", Path(r.cfg.maildir_path("alice", "example.test")))
+    assert r.route("alice+news@example.test") == LocalMailbox(
+        "alice", "example.test", Path(r.cfg.maildir_path("alice", "example.test"))
+    )
     assert expand(r, "list+tag@example.test") == ("alice@example.test",)  # alias found by its base name
     assert isinstance(expand(r, "bob+x@example.test"), Unroutable)
 

@@ -33,7 +33,13 @@ def _env(**params: str) -> Envelope:
                 last_attempt=1_700_000_100.0,
                 params={"NOTIFY": "FAILURE", "ORCPT": "rfc822;Ghost@remote.test"},
             ),
-            Recipient("late@remote.test", state="failed", status="4.4.7", last_error="message expired after 432000s in the queue; last error: connect to x: Connection refused", last_attempt=1_700_000_200.0),
+            Recipient(
+                "late@remote.test",
+                state="failed",
+                status="4.4.7",
+                last_error="message expired after 432000s in the queue; last error: connect to x: Connection refused",
+                last_attempt=1_700_000_200.0,
+            ),
         ],
         arrival=1_700_000_000.0,
         size=len(ORIGINAL),
@@ -56,7 +62,16 @@ def _blocks(msg: email.message.EmailMessage) -> list[dict[str, str]]:
 def test_failure_dsn_fields():
     env = _env(ENVID="env 42")
     entries = [Entry(env.recipients[0], "failed"), Entry(env.recipients[1], "failed")]
-    data = build_dsn(env, entries, "failed", hostname="mx.test", notice_id="N1", original=header_block(ORIGINAL), full=False, now=1_700_000_300.0)
+    data = build_dsn(
+        env,
+        entries,
+        "failed",
+        hostname="mx.test",
+        notice_id="N1",
+        original=header_block(ORIGINAL),
+        full=False,
+        now=1_700_000_300.0,
+    )
     msg = _parse(data)
     assert msg["To"].addresses[0].addr_spec == "sender@example.test"
     assert msg["From"].addresses[0].addr_spec == "MAILER-DAEMON@mx.test"
@@ -92,7 +107,16 @@ def test_failure_dsn_fields():
 
 def test_ret_full_carries_the_message():
     env = _env(RET="FULL")
-    data = build_dsn(env, [Entry(env.recipients[0], "failed")], "failed", hostname="mx.test", notice_id="N2", original=ORIGINAL, full=True, now=1_700_000_300.0)
+    data = build_dsn(
+        env,
+        [Entry(env.recipients[0], "failed")],
+        "failed",
+        hostname="mx.test",
+        notice_id="N2",
+        original=ORIGINAL,
+        full=True,
+        now=1_700_000_300.0,
+    )
     msg = _parse(data)
     returned = list(msg.iter_parts())[2]
     assert returned.get_content_type() == "message/rfc822"
@@ -103,15 +127,33 @@ def test_ret_full_carries_the_message():
 
 def test_success_and_delay_notices():
     env = _env()
-    r = Recipient("ok@remote.test", state="delivered", status="2.0.0", remote_mta="mx.remote.test", diagnostic="250 2.0.0 Ok")
+    r = Recipient(
+        "ok@remote.test", state="delivered", status="2.0.0", remote_mta="mx.remote.test", diagnostic="250 2.0.0 Ok"
+    )
     env.recipients.append(r)
-    msg = _parse(build_dsn(env, [Entry(r, "relayed")], "success", hostname="mx.test", notice_id="N3", original=b"", full=False, now=1.0))
+    msg = _parse(
+        build_dsn(
+            env, [Entry(r, "relayed")], "success", hostname="mx.test", notice_id="N3", original=b"", full=False, now=1.0
+        )
+    )
     assert msg["Subject"] == "Successful Mail Delivery Report"
     assert len(list(msg.iter_parts())) == 2  # no returned content (RFC 3461 4.3)
     _, block = _blocks(msg)
     assert block["action"] == "relayed" and block["status"] == "2.0.0"
     d = Recipient("slow@remote.test", state="deferred", status="4.3.0", diagnostic="451 4.3.0 try later")
-    msg = _parse(build_dsn(env, [Entry(d, "delayed")], "delayed", hostname="mx.test", notice_id="N4", original=header_block(ORIGINAL), full=False, now=1.0, retry_until=1_700_432_000.0))
+    msg = _parse(
+        build_dsn(
+            env,
+            [Entry(d, "delayed")],
+            "delayed",
+            hostname="mx.test",
+            notice_id="N4",
+            original=header_block(ORIGINAL),
+            full=False,
+            now=1.0,
+            retry_until=1_700_432_000.0,
+        )
+    )
     assert msg["Subject"] == "Delayed Mail (still being retried)"
     _, block = _blocks(msg)
     assert block["action"] == "delayed" and block["status"] == "4.3.0"
@@ -122,7 +164,9 @@ def test_utf8_recipient_and_8bit_original():
     env = _env()
     r = Recipient("zoë@bücher.test", state="failed", status="5.6.7", last_error="SMTPUTF8 is required")
     original = b"Subject: caf\xc3\xa9\r\n"
-    data = build_dsn(env, [Entry(r, "failed")], "failed", hostname="mx.test", notice_id="N5", original=original, full=False, now=1.0)
+    data = build_dsn(
+        env, [Entry(r, "failed")], "failed", hostname="mx.test", notice_id="N5", original=original, full=False, now=1.0
+    )
     assert b"Content-Transfer-Encoding: 8bit" in data
     _, block = _blocks(_parse(data))
     assert block["final-recipient"] == "utf-8; zoë@bücher.test"
@@ -130,7 +174,16 @@ def test_utf8_recipient_and_8bit_original():
 
 def test_boundary_is_not_in_the_content():
     env = _env()
-    data = build_dsn(env, [Entry(env.recipients[0], "failed")], "failed", hostname="mx.test", notice_id="N6", original=ORIGINAL, full=True, now=1.0)
+    data = build_dsn(
+        env,
+        [Entry(env.recipients[0], "failed")],
+        "failed",
+        hostname="mx.test",
+        notice_id="N6",
+        original=ORIGINAL,
+        full=True,
+        now=1.0,
+    )
     boundary = _parse(data).get_boundary()
     assert boundary and boundary.encode() not in ORIGINAL
 

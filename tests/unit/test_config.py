@@ -41,7 +41,10 @@ def test_embedded_default_runs_without_a_file():
         ('[local]\nmbox = "mbox/all"\n', "local.mbox"),
         ('[local]\nvirtual_domains = ["localhost"]\n', "local.virtual_domains[0]"),
         ('[local]\nrecipient_delimiter = "@"\n', "local.recipient_delimiter"),
-        ('[local]\ndelivery = "lmtp"\nlmtp = "127.0.0.1:2424"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2424"\nmode = "lmtp"\n', "local.lmtp"),
+        (
+            '[local]\ndelivery = "lmtp"\nlmtp = "127.0.0.1:2424"\n[[smtpd.listeners]]\naddress = "127.0.0.1:2424"\nmode = "lmtp"\n',
+            "local.lmtp",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path, toml, key):

@@ -8,17 +8,24 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from smtprs.content import Content
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.lmtp import LmtpAgent
-from smtprs.content import Content
 from smtprs.hops import LmtpMailbox
 
 
 class FakeLmtp:
     """A scripted LMTP server: records what it got, answers from a table."""
 
-    def __init__(self, stream: trio.abc.Stream, *, pipelining: bool = True, rcpt: dict[str, bytes] | None = None,
-                 final: list[bytes] | None = None, drop_after_final: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        pipelining: bool = True,
+        rcpt: dict[str, bytes] | None = None,
+        final: list[bytes] | None = None,
+        drop_after_final: int | None = None,
+    ) -> None:
         self.stream = stream
         self.pipelining = pipelining
         self.rcpt = rcpt or {}
@@ -80,11 +87,18 @@ class FakeLmtp:
             pass
 
 
-def make_request(tmp_path: Path, users: list[str], content: bytes = b"Subject: t\r\n\r\n.leading dot\r\nbody\r\n", params=None) -> DeliveryRequest:
+def make_request(
+    tmp_path: Path, users: list[str], content: bytes = b"Subject: t\r\n\r\n.leading dot\r\nbody\r\n", params=None
+) -> DeliveryRequest:
     path = tmp_path / "Q1.msg"
     path.write_bytes(content)
-    targets = tuple(Target(i, f"{u}@example.test", LmtpMailbox(u, "example.test", f"{u}@example.test", "127.0.0.1:24")) for i, u in enumerate(users))
-    return DeliveryRequest("Q1", "s@remote.test", Content(path, 0, len(content)), 0.0, targets, len(content), params or {})
+    targets = tuple(
+        Target(i, f"{u}@example.test", LmtpMailbox(u, "example.test", f"{u}@example.test", "127.0.0.1:24"))
+        for i, u in enumerate(users)
+    )
+    return DeliveryRequest(
+        "Q1", "s@remote.test", Content(path, 0, len(content)), 0.0, targets, len(content), params or {}
+    )
 
 
 async def run_agent(tmp_path, fake_kwargs, users, **req):  # type: ignore[no-untyped-def]
@@ -105,7 +119,13 @@ async def run_agent(tmp_path, fake_kwargs, users, **req):  # type: ignore[no-unt
 async def test_one_reply_per_recipient_each_recorded_on_its_own(tmp_path):
     fake, out = await run_agent(
         tmp_path,
-        {"final": [b"250 2.0.0 <alice@example.test> Saved", b"452 4.2.2 <bob@example.test> Quota exceeded", b"552 5.2.2 <carol@example.test> Mailbox full for good"]},
+        {
+            "final": [
+                b"250 2.0.0 <alice@example.test> Saved",
+                b"452 4.2.2 <bob@example.test> Quota exceeded",
+                b"552 5.2.2 <carol@example.test> Mailbox full for good",
+            ]
+        },
         ["alice", "bob", "carol"],
     )
     assert [(o.index, o.status) for o in out] == [(0, "delivered"), (1, "deferred"), (2, "failed")]
@@ -113,12 +133,20 @@ async def test_one_reply_per_recipient_each_recorded_on_its_own(tmp_path):
     assert all(o.relay == "127.0.0.1:24" for o in out)
     assert fake.commands[0] == b"LHLO mx.test"
     assert fake.commands[1].startswith(b"MAIL FROM:<s@remote.test>")
-    assert fake.commands[2:5] == [b"RCPT TO:<alice@example.test>", b"RCPT TO:<bob@example.test>", b"RCPT TO:<carol@example.test>"]
+    assert fake.commands[2:5] == [
+        b"RCPT TO:<alice@example.test>",
+        b"RCPT TO:<bob@example.test>",
+        b"RCPT TO:<carol@example.test>",
+    ]
     assert fake.data == b"Subject: t\r\n\r\n..leading dot\r\nbody\r\n"  # dot-stuffed on the wire
 
 
 async def test_refused_rcpt_fails_alone_and_gets_no_final_reply(tmp_path):
-    fake, out = await run_agent(tmp_path, {"rcpt": {"bob@example.test": b"550 5.1.1 <bob@example.test> User doesn't exist"}}, ["alice", "bob", "carol"])
+    fake, out = await run_agent(
+        tmp_path,
+        {"rcpt": {"bob@example.test": b"550 5.1.1 <bob@example.test> User doesn't exist"}},
+        ["alice", "bob", "carol"],
+    )
     assert [o.status for o in out] == ["delivered", "failed", "delivered"]
     assert "RCPT TO" in out[1].detail
 
@@ -143,8 +171,16 @@ async def test_smtputf8_needed_but_not_offered_fails(tmp_path):
 async def test_unreachable_server_defers_everyone(tmp_path):
     agent = LmtpAgent("mx.test", timeout=5)
     req = make_request(tmp_path, ["alice", "bob"])
-    req = DeliveryRequest(req.queue_id, req.sender, req.content, req.arrival,
-                          tuple(Target(t.index, t.address, LmtpMailbox(t.hop.user, t.hop.domain, t.hop.rcpt, f"unix:{tmp_path}/nothing")) for t in req.targets))  # type: ignore[union-attr]
+    req = DeliveryRequest(
+        req.queue_id,
+        req.sender,
+        req.content,
+        req.arrival,
+        tuple(
+            Target(t.index, t.address, LmtpMailbox(t.hop.user, t.hop.domain, t.hop.rcpt, f"unix:{tmp_path}/nothing"))
+            for t in req.targets
+        ),
+    )  # type: ignore[union-attr]
     out = await agent.deliver(req)
     assert [o.status for o in out] == ["deferred", "deferred"]
     assert "cannot connect" in out[0].detail

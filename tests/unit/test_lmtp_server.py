@@ -67,7 +67,9 @@ async def test_one_reply_per_rcpt_after_delivery(ctx_factory, tmp_path):
         # the mail is in the mailboxes now (before QUIT), once for alice
         assert len(maildir_new(tmp_path, "alice")) == 1 and len(maildir_new(tmp_path, "bob")) == 1
         content = maildir_new(tmp_path, "bob")[0].read_bytes()
-        assert content.startswith(b"Return-Path: <a@remote.test>\nDelivered-To: bob+x@example.test\nReceived: from client.test")
+        assert content.startswith(
+            b"Return-Path: <a@remote.test>\nDelivered-To: bob+x@example.test\nReceived: from client.test"
+        )
         assert b"with LMTP id" in content and content.endswith(b"\n\nSubject: lmtp\n\nbody\n"[2:])
         assert (await c.cmd("QUIT")).code == 221
     assert ctx.spool.count == 0 and list(ctx.spool.files_dir.iterdir()) == []  # nothing queued, nothing left behind
@@ -114,7 +116,9 @@ async def test_bdat_last_gets_per_rcpt_replies(ctx_factory, tmp_path):
     async with trio.open_nursery() as n:
         c = await start_lmtp(n, ctx)
         await c.cmd("LHLO client.test")
-        await c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT 22 LAST\r\nSubject: b\r\n\r\nFrom x\r\n")
+        await c.send(
+            b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT 22 LAST\r\nSubject: b\r\n\r\nFrom x\r\n"
+        )
         codes = [(await c.reply()).code for _ in range(4)]
         assert codes == [250, 250, 250, 250]
         n.cancel_scope.cancel()

@@ -44,7 +44,10 @@ def test_plain_lines_have_postfix_form_and_this_pid(tmp_path: Path, restore_logg
     assert m is not None, got[0]
     assert int(m.group(1)) == os.getpid()
     assert m.group(2) == "C000001: connect from [192.0.2.1]:40000"
-    assert PLAIN.match(got[1]).group(2) == "ABCD: from=<a@example.org>, size=1234, nrcpt=2, client=[192.0.2.1]:40000 (queue active)"  # type: ignore[union-attr]
+    assert (
+        PLAIN.match(got[1]).group(2)
+        == "ABCD: from=<a@example.org>, size=1234, nrcpt=2, client=[192.0.2.1]:40000 (queue active)"
+    )  # type: ignore[union-attr]
 
 
 def test_json_event_is_the_maillog_function(tmp_path: Path, restore_logging: None) -> None:
@@ -68,7 +71,7 @@ def test_level_filters_lines(tmp_path: Path, restore_logging: None) -> None:
     maillog.connect("C1", "[192.0.2.1]:1")  # info: not written
     maillog.warning("something odd")
     got = lines(log)
-    assert len(got) == 1 and got[0].endswith("smtprs[%d]: something odd" % os.getpid())
+    assert len(got) == 1 and got[0].endswith(f"smtprs[{os.getpid()}]: something odd")
 
 
 def test_a_reopened_file_appends_and_the_old_descriptor_is_closed(tmp_path: Path, restore_logging: None) -> None:
@@ -125,7 +128,9 @@ def test_records_carry_what_a_standard_formatter_reads(restore_logging: None) ->
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(processName)s %(thread)d %(threadName)s %(module)s %(funcName)s: %(message)s")
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(processName)s %(thread)d %(threadName)s %(module)s %(funcName)s: %(message)s"
+        )
     )
     maillog.use_handler(handler, "info")
     maillog.removed("ABCD")

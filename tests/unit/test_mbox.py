@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from smtprs.content import Content
 from smtprs.deliver import mbox as mbox_mod
 from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.mbox import MboxAgent, MboxrdQuoter
-from smtprs.content import Content
 from smtprs.hops import MboxMailbox
 
 BODY_WITH_FROMS = (
@@ -65,10 +65,20 @@ def test_quoting_is_the_same_whatever_the_chunking():
     assert quote_all(text, [1] * len(text)) == want
 
 
-def request(tmp_path: Path, content: bytes, qid: str = "Q1", sender: str = "s@remote.test", arrival: float = 1732867200.0, users=("alice",)) -> DeliveryRequest:
+def request(
+    tmp_path: Path,
+    content: bytes,
+    qid: str = "Q1",
+    sender: str = "s@remote.test",
+    arrival: float = 1732867200.0,
+    users=("alice",),
+) -> DeliveryRequest:
     path = tmp_path / f"{qid}.msg"
     path.write_bytes(content)
-    targets = tuple(Target(i, f"{u}@example.test", MboxMailbox(u, "example.test", tmp_path / "mbox" / u)) for i, u in enumerate(users))
+    targets = tuple(
+        Target(i, f"{u}@example.test", MboxMailbox(u, "example.test", tmp_path / "mbox" / u))
+        for i, u in enumerate(users)
+    )
     return DeliveryRequest(qid, sender, Content(path, 0, len(content)), arrival, targets)
 
 
@@ -88,7 +98,9 @@ async def test_delivered_mbox_reads_back_with_python_mailbox(tmp_path):
     assert msgs[0]["Return-Path"] == "<s@remote.test>" and msgs[0]["Delivered-To"] == "alice@example.test"
     assert msgs[1]["Return-Path"] == "<>"
     raw0 = box.get_bytes(0)
-    assert raw0 == b"Return-Path: <s@remote.test>\nDelivered-To: alice@example.test\n" + quote_all(m1.replace(b"\r\n", b"\n"), [])
+    assert raw0 == b"Return-Path: <s@remote.test>\nDelivered-To: alice@example.test\n" + quote_all(
+        m1.replace(b"\r\n", b"\n"), []
+    )
     assert unquote_mboxrd(raw0).endswith(m1.replace(b"\r\n", b"\n"))
     assert box.get_bytes(1).endswith(b"\n\nno trailing newline\n")
     box.close()

@@ -105,7 +105,9 @@ async def test_timeout_is_temporary(tmp_path: Path) -> None:
 
 
 async def test_answers_are_cached_for_their_ttl(tmp_path: Path) -> None:
-    d = Dnsmasq(tmp_path / "dns", ["--mx-host=cached.test,mx.cached.test,5", "--host-record=mx.cached.test,127.0.0.50"], ttl=600).start()
+    d = Dnsmasq(
+        tmp_path / "dns", ["--mx-host=cached.test,mx.cached.test,5", "--host-record=mx.cached.test,127.0.0.50"], ttl=600
+    ).start()
     try:
         r = resolver(d)
         first = await r.hosts("cached.test", True)
@@ -113,7 +115,9 @@ async def test_answers_are_cached_for_their_ttl(tmp_path: Path) -> None:
     finally:
         d.stop()
     assert await r.hosts("cached.test", True) == first  # the server is gone: from the cache
-    d0 = Dnsmasq(tmp_path / "dns0", ["--mx-host=zero.test,mx.zero.test,5", "--host-record=mx.zero.test,127.0.0.51"]).start()
+    d0 = Dnsmasq(
+        tmp_path / "dns0", ["--mx-host=zero.test,mx.zero.test,5", "--host-record=mx.zero.test,127.0.0.51"]
+    ).start()
     try:
         r = resolver(d0)
         await r.hosts("zero.test", True)

@@ -94,10 +94,14 @@ def maildir(tmp_path: Path) -> Path:
 
 def context(tmp_path: Path, **kw) -> Pop3Context:  # type: ignore[no-untyped-def]
     kw.setdefault("allow_plaintext", True)
-    return Pop3Context("mx.test", FakeVerifier({"alice": "secret", "bob": "pw"}), lambda user: tmp_path / "mail" / user.lower(), **kw)
+    return Pop3Context(
+        "mx.test", FakeVerifier({"alice": "secret", "bob": "pw"}), lambda user: tmp_path / "mail" / user.lower(), **kw
+    )
 
 
-async def start(nursery: trio.Nursery, ctx: Pop3Context, *, implicit_tls: bool = False, client_tls: ssl.SSLContext | None = None) -> Pop3Client:
+async def start(
+    nursery: trio.Nursery, ctx: Pop3Context, *, implicit_tls: bool = False, client_tls: ssl.SSLContext | None = None
+) -> Pop3Client:
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
@@ -279,16 +283,22 @@ def tls_pair(tmp_path_factory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     d = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.test")]), critical=False)
         .sign(key, hashes.SHA256())
     )
     (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(d / "cert.pem", d / "key.pem")
     client = ssl.create_default_context(cafile=str(d / "cert.pem"))
@@ -319,7 +329,9 @@ async def test_stls_then_login(tmp_path, maildir, tls_pair):
 async def test_implicit_tls(tmp_path, maildir, tls_pair):
     server_tls, client_tls = tls_pair
     async with trio.open_nursery() as n:
-        c = await start(n, context(tmp_path, tls=server_tls, allow_plaintext=False), implicit_tls=True, client_tls=client_tls)
+        c = await start(
+            n, context(tmp_path, tls=server_tls, allow_plaintext=False), implicit_tls=True, client_tls=client_tls
+        )
         _, caps = await c.multi("CAPA")
         assert b"STLS" not in caps and b"USER" in caps
         assert (await login(c)).startswith(b"+OK")

@@ -35,7 +35,9 @@ class SlowAgent:
 async def queue_one(ctx) -> str:  # type: ignore[no-untyped-def]
     w = ctx.spool.create()
     w.write(b"Subject: one\r\nX-Test: yes\r\n\r\nbody\r\n")
-    env = Envelope(queue_id=w.queue_id, sender="a@b.test", recipients=[Recipient("u@example.test")], arrival=time.time())
+    env = Envelope(
+        queue_id=w.queue_id, sender="a@b.test", recipients=[Recipient("u@example.test")], arrival=time.time()
+    )
     await ctx.spool.commit(w, env)
     ctx.scheduler.submit(env)
     return w.queue_id
@@ -74,7 +76,9 @@ async def test_hold_waits_for_the_attempt_then_nothing_is_tried_until_release(ct
         n.cancel_scope.cancel()
 
 
-async def test_a_command_about_a_message_stuck_in_delivery_answers_busy(ctx_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_command_about_a_message_stuck_in_delivery_answers_busy(
+    ctx_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(scheduler_mod, "BUSY_WAIT", 0.2)
     ctx = ctx_factory()
     agent = SlowAgent()

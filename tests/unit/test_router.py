@@ -52,7 +52,9 @@ def test_transport_map_then_relayhost(tmp_path):
     assert special == RemoteHop("special.test", "10.0.0.5", 2526, False, "verify")
     assert special.destination == "[10.0.0.5]:2526"
     assert r.route("a@deep.sub.test") == RemoteHop("deep.sub.test", "mx.sub.test", 25, True, "may")
-    assert r.route("a@sub.test") == RemoteHop("sub.test", "smart.test", 587, False, "none", auth=True)  # ".sub.test" covers subdomains only
+    assert r.route("a@sub.test") == RemoteHop(
+        "sub.test", "smart.test", 587, False, "none", auth=True
+    )  # ".sub.test" covers subdomains only
     smart = r.route("a@anything.test")
     assert smart.auth and smart.destination == "[smart.test]:587"
     assert r.route("a@other.test").destination == smart.destination  # one next hop: one transaction, one connection

@@ -28,7 +28,9 @@ async def test_delivers_queued_mail_and_survives_many_messages(ctx_factory):
         for i in range(7):
             w = ctx.spool.create()
             w.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
-            env = Envelope(queue_id=w.queue_id, sender="a@b.test", recipients=[Recipient(f"u{i % 2}@example.test")], arrival=1.0)
+            env = Envelope(
+                queue_id=w.queue_id, sender="a@b.test", recipients=[Recipient(f"u{i % 2}@example.test")], arrival=1.0
+            )
             await ctx.spool.commit(w, env)
             ctx.scheduler.submit(env)
         with trio.fail_after(10):
@@ -54,7 +56,9 @@ async def test_a_notice_owed_before_a_crash_is_sent_after_restart(ctx_factory):
     env = Envelope(
         queue_id=w.queue_id,
         sender="alice@example.test",
-        recipients=[Recipient("x@remote.test", state="failed", status="5.1.1", diagnostic="550 5.1.1 no", notice="failed")],
+        recipients=[
+            Recipient("x@remote.test", state="failed", status="5.1.1", diagnostic="550 5.1.1 no", notice="failed")
+        ],
         arrival=time.time(),
     )
     await first.spool.commit(w, env)

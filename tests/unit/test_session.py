@@ -31,7 +31,9 @@ async def test_happy_path_queues_message_durably(ctx_factory):
     assert env.sender == "a@remote.test"
     assert [r.address for r in env.recipients] == ["bob@example.test"]
     content = _content(ctx, qid)
-    assert content.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test (smtprs) with ESMTP id " + qid.encode())
+    assert content.startswith(
+        b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test (smtprs) with ESMTP id " + qid.encode()
+    )
     assert content.endswith(b"\r\n\r\nSubject: hi\r\n\r\n.dot\r\nbody\r\n"[4:])
 
 
@@ -106,7 +108,9 @@ async def test_pipelined_replies_come_in_order_in_one_write(ctx_factory):
     async with trio.open_nursery() as n:
         c = await start_session(n, ctx)
         await c.cmd("EHLO x")
-        await c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u1@example.test>\r\nRCPT TO:<nobody@elsewhere.test>\r\nRCPT TO:<u2@example.test>\r\nDATA\r\n")
+        await c.send(
+            b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u1@example.test>\r\nRCPT TO:<nobody@elsewhere.test>\r\nRCPT TO:<u2@example.test>\r\nDATA\r\n"
+        )
         codes = [(await c.reply()).code for _ in range(5)]
         assert codes == [250, 250, 554, 250, 354]
         r = await c.cmd(b"x\r\n.")
@@ -174,10 +178,20 @@ async def test_dsn_parameters_are_checked_and_kept(ctx_factory):
             r = await c.cmd(f"MAIL FROM:<a@remote.test> {bad}")
             assert (r.code, r.enhanced) == (501, "5.5.4"), bad
         assert (await c.cmd("MAIL FROM:<a@remote.test> RET=hdrs ENVID=abc+2Bdef")).code == 250
-        for bad in ("NOTIFY", "ORCPT", "NOTIFY=NEVER,SUCCESS", "NOTIFY=SOMETIMES", "NOTIFY=SUCCESS,SUCCESS", "ORCPT=nosemicolon", "ORCPT=rfc822;"):
+        for bad in (
+            "NOTIFY",
+            "ORCPT",
+            "NOTIFY=NEVER,SUCCESS",
+            "NOTIFY=SOMETIMES",
+            "NOTIFY=SUCCESS,SUCCESS",
+            "ORCPT=nosemicolon",
+            "ORCPT=rfc822;",
+        ):
             r = await c.cmd(f"RCPT TO:<bob@example.test> {bad}")
             assert (r.code, r.enhanced) == (501, "5.5.4"), bad
-        assert (await c.cmd("RCPT TO:<bob@example.test> NOTIFY=success,delay ORCPT=rfc822;Bob+40example.test")).code == 250
+        assert (
+            await c.cmd("RCPT TO:<bob@example.test> NOTIFY=success,delay ORCPT=rfc822;Bob+40example.test")
+        ).code == 250
         assert (await c.cmd("RCPT TO:<carol@example.test>")).code == 250
         assert (await c.cmd("DATA")).code == 354
         r = await c.cmd(b"Subject: dsn\r\n\r\nx\r\n.")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import trio
 
-from smtprs.deliver.base import DeliveryRequest, Target
-from smtprs.deliver.smtp import SmtpAgent
 from smtprs.content import Content
+from smtprs.deliver.base import DeliveryRequest, Target
 from smtprs.deliver.mx import Host
+from smtprs.deliver.smtp import SmtpAgent
 from smtprs.hops import RemoteHop
 
 from .conftest import make_config
@@ -54,7 +54,11 @@ class Peer:
                 self.commands.append(cmd)
                 verb = cmd.split(" ", 1)[0].upper()
                 if verb == "EHLO":
-                    await stream.send_all(b"250-peer.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n" if self.ehlo_ok else b"502 5.5.1 no ESMTP here\r\n")
+                    await stream.send_all(
+                        b"250-peer.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+                        if self.ehlo_ok
+                        else b"502 5.5.1 no ESMTP here\r\n"
+                    )
                 elif verb == "DATA":
                     await stream.send_all(b"354 go\r\n")
                     while b"\r\n.\r\n" not in buf:
@@ -117,7 +121,9 @@ async def test_one_transaction_per_destination_and_helo_fallback(tmp_path: Path)
     async with trio.open_nursery() as n:
         port = await start_peer(n, peer)
         agent = SmtpAgent(cfg, "mx.test")
-        out = await agent.deliver(request(tmp_path, "M1", [target(0, "a@peer.test", port), target(3, "b@peer.test", port)]))
+        out = await agent.deliver(
+            request(tmp_path, "M1", [target(0, "a@peer.test", port), target(3, "b@peer.test", port)])
+        )
         n.cancel_scope.cancel()
     assert sorted((o.index, o.status) for o in out) == [(0, "delivered"), (3, "delivered")]
     assert out[0].relay == f"127.0.0.1[127.0.0.1]:{port}"
@@ -133,7 +139,9 @@ async def test_421_greeting_moves_to_the_next_host(tmp_path: Path) -> None:
     fine = Peer()
     async with trio.open_nursery() as n:
         port = await start_peer(n, busy)  # on 127.0.0.1
-        await n.start(functools.partial(trio.serve_tcp, fine.handle, port, host="127.0.0.2"))  # the same port, the next address
+        await n.start(
+            functools.partial(trio.serve_tcp, fine.handle, port, host="127.0.0.2")
+        )  # the same port, the next address
         agent = SmtpAgent(cfg, "mx.test")
 
         class TwoHosts:  # what the MX lookup would give: preference 10, then 20
@@ -141,7 +149,9 @@ async def test_421_greeting_moves_to_the_next_host(tmp_path: Path) -> None:
                 return [Host("busy.d.test", "127.0.0.1", 10), Host("fine.d.test", "127.0.0.2", 20)]
 
         agent.resolver = TwoHosts()  # type: ignore[assignment]
-        out = await agent.deliver(request(tmp_path, "M1", [Target(0, "x@d.test", RemoteHop("d.test", "d.test", port, True, "none"))]))
+        out = await agent.deliver(
+            request(tmp_path, "M1", [Target(0, "x@d.test", RemoteHop("d.test", "d.test", port, True, "none"))])
+        )
         n.cancel_scope.cancel()
     assert out[0].status == "delivered"
     assert out[0].relay == f"fine.d.test[127.0.0.2]:{port}"

@@ -14,7 +14,9 @@ from smtprs.queue.spool import Spool, read_queue
 
 
 def _env(qid: str, n: int = 1) -> Envelope:
-    return Envelope(queue_id=qid, sender="a@b.test", recipients=[Recipient(f"u{i}@example.test") for i in range(n)], arrival=1.0)
+    return Envelope(
+        queue_id=qid, sender="a@b.test", recipients=[Recipient(f"u{i}@example.test") for i in range(n)], arrival=1.0
+    )
 
 
 async def _put(spool: Spool, body: bytes) -> str:

@@ -16,9 +16,9 @@ import trio.testing
 
 from smtprs import config
 from smtprs.config import Listener
+from smtprs.daemon import ServerContext
 from smtprs.errors import ConfigError
 from smtprs.smtpd import auth
-from smtprs.daemon import ServerContext
 from smtprs.smtpd.session import Session
 from smtprs.smtpd.tls import make_self_signed
 
@@ -243,7 +243,9 @@ async def test_submissions_is_tls_from_the_first_byte(sub_ctx, client_tls):
         assert (await c.cmd(f"MAIL FROM:<{USER}>")).code == 250
         assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250
         assert (await c.cmd("DATA")).code == 354
-        qid = queued_id(await c.cmd(b"Date: Fri, 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n."))
+        qid = queued_id(
+            await c.cmd(b"Date: Fri, 29 Nov 2024 08:00:00 +0000\r\nMessage-ID: <a@b>\r\nSubject: t\r\n\r\nhi\r\n.")
+        )
         n.cancel_scope.cancel()
     content = spooled(ctx, qid)
     head, _, rest = content.partition(b"\r\nDate: Fri")
@@ -314,7 +316,9 @@ async def test_auth_plain_refuses_another_authorization_identity(sub_ctx, client
 
 
 async def test_failure_delay_grows_per_address_and_is_bounded(sub_ctx, client_tls, hashing_clock):
-    ctx = sub_ctx(smtpd={"max_errors": 100, "auth": {"failure_delay": 1.0, "max_failure_delay": 5.0, "failure_window": 600.0}})
+    ctx = sub_ctx(
+        smtpd={"max_errors": 100, "auth": {"failure_delay": 1.0, "max_failure_delay": 5.0, "failure_window": 600.0}}
+    )
 
     async def attempt(c: Client, password: str) -> tuple[int, float]:
         before = trio.current_time()
@@ -495,7 +499,14 @@ async def test_mx_accepts_auth_parameter_from_unauthenticated_clients(ctx_factor
 # -- RFC 6409 fix-ups -----------------------------------------------------------------
 
 
-async def submit(ctx: ServerContext, client_tls: ssl.SSLContext, message: bytes, *, bdat: list[bytes] | None = None, mode: str = "submission") -> bytes:
+async def submit(
+    ctx: ServerContext,
+    client_tls: ssl.SSLContext,
+    message: bytes,
+    *,
+    bdat: list[bytes] | None = None,
+    mode: str = "submission",
+) -> bytes:
     async with trio.open_nursery() as n:
         c = await open_session(n, ctx, mode=mode)
         if mode == "submission":
@@ -539,8 +550,12 @@ async def test_present_fields_are_left_alone(sub_ctx, client_tls):
 async def test_fixups_across_chunks_without_body_and_without_header(sub_ctx, client_tls):
     ctx = sub_ctx()
     # the blank line cut across BDAT chunks
-    out = await submit(ctx, client_tls, b"", bdat=[b"Subject: a\r\nDate: Fri, 29 Nov 2024 08:00:00 +0000\r", b"\n\r", b"\nbody\r\n"])
-    assert out.startswith(b"Message-ID: <") and out.endswith(b"\r\nSubject: a\r\nDate: Fri, 29 Nov 2024 08:00:00 +0000\r\n\r\nbody\r\n")
+    out = await submit(
+        ctx, client_tls, b"", bdat=[b"Subject: a\r\nDate: Fri, 29 Nov 2024 08:00:00 +0000\r", b"\n\r", b"\nbody\r\n"]
+    )
+    assert out.startswith(b"Message-ID: <") and out.endswith(
+        b"\r\nSubject: a\r\nDate: Fri, 29 Nov 2024 08:00:00 +0000\r\n\r\nbody\r\n"
+    )
     # only header fields, no blank line, no body
     out = await submit(ctx, client_tls, b"Subject: only\r\n")
     assert out.split(b"\r\n")[0].startswith(b"Date: ") and out.endswith(b"\r\nSubject: only\r\n")
@@ -634,7 +649,10 @@ def test_sasl_mechanisms():
     "smtpd, key",
     [
         ({"listeners": [{"address": "127.0.0.1:587", "mode": "submission"}]}, "smtpd.listeners[0].mode"),
-        ({"listeners": [{"address": "127.0.0.1:465", "mode": "submissions"}], "auth": {"allow_plaintext": True}}, "smtpd.listeners[0].mode"),
+        (
+            {"listeners": [{"address": "127.0.0.1:465", "mode": "submissions"}], "auth": {"allow_plaintext": True}},
+            "smtpd.listeners[0].mode",
+        ),
         ({"tls": {"cert_file": "c.pem"}}, "smtpd.tls.key_file"),
         ({"tls": {"min_version": "SSLv3"}}, "smtpd.tls.min_version"),
         ({"auth": {"senders": {"alice": ["not an address"]}}}, "smtpd.auth.senders.alice[0]"),
@@ -651,7 +669,10 @@ def test_config_errors(tmp_path, smtpd, key):
 def test_config_plaintext_submission_and_bad_certificate(tmp_path, tls_pair):
     from smtprs.smtpd import tls
 
-    cfg = make_config(tmp_path, smtpd={"listeners": [{"address": "127.0.0.1:587", "mode": "submission"}], "auth": {"allow_plaintext": True}})
+    cfg = make_config(
+        tmp_path,
+        smtpd={"listeners": [{"address": "127.0.0.1:587", "mode": "submission"}], "auth": {"allow_plaintext": True}},
+    )
     assert tls.server_context(cfg) is None
     cfg = make_config(tmp_path, smtpd={"tls": {"cert_file": "nope.pem", "key_file": "nope.key"}})
     with pytest.raises(ConfigError, match=r"^smtpd.tls.cert_file: cannot read"):
@@ -659,9 +680,14 @@ def test_config_plaintext_submission_and_bad_certificate(tmp_path, tls_pair):
     cfg = make_config(tmp_path, smtpd={"tls": {"cert_file": str(tls_pair[0]), "key_file": str(tls_pair[0])}})
     with pytest.raises(ConfigError, match=r"^smtpd.tls.cert_file: cannot use"):
         tls.server_context(cfg)
-    cfg = make_config(tmp_path, smtpd={"tls": {"cert_file": str(tls_pair[0]), "key_file": str(tls_pair[1]), "ciphers": "NO-SUCH-CIPHER"}})
+    cfg = make_config(
+        tmp_path,
+        smtpd={"tls": {"cert_file": str(tls_pair[0]), "key_file": str(tls_pair[1]), "ciphers": "NO-SUCH-CIPHER"}},
+    )
     with pytest.raises(ConfigError, match=r"^smtpd.tls.ciphers:"):
         tls.server_context(cfg)
-    cfg = make_config(tmp_path, smtpd={"tls": {"cert_file": str(tls_pair[0]), "key_file": str(tls_pair[1]), "min_version": "TLSv1.3"}})
+    cfg = make_config(
+        tmp_path, smtpd={"tls": {"cert_file": str(tls_pair[0]), "key_file": str(tls_pair[1]), "min_version": "TLSv1.3"}}
+    )
     assert tls.server_context(cfg).minimum_version == ssl.TLSVersion.TLSv1_3  # type: ignore[union-attr]
     assert config.load(None).smtpd.tls.min_version == "TLSv1.2"

@@ -42,8 +42,12 @@ def router(tmp_path: Path, **local: object) -> Router:
 def test_each_transport_kind_routes(tmp_path: Path) -> None:
     r = router(tmp_path)
     assert r.route("x@lmtp.test") == LmtpMailbox("x", "lmtp.test", "x@lmtp.test", "127.0.0.1:2424")
-    assert r.route("x+tag@a.sub.test") == LmtpMailbox("x+tag", "a.sub.test", "x+tag@a.sub.test", "unix:/run/dovecot/lmtp")
-    assert r.route("x@sub.test") == RemoteHop("sub.test", "sub.test", 25, True, "may")  # .sub.test covers subdomains only
+    assert r.route("x+tag@a.sub.test") == LmtpMailbox(
+        "x+tag", "a.sub.test", "x+tag@a.sub.test", "unix:/run/dovecot/lmtp"
+    )
+    assert r.route("x@sub.test") == RemoteHop(
+        "sub.test", "sub.test", 25, True, "may"
+    )  # .sub.test covers subdomains only
     moved = r.route("x@moved.test")
     assert isinstance(moved, Unroutable) and (moved.reply.code, moved.reply.enhanced) == (550, "5.1.2")
     later = r.route("x@later.test")
@@ -88,8 +92,12 @@ def test_per_address_mailboxes_utf8_and_modes(tmp_path: Path) -> None:
         },
         mailbox_mode="0750",
     )
-    assert r.route("alice+news@example.test") == LocalMailbox("alice", "example.test", Path("/srv/mail/alice"), 0o750, None)
-    assert r.route("carol@example.test") == MboxMailbox("carol", "example.test", tmp_path / "spool/carol.mbox", 0o750, None)
+    assert r.route("alice+news@example.test") == LocalMailbox(
+        "alice", "example.test", Path("/srv/mail/alice"), 0o750, None
+    )
+    assert r.route("carol@example.test") == MboxMailbox(
+        "carol", "example.test", tmp_path / "spool/carol.mbox", 0o750, None
+    )
     assert r.route("JÖSÉ@example.test") == LocalMailbox("jösé", "example.test", tmp_path / "mail/jose", 0o750, None)
     assert r.route("eve@other.test") == MboxMailbox("eve", "other.test", Path("/var/mail/eve"), 0o750, None)
     # listed addresses exist although local.users names only alice; UTF-8 ones too
@@ -108,11 +116,31 @@ def test_per_address_mailboxes_utf8_and_modes(tmp_path: Path) -> None:
         ({"relay": {"transport": {"x.test": "lmtp:"}}}, None, "relay.transport.x.test: lmtp needs a server"),
         ({"relay": {"transport": {"x.test": "error:450 5.1.1 no"}}}, None, "disagree"),
         ({"relay": {"transport": {"@x.test": "local"}}}, None, "relay.transport.@x.test: expected an address"),
-        ({"local": {"domains": ["example.test"], "mailboxes": {"a@example.test": {"maildir": "m", "mbox": "b"}}}}, None, "exactly one of maildir and mbox"),
-        ({"local": {"domains": ["example.test"], "mailboxes": {"a@far.test": {"maildir": "m"}}}}, None, "local.mailboxes.a@far.test: 'far.test' is neither"),
-        ({"local": {"domains": ["example.test"], "mailbox_owner": "no-such-user-here"}}, None, "local.mailbox_owner: no such user"),
-        ({"local": {"domains": ["example.test"], "mailbox_mode": "0644"}}, None, "local.mailbox_mode: expected a mode from 0700"),
-        ({"local": {"domains": ["example.test"], "mailbox_mode": "rwx"}}, None, "local.mailbox_mode: expected an octal mode"),
+        (
+            {"local": {"domains": ["example.test"], "mailboxes": {"a@example.test": {"maildir": "m", "mbox": "b"}}}},
+            None,
+            "exactly one of maildir and mbox",
+        ),
+        (
+            {"local": {"domains": ["example.test"], "mailboxes": {"a@far.test": {"maildir": "m"}}}},
+            None,
+            "local.mailboxes.a@far.test: 'far.test' is neither",
+        ),
+        (
+            {"local": {"domains": ["example.test"], "mailbox_owner": "no-such-user-here"}},
+            None,
+            "local.mailbox_owner: no such user",
+        ),
+        (
+            {"local": {"domains": ["example.test"], "mailbox_mode": "0644"}},
+            None,
+            "local.mailbox_mode: expected a mode from 0700",
+        ),
+        (
+            {"local": {"domains": ["example.test"], "mailbox_mode": "rwx"}},
+            None,
+            "local.mailbox_mode: expected an octal mode",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, section: dict, value: object, message: str) -> None:
@@ -121,7 +149,9 @@ def test_config_errors_name_the_key(tmp_path: Path, section: dict, value: object
 
 
 def test_legacy_values_keep_their_meaning() -> None:
-    assert config.parse_transport("mx.example.org:2525", "k", 25) == config.Transport("smtp", "mx.example.org", 2525, True)
+    assert config.parse_transport("mx.example.org:2525", "k", 25) == config.Transport(
+        "smtp", "mx.example.org", 2525, True
+    )
     assert config.parse_transport("mx.example.org", "k", 25) == config.Transport("smtp", "mx.example.org", 25, True)
     assert config.parse_transport("[::1]:26", "k", 25) == config.Transport("smtp", "::1", 26, False)
     assert config.parse_transport("lmtp:[::1]:24", "k", 25).server == "[::1]:24"
@@ -147,7 +177,12 @@ async def test_error_entries_added_after_queueing_defer_or_bounce_queued_mail(ct
         await n.start(ctx.scheduler.run)
         w = ctx.spool.create()
         w.write(b"Subject: x\r\n\r\nbody\r\n")
-        env = Envelope(queue_id=w.queue_id, sender="", recipients=[Recipient("a@later.test"), Recipient("b@moved.test")], arrival=1e12)
+        env = Envelope(
+            queue_id=w.queue_id,
+            sender="",
+            recipients=[Recipient("a@later.test"), Recipient("b@moved.test")],
+            arrival=1e12,
+        )
         await ctx.spool.commit(w, env)
         ctx.scheduler.submit(env)
         with trio.fail_after(10):

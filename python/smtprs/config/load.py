@@ -171,15 +171,21 @@ def _check(cfg: Config) -> None:
     if cfg.local.delivery == "lmtp":
         for i, lst in enumerate(cfg.smtpd.listeners):
             if lst.mode == "lmtp" and parse_host_port(lst.address, "") == lmtp_target:
-                raise ConfigError(f"local.lmtp: {cfg.local.lmtp} is smtprs's own lmtp listener (smtpd.listeners[{i}]): mail would loop")
+                raise ConfigError(
+                    f"local.lmtp: {cfg.local.lmtp} is smtprs's own lmtp listener (smtpd.listeners[{i}]): mail would loop"
+                )
     local = {d.lower() for d in cfg.local.domains}
     for i, d in enumerate(cfg.local.virtual_domains):
         if not d or any(c in d for c in " /@[]"):
             raise ConfigError(f"local.virtual_domains[{i}]: not a domain name: {d!r}")
         if d.lower() in local:
-            raise ConfigError(f"local.virtual_domains[{i}]: {d!r} is also in local.domains (a domain is either local or virtual)")
+            raise ConfigError(
+                f"local.virtual_domains[{i}]: {d!r} is also in local.domains (a domain is either local or virtual)"
+            )
     if any(c in cfg.local.recipient_delimiter for c in '@" \t\\'):
-        raise ConfigError(f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes")
+        raise ConfigError(
+            f"local.recipient_delimiter: {cfg.local.recipient_delimiter!r} may not contain @, quotes, blanks or backslashes"
+        )
     if cfg.queue.retry_max < cfg.queue.retry_min:
         raise ConfigError("queue.retry_max: must be >= queue.retry_min")
     if not cfg.queue.control_socket:
@@ -217,7 +223,9 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{key}: give exactly one of maildir and mbox")
         parents = {"." + ".".join(d.split(".")[i:]) for i in range(1, d.count(".") + 1)}
         if d not in local_domains and not ({address.lower(), d} | parents) & routed_local:
-            raise ConfigError(f"{key}: {domain!r} is neither in local.domains nor routed to local by relay.transport, so this mailbox would never get mail")
+            raise ConfigError(
+                f"{key}: {domain!r} is neither in local.domains nor routed to local by relay.transport, so this mailbox would never get mail"
+            )
     mailbox_ids(cfg.local.mailbox_owner)
     dir_mode(cfg.local.mailbox_mode)
     if r.smtp_port > 65535:
@@ -247,14 +255,18 @@ def _check(cfg: Config) -> None:
         if tls.cert_file:
             continue
         if lst.mode == "submissions":
-            raise ConfigError(f"smtpd.listeners[{i}].mode: a submissions listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a submissions listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file"
+            )
         if lst.mode == "submission" and not cfg.smtpd.auth.allow_plaintext:
             raise ConfigError(
                 f"smtpd.listeners[{i}].mode: a submission listener needs smtpd.tls.cert_file and smtpd.tls.key_file "
                 "(or smtpd.auth.allow_plaintext = true, which sends passwords in the clear)"
             )
         if lst.mode == "pop3s":
-            raise ConfigError(f"smtpd.listeners[{i}].mode: a pop3s listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file")
+            raise ConfigError(
+                f"smtpd.listeners[{i}].mode: a pop3s listener (implicit TLS) needs smtpd.tls.cert_file and smtpd.tls.key_file"
+            )
         if lst.mode == "pop3" and not cfg.smtpd.auth.allow_plaintext:
             raise ConfigError(
                 f"smtpd.listeners[{i}].mode: a pop3 listener needs smtpd.tls.cert_file and smtpd.tls.key_file for STLS "

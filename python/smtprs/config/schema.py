@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-
 def _f(default: Any, doc: str, **checks: Any) -> Any:
     """A config field: its default, its documentation and simple value checks."""
     meta = {"doc": doc, **checks}
@@ -55,10 +54,15 @@ class Listener:
 class Tls:
     """TLS for STARTTLS and implicit-TLS listeners."""
 
-    cert_file: str = _f("", "PEM certificate chain (server certificate first); relative to data_dir. Empty: no TLS (STARTTLS not offered; submission listeners then refuse to start).")
+    cert_file: str = _f(
+        "",
+        "PEM certificate chain (server certificate first); relative to data_dir. Empty: no TLS (STARTTLS not offered; submission listeners then refuse to start).",
+    )
     key_file: str = _f("", "PEM private key of the certificate; relative to data_dir.")
     min_version: Literal["TLSv1.2", "TLSv1.3"] = _f("TLSv1.2", "Oldest TLS version accepted.")
-    ciphers: str = _f("", "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); empty keeps Python's secure default.")
+    ciphers: str = _f(
+        "", "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); empty keeps Python's secure default."
+    )
     handshake_timeout: float = _f(30.0, "Seconds a TLS handshake may take.", min=0.001)
 
 
@@ -66,18 +70,34 @@ class Tls:
 class Auth:
     """SMTP AUTH (RFC 4954) on submission listeners, and what authenticated users may do."""
 
-    users_file: str = _f("users", "Users and their password hashes (scrypt), managed with `smtprs passwd`; relative to data_dir. Re-read when it changes.")
-    allow_plaintext: bool = _f(False, "Offer AUTH on connections without TLS. Off: AUTH is offered only after STARTTLS (or on implicit TLS) and answered 538 5.7.11 before.")
-    failure_delay: float = _f(1.0, "Seconds before the 535 reply to the first failed AUTH from a client address (an IPv6 /64); it doubles with each further failure.", min=0.0)
+    users_file: str = _f(
+        "users",
+        "Users and their password hashes (scrypt), managed with `smtprs passwd`; relative to data_dir. Re-read when it changes.",
+    )
+    allow_plaintext: bool = _f(
+        False,
+        "Offer AUTH on connections without TLS. Off: AUTH is offered only after STARTTLS (or on implicit TLS) and answered 538 5.7.11 before.",
+    )
+    failure_delay: float = _f(
+        1.0,
+        "Seconds before the 535 reply to the first failed AUTH from a client address (an IPv6 /64); it doubles with each further failure.",
+        min=0.0,
+    )
     max_failure_delay: float = _f(30.0, "Longest delay before a 535 reply, in seconds.", min=0.0)
-    failure_window: float = _f(900.0, "Seconds after which a client address's failed AUTH attempts are forgotten.", min=0.001)
-    restrict_senders: bool = _f(True, "An authenticated user may use only the envelope senders `senders` allows (553 5.7.1 otherwise).")
+    failure_window: float = _f(
+        900.0, "Seconds after which a client address's failed AUTH attempts are forgotten.", min=0.001
+    )
+    restrict_senders: bool = _f(
+        True, "An authenticated user may use only the envelope senders `senders` allows (553 5.7.1 otherwise)."
+    )
     senders: dict[str, list[str]] = _f(
         {},
         "Envelope senders each user may use, besides the default (the login itself if it is an address, else login@ each local domain): "
         'a table `user = ["addr@example.org", "*@dept.example.org"]` of shell-style patterns, compared case-insensitively. The null sender `<>` is always allowed.',
     )
-    received_user: bool = _f(False, "Name the authenticated user in the Received header field (`(Authenticated sender: NAME)`).")
+    received_user: bool = _f(
+        False, "Name the authenticated user in the Received header field (`(Authenticated sender: NAME)`)."
+    )
 
 
 @dataclass(frozen=True)
@@ -86,12 +106,16 @@ class Smtpd:
 
     listeners: list[Listener] = _f([Listener()], "The listening sockets (`[[smtpd.listeners]]` tables).")
     banner: str = _f("ESMTP smtprs", "Text after the host name in the 220 greeting.")
-    max_message_size: int = _f(10 * 1024 * 1024, "Largest message accepted, in octets (advertised with SIZE; counted while streaming).", min=1)
+    max_message_size: int = _f(
+        10 * 1024 * 1024, "Largest message accepted, in octets (advertised with SIZE; counted while streaming).", min=1
+    )
     max_recipients: int = _f(100, "Most recipients in one transaction; more get 452 4.5.3.", min=1)
     max_errors: int = _f(10, "Error replies in one session before it is closed with 421 4.7.0.", min=1)
     max_connections: int = _f(1000, "Concurrent sessions; more get 421 4.3.2 and are closed.", min=1)
     max_connections_per_client: int = _f(
-        50, "Concurrent sessions from one client address (an IPv6 /64 counts as one address); more get 421 4.7.0 and are closed.", min=1
+        50,
+        "Concurrent sessions from one client address (an IPv6 /64 counts as one address); more get 421 4.7.0 and are closed.",
+        min=1,
     )
     max_connection_rate: int = _f(
         0,
@@ -101,9 +125,13 @@ class Smtpd:
     )
     connection_rate_window: float = _f(60.0, "The time window of `max_connection_rate`, in seconds.", min=0.001)
     max_junk_commands: int = _f(
-        100, "NOOP, RSET, VRFY and HELP commands a session may send between two accepted messages before each further one counts as an error.", min=1
+        100,
+        "NOOP, RSET, VRFY and HELP commands a session may send between two accepted messages before each further one counts as an error.",
+        min=1,
     )
-    max_received_headers: int = _f(50, "A message with more Received headers than this is refused with 554 5.4.6 (mail loop).", min=1)
+    max_received_headers: int = _f(
+        50, "A message with more Received headers than this is refused with 554 5.4.6 (mail loop).", min=1
+    )
     max_header_size: int = _f(1024 * 1024, "Largest header block accepted, in octets (552 5.3.4 beyond).", min=1)
     max_command_line: int = _f(512, "Longest command line in octets including CRLF (RFC 5321 4.5.3.1.4).", min=512)
     max_text_line: int = _f(1000, "Longest message text line in octets including CRLF (RFC 5321 4.5.3.1.6).", min=1000)
@@ -144,18 +172,53 @@ class Local:
     """Local delivery: which domains are ours and where their mailboxes are."""
 
     domains: list[str] = _f(["localhost"], "Domains whose mail is delivered here (compared case-insensitively).")
-    users: list[str] = _f([], "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; UTF-8 local parts only through local.mailboxes or an address key of relay.transport) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.")
-    maildir: str = _f("mail/{user}", "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.")
-    delivery: Literal["maildir", "mbox", "lmtp"] = _f("maildir", "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).")
-    mbox: str = _f("mbox/{user}", "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.")
-    lock_timeout: float = _f(30.0, "Seconds an mbox delivery waits for the mailbox lock (fcntl and dotlock) before it is deferred.", min=0.001)
-    lmtp: str = _f("127.0.0.1:24", "The LMTP server that gets local mail when local.delivery is `lmtp`: `host:port`, `[ipv6]:port` or `unix:/path/to/socket`.")
-    lmtp_timeout: float = _f(300.0, "Seconds to wait for the LMTP server: for the connection and for each reply.", min=0.001)
-    aliases: str = _f("", "Aliases file in the /etc/aliases format (`name: address, address`); empty for none. Names apply to every local domain; read at start-up.")
-    virtual_domains: list[str] = _f([], "Virtual domains: domains we take mail for whose addresses exist only in local.virtual_map (no mailbox of their own).")
-    virtual_map: str = _f("", "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.")
-    recipient_delimiter: str = _f("+", "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).")
-    case_sensitive: bool = _f(False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox).")
+    users: list[str] = _f(
+        [],
+        "Known local users. Empty: every local part of a local domain that can name a mailbox (letters, digits and `._=+-`, not starting with a dot, no `..`; UTF-8 local parts only through local.mailboxes or an address key of relay.transport) is deliverable and its mailbox is made on first delivery; otherwise unknown users get 550 5.1.1 at RCPT.",
+    )
+    maildir: str = _f(
+        "mail/{user}",
+        "Path of a user's Maildir (the directory holding tmp/ new/ cur/); `{user}` and `{domain}` are replaced; relative to data_dir.",
+    )
+    delivery: Literal["maildir", "mbox", "lmtp"] = _f(
+        "maildir",
+        "How local mailboxes are delivered: `maildir` (local.maildir), `mbox` (local.mbox, one file per user) or `lmtp` (handed to the LMTP server at local.lmtp).",
+    )
+    mbox: str = _f(
+        "mbox/{user}",
+        "Path of a user's mbox file when local.delivery is `mbox`; `{user}` and `{domain}` are replaced; relative to data_dir.",
+    )
+    lock_timeout: float = _f(
+        30.0,
+        "Seconds an mbox delivery waits for the mailbox lock (fcntl and dotlock) before it is deferred.",
+        min=0.001,
+    )
+    lmtp: str = _f(
+        "127.0.0.1:24",
+        "The LMTP server that gets local mail when local.delivery is `lmtp`: `host:port`, `[ipv6]:port` or `unix:/path/to/socket`.",
+    )
+    lmtp_timeout: float = _f(
+        300.0, "Seconds to wait for the LMTP server: for the connection and for each reply.", min=0.001
+    )
+    aliases: str = _f(
+        "",
+        "Aliases file in the /etc/aliases format (`name: address, address`); empty for none. Names apply to every local domain; read at start-up.",
+    )
+    virtual_domains: list[str] = _f(
+        [],
+        "Virtual domains: domains we take mail for whose addresses exist only in local.virtual_map (no mailbox of their own).",
+    )
+    virtual_map: str = _f(
+        "",
+        "Virtual map file: lines `address target, target` (Postfix virtual(5) style) mapping addresses of virtual or local domains to local mailbox names or other addresses; `@domain target` is the domain's catch-all. Empty for none.",
+    )
+    recipient_delimiter: str = _f(
+        "+",
+        "Sub-addressing: `user+tag@domain` is delivered to `user` (each character here is a delimiter; empty turns it off).",
+    )
+    case_sensitive: bool = _f(
+        False, "Match local parts case-sensitively (by default `Alice` and `alice` are the same mailbox)."
+    )
     mailboxes: dict[str, MailboxEntry] = _f(
         {},
         'Per-address mailboxes, before the templates: `"alice@example.org" = { maildir = "/srv/mail/alice" }`, '
@@ -181,9 +244,15 @@ class Queue:
     """The spool and the delivery scheduler."""
 
     directory: str = _f("spool", "Spool directory (relative to data_dir).")
-    retry_min: float = _f(300.0, "Delay before the first retry of a deferred recipient, in seconds; it doubles after each attempt.", min=0.001)
+    retry_min: float = _f(
+        300.0,
+        "Delay before the first retry of a deferred recipient, in seconds; it doubles after each attempt.",
+        min=0.001,
+    )
     retry_max: float = _f(14400.0, "Longest delay between two retries, in seconds.", min=0.001)
-    max_lifetime: float = _f(5 * 86400.0, "Seconds a message may stay in the queue before its undelivered recipients fail.", min=0.001)
+    max_lifetime: float = _f(
+        5 * 86400.0, "Seconds a message may stay in the queue before its undelivered recipients fail.", min=0.001
+    )
     delivery_concurrency: int = _f(20, "Deliveries running at once.", min=1)
     min_free_space: int = _f(
         0,
@@ -191,9 +260,20 @@ class Queue:
         "declared (as Postfix's queue_minfree). A full disk is answered 452 4.3.1 at the end of the data in any case.",
         min=0,
     )
-    delay_warning: float = _f(0.0, "Seconds after arrival when a sender whose mail is still deferred gets a \"delayed\" notice (RFC 3464 Action: delayed), once; 0 turns it off.", min=0)
-    bounce_size_limit: int = _f(1024 * 1024, "Largest original message returned whole in a bounce when the sender asked for it (MAIL ... RET=FULL); larger ones are returned as headers only.", min=0)
-    control_socket: str = _f("control.sock", "Unix socket (relative to data_dir) on which the running server takes queue commands (`smtprs queue flush`); mode 0600.")
+    delay_warning: float = _f(
+        0.0,
+        'Seconds after arrival when a sender whose mail is still deferred gets a "delayed" notice (RFC 3464 Action: delayed), once; 0 turns it off.',
+        min=0,
+    )
+    bounce_size_limit: int = _f(
+        1024 * 1024,
+        "Largest original message returned whole in a bounce when the sender asked for it (MAIL ... RET=FULL); larger ones are returned as headers only.",
+        min=0,
+    )
+    control_socket: str = _f(
+        "control.sock",
+        "Unix socket (relative to data_dir) on which the running server takes queue commands (`smtprs queue flush`); mode 0600.",
+    )
     backend: Literal["segments", "null"] = _f(
         "segments",
         "Where accepted mail is kept: `segments` (the spool directory: append-only, fsync'd segment files). "
@@ -209,11 +289,17 @@ TlsLevel = Literal["none", "may", "verify"]
 class Relay:
     """Mail for other domains: who may relay, how the next hop is found, the SMTP client."""
 
-    trusted_networks: list[str] = _f([], "Client networks (CIDR) that may relay without authentication. Empty: nobody; `[\"127.0.0.0/8\", \"::1/128\"]` lets local programs relay (beware of local proxies).")
-    relayhost: str = _f("", "Smart host for all non-local mail: `host` or `host:port` (MX lookup on host), `[host]` or `[host]:port` (no MX lookup). Empty: deliver by DNS (MX records).")
+    trusted_networks: list[str] = _f(
+        [],
+        'Client networks (CIDR) that may relay without authentication. Empty: nobody; `["127.0.0.0/8", "::1/128"]` lets local programs relay (beware of local proxies).',
+    )
+    relayhost: str = _f(
+        "",
+        "Smart host for all non-local mail: `host` or `host:port` (MX lookup on host), `[host]` or `[host]:port` (no MX lookup). Empty: deliver by DNS (MX records).",
+    )
     transport: dict[str, str] = _f(
         {},
-        "The transport map, consulted first (before local delivery, relayhost and DNS): keys are a full address (`\"bob@example.org\"`), "
+        'The transport map, consulted first (before local delivery, relayhost and DNS): keys are a full address (`"bob@example.org"`), '
         "a domain, or `.example.org` for its subdomains, looked up in that order. Values name a transport and its next hop, as Postfix's transport(5): "
         "`smtp:[10.0.0.5]:2525` (`[host]` no MX lookup, `host` MX lookup; `smtp:` alone: the recipient domain's MX; a value without a prefix means smtp, "
         "as relayhost), `lmtp:[host]:port` / `lmtp:host:port` / `lmtp:unix:/path` (an LMTP server such as Dovecot; port 24 by default), "
@@ -222,22 +308,52 @@ class Relay:
         "error or discard are final destinations: taken without relay permission; smtp ones still need it.",
     )
     smtp_port: int = _f(25, "Port used to reach MX and A hosts (and next hops given without a port).", min=1)
-    tls: TlsLevel = _f("may", "TLS to the next hop: `may` (STARTTLS whenever offered, certificate not checked), `verify` (STARTTLS required and the certificate verified for the host name, else deferred), `none`.")
-    tls_policy: dict[str, TlsLevel] = _f({}, "TLS level per recipient domain or next-hop host, overriding `relay.tls`: `\"bank.example\" = \"verify\"`.")
+    tls: TlsLevel = _f(
+        "may",
+        "TLS to the next hop: `may` (STARTTLS whenever offered, certificate not checked), `verify` (STARTTLS required and the certificate verified for the host name, else deferred), `none`.",
+    )
+    tls_policy: dict[str, TlsLevel] = _f(
+        {}, 'TLS level per recipient domain or next-hop host, overriding `relay.tls`: `"bank.example" = "verify"`.'
+    )
     tls_ca_file: str = _f("", "CA certificates (PEM) for `verify`; empty for the system's trust store.")
     auth_username: str = _f("", "User name for AUTH (PLAIN or LOGIN) to the relayhost; empty: no AUTH.")
-    auth_password: str = _f("", "Password for AUTH to the relayhost. It is never logged; keep the configuration file readable by smtprs only (mode 0600): the server warns otherwise.")
-    auth_require_tls: bool = _f(True, "Send the relayhost credentials only over a TLS-protected connection (otherwise the attempt is deferred).")
+    auth_password: str = _f(
+        "",
+        "Password for AUTH to the relayhost. It is never logged; keep the configuration file readable by smtprs only (mode 0600): the server warns otherwise.",
+    )
+    auth_require_tls: bool = _f(
+        True, "Send the relayhost credentials only over a TLS-protected connection (otherwise the attempt is deferred)."
+    )
     address_preference: Literal["ipv4", "ipv6"] = _f("ipv4", "Which addresses of a host are tried first.")
-    destination_concurrency: int = _f(10, "Connections at once to one destination (a domain, or a relayhost/transport next hop).", min=1)
-    transaction_recipient_limit: int = _f(100, "Most recipients in one SMTP transaction; more go in further transactions on the same connection.", min=1)
-    idle_timeout: float = _f(2.0, "Seconds an idle connection is kept for reuse by further messages to the same destination; 0 closes it after each delivery.", min=0)
+    destination_concurrency: int = _f(
+        10, "Connections at once to one destination (a domain, or a relayhost/transport next hop).", min=1
+    )
+    transaction_recipient_limit: int = _f(
+        100, "Most recipients in one SMTP transaction; more go in further transactions on the same connection.", min=1
+    )
+    idle_timeout: float = _f(
+        2.0,
+        "Seconds an idle connection is kept for reuse by further messages to the same destination; 0 closes it after each delivery.",
+        min=0,
+    )
     connect_timeout: float = _f(30.0, "Seconds to establish a TCP connection to a next hop.", min=0.001)
-    greeting_timeout: float = _f(300.0, "Seconds to wait for the 220 greeting (RFC 5321 4.5.3.2.1: 5 minutes).", min=0.001)
-    command_timeout: float = _f(300.0, "Seconds to wait for the reply to EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT (RFC 5321 4.5.3.2.2-3: 5 minutes).", min=0.001)
-    data_init_timeout: float = _f(120.0, "Seconds to wait for the 354 reply to DATA (RFC 5321 4.5.3.2.4: 2 minutes).", min=0.001)
-    data_block_timeout: float = _f(180.0, "Seconds each block of message data may take to send (RFC 5321 4.5.3.2.5: 3 minutes).", min=0.001)
-    data_end_timeout: float = _f(600.0, "Seconds to wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes).", min=0.001)
+    greeting_timeout: float = _f(
+        300.0, "Seconds to wait for the 220 greeting (RFC 5321 4.5.3.2.1: 5 minutes).", min=0.001
+    )
+    command_timeout: float = _f(
+        300.0,
+        "Seconds to wait for the reply to EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT (RFC 5321 4.5.3.2.2-3: 5 minutes).",
+        min=0.001,
+    )
+    data_init_timeout: float = _f(
+        120.0, "Seconds to wait for the 354 reply to DATA (RFC 5321 4.5.3.2.4: 2 minutes).", min=0.001
+    )
+    data_block_timeout: float = _f(
+        180.0, "Seconds each block of message data may take to send (RFC 5321 4.5.3.2.5: 3 minutes).", min=0.001
+    )
+    data_end_timeout: float = _f(
+        600.0, "Seconds to wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes).", min=0.001
+    )
 
 
 @dataclass(frozen=True)
@@ -246,14 +362,20 @@ class Dns:
 
     nameservers: list[str] = _f([], "Name server IP addresses; empty for those of /etc/resolv.conf.")
     port: int = _f(53, "Port of the name servers.", min=1)
-    timeout: float = _f(10.0, "Seconds one lookup may take, retries included; a timeout defers the mail (4.4.3).", min=0.001)
+    timeout: float = _f(
+        10.0, "Seconds one lookup may take, retries included; a timeout defers the mail (4.4.3).", min=0.001
+    )
 
 
 @dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
 
-    timeout: float = _f(600.0, "Seconds a POP3 session may be idle before it is closed (RFC 1939's autologout timer: at least 10 minutes advised); nothing is deleted then.", min=0.001)
+    timeout: float = _f(
+        600.0,
+        "Seconds a POP3 session may be idle before it is closed (RFC 1939's autologout timer: at least 10 minutes advised); nothing is deleted then.",
+        min=0.001,
+    )
 
 
 @dataclass(frozen=True)
@@ -273,17 +395,30 @@ class Log:
 class Metrics:
     """The Prometheus metrics endpoint (`GET /metrics`); `smtprs status` works without it."""
 
-    enabled: bool = _f(False, "Serve metrics over HTTP at metrics.address (worker 0 serves the figures of every worker).")
-    address: str = _f("127.0.0.1:9425", "Address and port of the metrics endpoint: loopback by default; it has no authentication, so expose it with care.")
+    enabled: bool = _f(
+        False, "Serve metrics over HTTP at metrics.address (worker 0 serves the figures of every worker)."
+    )
+    address: str = _f(
+        "127.0.0.1:9425",
+        "Address and port of the metrics endpoint: loopback by default; it has no authentication, so expose it with care.",
+    )
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
-    hostname: str = _f("", "Our host name in the greeting, EHLO reply and Received headers; empty for the machine's FQDN.")
-    data_dir: str = _f("smtprs-data", "Directory for the spool and mailboxes; relative paths in the config are relative to it.")
-    workers: int = _f(0, "Worker processes sharing the listening sockets (SO_REUSEPORT), each with its own spool shard; 0 means one per CPU. `smtprs serve --workers N` overrides it.", min=0)
+    hostname: str = _f(
+        "", "Our host name in the greeting, EHLO reply and Received headers; empty for the machine's FQDN."
+    )
+    data_dir: str = _f(
+        "smtprs-data", "Directory for the spool and mailboxes; relative paths in the config are relative to it."
+    )
+    workers: int = _f(
+        0,
+        "Worker processes sharing the listening sockets (SO_REUSEPORT), each with its own spool shard; 0 means one per CPU. `smtprs serve --workers N` overrides it.",
+        min=0,
+    )
     smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
     local: Local = _f(Local(), "Local domains and mailboxes.")
     queue: Queue = _f(Queue(), "Spool and scheduler.")
@@ -336,6 +471,7 @@ class Config:
     @property
     def tls_ca_path(self) -> Path | None:
         return self.data_path / self.relay.tls_ca_file if self.relay.tls_ca_file else None
+
     def mbox_path(self, user: str, domain: str) -> Path:
         return self.data_path / self.local.mbox.format(user=user, domain=domain)
 

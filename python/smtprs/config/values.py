@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
+
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port), with the key in errors."""
     host, sep, port = text.rpartition(":")
@@ -180,10 +181,12 @@ def _port(text: str, key: str) -> int:
     if not 1 <= n <= 65535:
         raise ConfigError(f"{key}: port out of range: {n}")
     return n
+
+
 def parse_socket_address(text: str, key: str) -> tuple[str, int] | str:
     """``unix:/path`` -> the path (a str); ``host:port`` -> (host, port)."""
     if text.startswith("unix:"):
-        path = text[len("unix:"):]
+        path = text[len("unix:") :]
         if not path:
             raise ConfigError(f"{key}: expected unix:/path, got {text!r}")
         return path
@@ -221,7 +224,7 @@ def dir_mode(text: str, key: str = "local.mailbox_mode") -> int:
     try:
         mode = int(text, 8)
     except ValueError:
-        raise ConfigError(f"{key}: expected an octal mode such as \"0700\" or \"0750\", got {text!r}") from None
+        raise ConfigError(f'{key}: expected an octal mode such as "0700" or "0750", got {text!r}') from None
     if not 0 <= mode <= 0o777 or mode & 0o700 != 0o700:
         raise ConfigError(f"{key}: expected a mode from 0700 to 0777 (the owner keeps rwx), got {text!r}")
     return mode

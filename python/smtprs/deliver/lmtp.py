@@ -92,7 +92,10 @@ class LmtpAgent:
             stream = await self._connect(server)
         except (OSError, trio.TooSlowError) as e:
             why = "timeout" if isinstance(e, trio.TooSlowError) else (e.strerror or str(e))
-            return [Outcome(t.index, "deferred", f"451 4.4.1 cannot connect to LMTP server {server}: {why}", server) for t in targets]
+            return [
+                Outcome(t.index, "deferred", f"451 4.4.1 cannot connect to LMTP server {server}: {why}", server)
+                for t in targets
+            ]
         try:
             async with stream:
                 await self._transaction(_Client(stream), request, targets, settle)

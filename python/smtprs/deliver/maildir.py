@@ -20,6 +20,7 @@ the queue retries.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,18 @@ class MaildirAgent:
             head = f"Return-Path: <{request.sender}>\nDelivered-To: {t.address}\n".encode()
             targets.append((t.index, box))
             root = str(box.maildir)  # (strings: two pathlib joins per file cost more than the rest of this loop)
-            jobs.append((content.path, content.offset, content.length, head, f"{root}/tmp/{name}", f"{root}/new/{name}", box.mode & 0o666, box.owner))
+            jobs.append(
+                (
+                    content.path,
+                    content.offset,
+                    content.length,
+                    head,
+                    f"{root}/tmp/{name}",
+                    f"{root}/new/{name}",
+                    box.mode & 0o666,
+                    box.owner,
+                )
+            )
         if not jobs:
             return outcomes
         batch = self._next  # no await between here and the append: the batch is still open
@@ -134,7 +146,8 @@ class MaildirAgent:
                 while self._next.jobs:
                     current, self._next = self._next, _Batch()
                     jobs = current.jobs
-                    current.results = await _threads.run_sync(lambda: _core.write_files(jobs, to_lf=True, fsync=self.fsync))  # type: ignore[arg-type]
+                    write = functools.partial(_core.write_files, jobs, to_lf=True, fsync=self.fsync)  # type: ignore[arg-type]
+                    current.results = await _threads.run_sync(write)
                     self.batches += 1
                     self.files += len(current.jobs)
                     current.done.set()

@@ -288,7 +288,7 @@ class MboxAgent:
             for part in render(request, address):
                 view = memoryview(part)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             if self.fsync:
                 os.fsync(fd)
         except BaseException:

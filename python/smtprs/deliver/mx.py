@@ -182,7 +182,9 @@ class Resolver:
         try:
             return await self._r.resolve(qname, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
-            raise DnsFailure(True, "5.1.2", f"Host or domain name not found: {name} (type={rdtype}: NXDOMAIN)") from None
+            raise DnsFailure(
+                True, "5.1.2", f"Host or domain name not found: {name} (type={rdtype}: NXDOMAIN)"
+            ) from None
         except dns.resolver.NoAnswer:
             raise _NoData from None
         except dns.resolver.YXDOMAIN:

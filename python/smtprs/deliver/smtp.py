@@ -155,7 +155,9 @@ class SmtpAgent:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
                 status: Status = "failed" if e.permanent else "deferred"
-                return [Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets]
+                return [
+                    Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets
+                ]
             final: dict[int, Outcome] = {}
             last: dict[int, Outcome] = {}
             pending = list(targets)
@@ -171,7 +173,9 @@ class SmtpAgent:
                     except _HostError as e:
                         relay = f"{host.name}[{host.ip}]:{hop.port}"
                         for t in pending:
-                            last[t.index] = Outcome(t.index, "deferred", e.detail, relay, e.enhanced, *self._remote(host, e.reply))
+                            last[t.index] = Outcome(
+                                t.index, "deferred", e.detail, relay, e.enhanced, *self._remote(host, e.reply)
+                            )
                         maillog.relay_problem(request.queue_id, relay, e.detail)
                         conn = None
                         continue
@@ -182,7 +186,9 @@ class SmtpAgent:
                     await conn.close(quit=False)
                 conn = None
             for t in pending:
-                final[t.index] = last.get(t.index) or Outcome(t.index, "deferred", f"451 4.4.1 no mail exchanger of {hop.host} could be reached", "none", "4.4.1")
+                final[t.index] = last.get(t.index) or Outcome(
+                    t.index, "deferred", f"451 4.4.1 no mail exchanger of {hop.host} could be reached", "none", "4.4.1"
+                )
             return [final[t.index] for t in targets]
 
     @staticmethod
@@ -268,12 +274,20 @@ class SmtpAgent:
                 conn.esmtp = False
                 conn.ext = {}
                 return
-        raise _HostError(enhanced_of(reply) if reply.code < 500 else "4.4.1", f"host {conn.relay} refused to talk to me: {show(reply)} (in reply to EHLO/HELO)", reply)
+        raise _HostError(
+            enhanced_of(reply) if reply.code < 500 else "4.4.1",
+            f"host {conn.relay} refused to talk to me: {show(reply)} (in reply to EHLO/HELO)",
+            reply,
+        )
 
     async def _starttls(self, conn: Connection, level: str) -> None:
         reply = await conn.command("STARTTLS", self.r.command_timeout)
         if reply.code != 220:
-            raise _HostError("4.7.4" if level == "verify" else enhanced_of(reply), f"host {conn.relay} refused STARTTLS: {show(reply)}", reply)
+            raise _HostError(
+                "4.7.4" if level == "verify" else enhanced_of(reply),
+                f"host {conn.relay} refused STARTTLS: {show(reply)}",
+                reply,
+            )
         verify = level == "verify"
         ctx = self._ctx_verify if verify else self._ctx_may
         server_name: str | None = conn.host.name
@@ -302,7 +316,10 @@ class SmtpAgent:
             maillog.warning(f"relayhost {conn.relay} offers no AUTH: sending without authentication")
             return
         if not conn.tls and self.r.auth_require_tls:
-            raise _HostError("4.7.0", f"not sending credentials to {conn.relay} over a connection without TLS (relay.auth_require_tls)")
+            raise _HostError(
+                "4.7.0",
+                f"not sending credentials to {conn.relay} over a connection without TLS (relay.auth_require_tls)",
+            )
         t = self.r.command_timeout
         if "PLAIN" in mechanisms:
             token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
@@ -314,7 +331,10 @@ class SmtpAgent:
             if reply.code == 334:
                 reply = await conn.command(base64.b64encode(password.encode()).decode(), t)
         else:
-            raise _HostError("4.7.0", f"relayhost {conn.relay} offers no AUTH mechanism we speak (PLAIN, LOGIN): {' '.join(mechanisms)}")
+            raise _HostError(
+                "4.7.0",
+                f"relayhost {conn.relay} offers no AUTH mechanism we speak (PLAIN, LOGIN): {' '.join(mechanisms)}",
+            )
         if reply.code != 235:
             if reply.code == 334:  # a challenge we cannot answer: cancel the exchange
                 await conn.command("*", t)
@@ -357,11 +377,20 @@ class SmtpAgent:
                 usable = False
                 for t in batch:
                     if t.index not in final:
-                        last[t.index] = Outcome(t.index, "deferred", f"lost connection with {conn.relay}: {e}", conn.relay, "4.4.2", conn.host.name)
+                        last[t.index] = Outcome(
+                            t.index,
+                            "deferred",
+                            f"lost connection with {conn.relay}: {e}",
+                            conn.relay,
+                            "4.4.2",
+                            conn.host.name,
+                        )
                 still += [t for t in batch if t.index not in final]
         return still, usable
 
-    async def _message_problem(self, conn: Connection, request: DeliveryRequest, pending: list[Target]) -> tuple[str, str] | None:
+    async def _message_problem(
+        self, conn: Connection, request: DeliveryRequest, pending: list[Target]
+    ) -> tuple[str, str] | None:
         """Why this peer can never take this message (permanent), or None."""
         ext = conn.ext
         limit = ext.get("SIZE", "")
@@ -369,9 +398,12 @@ class SmtpAgent:
             return "5.3.4", f"message size {request.size} exceeds size limit {limit} of server {conn.relay}"
         utf8_envelope = not _ascii(request.sender) or any(not _ascii(t.address) for t in pending)
         eight_bit = request.params.get("BODY", "").upper() == "8BITMIME"
-        if "SMTPUTF8" not in ext and "SMTPUTF8" in request.params:
-            if utf8_envelope or (eight_bit and await _header_8bit(request)):
-                return "5.6.7", f"SMTPUTF8 is required, but was not offered by host {conn.relay}"
+        if (
+            "SMTPUTF8" not in ext
+            and "SMTPUTF8" in request.params
+            and (utf8_envelope or (eight_bit and await _header_8bit(request)))
+        ):
+            return "5.6.7", f"SMTPUTF8 is required, but was not offered by host {conn.relay}"
         if eight_bit and "8BITMIME" not in ext:
             return "5.6.3", f"8-bit message content, but host {conn.relay} does not offer 8BITMIME"
         return None
@@ -420,10 +452,26 @@ class SmtpAgent:
         rcpts = [self._rcpt_command(conn, t) for t in batch]
 
         def temp(t: Target, reply: _core.Reply, what: str) -> None:
-            last[t.index] = Outcome(t.index, "deferred", f"host {relay} said: {show(reply)} (in reply to {what})", relay, enhanced_of(reply), name, show(reply))
+            last[t.index] = Outcome(
+                t.index,
+                "deferred",
+                f"host {relay} said: {show(reply)} (in reply to {what})",
+                relay,
+                enhanced_of(reply),
+                name,
+                show(reply),
+            )
 
         def perm(t: Target, reply: _core.Reply, what: str) -> None:
-            final[t.index] = Outcome(t.index, "failed", f"host {relay} said: {show(reply)} (in reply to {what})", relay, enhanced_of(reply), name, show(reply))
+            final[t.index] = Outcome(
+                t.index,
+                "failed",
+                f"host {relay} said: {show(reply)} (in reply to {what})",
+                relay,
+                enhanced_of(reply),
+                name,
+                show(reply),
+            )
 
         if pipelining:
             await conn.send(("\r\n".join([mail, *rcpts, "DATA"]) + "\r\n").encode("utf-8"), r.command_timeout)
@@ -475,7 +523,13 @@ class SmtpAgent:
         if 200 <= end.code < 300:
             for t in accepted:
                 final[t.index] = Outcome(
-                    t.index, "delivered", f"{relay} said: {show(end)}", relay, enhanced_of(end), name, show(end),
+                    t.index,
+                    "delivered",
+                    f"{relay} said: {show(end)}",
+                    relay,
+                    enhanced_of(end),
+                    name,
+                    show(end),
                     dsn_relayed=dsn and bool(t.params.get("NOTIFY")),
                 )
             return open_ones

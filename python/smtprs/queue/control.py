@@ -128,7 +128,9 @@ async def _bind_socket(path: Path) -> trio.socket.SocketType:
     return sock
 
 
-async def _handle(stream: trio.abc.Stream, schedulers: Sequence[Scheduler], stats: Callable[[], dict[str, Any]] | None = None) -> None:
+async def _handle(
+    stream: trio.abc.Stream, schedulers: Sequence[Scheduler], stats: Callable[[], dict[str, Any]] | None = None
+) -> None:
     try:
         data = b""
         with trio.move_on_after(TIMEOUT):
@@ -158,7 +160,9 @@ def _plural(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-async def _execute(verb: str, arg: str, schedulers: Sequence[Scheduler], stats: Callable[[], dict[str, Any]] | None) -> str:
+async def _execute(
+    verb: str, arg: str, schedulers: Sequence[Scheduler], stats: Callable[[], dict[str, Any]] | None
+) -> str:
     if verb == "PING":
         return "OK smtprs"
     if verb == "FLUSH" and not arg:
@@ -172,7 +176,14 @@ async def _execute(verb: str, arg: str, schedulers: Sequence[Scheduler], stats: 
         if stats is None:
             return "ERR no statistics here"
         return "OK " + json.dumps(stats(), separators=(",", ":"))
-    actions = {"FLUSH": "scheduled now", "HOLD": "held", "RELEASE": "released", "DELETE": "deleted", "REQUEUE": "requeued", "SHOW": ""}
+    actions = {
+        "FLUSH": "scheduled now",
+        "HOLD": "held",
+        "RELEASE": "released",
+        "DELETE": "deleted",
+        "REQUEUE": "requeued",
+        "SHOW": "",
+    }
     if verb not in actions:
         return f"ERR unknown command ({COMMANDS})"
     if not arg or " " in arg or len(arg) > 64:
@@ -212,7 +223,9 @@ async def request(path: Path, command: str, timeout: float = TIMEOUT) -> str:
         raise ControlError(f"{path}: no answer from the server") from None
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
-            raise ControlError(f"{path}: no server is running (is `smtprs serve` started with this configuration?)") from None
+            raise ControlError(
+                f"{path}: no server is running (is `smtprs serve` started with this configuration?)"
+            ) from None
         raise ControlError(f"{path}: {e.strerror or e}") from None
     finally:
         sock.close()

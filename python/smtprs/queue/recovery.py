@@ -191,7 +191,9 @@ class SpoolRecovery:
             where = f"a copy is in {target}"
         except OSError as e:
             where = f"no copy could be kept: {e.strerror or e}"
-        maillog.spool_problem(f"segment {seg}: unreadable record at offset {pos} of {len(data)}; the {pos} octets before it are used, the rest is ignored ({where})")
+        maillog.spool_problem(
+            f"segment {seg}: unreadable record at offset {pos} of {len(data)}; the {pos} octets before it are used, the rest is ignored ({where})"
+        )
 
     def _move_aside(self, path: Path, why: str) -> None:
         target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"

@@ -53,8 +53,8 @@ from .backend import SpoolBackend
 
 if TYPE_CHECKING:
     from ..bounce import Notifier
-    from ..metrics import Metrics
     from ..hooks import Hooks
+    from ..metrics import Metrics
 
 EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
 BUSY_WAIT = 3.0  # how long a queue command waits for a delivery attempt in progress
@@ -299,7 +299,15 @@ class Scheduler:
             rcpt = env.recipients[i]
             hop = self.router.route(rcpt.address)
             if isinstance(hop, Unroutable):  # 4xx: an error:4.x.x transport, tried again later
-                outcomes.append(Outcome(i, "deferred" if hop.reply.code < 500 else "failed", str(hop.reply), "none", hop.reply.enhanced or ""))
+                outcomes.append(
+                    Outcome(
+                        i,
+                        "deferred" if hop.reply.code < 500 else "failed",
+                        str(hop.reply),
+                        "none",
+                        hop.reply.enhanced or "",
+                    )
+                )
                 continue
             kinds[i] = hop.kind
             groups.setdefault((hop.kind, hop.destination), []).append(Target(i, rcpt.address, hop, dict(rcpt.params)))
@@ -307,16 +315,26 @@ class Scheduler:
         async def run(kind: str, targets: list[Target]) -> None:
             agent = self.agents.get(kind)
             if agent is None:
-                outcomes.extend(Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets)
+                outcomes.extend(
+                    Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets
+                )
                 return
             request = DeliveryRequest(
-                env.queue_id, env.sender, self.spool.content(env.queue_id), env.arrival, tuple(targets), env.size, dict(env.params)
+                env.queue_id,
+                env.sender,
+                self.spool.content(env.queue_id),
+                env.arrival,
+                tuple(targets),
+                env.size,
+                dict(env.params),
             )
             try:
                 outcomes.extend(await agent.deliver(request))
             except Exception as e:
                 maillog.error(f"{env.queue_id}: delivery agent {kind} failed: {e!r}")
-                outcomes.extend(Outcome(t.index, "deferred", f"451 4.3.0 delivery agent error: {e!r}", kind) for t in targets)
+                outcomes.extend(
+                    Outcome(t.index, "deferred", f"451 4.3.0 delivery agent error: {e!r}", kind) for t in targets
+                )
 
         async with trio.open_nursery() as nursery:
             for (kind, _), targets in groups.items():

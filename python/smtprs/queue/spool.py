@@ -40,6 +40,7 @@ own file.
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -153,7 +154,14 @@ class _Pending:
 class Spool(SpoolRecovery):
     """The segment spool backend (see the module docstring); start-up is recovery.py's."""
 
-    def __init__(self, directory: Path, *, fsync: bool = True, inline_max: int = 256 * 1024, memory_budget: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: bool = True,
+        inline_max: int = 256 * 1024,
+        memory_budget: int = 64 * 1024 * 1024,
+    ) -> None:
         self.root = Path(directory)
         self.seg_dir = self.root / "seg"
         self.files_dir = self.root / "files"
@@ -240,7 +248,7 @@ class Spool(SpoolRecovery):
             try:
                 while self._pending:
                     batch, self._pending = self._pending, []
-                    await _threads.run_sync(lambda: self._write_batch(batch))
+                    await _threads.run_sync(functools.partial(self._write_batch, batch))
                     self.commit_batches += 1
                     self.committed_messages += len(batch)
                     self._after_batch(batch)
@@ -300,7 +308,9 @@ class Spool(SpoolRecovery):
                     if self.fsync:
                         os.fdatasync(self._active_fd)
                 except OSError as e2:
-                    maillog.spool_problem(f"segment {self._active}: cannot cut off a failed batch at {start}: {e2.strerror or e2}")
+                    maillog.spool_problem(
+                        f"segment {self._active}: cannot cut off a failed batch at {start}: {e2.strerror or e2}"
+                    )
             self._close_active()
             err = spool_error("cannot write the queue", e)
             for p in batch:

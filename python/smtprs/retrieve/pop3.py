@@ -43,6 +43,7 @@ from .maildrop import CHUNK, Maildrop, MaildropLocked, Message
 
 MAX_LINE = 1024  # RFC 2449 says 255 for commands; AUTH responses can be longer
 
+
 class Verifier(Protocol):
     """Checks a user name and password (the users file): "ok", "unavailable"
     (the users file cannot be read), anything else is a failure."""
@@ -79,7 +80,9 @@ _ids = itertools.count(1)
 
 
 class Pop3Session:
-    def __init__(self, ctx: Pop3Context, stream: trio.abc.Stream, peer_ip: str, peer_port: int, *, implicit_tls: bool = False) -> None:
+    def __init__(
+        self, ctx: Pop3Context, stream: trio.abc.Stream, peer_ip: str, peer_port: int, *, implicit_tls: bool = False
+    ) -> None:
         self.ctx = ctx
         self.stream: trio.abc.Stream = stream
         self.peer_ip = peer_ip

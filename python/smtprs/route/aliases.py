@@ -162,7 +162,12 @@ def load_virtual(path: Path, *, case_sensitive: bool = False) -> Table:
         where = f"{path}:{number}"
         key_text, rest = (line.split(None, 1) + [""])[:2]
         local, at, domain = key_text.rpartition("@")
-        if not at or not domain or not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or (local and not _NAME.fullmatch(local)):
+        if (
+            not at
+            or not domain
+            or not re.fullmatch(r"[A-Za-z0-9.-]+", domain)
+            or (local and not _NAME.fullmatch(local))
+        ):
             raise ConfigError(f"{where}: expected 'user@domain targets' or '@domain targets', got {key_text!r}")
         key = f"{local if case_sensitive else local.lower()}@{domain.lower()}"
         targets = _split_targets(rest, where)

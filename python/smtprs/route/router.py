@@ -99,7 +99,10 @@ class Router:
         for address, entry in loc.mailboxes.items():
             local, _, dom = address.rpartition("@")
             kind = "maildir" if entry.maildir else "mbox"
-            self._mailboxes[f"{self._fold(local)}@{dom.lower().rstrip('.')}"] = (kind, cfg.path(entry.maildir or entry.mbox))
+            self._mailboxes[f"{self._fold(local)}@{dom.lower().rstrip('.')}"] = (
+                kind,
+                cfg.path(entry.maildir or entry.mbox),
+            )
         self._tls_policy = {k.lower().strip("[]"): v for k, v in r.tls_policy.items()}
         # route() answers depend only on the configuration, which a Router never
         # changes (a reload builds a new one): remembered, bounded.
@@ -169,7 +172,9 @@ class Router:
                 return Unroutable(R.Reply(r.code, r.enhanced, f"<{original}> expands to <{address}>: {r.first_line}"))
         return Expansion(tuple(out))
 
-    def _visit(self, local_part: str, domain: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int]) -> None:
+    def _visit(
+        self, local_part: str, domain: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int]
+    ) -> None:
         visits[0] += 1
         if visits[0] > MAX_VISITS:
             raise _Refused(R.Reply(550, "5.4.6", f"Alias expansion of <{chain[0]}> is too large"))
@@ -207,7 +212,13 @@ class Router:
         self._mailbox(lp, d, chain, out, visits)
 
     def _visit_target(
-        self, target: str, domain: str, alias: str | None, chain: tuple[str, ...], out: dict[str, None], visits: list[int]
+        self,
+        target: str,
+        domain: str,
+        alias: str | None,
+        chain: tuple[str, ...],
+        out: dict[str, None],
+        visits: list[int],
     ) -> None:
         """One target of an alias (``alias`` is its name) or of a virtual entry."""
         if target.startswith("\\"):  # \name: the mailbox itself
@@ -222,7 +233,9 @@ class Router:
             return
         self._visit(local, dom, chain, out, visits)
 
-    def _mailbox(self, lp: str, d: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int], direct: bool = False) -> None:
+    def _mailbox(
+        self, lp: str, d: str, chain: tuple[str, ...], out: dict[str, None], visits: list[int], direct: bool = False
+    ) -> None:
         user = self._base(lp)
         if self._listed(lp, d):  # its own mailbox or transport: it exists, whatever its name
             out[f"{lp}@{d}"] = None

@@ -158,7 +158,7 @@ def write_users(path: Path, users: dict[str, str]) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError:
         os.close(fd)

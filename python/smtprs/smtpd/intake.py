@@ -206,7 +206,9 @@ class Intake:
             return
         if event.received_count > ctx.cfg.smtpd.max_received_headers:
             ctx.spool.abort(writer)
-            maillog.reject(s.id, s.peer, "DATA", R.TOO_MANY_HOPS, f"from=<{txn.sender.address()}> received={event.received_count}")
+            maillog.reject(
+                s.id, s.peer, "DATA", R.TOO_MANY_HOPS, f"from=<{txn.sender.address()}> received={event.received_count}"
+            )
             self._final_reply(txn, R.TOO_MANY_HOPS)
             return
         params = {k: v or "" for k, v in txn.params.items()}
@@ -219,7 +221,10 @@ class Intake:
         env = Envelope(
             queue_id=writer.queue_id,
             sender=txn.sender.address(),
-            recipients=[Recipient(t, original=o if o != t else "", params=txn.rcpt_params.get(o, {})) for t, o in txn.targets.items()],
+            recipients=[
+                Recipient(t, original=o if o != t else "", params=txn.rcpt_params.get(o, {}))
+                for t, o in txn.targets.items()
+            ],
             arrival=time.time(),
             size=writer.size,
             client_address=s.peer_ip,
@@ -234,7 +239,10 @@ class Intake:
             maillog.spool_problem(f"{writer.queue_id}: {e}")
             s.reply(R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED)
             return
-        if s.hooks is not None and (refusal := await s.ask_hook("on_data", env, ctx.spool.content(env.queue_id))) is not None:
+        if (
+            s.hooks is not None
+            and (refusal := await s.ask_hook("on_data", env, ctx.spool.content(env.queue_id))) is not None
+        ):
             await ctx.spool.remove(env.queue_id)
             s.reply(refusal)
             return
@@ -266,7 +274,7 @@ class Intake:
     def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
         """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
         s = self.session
-        for _ in (txn.lmtp_slots if s.lmtp and txn is not None and txn.lmtp_slots else (None,)):
+        for _ in txn.lmtp_slots if s.lmtp and txn is not None and txn.lmtp_slots else (None,):
             s.reply(r)
 
     def protocol(self, txn: Transaction) -> str:

@@ -64,7 +64,9 @@ async def bind(address: str, reuseport: bool = False) -> tuple[list[trio.SocketL
         raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from e
 
 
-async def tcp_listeners(host: str | None, port: int, reuseport: bool) -> tuple[list[trio.SocketListener], list[socket.socket]]:
+async def tcp_listeners(
+    host: str | None, port: int, reuseport: bool
+) -> tuple[list[trio.SocketListener], list[socket.socket]]:
     """As trio.open_tcp_listeners (one socket per address of ``host``; IPv6
     sockets IPv6-only), with SO_REUSEPORT when the workers share the port.
     Also returns the standard library's socket object of each: the very same
@@ -102,7 +104,9 @@ def describe(tl: trio.SocketListener) -> tuple[str, int, str]:
     return sockname[0], sockname[1], text
 
 
-async def accept_loop(b: Bound, tl: trio.SocketListener, raw: socket.socket, sessions: trio.Nursery, handle: Handler) -> None:
+async def accept_loop(
+    b: Bound, tl: trio.SocketListener, raw: socket.socket, sessions: trio.Nursery, handle: Handler
+) -> None:
     """Take every connection waiting (up to ACCEPT_BATCH) at each wake-up.
 
     trio's SocketListener.accept goes through the scheduler for every

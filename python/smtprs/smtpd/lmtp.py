@@ -117,7 +117,9 @@ async def deliver_now(
         replies = []
         for s in slots:
             mine = [outcomes[t] for t in s.targets]
-            worst = next((o for o in mine if o.status == "failed"), None) or next((o for o in mine if o.status == "deferred"), None)
+            worst = next((o for o in mine if o.status == "failed"), None) or next(
+                (o for o in mine if o.status == "deferred"), None
+            )
             replies.append(_reply_of(worst or mine[0], s.address))
         return replies
     finally:

@@ -90,7 +90,9 @@ def space_wanted(size: int | None, min_free_space: int) -> int:
     return min_free_space + (size * 3 // 2 if size else 0)
 
 
-def auth_parameter(value: str | None, auth_user: str | None, sender_allowed: Callable[[str, str], bool]) -> str | None | R.Reply:
+def auth_parameter(
+    value: str | None, auth_user: str | None, sender_allowed: Callable[[str, str], bool]
+) -> str | None | R.Reply:
     """MAIL's AUTH= (RFC 4954 5): the mailbox to keep, None to forget it, or the refusal.
 
     Kept only from an authenticated client, and only when that user may
@@ -178,7 +180,11 @@ def rcpt_params(
     dsn: dict[str, str] = {}
     if "NOTIFY" in params:
         words = [w.strip().upper() for w in (params["NOTIFY"] or "").split(",")]
-        if not all(w in _NOTIFY_WORDS for w in words) or ("NEVER" in words and len(words) > 1) or len(set(words)) != len(words):
+        if (
+            not all(w in _NOTIFY_WORDS for w in words)
+            or ("NEVER" in words and len(words) > 1)
+            or len(set(words)) != len(words)
+        ):
             return R.BAD_NOTIFY
         dsn["NOTIFY"] = ",".join(words)
     if "ORCPT" in params:

@@ -148,7 +148,9 @@ class Session:
         if r.is_error:
             self.errors += 1
             if self.stage in _COUNTED_STAGES:
-                self.ctx.metrics.inc("smtprs_messages_rejected_total", stage=self.stage, reason=f"{r.code} {r.enhanced or ''}".strip())
+                self.ctx.metrics.inc(
+                    "smtprs_messages_rejected_total", stage=self.stage, reason=f"{r.code} {r.enhanced or ''}".strip()
+                )
 
     def info(self) -> SessionInfo:
         """What the library's hooks are told of this session."""
@@ -187,7 +189,11 @@ class Session:
         admitted = False
         try:
             refusal = runtime.limits.admit(
-                self.peer_ip, trio.current_time(), per_client=s.max_connections_per_client, rate=s.max_connection_rate, window=s.connection_rate_window
+                self.peer_ip,
+                trio.current_time(),
+                per_client=s.max_connections_per_client,
+                rate=s.max_connection_rate,
+                window=s.connection_rate_window,
             )
             admitted = refusal is None
             if refusal is None and self.ctx.active_sessions > s.max_connections:
@@ -245,7 +251,11 @@ class Session:
 
     async def _close_for_shutdown(self) -> None:
         if not self.idle:
-            detail = "message not accepted" if self.txn is not None and self.txn.writer is not None else "transaction not finished"
+            detail = (
+                "message not accepted"
+                if self.txn is not None and self.txn.writer is not None
+                else "transaction not finished"
+            )
             maillog.reject(self.id, self.peer, "shutdown", R.SHUTTING_DOWN, detail)
         self.intake.abort()
         self.txn = None
@@ -397,15 +407,25 @@ class Session:
         if need:
             free = self.ctx.spool.free_space()
             if free is not None and free < need:
-                maillog.reject(self.id, self.peer, "MAIL", R.SPOOL_FULL, f"{free} octets free in the spool, {need} wanted")
+                maillog.reject(
+                    self.id, self.peer, "MAIL", R.SPOOL_FULL, f"{free} octets free in the spool, {need} wanted"
+                )
                 self.reply(R.SPOOL_FULL)
                 return
-        mail = esmtp.mail_params(params, path_utf8=path.is_utf8, auth_user=self.auth_user, sender_allowed=self.ctx.policy.sender_allowed)
+        mail = esmtp.mail_params(
+            params, path_utf8=path.is_utf8, auth_user=self.auth_user, sender_allowed=self.ctx.policy.sender_allowed
+        )
         if isinstance(mail, R.Reply):
             self.reply(mail)
             return
         if self.auth_user is not None and not self.ctx.policy.sender_allowed(self.auth_user, path.address()):
-            maillog.reject(self.id, self.peer, "MAIL", R.SENDER_NOT_OWNED, f"from=<{path.address()}> sasl_username={self.auth_user}")
+            maillog.reject(
+                self.id,
+                self.peer,
+                "MAIL",
+                R.SENDER_NOT_OWNED,
+                f"from=<{path.address()}> sasl_username={self.auth_user}",
+            )
             self.reply(R.SENDER_NOT_OWNED)
             return
         if self.hooks is not None and (refusal := await self.ask_hook("on_mail", path.address())) is not None:
@@ -419,7 +439,11 @@ class Session:
         assert txn is not None and cmd.path is not None
         txn.rcpt_attempts += 1
         dsn = esmtp.rcpt_params(
-            cmd.params, path_utf8=cmd.path.is_utf8, smtputf8=txn.smtputf8, recipients=len(txn.recipients), max_recipients=self.cfg.smtpd.max_recipients
+            cmd.params,
+            path_utf8=cmd.path.is_utf8,
+            smtputf8=txn.smtputf8,
+            recipients=len(txn.recipients),
+            max_recipients=self.cfg.smtpd.max_recipients,
         )
         if isinstance(dsn, R.Reply):
             self.reply(dsn)
@@ -438,7 +462,10 @@ class Session:
                 self.reply(refusal)
                 return
             txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
-        elif self.hooks is not None and (refusal := await self.ask_hook("on_rcpt", txn.sender.address(), address)) is not None:
+        elif (
+            self.hooks is not None
+            and (refusal := await self.ask_hook("on_rcpt", txn.sender.address(), address)) is not None
+        ):
             self.reply(refusal)
             return
         if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix

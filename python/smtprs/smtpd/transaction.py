@@ -27,7 +27,9 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> NOTIFY/ORCPT
     targets: dict[str, str] = field(default_factory=dict)  # expanded recipient -> the RCPT address it came from
-    lmtp_slots: list[lmtp.Slot] = field(default_factory=list)  # LMTP: every accepted RCPT, one reply each after the data
+    lmtp_slots: list[lmtp.Slot] = field(
+        default_factory=list
+    )  # LMTP: every accepted RCPT, one reply each after the data
     rcpt_attempts: int = 0
     writer: Writer | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
