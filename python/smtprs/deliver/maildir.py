@@ -8,7 +8,7 @@ same recipient again after a crash finds ``new/NAME`` and makes no second copy.
 Deliveries that arrive while a batch is being written go together into the
 next one: one call into the Rust core (``_core.write_files``) writes the whole
 batch with the GIL released and fsyncs each ``new/`` directory once per batch
-(group commit again; see ARCHITECTURE.md for why this is not done with
+(group commit again; see docs/internals.md for why this is not done with
 Python file calls in a worker thread).
 
 The copy is the spooled content with LF line ends (as Unix mailbox files and

@@ -12,7 +12,7 @@ Layout under the spool directory::
                           after each delivery attempt
     corrupt/              files that could not be read, moved aside and logged
 
-Why segments (see ARCHITECTURE.md): creating, writing, fsyncing and renaming a
+Why segments (see docs/internals.md): creating, writing, fsyncing and renaming a
 file per message, plus a directory fsync, costs ~450 µs of kernel CPU per
 message here; appending the message to a shared segment and fdatasync'ing once
 per batch costs ~20 µs.  Most mail is delivered at its first attempt, so the
