@@ -7,12 +7,13 @@ more data (RFC 2920).  Each command goes through one table: the sequence
 check (``transaction.check_sequence``), then the handler the dispatch table
 names for its verb.
 
-What the session owns itself: greeting, the listener's mode, the envelope
-(MAIL and RCPT: policy, routing, hooks), STARTTLS, timeouts and the error
-count, and the shutdown.  What it hands on: ESMTP parameter checks to
-``params`` (pure functions), the AUTH exchange to ``auth.Dialog``, and the
-message content -- DATA/BDAT, our Received field, the submission fix-ups, the
-commit that earns the 250 -- to ``intake.Intake``.
+What the session owns itself: the listener's mode, the envelope (MAIL and
+RCPT: policy, routing, hooks), timeouts and the error count, and the
+shutdown.  What it hands on: HELO/EHLO/LHLO and STARTTLS to
+``greeting.Hello``, ESMTP parameter checks to ``params`` (pure functions),
+the AUTH exchange to ``auth.Dialog``, and the message content -- DATA/BDAT,
+our Received field, the submission fix-ups, the commit that earns the 250 --
+to ``intake.Intake``.
 
 The listener's mode decides the rest: ``mx`` offers STARTTLS when a
 certificate is configured; ``submission`` (RFC 6409) offers STARTTLS and AUTH
