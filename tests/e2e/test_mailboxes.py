@@ -204,7 +204,7 @@ def test_mbox_read_by_python_mailbox(make_server) -> None:
         # Local deliveries run concurrently, so the mbox order is not the
         # submission order: pair each stored message with what was sent by
         # its Subject.
-        by_subject = {box[key]["Subject"]: key for key in box}
+        by_subject = {box[key]["Subject"]: key for key in box.keys()}  # noqa: SIM118 (iterating a Mailbox yields messages)
         assert sorted(by_subject) == [f"mbox {i}" for i in range(3)]
         for i, msg in enumerate(sent):
             key = by_subject[f"mbox {i}"]
