@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from smtprs import _core
 from smtprs import reply as R
 from smtprs.smtpd import params as esmtp
 
@@ -103,6 +104,17 @@ MAIL_ROWS: list[tuple[str, dict[str, str | None], bool, str | None, object]] = [
         (False, {"AUTH": "sales@example.test"}),
     ),
     ("auth the user may not claim", {"AUTH": "bob@example.test"}, False, "alice", (False, {})),
+    (
+        "auth the user's own mailbox",
+        {"AUTH": "alice@example.test"},
+        False,
+        "alice",
+        (False, {"AUTH": "alice@example.test"}),
+    ),
+    ("auth <> from an unauthenticated client", {"AUTH": "<>"}, False, None, (False, {})),
+    ("auth a mailbox unauthenticated, another user's", {"AUTH": "sales@example.test"}, False, None, (False, {})),
+    ("auth empty", {"AUTH": ""}, False, "alice", (501, "5.5.4", "AUTH")),
+    ("auth without a value, unauthenticated", {"AUTH": None}, False, None, (501, "5.5.4", "AUTH")),
     ("auth without a value", {"AUTH": None}, False, "alice", (501, "5.5.4", "AUTH")),
     ("auth not a mailbox", {"AUTH": "not a mailbox"}, False, "alice", (501, "5.5.4", "AUTH")),
     ("unknown keyword", {"FOO": "1"}, False, None, (555, "5.5.4", "Unsupported option: FOO")),
@@ -169,6 +181,9 @@ RCPT_ROWS: list[tuple[str, dict[str, str | None], bool, bool, int, object]] = [
         {"NOTIFY": "SUCCESS,FAILURE,DELAY"},
     ),
     ("notify never with another", {"NOTIFY": "NEVER,SUCCESS"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
+    ("notify never after others", {"NOTIFY": "FAILURE,DELAY,NEVER"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
+    ("notify never twice", {"NOTIFY": "NEVER,NEVER"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
+    ("notify failure", {"NOTIFY": "failure"}, False, False, 0, {"NOTIFY": "FAILURE"}),
     ("notify repeated", {"NOTIFY": "DELAY,DELAY"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
     ("notify unknown", {"NOTIFY": "SOMETIMES"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
     ("notify empty", {"NOTIFY": ""}, False, False, 0, (501, "5.5.4", "NOTIFY")),
@@ -198,6 +213,17 @@ RCPT_ROWS: list[tuple[str, dict[str, str | None], bool, bool, int, object]] = [
     ("orcpt empty value", {"ORCPT": "rfc822;"}, False, False, 0, (501, "5.5.4", "ORCPT")),
     ("orcpt bad type", {"ORCPT": "rfc 822;bob@example.test"}, False, False, 0, (501, "5.5.4", "ORCPT")),
     ("orcpt without a value", {"ORCPT": None}, False, False, 0, (501, "5.5.4", "ORCPT")),
+    ("orcpt x- type", {"ORCPT": "X-Local;bob"}, False, False, 0, {"ORCPT": "x-local;bob"}),
+    ("orcpt only the first ; splits", {"ORCPT": "rfc822;a;b@c.test"}, False, False, 0, {"ORCPT": "rfc822;a;b@c.test"}),
+    # RFC 3461 4.2 wants an rfc822 ORCPT in printable US-ASCII; the code does not look
+    (
+        "orcpt rfc822 non-ascii is kept",
+        {"ORCPT": "rfc822;b\u00f6b@example.test"},
+        False,
+        False,
+        0,
+        {"ORCPT": "rfc822;b\u00f6b@example.test"},
+    ),
     (
         "notify and orcpt",
         {"ORCPT": "rfc822;bob@example.test", "NOTIFY": "FAILURE"},
@@ -212,6 +238,8 @@ RCPT_ROWS: list[tuple[str, dict[str, str | None], bool, bool, int, object]] = [
     ("utf-8 path without smtputf8", {}, True, False, 0, (553, "5.6.7")),
     ("one below the limit", {}, False, False, 99, {}),
     ("at the limit", {}, False, False, 100, (452, "4.5.3")),
+    ("beyond the limit", {"NOTIFY": "NEVER"}, False, False, 250, (452, "4.5.3")),
+    ("a bad parameter before the limit", {"NOTIFY": "x"}, False, False, 100, (501, "5.5.4", "NOTIFY")),
     # with several problems, the first in the order of the checks is answered
     ("notify before orcpt", {"ORCPT": "x", "NOTIFY": "x"}, False, False, 0, (501, "5.5.4", "NOTIFY")),
     ("orcpt before an unknown keyword", {"XFOO": None, "ORCPT": "x"}, False, False, 0, (501, "5.5.4", "ORCPT")),
@@ -232,6 +260,71 @@ def test_rcpt_params(
         assert (got.code, got.enhanced) == expected[:2]
         if len(expected) > 2:
             assert expected[2] in got.first_line
+    else:
+        assert got == expected
+
+
+# -- through the core's parser -------------------------------------------------------
+# Keyword case, repeated keywords and xtext are the core's: a command line is
+# parsed by _core.ServerConnection, and a Command's params go to the checks.
+
+# (command line, authenticated user, expected: the values kept or (code, enhanced[, text part]))
+LINE_ROWS: list[tuple[str, bytes, str | None, object]] = [
+    ("size lower case", b"MAIL FROM:<a@b.test> size=100", None, {}),
+    (
+        "keywords in any case",
+        b"MAIL FROM:<a@b.test> Body=8bitmime smtputf8 Ret=Hdrs envid=x auth=<>",
+        None,
+        {"BODY": "8BITMIME", "SMTPUTF8": None, "RET": "HDRS", "ENVID": "x"},
+    ),
+    ("size over the limit, lower case", b"MAIL FROM:<a@b.test> size=10000001", None, (552, "5.3.4")),
+    ("size malformed, mixed case", b"MAIL FROM:<a@b.test> Size=ten", None, (501, "5.5.4", "SIZE")),
+    ("smtputf8 with a value, lower case", b"MAIL FROM:<a@b.test> smtputf8=1", None, (501, "5.5.4", "SMTPUTF8")),
+    ("unknown keyword named upper case", b"MAIL FROM:<a@b.test> x-foo=bar", None, (555, "5.5.4", "X-FOO")),
+    ("size repeated", b"MAIL FROM:<a@b.test> SIZE=1 size=2", None, (555, "5.5.4", "SIZE given twice")),
+    ("body repeated", b"MAIL FROM:<a@b.test> BODY=7BIT BODY=7BIT", None, (555, "5.5.4", "BODY")),
+    ("envid xtext decoded", b"MAIL FROM:<a@b.test> ENVID=a+2Bb+3Dc", None, {"ENVID": "a+b=c"}),
+    ("envid hex xtext", b"MAIL FROM:<a@b.test> ENVID=+41+42", None, {"ENVID": "AB"}),
+    ("envid xtext space", b"MAIL FROM:<a@b.test> ENVID=a+20b", None, {"ENVID": "a b"}),
+    ("envid bad xtext", b"MAIL FROM:<a@b.test> ENVID=a+zz", None, (501, "5.5.4", "ENVID")),
+    ("envid truncated xtext", b"MAIL FROM:<a@b.test> ENVID=a+4", None, (501, "5.5.4", "ENVID")),
+    ("envid xtext of a control character", b"MAIL FROM:<a@b.test> ENVID=a+01", None, (501, "5.5.4", "ENVID")),
+    ("auth xtext decoded", b"MAIL FROM:<a@b.test> AUTH=alice+40example.test", "alice", {"AUTH": "alice@example.test"}),
+    ("notify lower case", b"RCPT TO:<c@d.test> notify=success,delay", None, {"NOTIFY": "SUCCESS,DELAY"}),
+    ("notify repeated keyword", b"RCPT TO:<c@d.test> NOTIFY=NEVER notify=NEVER", None, (555, "5.5.4", "NOTIFY")),
+    ("orcpt xtext decoded", b"RCPT TO:<c@d.test> orcpt=rfc822;x+2By@d.test", None, {"ORCPT": "rfc822;x+y@d.test"}),
+    ("mail keyword on rcpt", b"RCPT TO:<c@d.test> body=7bit", None, (555, "5.5.4", "BODY")),
+]
+
+
+def _check_line(line: bytes, auth_user: str | None) -> object:
+    conn = _core.ServerConnection(max_message_size=MAX_SIZE)
+    conn.receive_data(line + b"\r\n")
+    cmd = conn.next_event()
+    if isinstance(cmd, _core.CommandError):
+        return cmd
+    assert isinstance(cmd, _core.Command), cmd
+    assert cmd.path is not None
+    if cmd.verb == "RCPT":
+        return esmtp.rcpt_params(
+            cmd.params, path_utf8=cmd.path.is_utf8, smtputf8=False, recipients=0, max_recipients=100
+        )
+    size = esmtp.mail_size(cmd.params, MAX_SIZE)
+    if isinstance(size, R.Reply):
+        return size
+    got = esmtp.mail_params(cmd.params, path_utf8=cmd.path.is_utf8, auth_user=auth_user, sender_allowed=sender_allowed)
+    return got if isinstance(got, R.Reply) else got.kept
+
+
+@pytest.mark.parametrize("line,auth_user,expected", [r[1:] for r in LINE_ROWS], ids=[r[0] for r in LINE_ROWS])
+def test_parsed_line(line: bytes, auth_user: str | None, expected: object) -> None:
+    got = _check_line(line, auth_user)
+    if isinstance(expected, tuple):
+        assert isinstance(got, (R.Reply, _core.CommandError)), got
+        assert (got.code, got.enhanced) == expected[:2]
+        if len(expected) > 2:
+            text = got.first_line if isinstance(got, R.Reply) else got.text
+            assert expected[2] in text
     else:
         assert got == expected
 
