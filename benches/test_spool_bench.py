@@ -55,6 +55,8 @@ async def one_message(spool: Spool) -> None:
 
 
 def per_message(benchmark: Any, messages: int) -> None:
+    if benchmark.stats is None:  # --benchmark-disable: the code ran once, nothing was timed
+        return
     median = benchmark.stats.stats.median
     benchmark.extra_info["us_per_message"] = round(median / messages * 1e6, 1)
     benchmark.extra_info["messages/s"] = round(messages / median, 1)
