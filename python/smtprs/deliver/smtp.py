@@ -408,33 +408,6 @@ class SmtpAgent:
             return "5.6.3", f"8-bit message content, but host {conn.relay} does not offer 8BITMIME"
         return None
 
-    def _mail_command(self, conn: Connection, request: DeliveryRequest) -> str:
-        ext = conn.ext
-        params = []
-        if "SIZE" in ext:
-            params.append(f"SIZE={request.size}")
-        body = request.params.get("BODY", "").upper()
-        if body in ("8BITMIME", "7BIT") and "8BITMIME" in ext:
-            params.append(f"BODY={body}")
-        if "SMTPUTF8" in request.params and "SMTPUTF8" in ext:
-            params.append("SMTPUTF8")
-        if "DSN" in ext:
-            if request.params.get("RET"):
-                params.append(f"RET={request.params['RET']}")
-            if request.params.get("ENVID"):
-                params.append(f"ENVID={_core.xtext_encode(request.params['ENVID'])}")
-        return f"MAIL FROM:<{request.sender}>" + "".join(" " + p for p in params)
-
-    def _rcpt_command(self, conn: Connection, t: Target) -> str:
-        params = []
-        if "DSN" in conn.ext:
-            if t.params.get("NOTIFY"):
-                params.append(f"NOTIFY={t.params['NOTIFY']}")
-            if t.params.get("ORCPT"):
-                kind, _, addr = t.params["ORCPT"].partition(";")
-                params.append(f"ORCPT={kind};{_core.xtext_encode(addr)}")
-        return f"RCPT TO:<{t.address}>" + "".join(" " + p for p in params)
-
     async def _transaction(
         self,
         conn: Connection,
@@ -448,8 +421,8 @@ class SmtpAgent:
         relay, name = conn.relay, conn.host.name
         pipelining = "PIPELINING" in conn.ext
         dsn = "DSN" in conn.ext
-        mail = self._mail_command(conn, request)
-        rcpts = [self._rcpt_command(conn, t) for t in batch]
+        mail = mail_command(conn, request)
+        rcpts = [rcpt_command(conn, t) for t in batch]
 
         def temp(t: Target, reply: _core.Reply, what: str) -> None:
             last[t.index] = Outcome(
@@ -546,6 +519,37 @@ class SmtpAgent:
         reply = await conn.command("RSET", self.r.command_timeout)
         if reply.code != 250:
             raise Lost(f"RSET refused: {show(reply)}")
+
+
+def mail_command(conn: Connection, request: DeliveryRequest) -> str:
+    """MAIL FROM with the parameters the message has and the server offers."""
+    ext = conn.ext
+    params = []
+    if "SIZE" in ext:
+        params.append(f"SIZE={request.size}")
+    body = request.params.get("BODY", "").upper()
+    if body in ("8BITMIME", "7BIT") and "8BITMIME" in ext:
+        params.append(f"BODY={body}")
+    if "SMTPUTF8" in request.params and "SMTPUTF8" in ext:
+        params.append("SMTPUTF8")
+    if "DSN" in ext:
+        if request.params.get("RET"):
+            params.append(f"RET={request.params['RET']}")
+        if request.params.get("ENVID"):
+            params.append(f"ENVID={_core.xtext_encode(request.params['ENVID'])}")
+    return f"MAIL FROM:<{request.sender}>" + "".join(" " + p for p in params)
+
+
+def rcpt_command(conn: Connection, t: Target) -> str:
+    """RCPT TO with the DSN parameters, when the server offers DSN."""
+    params = []
+    if "DSN" in conn.ext:
+        if t.params.get("NOTIFY"):
+            params.append(f"NOTIFY={t.params['NOTIFY']}")
+        if t.params.get("ORCPT"):
+            kind, _, addr = t.params["ORCPT"].partition(";")
+            params.append(f"ORCPT={kind};{_core.xtext_encode(addr)}")
+    return f"RCPT TO:<{t.address}>" + "".join(" " + p for p in params)
 
 
 def _is_ip(name: str) -> bool:
