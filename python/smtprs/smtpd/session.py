@@ -7,13 +7,14 @@ more data (RFC 2920).  Each command goes through one table: the sequence
 check (``transaction.check_sequence``), then the handler the dispatch table
 names for its verb.
 
-What the session owns itself: the listener's mode, the envelope (MAIL and
-RCPT: policy, routing, hooks), timeouts and the error count, and the
-shutdown.  What it hands on: HELO/EHLO/LHLO and STARTTLS to
-``greeting.Hello``, ESMTP parameter checks to ``params`` (pure functions),
-the AUTH exchange to ``auth.Dialog``, and the message content -- DATA/BDAT,
-our Received field, the submission fix-ups, the commit that earns the 250 --
-to ``intake.Intake``.
+What the session owns itself: the listener's mode, the state the other
+parts share (greeting, TLS, the AUTH user, the open transaction), timeouts
+and the error count, and the shutdown.  What it hands on: HELO/EHLO/LHLO and
+STARTTLS to ``greeting.Hello``; MAIL and RCPT (policy, routing, hooks) to
+``transaction.mail`` and ``transaction.rcpt``, with the ESMTP parameter checks
+in ``params`` (pure functions); the AUTH exchange to ``auth.Dialog``; and the
+message content -- DATA/BDAT, our Received field, the submission fix-ups, the
+commit that earns the 250 -- to ``intake.Intake``.
 
 The listener's mode decides the rest: ``mx`` offers STARTTLS when a
 certificate is configured; ``submission`` (RFC 6409) offers STARTTLS and AUTH
@@ -35,6 +36,7 @@ memory does not grow with what the peer sends.  No password is logged.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -45,10 +47,8 @@ from .. import _core, maillog
 from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
 from ..hooks import HOOK_FAILED, SessionInfo
-from ..hops import Unroutable
 from . import auth as sasl
-from . import lmtp
-from . import params as esmtp
+from . import transaction
 from .channel import Channel
 from .greeting import Hello
 from .intake import Intake
@@ -112,8 +112,8 @@ class Session:
             "LHLO": self.hello.lhlo,
             "STARTTLS": self.hello.starttls,
             "AUTH": self.sasl.command,
-            "MAIL": self._cmd_mail,
-            "RCPT": self._cmd_rcpt,
+            "MAIL": functools.partial(transaction.mail, self),
+            "RCPT": functools.partial(transaction.rcpt, self),
             "DATA": self.intake.data,
             "BDAT": self.intake.bdat,
             "RSET": self._cmd_rset,
@@ -386,95 +386,6 @@ class Session:
         assert self.ctx.tls is not None
         self.tls = await self.channel.start_tls(self.ctx.tls, self.cfg.smtpd.tls.handshake_timeout)
         return self.tls is not None
-
-    # -- the envelope ------------------------------------------------------------
-    async def _cmd_mail(self, cmd: _core.Command) -> None:
-        path = cmd.path
-        assert path is not None
-        if self.submission and self.auth_user is None:
-            maillog.reject(self.id, self.peer, "MAIL", R.AUTH_REQUIRED, f"from=<{path.address()}>")
-            self.reply(R.AUTH_REQUIRED)
-            return
-        params = cmd.params
-        size = esmtp.mail_size(params, self.cfg.smtpd.max_message_size)
-        if isinstance(size, R.Reply):
-            if size == R.SIZE_EXCEEDED:
-                maillog.reject(self.id, self.peer, "MAIL", R.SIZE_EXCEEDED, f"SIZE={params['SIZE']}")
-            self.reply(size)
-            return
-        # the spool's free space is asked between SIZE and the other parameters:
-        # that has always been the order of the checks
-        need = esmtp.space_wanted(size, self.cfg.queue.min_free_space)
-        if need:
-            free = self.ctx.spool.free_space()
-            if free is not None and free < need:
-                maillog.reject(
-                    self.id, self.peer, "MAIL", R.SPOOL_FULL, f"{free} octets free in the spool, {need} wanted"
-                )
-                self.reply(R.SPOOL_FULL)
-                return
-        mail = esmtp.mail_params(
-            params, path_utf8=path.is_utf8, auth_user=self.auth_user, sender_allowed=self.ctx.policy.sender_allowed
-        )
-        if isinstance(mail, R.Reply):
-            self.reply(mail)
-            return
-        if self.auth_user is not None and not self.ctx.policy.sender_allowed(self.auth_user, path.address()):
-            maillog.reject(
-                self.id,
-                self.peer,
-                "MAIL",
-                R.SENDER_NOT_OWNED,
-                f"from=<{path.address()}> sasl_username={self.auth_user}",
-            )
-            self.reply(R.SENDER_NOT_OWNED)
-            return
-        if self.hooks is not None and (refusal := await self.ask_hook("on_mail", path.address())) is not None:
-            self.reply(refusal)
-            return
-        self.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
-        self.reply(R.SENDER_OK)
-
-    async def _cmd_rcpt(self, cmd: _core.Command) -> None:
-        txn = self.txn
-        assert txn is not None and cmd.path is not None
-        txn.rcpt_attempts += 1
-        dsn = esmtp.rcpt_params(
-            cmd.params,
-            path_utf8=cmd.path.is_utf8,
-            smtputf8=txn.smtputf8,
-            recipients=len(txn.recipients),
-            max_recipients=self.cfg.smtpd.max_recipients,
-        )
-        if isinstance(dsn, R.Reply):
-            self.reply(dsn)
-            return
-        relay_allowed = self.ctx.policy.relay_allowed(self.peer_ip, self.auth_user)
-        expansion = self.ctx.router.expand(cmd.path, relay_allowed=relay_allowed)
-        address = cmd.path.address()
-        if isinstance(expansion, Unroutable):
-            maillog.reject(self.id, self.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
-            self.reply(expansion.reply)
-            return
-        if self.lmtp:
-            refusal = lmtp.check_targets(self.ctx, address, expansion.addresses)
-            if refusal is not None:
-                maillog.reject(self.id, self.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
-                self.reply(refusal)
-                return
-            txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
-        elif (
-            self.hooks is not None
-            and (refusal := await self.ask_hook("on_rcpt", txn.sender.address(), address)) is not None
-        ):
-            self.reply(refusal)
-            return
-        if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
-            txn.recipients.append(address)
-            txn.rcpt_params[address] = dsn
-        for target in expansion.addresses:  # so does a mailbox reached twice
-            txn.targets.setdefault(target, address)
-        self.reply(R.RECIPIENT_OK)
 
     async def _cmd_rset(self, cmd: _core.Command) -> None:
         self.intake.abort()

@@ -1,20 +1,33 @@
-"""One mail transaction (MAIL ... DATA/BDAT): what it has gathered, and which
-commands the session's state allows.
+"""One mail transaction, its envelope side: MAIL and RCPT, what the
+transaction has gathered, and which commands the session's state allows.
 
-``Transaction`` is the state the session (envelope side: MAIL, RCPT) and the
-intake (content side: smtpd/intake.py) share; ``check_sequence`` is the
-RFC 5321 4.1.4 order of commands as one table, answered with 503 before any
-handler runs.
+``Transaction`` is the state the envelope side (here) and the content side
+(smtpd/intake.py) share.  ``check_sequence`` is the RFC 5321 4.1.4 order of
+commands as one table, answered with 503 before any handler runs.  ``mail``
+and ``rcpt`` are the two commands' handlers, in the order of their checks:
+AUTH before MAIL on submission listeners, the parameters (smtpd/params.py),
+the spool's free space, who may use which sender and who may relay
+(smtpd/policy.py), the router's expansion of each recipient, the library's
+hooks.  On an LMTP listener every recipient must expand to local mailboxes,
+and each accepted RCPT gets a slot for its reply after the data
+(smtpd/lmtp.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from .. import _core
+from .. import _core, maillog
 from .. import reply as R
+from ..hooks import Hooks
+from ..hops import Unroutable
 from ..queue.backend import Writer
 from . import lmtp
+from . import params as esmtp
+
+if TYPE_CHECKING:
+    from .context import SessionContext
 
 
 @dataclass
@@ -27,9 +40,8 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> NOTIFY/ORCPT
     targets: dict[str, str] = field(default_factory=dict)  # expanded recipient -> the RCPT address it came from
-    lmtp_slots: list[lmtp.Slot] = field(
-        default_factory=list
-    )  # LMTP: every accepted RCPT, one reply each after the data
+    # LMTP: every accepted RCPT, one reply each after the data
+    lmtp_slots: list[lmtp.Slot] = field(default_factory=list)
     rcpt_attempts: int = 0
     writer: Writer | None = None
     mode: str | None = None  # "DATA" or "BDAT" once content started
@@ -68,3 +80,113 @@ def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply
 
 class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
+
+
+class TransactionSession(Protocol):
+    """What MAIL and RCPT use of their session (smtpd/session.py)."""
+
+    txn: Transaction | None
+
+    @property
+    def ctx(self) -> SessionContext: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def peer_ip(self) -> str: ...
+    @property
+    def submission(self) -> bool: ...
+    @property
+    def lmtp(self) -> bool: ...
+    @property
+    def auth_user(self) -> str | None: ...
+    @property
+    def hooks(self) -> Hooks | None: ...
+
+    def reply(self, r: R.Reply) -> None: ...
+
+    async def ask_hook(self, name: str, *args: object) -> R.Reply | None: ...
+
+
+async def mail(s: TransactionSession, cmd: _core.Command) -> None:
+    """MAIL FROM: the checks, then a new transaction."""
+    cfg = s.ctx.cfg
+    path = cmd.path
+    assert path is not None
+    if s.submission and s.auth_user is None:
+        maillog.reject(s.id, s.peer, "MAIL", R.AUTH_REQUIRED, f"from=<{path.address()}>")
+        s.reply(R.AUTH_REQUIRED)
+        return
+    params = cmd.params
+    size = esmtp.mail_size(params, cfg.smtpd.max_message_size)
+    if isinstance(size, R.Reply):
+        if size == R.SIZE_EXCEEDED:
+            maillog.reject(s.id, s.peer, "MAIL", R.SIZE_EXCEEDED, f"SIZE={params['SIZE']}")
+        s.reply(size)
+        return
+    # the spool's free space is asked between SIZE and the other parameters:
+    # that has always been the order of the checks
+    need = esmtp.space_wanted(size, cfg.queue.min_free_space)
+    if need:
+        free = s.ctx.spool.free_space()
+        if free is not None and free < need:
+            maillog.reject(s.id, s.peer, "MAIL", R.SPOOL_FULL, f"{free} octets free in the spool, {need} wanted")
+            s.reply(R.SPOOL_FULL)
+            return
+    policy = s.ctx.policy
+    mail = esmtp.mail_params(
+        params, path_utf8=path.is_utf8, auth_user=s.auth_user, sender_allowed=policy.sender_allowed
+    )
+    if isinstance(mail, R.Reply):
+        s.reply(mail)
+        return
+    if s.auth_user is not None and not policy.sender_allowed(s.auth_user, path.address()):
+        maillog.reject(s.id, s.peer, "MAIL", R.SENDER_NOT_OWNED, f"from=<{path.address()}> sasl_username={s.auth_user}")
+        s.reply(R.SENDER_NOT_OWNED)
+        return
+    if s.hooks is not None and (refusal := await s.ask_hook("on_mail", path.address())) is not None:
+        s.reply(refusal)
+        return
+    s.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
+    s.reply(R.SENDER_OK)
+
+
+async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
+    """RCPT TO: the checks, the router's expansion, then one more recipient."""
+    txn = s.txn
+    assert txn is not None and cmd.path is not None
+    txn.rcpt_attempts += 1
+    dsn = esmtp.rcpt_params(
+        cmd.params,
+        path_utf8=cmd.path.is_utf8,
+        smtputf8=txn.smtputf8,
+        recipients=len(txn.recipients),
+        max_recipients=s.ctx.cfg.smtpd.max_recipients,
+    )
+    if isinstance(dsn, R.Reply):
+        s.reply(dsn)
+        return
+    relay_allowed = s.ctx.policy.relay_allowed(s.peer_ip, s.auth_user)
+    expansion = s.ctx.router.expand(cmd.path, relay_allowed=relay_allowed)
+    address = cmd.path.address()
+    if isinstance(expansion, Unroutable):
+        maillog.reject(s.id, s.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
+        s.reply(expansion.reply)
+        return
+    if s.lmtp:
+        refusal = lmtp.check_targets(s.ctx, address, expansion.addresses)
+        if refusal is not None:
+            maillog.reject(s.id, s.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+            s.reply(refusal)
+            return
+        txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
+    elif s.hooks is not None and (refusal := await s.ask_hook("on_rcpt", txn.sender.address(), address)) is not None:
+        s.reply(refusal)
+        return
+    if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
+        txn.recipients.append(address)
+        txn.rcpt_params[address] = dsn
+    for target in expansion.addresses:  # so does a mailbox reached twice
+        txn.targets.setdefault(target, address)
+    s.reply(R.RECIPIENT_OK)
