@@ -110,6 +110,14 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     exit 1
 fi
 
+# clippy and rustfmt, for make lint (CI runs it); a minimal rustup profile has neither
+if [ "$what" = all ] && command -v rustup >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/rustup" ]; then
+    if [ "$what" = all ] && ! { PATH="$HOME/.cargo/bin:$PATH" cargo clippy --version && PATH="$HOME/.cargo/bin:$PATH" cargo fmt --version; } >/dev/null 2>&1; then
+        echo "install-deps: rustup component add clippy rustfmt"
+        PATH="$HOME/.cargo/bin:$PATH" rustup component add clippy rustfmt
+    fi
+fi
+
 # cargo fuzz, for the bounded libFuzzer run in the suite (tests/fuzz/test_cargo_fuzz.py)
 if [ "$what" = all ] && ! PATH="$HOME/.cargo/bin:$PATH" cargo fuzz --version >/dev/null 2>&1; then
     echo "install-deps: cargo install cargo-fuzz --locked (about 2 minutes)"
