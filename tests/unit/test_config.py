@@ -32,6 +32,7 @@ def test_embedded_default_runs_without_a_file():
         ("[queue]\nretry_min = 10\nretry_max = 5\n", "queue.retry_max"),
         ("unsafe_no_fsync = 1\n", "unsafe_no_fsync"),
         ("[queue]\nfsync = false\n", "queue.fsync"),
+        ("[queue]\ndiscard = true\n", "queue.discard"),
         ('[queue]\nbackend = "memory"\n', "queue.backend"),
         ("smtpd = 3\n", "smtpd"),
         ('[local]\ndelivery = "pigeon"\n', "local.delivery"),
@@ -53,6 +54,18 @@ def test_errors_name_the_key(tmp_path, toml, key):
     with pytest.raises(ConfigError) as e:
         config.load(f)
     assert str(e.value).startswith(key + ":"), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "toml,replacement",
+    [("[queue]\nfsync = false\n", "unsafe_no_fsync = true"), ("[queue]\ndiscard = true\n", 'queue.backend = "null"')],
+)
+def test_renamed_keys_say_what_replaces_them(tmp_path, toml, replacement):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match="renamed") as info:
+        config.load(path)
+    assert replacement in str(info.value)
 
 
 def test_relative_data_dir_follows_the_config_file(tmp_path):

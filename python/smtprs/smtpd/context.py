@@ -26,6 +26,7 @@ from ..envelope import Envelope
 from ..hooks import Hooks
 from ..metrics import Metrics
 from ..queue.backend import SpoolBackend
+from ..reply import Reply
 from ..route.router import Router
 from .auth import Authenticator, FailureDelays
 from .limits import ClientLimits
@@ -92,3 +93,29 @@ class SessionContext:
     @property
     def active_sessions(self) -> int:
         return self.runtime.active_sessions
+
+
+class SessionView(Protocol):
+    """What the session's parts (greeting.py, transaction.py, intake.py) read of
+    the session that holds them; each part's own Protocol adds what it changes."""
+
+    @property
+    def ctx(self) -> SessionContext: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def peer_ip(self) -> str: ...
+    @property
+    def submission(self) -> bool: ...
+    @property
+    def lmtp(self) -> bool: ...
+    @property
+    def auth_user(self) -> str | None: ...
+    @property
+    def hooks(self) -> Hooks | None: ...
+
+    def reply(self, r: Reply) -> None: ...
+
+    async def ask_hook(self, name: str, *args: object) -> Reply | None: ...

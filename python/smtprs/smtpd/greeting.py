@@ -13,14 +13,13 @@ from typing import Protocol
 from .. import _core, maillog
 from .. import reply as R
 from ..config import Config
-from ..hooks import Hooks
 from . import auth as sasl
-from .context import SessionContext
+from .context import SessionView
 from .intake import Intake
 from .transaction import CloseSession, Transaction
 
 
-class HelloSession(Protocol):
+class HelloSession(SessionView, Protocol):
     """What the greeting and STARTTLS use of their session (smtpd/session.py)."""
 
     txn: Transaction | None
@@ -31,17 +30,7 @@ class HelloSession(Protocol):
     tls: str | None
 
     @property
-    def ctx(self) -> SessionContext: ...
-    @property
     def cfg(self) -> Config: ...
-    @property
-    def hooks(self) -> Hooks | None: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def peer(self) -> str: ...
-    @property
-    def lmtp(self) -> bool: ...
     @property
     def intake(self) -> Intake: ...
     @property
@@ -51,8 +40,6 @@ class HelloSession(Protocol):
     @property
     def auth_offered(self) -> bool: ...
 
-    def reply(self, r: R.Reply) -> None: ...
-    async def ask_hook(self, name: str, *args: object) -> R.Reply | None: ...
     async def flush(self) -> None: ...
     async def _start_tls(self) -> bool: ...
     def _new_engine(self) -> _core.ServerConnection: ...
@@ -63,24 +50,24 @@ class Hello:
         self.s = session
 
     async def helo(self, cmd: _core.Command) -> None:
-        if self.s.lmtp:
-            self.s.reply(R.LMTP_USE_LHLO)
-            return
-        if self.s.hooks is not None and (refusal := await self.s.ask_hook("on_helo", cmd.arg.strip())) is not None:
-            self.s.reply(refusal)
-            return
-        self.greet("HELO", cmd.arg)
-        self.s.reply(R.Reply(250, None, self.s.ctx.hostname))
+        if await self._smtp_greeting("HELO", cmd):
+            self.s.reply(R.Reply(250, None, self.s.ctx.hostname))
 
     async def ehlo(self, cmd: _core.Command) -> None:
+        if await self._smtp_greeting("EHLO", cmd):
+            self.extensions()
+
+    async def _smtp_greeting(self, kind: str, cmd: _core.Command) -> bool:
+        """HELO or EHLO: refused on an LMTP listener or by the on_helo hook (False, answered),
+        else the session is greeted (True: the caller answers)."""
         if self.s.lmtp:
             self.s.reply(R.LMTP_USE_LHLO)
-            return
+            return False
         if self.s.hooks is not None and (refusal := await self.s.ask_hook("on_helo", cmd.arg.strip())) is not None:
             self.s.reply(refusal)
-            return
-        self.greet("EHLO", cmd.arg)
-        self.extensions()
+            return False
+        self.greet(kind, cmd.arg)
+        return True
 
     def extensions(self) -> None:
         lines = [

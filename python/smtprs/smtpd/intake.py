@@ -32,7 +32,7 @@ import ipaddress
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -40,13 +40,10 @@ from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
-from ..hooks import Hooks
 from ..queue.backend import Writer
 from . import lmtp
+from .context import SessionView
 from .transaction import Transaction
-
-if TYPE_CHECKING:
-    from .context import SessionContext
 
 # Header fields RFC 6409 8 lets a submission server add, found as the core's
 # header scan finds them: at the start of a line of the header block.
@@ -75,7 +72,7 @@ def _address_literal(peer_ip: str) -> str:
     return f"IPv6:{ip}" if ip.version == 6 else str(ip)
 
 
-class IntakeSession(Protocol):
+class IntakeSession(SessionView, Protocol):
     """What the intake uses of its session (smtpd/session.py): who the client
     is, the open transaction, the reply buffer and the hooks."""
 
@@ -85,35 +82,15 @@ class IntakeSession(Protocol):
     out: bytearray  # replies not counted as the client's errors go straight here
 
     @property
-    def ctx(self) -> SessionContext: ...
-    @property
     def conn(self) -> _core.ServerConnection: ...
     @property
-    def id(self) -> str: ...
-    @property
-    def peer(self) -> str: ...
-    @property
-    def peer_ip(self) -> str: ...
-    @property
     def mode(self) -> str: ...
-    @property
-    def lmtp(self) -> bool: ...
-    @property
-    def submission(self) -> bool: ...
     @property
     def greeting(self) -> str | None: ...
     @property
     def helo_name(self) -> str: ...
     @property
     def tls(self) -> str | None: ...
-    @property
-    def auth_user(self) -> str | None: ...
-    @property
-    def hooks(self) -> Hooks | None: ...
-
-    def reply(self, r: R.Reply) -> None: ...
-
-    async def ask_hook(self, name: str, *args: object) -> R.Reply | None: ...
 
 
 class Intake:

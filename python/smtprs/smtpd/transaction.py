@@ -16,18 +16,15 @@ and each accepted RCPT gets a slot for its reply after the data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import _core, maillog
 from .. import reply as R
-from ..hooks import Hooks
 from ..hops import Unroutable
 from ..queue.backend import Writer
 from . import lmtp
 from . import params as esmtp
-
-if TYPE_CHECKING:
-    from .context import SessionContext
+from .context import SessionView
 
 
 @dataclass
@@ -82,31 +79,10 @@ class CloseSession(Exception):
     """Raised by a handler to end the session after the pending replies are sent."""
 
 
-class TransactionSession(Protocol):
+class TransactionSession(SessionView, Protocol):
     """What MAIL and RCPT use of their session (smtpd/session.py)."""
 
     txn: Transaction | None
-
-    @property
-    def ctx(self) -> SessionContext: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def peer(self) -> str: ...
-    @property
-    def peer_ip(self) -> str: ...
-    @property
-    def submission(self) -> bool: ...
-    @property
-    def lmtp(self) -> bool: ...
-    @property
-    def auth_user(self) -> str | None: ...
-    @property
-    def hooks(self) -> Hooks | None: ...
-
-    def reply(self, r: R.Reply) -> None: ...
-
-    async def ask_hook(self, name: str, *args: object) -> R.Reply | None: ...
 
 
 async def mail(s: TransactionSession, cmd: _core.Command) -> None:
