@@ -149,7 +149,7 @@ def markdown(results: dict[str, Any]) -> str:
         if mode == "relay" and reuse:
             out.append("")
             out.append(
-                "Messages per SMTP session at the sink (connection reuse to the next hop), whole run: "
+                "Messages per SMTP session at the sink (connection reuse to the next hop; the whole run, until the server stopped): "
                 + "; ".join(
                     f"{r['server']} {size_label(r['size'])} c={r['concurrency']} {cell(r, 'msgs_per_next_hop_session')}"
                     for r in reuse
