@@ -178,7 +178,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
     tt = targets_table(summary)
     if tt:
-        out += ["", "## Targets of issue 4", ""] + tt
+        out += ["", "## Targets of issues 4 and 13", ""] + tt
     errs = [r for r in summary if r["errors"]]
     if errs:
         out += ["", "## Failed runs", ""]

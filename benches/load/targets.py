@@ -1,4 +1,4 @@
-"""Issue 4's throughput targets, and the table that says which of them a run met.
+"""Issue 4's throughput targets (and issue 13's relay target), and the table that says which of them a run met.
 
 Each target is a cell (mode, size, concurrency) and a minimum ratio of
 smtprs's msgs/s to Postfix's (in sink mode, to ``smtp-sink``); outside sink
