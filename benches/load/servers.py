@@ -485,6 +485,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 kill_pids(tree)
         self.master_pid = 0
 
+    def figures(self) -> dict[str, Any]:
+        """Relay mode: the instance's `postconf -n` as it ran (results.json's meta holds the template's, with no relayhost)."""
+        if self.mode != "relay":
+            return {}
+        return {"postconf_n": run_text([POSTCONF, "-c", str(self.etc), "-n"])}
+
     def postconf_n(self) -> str:
         if not self.made:
             self._make()
