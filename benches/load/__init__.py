@@ -18,7 +18,13 @@ durable    fsync'd spool, then local          private instance: queue file     h
                                               ``virtual`` delivery to Maildir  before 250
 e2e        as durable; measured by files      as durable; measured by files    as durable (delivery is inline)
            landing in Maildir ``new/``        landing in Maildir ``new/``
+relay      fsync'd spool, then SMTP to the    private instance, ``relayhost``  fsync'd spool file, forwarded with
+           sink by ``relay.transport``        = the sink                       ``smtplib`` before 250
 =========  =================================  ===============================  ==================================
+
+Relay mode's next hop is Postfix's ``smtp-sink``, started by the bench on its
+own loopback port for every run (``servers.NextHop``); what it receives is
+counted (its ``-c`` counters) over the same window as end to end.
 
 A fourth server, ``floor`` (``benches/load/trio_floor.py``), runs only when
 asked for (``--servers smtprs,postfix,aiosmtpd,floor``): canned replies on one
@@ -56,7 +62,7 @@ The modules:
 - ``servers``: one adapter per server (smtprs, Postfix, aiosmtpd, the floors);
 - ``driver``: smtp-source, the latency probe, and one measured run;
 - ``report``: the summary over rounds, results.md, the chart, progress lines;
-- ``targets``: issue 4's targets and the table of which were met;
+- ``targets``: the targets of issues 4 and 13, and the table of which were met;
 - ``__main__``: the command line and the plan of runs.
 
 ``probe.py``, ``aiosmtpd_server.py`` and ``trio_floor.py`` are not imported:

@@ -106,8 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", help="comma-separated session counts (default 1,10,50)")
     p.add_argument("--window", type=float, help="seconds counted per sink/durable run (default 10; --quick 2)")
     p.add_argument("--warmup", type=float, help="seconds of load before the window (default 2; --quick 0.5)")
-    p.add_argument("--e2e-window", type=float, help="seconds counted per end-to-end run (default 60; --quick 4)")
-    p.add_argument("--e2e-warmup", type=float, help="seconds before the end-to-end window (default 10; --quick 1)")
+    p.add_argument(
+        "--e2e-window", type=float, help="seconds counted per end-to-end or relay run (default 60; --quick 4)"
+    )
+    p.add_argument(
+        "--e2e-warmup", type=float, help="seconds before the end-to-end or relay window (default 10; --quick 1)"
+    )
     p.add_argument("--smtprs-cmd", help="command that runs smtprs (default: this Python -m smtprs)")
     p.add_argument("--smtprs-workers", type=int, help="pass --workers N to smtprs serve (default: its own default)")
     p.add_argument(
@@ -165,7 +169,7 @@ def estimate(st: Settings, n_servers: int) -> float:
     per_cell = 0.0
     for mode in st.modes:
         for conc in st.concurrency:
-            if mode == "e2e":
+            if mode in ("e2e", "relay"):
                 per_cell += st.e2e_warmup + st.e2e_window + 2
             else:
                 per_cell += st.warmup + st.window + 1.5 + (st.latency_seconds if conc == 1 else 0.3)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             for size in st.sizes
             for conc in st.concurrency
         ]
-        total = len(plan) * len(names)
+        total = sum(1 for _, mode, _, _ in plan for name in names if mode in servers[name].modes)
         print(
             f"{total} runs ({len(names)} servers × {len(plan) // st.rounds} cells × {st.rounds} rounds), "
             f"about {estimate(st, len(names)) / 60:.0f} min; work dir {work}; load average {os.getloadavg()[0]:.2f}; results in {out}",
@@ -251,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 last_round = rnd
             k = rnd % len(names)
             for name in names[k:] + names[:k]:  # A B C, B C A, C A B: nobody always goes first
+                if mode not in servers[name].modes:  # the floors do not relay
+                    continue
                 i += 1
                 if shutil.disk_usage(work).free < args.min_free_gb * 2**30:
                     purge()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .procs import NCPU, STARTED, TICK, MemorySampler, machine_ticks, scan_proc, tree_cpu_ticks
-from .servers import Server
+from .servers import NextHop, Server
 from .settings import HELPERS, RCPT, SENDER, SMTP_SOURCE, Settings
 
 
@@ -154,7 +154,7 @@ class Snap:
     delivered: int = 0
 
 
-def snap(server: Server, source: Source | None, count_new: bool = False) -> Snap:
+def snap(server: Server, source: Source | None, count_new: bool = False, hop: NextHop | None = None) -> Snap:
     procs = scan_proc()
     busy, total = machine_ticks()
     s = Snap(
@@ -168,7 +168,9 @@ def snap(server: Server, source: Source | None, count_new: bool = False) -> Snap
     )
     if source is not None:
         s.t = source.t_count  # the counter's own time stamp
-    if count_new:
+    if hop is not None:  # relay: what reached the next hop
+        s.delivered = hop.received()
+    elif count_new:
         nd = server.maildir_new()
         s.delivered = count_dir(nd) if nd else 0
     return s
@@ -194,24 +196,33 @@ def run_one(server: Server, mode: str, size: int, conc: int, rnd: int, st: Setti
         "concurrency": conc, "round": rnd, "ok": False, "loadavg_before": os.getloadavg()[0],
     }  # fmt: skip
     t_start = time.monotonic()
-    server.start(mode)
+    hop: NextHop | None = None
+    if mode == "relay":  # the next hop first: the server's config names its port
+        hop = NextHop(server.root / f"next-hop-{server.name}-{server.runs + 1}.log")
+        server.next_hop = hop.port
+    try:
+        server.start(mode)
+    except BaseException:
+        if hop is not None:
+            hop.stop()
+        raise
     sampler = MemorySampler(server.roots).start()
     source: Source | None = None
     probe: Probe | None = None
     try:
-        if mode == "e2e":
+        if mode in ("e2e", "relay"):
             source = Source(server.port, size, conc)
             series = []
             deadline = time.monotonic() + st.e2e_warmup
             while time.monotonic() < deadline:
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            a = s = snap(server, source, count_new=True)
+            a = s = snap(server, source, count_new=True, hop=hop)
             series.append((a.t, a.sent, a.delivered))
             end = time.monotonic() + st.e2e_window
             step = max(1.0, st.e2e_window / 30)
             while time.monotonic() < end:
                 time.sleep(min(step, max(0.0, end - time.monotonic())))
-                s = snap(server, source, count_new=True)
+                s = snap(server, source, count_new=True, hop=hop)
                 series.append((s.t, s.sent, s.delivered))
                 if not source.alive():
                     break
@@ -220,6 +231,9 @@ def run_one(server: Server, mode: str, size: int, conc: int, rnd: int, st: Setti
                 source.stop()
                 raise RuntimeError(f"smtp-source stopped: {source.stderr.decode(errors='replace')[-500:]}")
             source.stop()
+            if hop is not None:  # totals since the start: what was accepted, what the next hop got
+                rec["accepted_total"] = source.count
+                rec["received_total"] = hop.received()
             dt = b.t - a.t
             rec["accepted_per_s"] = (b.sent - a.sent) / dt
             rec["delivered_per_s"] = (b.delivered - a.delivered) / dt
@@ -275,12 +289,12 @@ def run_one(server: Server, mode: str, size: int, conc: int, rnd: int, st: Setti
             rec["p90_ms"] = quantile(lat, 0.9) * 1000
             rec["p99_ms"] = quantile(lat, 0.99) * 1000
             rec["max_ms"] = lat[-1] * 1000
-        msgs = (b.sent - a.sent + probe_count) if mode != "e2e" else max(b.delivered - a.delivered, 1)
+        msgs = (b.sent - a.sent + probe_count) if mode not in ("e2e", "relay") else max(b.delivered - a.delivered, 1)
         server_cores = (b.server_ticks - a.server_ticks) / TICK / dt
         client_cores = (b.client_ticks - a.client_ticks) / TICK / dt
         busy_cores = (b.machine_busy - a.machine_busy) / max(b.machine_total - a.machine_total, 1) * NCPU
         self_cores = (b.self_cpu - a.self_cpu) / dt
-        probe_cores = rec.get("probe_cpu_share", 0.0) if conc >= 2 and mode != "e2e" else 0.0
+        probe_cores = rec.get("probe_cpu_share", 0.0) if conc >= 2 and mode not in ("e2e", "relay") else 0.0
         rec["server_cores"] = server_cores
         rec["server_cpu_us_per_msg"] = server_cores * dt / max(msgs, 1) * 1e6
         rec["client_cores"] = client_cores + probe_cores
@@ -297,6 +311,13 @@ def run_one(server: Server, mode: str, size: int, conc: int, rnd: int, st: Setti
                 p.stop()
         sampler.stop()
         server.stop()
+        if hop is not None:
+            # smtp-sink counts a session when it ends: the server's cached connections end as it stops
+            time.sleep(0.3)
+            if rec["ok"]:
+                rec["next_hop_sessions"] = hop.connections()
+                rec["msgs_per_next_hop_session"] = hop.received() / max(rec["next_hop_sessions"], 1)
+            hop.stop()
     rec["peak_rss_mb"] = sampler.peak_rss / 2**20
     rec["peak_pss_mb"] = sampler.peak_pss / 2**20
     rec["peak_processes"] = sampler.peak_procs

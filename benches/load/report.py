@@ -31,6 +31,7 @@ def median_min_max(values: list[float]) -> tuple[float, float, float] | None:
 METRICS = (
     "msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "peak_pss_mb", "server_cpu_us_per_msg",
     "accepted_per_s", "delivered_per_s", "client_cores", "other_cores", "server_cores", "records_per_fdatasync",
+    "msgs_per_next_hop_session",
 )  # fmt: skip
 
 
@@ -107,7 +108,7 @@ def markdown(results: dict[str, Any]) -> str:
     out.append("")
     out.append(
         f"{st['rounds']} round(s), servers in turn; window {st['window']} s after {st['warmup']} s warm-up "
-        f"(end to end: {st['e2e_window']} s after {st['e2e_warmup']} s). Figures are medians over rounds, "
+        f"(end to end and relay: {st['e2e_window']} s after {st['e2e_warmup']} s). Figures are medians over rounds, "
         "(min–max) when there are several. × Postfix: ratio of medians (in sink mode, to smtp-sink)."
     )
     for mode in MODES:
@@ -115,9 +116,10 @@ def markdown(results: dict[str, Any]) -> str:
         if not rows:
             continue
         out += ["", f"## {MODE_TITLES[mode]}", ""]
-        if mode == "e2e":
+        if mode in ("e2e", "relay"):
+            what = "received at the sink msgs/s" if mode == "relay" else "delivered msgs/s"
             out.append(
-                "| size | conc | server | delivered msgs/s | accepted msgs/s | MB/s | peak RSS / PSS MB | server CPU µs/msg | × Postfix | × aiosmtpd |"
+                f"| size | conc | server | {what} | accepted msgs/s | MB/s | peak RSS / PSS MB | server CPU µs/msg | × Postfix | × aiosmtpd |"
             )
             out.append("|---|---|---|---|---|---|---|---|---|---|")
         else:
@@ -132,7 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
             xp = f"{r['x_postfix']:.2f}" if "x_postfix" in r and r["server"] != "postfix" else "–"
             xa = f"{r['x_aiosmtpd']:.2f}" if "x_aiosmtpd" in r and r["server"] != "aiosmtpd" else "–"
             mem = f"{cell(r, 'peak_rss_mb')} / {cell(r, 'peak_pss_mb')}"
-            if mode == "e2e":
+            if mode in ("e2e", "relay"):
                 out.append(
                     f"| {size_label(r['size'])} | {r['concurrency']} | {name} | {cell(r, 'delivered_per_s', True)} | "
                     f"{cell(r, 'accepted_per_s')} | {cell(r, 'mb_per_s')} | {mem} | {cell(r, 'server_cpu_us_per_msg')} | {xp} | {xa} |"
@@ -143,6 +145,17 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{cell(r, 'mb_per_s')} | {cell(r, 'p50_ms')} | {cell(r, 'p99_ms')} | {mem} | "
                     f"{cell(r, 'server_cpu_us_per_msg')} | {xp} | {xa} |"
                 )
+        reuse = [r for r in rows if "msgs_per_next_hop_session" in r]
+        if mode == "relay" and reuse:
+            out.append("")
+            out.append(
+                "Messages per SMTP session at the sink (connection reuse to the next hop; the whole run, until the server stopped): "
+                + "; ".join(
+                    f"{r['server']} {size_label(r['size'])} c={r['concurrency']} {cell(r, 'msgs_per_next_hop_session')}"
+                    for r in reuse
+                )
+                + "."
+            )
         oth = [r["other_cores"]["median"] for r in rows if "other_cores" in r]
         if oth:
             out.append("")
@@ -165,7 +178,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
     tt = targets_table(summary)
     if tt:
-        out += ["", "## Targets of issue 4", ""] + tt
+        out += ["", "## Targets of issues 4 and 13", ""] + tt
     errs = [r for r in summary if r["errors"]]
     if errs:
         out += ["", "## Failed runs", ""]
@@ -229,7 +242,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ax.set_ylim(bottom=0)
             ax.set_title(f"{mode} · {size_label(size)}", fontsize=10)
             ax.set_xlabel("concurrent sessions")
-            ax.set_ylabel("delivered msgs/s" if mode == "e2e" else "accepted msgs/s")
+            ax.set_ylabel("delivered msgs/s" if mode in ("e2e", "relay") else "accepted msgs/s")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     meta = results["meta"]

@@ -23,13 +23,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .procs import STARTED, descendants, kill_pids, pid_alive, scan_proc, wait_gone
-from .settings import DOMAIN, HELPERS, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
+from .settings import DOMAIN, HELPERS, MODES, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
 
 
 def free_port() -> int:
@@ -74,6 +75,7 @@ def tail(path: Path, n: int = 15) -> str:
 
 class Server:
     name = ""
+    modes: tuple[str, ...] = MODES  # the modes it runs in (the others are skipped for it)
 
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root = root
@@ -83,6 +85,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir: Path = root
         self.runs = 0
+        self.next_hop = 0  # relay mode: the port of the bench's smtp-sink, set before start()
 
     def label(self, mode: str) -> str:
         return PEER_LABEL.get((self.name, mode), self.name)
@@ -171,7 +174,7 @@ class Smtprs(Server):
         return None
 
     def maildir_new(self) -> Path | None:
-        return self.dir / "mail" / "box" / "new"
+        return None if self.mode == "relay" else self.dir / "mail" / "box" / "new"
 
     def start(self, mode: str) -> None:
         self.mode = mode
@@ -188,10 +191,12 @@ class Smtprs(Server):
                     "[[smtpd.listeners]]",
                     f'address = "127.0.0.1:{self.port}"',
                     "[local]",
-                    f'domains = ["{DOMAIN}"]',
+                    # relay: the bench domain is not local; it goes to the sink through the transport map
+                    *([f'domains = ["{DOMAIN}"]'] if mode != "relay" else []),
                     f'maildir = "{self.dir / "mail" / "{user}"}"',
                     # sink: accept and throw away, as smtp-sink and the aiosmtpd sink do
                     *(["[queue]", 'backend = "null"'] if mode == "sink" else []),
+                    *(self.relay_config() if mode == "relay" else []),
                     "",
                 ]
             )
@@ -200,6 +205,19 @@ class Smtprs(Server):
         if self.settings.smtprs_workers is not None:
             cmd += ["--workers", str(self.settings.smtprs_workers)]
         self._spawn(cmd, self.dir / "smtprs.log", smtprs_env(self.settings))
+
+    def relay_config(self) -> list[str]:
+        """Relay mode: the durable spool (the defaults), and every message of the
+        bench domain to the sink by the transport map, over SMTP, without TLS
+        (smtp-sink offers none; Postfix's client does not try either), pooled
+        connections as configured by default."""
+        return [
+            "[relay]",
+            'trusted_networks = ["127.0.0.0/8"]',
+            'tls = "none"',
+            "[relay.transport]",
+            f'"{DOMAIN}" = "smtp:[127.0.0.1]:{self.next_hop}"',
+        ]
 
     def figures(self) -> dict[str, Any]:
         """How many spool records each fdatasync covered (group commit), from `smtprs status`."""
@@ -225,7 +243,7 @@ class HelperServer(Server):
     script = ""
 
     def maildir_new(self) -> Path | None:
-        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+        return None if self.mode in ("sink", "relay") else self.dir / "mail" / "box" / "new"
 
     def args(self, mode: str) -> list[str]:
         raise NotImplementedError
@@ -251,6 +269,8 @@ class Aiosmtpd(HelperServer):
     def args(self, mode: str) -> list[str]:
         if mode == "sink":
             return ["--mode", "sink"]
+        if mode == "relay":
+            return ["--mode", "forward", "--spool", str(self.dir / "spool"), "--next-hop", f"127.0.0.1:{self.next_hop}"]
         return ["--mode", "durable", "--maildir", str(self.dir / "mail" / "box")]
 
 
@@ -259,6 +279,7 @@ class Floor(HelperServer):
 
     name = "floor"
     script = "trio_floor.py"
+    modes = ("sink", "durable", "e2e")  # not relay: it has no SMTP client
     extra: tuple[str, ...] = ()
 
     def args(self, mode: str) -> list[str]:
@@ -331,15 +352,15 @@ class Postfix(Server):
         return [self.master_pid] if self.master_pid else []
 
     def maildir_new(self) -> Path | None:
-        return None if self.mode == "sink" else self.dir / "mail" / "box" / "new"
+        return None if self.mode in ("sink", "relay") else self.dir / "mail" / "box" / "new"
 
     @property
     def etc(self) -> Path:
         return self.base / "etc"
 
-    def main_cf(self, run_dir: Path) -> dict[str, str]:
+    def main_cf(self, run_dir: Path, mode: str = "") -> dict[str, str]:
         pw = pwd.getpwnam("postfix")
-        return {
+        cf = {
             "compatibility_level": "3.6",
             "queue_directory": str(run_dir / "queue"),
             "data_directory": str(self.base / "data"),
@@ -366,6 +387,12 @@ class Postfix(Server):
             "maillog_file_prefixes": str(self.root),
             "biff": "no",
         }
+        if mode == "relay":
+            # relay: nothing is local; all mail to the bench's smtp-sink, Postfix's smtp client
+            # with its defaults (connection cache on demand, 20 connections per destination)
+            cf["virtual_mailbox_domains"] = ""
+            cf["relayhost"] = f"[127.0.0.1]:{self.next_hop}"
+        return cf
 
     MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -388,11 +415,14 @@ local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
-    def _configure(self, run_dir: Path) -> None:
-        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in self.main_cf(run_dir).items()))
+    def _configure(self, run_dir: Path, mode: str = "") -> None:
+        cf = self.main_cf(run_dir, mode)
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in cf.items()))
 
     def _make(self) -> None:
         """The instance: main.cf and master.cf (the services of Debian's
@@ -428,7 +458,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         subprocess.run(["cp", "-a", str(self.base / "template" / "queue"), str(self.dir / "queue")], check=True)
         (self.dir / "mail").mkdir()
         os.chown(self.dir / "mail", pw.pw_uid, pw.pw_gid)
-        self._configure(self.dir)
+        self._configure(self.dir, mode)
         self.port = self.instance_port
         r = subprocess.run([POSTFIX, "-c", str(self.etc), "start"], capture_output=True, text=True)
         if r.returncode != 0:
@@ -455,6 +485,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 kill_pids(tree)
         self.master_pid = 0
 
+    def figures(self) -> dict[str, Any]:
+        """Relay mode: the instance's `postconf -n` as it ran (results.json's meta holds the template's, with no relayhost)."""
+        if self.mode != "relay":
+            return {}
+        return {"postconf_n": run_text([POSTCONF, "-c", str(self.etc), "-n"])}
+
     def postconf_n(self) -> str:
         if not self.made:
             self._make()
@@ -468,3 +504,75 @@ SERVER_CLASSES: dict[str, type[Server]] = {
     "floor": Floor,
     "floor-accept": FloorAccept,
 }
+
+
+class NextHop:
+    """Relay mode's next hop: Postfix's C ``smtp-sink`` on its own free loopback
+    port, started by the bench for every relay run (whichever server is under
+    test), with ``-c``: it prints running counters (``sess=N quit=N mesg=N``,
+    ``mesg`` counting every message's final ``.``) that are read here with
+    timestamps, as smtp-source's.  It keeps nothing, so counting costs no disk."""
+
+    MESG = re.compile(rb"sess=(\d+).*?mesg=(\d+)")
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.count = 0
+        self.sessions = 0
+        self.t_count = time.monotonic()
+        cmd = [SMTP_SINK, "-c"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "postfix"]
+        cmd += [f"127.0.0.1:{self.port}", "1024"]
+        self.err = open(log, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True
+        )
+        STARTED.append(self)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            wait_smtp(self.port, 30, lambda: self.proc.poll() is None)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"the next hop (smtp-sink) did not start: {e}") from None
+        self.base = self.count  # wait_smtp's own probe session sends no message, but be exact
+        self.base_sessions = self.sessions  # and it is one session
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            buf += chunk
+            cut = max(buf.rfind(b"\r"), buf.rfind(b"\n"))
+            if cut < 0:
+                continue
+            done, buf = buf[:cut], buf[cut + 1 :]
+            found = self.MESG.findall(done)
+            if found:
+                self.sessions, self.count = int(found[-1][0]), int(found[-1][1])
+                self.t_count = time.monotonic()
+
+    def received(self) -> int:
+        return self.count - self.base
+
+    def connections(self) -> int:
+        """SMTP sessions the server under test opened to the next hop (connection reuse: fewer than messages)."""
+        return self.sessions - self.base_sessions
+
+    def stop(self) -> None:
+        if self in STARTED:
+            STARTED.remove(self)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        self.err.close()

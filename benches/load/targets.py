@@ -1,4 +1,4 @@
-"""Issue 4's throughput targets, and the table that says which of them a run met.
+"""Issue 4's throughput targets (and issue 13's relay target), and the table that says which of them a run met.
 
 Each target is a cell (mode, size, concurrency) and a minimum ratio of
 smtprs's msgs/s to Postfix's (in sink mode, to ``smtp-sink``); outside sink
@@ -23,6 +23,10 @@ TARGETS = (
     ("e2e", 1024, 50, "postfix", 3.0, "end to end ≥ 3× Postfix"),
     ("e2e", 102400, 10, "postfix", 3.0, "end to end ≥ 3× Postfix"),
     ("e2e", 102400, 50, "postfix", 3.0, "end to end ≥ 3× Postfix"),
+    ("relay", 1024, 10, "postfix", 3.0, "relay ≥ 3× Postfix"),
+    ("relay", 1024, 50, "postfix", 3.0, "relay ≥ 3× Postfix"),
+    ("relay", 102400, 10, "postfix", 3.0, "relay ≥ 3× Postfix"),
+    ("relay", 102400, 50, "postfix", 3.0, "relay ≥ 3× Postfix"),
     ("sink", 1024, 10, "postfix", 0.75, "sink ≥ 0.75× smtp-sink"),
     ("sink", 1024, 50, "postfix", 0.75, "sink ≥ 0.75× smtp-sink"),
     ("sink", 102400, 10, "postfix", 0.75, "sink ≥ 0.75× smtp-sink"),
