@@ -6,10 +6,14 @@ it loads the envelope, asks the router for each pending recipient's next hop,
 groups recipients by destination (one agent call, and so one SMTP transaction,
 per destination; the groups of one message run side by side), runs the agents
 (at most ``queue.delivery_concurrency`` messages at once), and writes the
-per-recipient outcome back into the envelope: delivered and failed are final;
-deferred recipients are retried after an exponential backoff with jitter
-(retry_min doubling up to retry_max) until ``queue.max_lifetime`` has passed,
-when they fail with 4.4.7.
+per-recipient outcome back into the envelope.  Due messages bound for one
+destination are attempted in batches (up to ``BATCH_MAX``): one task makes
+their agent calls and stores their envelopes with one ``save_many`` and one
+``remove_many``; a message with several destinations is a batch of its own,
+and one message's failure does not stop the others of its batch.  Outcomes:
+delivered and failed are final; deferred recipients are retried after an
+exponential backoff with jitter (retry_min doubling up to retry_max) until
+``queue.max_lifetime`` has passed, when they fail with 4.4.7.
 
 Notices (bounce.py) are owed per recipient (``Recipient.notice``, following
 DSN NOTIFY) as outcomes are recorded.  The envelope is saved with the debt
