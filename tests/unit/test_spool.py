@@ -352,3 +352,38 @@ async def test_first_load_after_commit_is_the_committed_envelope_then_the_disk(t
     await spool.remove(w2.queue_id)
     assert spool.load(w2.queue_id) is None
     spool.close()
+
+
+async def test_save_many_and_remove_many_in_one_go(tmp_path, monkeypatch):
+    """A batch's saves: one worker-thread hand-off and one group commit of the D
+    records; its removes: one group commit; each message's error on its own."""
+    spool = Spool(tmp_path, inline_max=1000)
+    spool.open()
+    small = [await _put(spool, b"m%d\r\n" % i) for i in range(3)]
+    big = await _put(spool, b"x" * 5000)  # content in files/, envelope in the segment
+    envs = [spool.load(q) for q in [*small, big]]
+    for env in envs:
+        env.recipients[0].state = "deferred"
+    batches = spool.commit_batches
+    errors = await spool.save_many([*envs, _env("NOSUCHQID")])
+    assert errors[:4] == [None] * 4 and isinstance(errors[4], KeyError)
+    assert spool.commit_batches == batches + 1  # the four D records together
+    assert all((tmp_path / "files" / f"{q}.env").exists() for q in [*small, big])
+    assert _read(spool, small[0]) == b"m0\r\n" and _read(spool, big) == b"x" * 5000
+    again = Spool(tmp_path)
+    assert sorted(again.open()) == sorted([*small, big])
+    assert again.load(small[1]).recipients[0].state == "deferred"
+    before = spool.commit_batches
+    assert await spool.remove_many([*small, big, "NOSUCHQID"]) == [None] * 5
+    assert spool.commit_batches == before  # everything lives in files/ now: no segment record
+    assert spool.count == 0 and Spool(tmp_path).open() == []
+
+
+async def test_remove_many_of_fresh_messages_is_one_group_commit(tmp_path):
+    spool = Spool(tmp_path)
+    spool.open()
+    qids = [await _put(spool, b"m%d\r\n" % i) for i in range(4)]
+    before = spool.commit_batches
+    assert await spool.remove_many(qids) == [None] * 4
+    assert spool.commit_batches == before + 1
+    assert spool.count == 0 and Spool(tmp_path).open() == []

@@ -12,7 +12,10 @@ OpenSMTPD's queue_null).  The interface is drawn so that a shared database
   (group commit); ``abort`` forgets an unfinished one;
 - delivering: ``ids``/``load`` what is queued, ``content`` to read it (a
   ``Content`` range: a file another process may open), ``save`` an envelope
-  after an attempt, ``remove`` a finished message;
+  after an attempt, ``remove`` a finished message; ``save_many`` and
+  ``remove_many`` do the same for a batch of messages at once (the scheduler's
+  batched delivery: one hand-off to a worker thread where the backend can),
+  reporting each message's error instead of raising;
 - bookkeeping: ``count``, ``oldest_arrival``, ``free_space``, the commit
   counters, ``open``/``close``.
 
@@ -22,6 +25,7 @@ scheduler asks the backend for due work only through ``ids``/``load`` today.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..content import Content
@@ -79,3 +83,13 @@ class SpoolBackend(Protocol):
     async def save(self, envelope: Envelope) -> None: ...
 
     async def remove(self, qid: str) -> None: ...
+
+    async def save_many(self, envelopes: Sequence[Envelope]) -> list[Exception | None]:
+        """``save`` for several envelopes at once; returns, in order, each one's
+        error (None: saved).  One message's failure does not stop the others."""
+        ...
+
+    async def remove_many(self, qids: Sequence[str]) -> list[Exception | None]:
+        """``remove`` for several messages at once; returns, in order, each one's
+        error (None: removed).  One message's failure does not stop the others."""
+        ...

@@ -13,6 +13,7 @@ handoff promise (RFC 5321 §2.1): a warning is logged while it is on.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..content import Content
@@ -81,3 +82,9 @@ class NullSpool:
 
     async def remove(self, qid: str) -> None:
         pass
+
+    async def save_many(self, envelopes: Sequence[Envelope]) -> list[Exception | None]:
+        return [None] * len(envelopes)
+
+    async def remove_many(self, qids: Sequence[str]) -> list[Exception | None]:
+        return [None] * len(qids)

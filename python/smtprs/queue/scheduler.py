@@ -6,10 +6,14 @@ it loads the envelope, asks the router for each pending recipient's next hop,
 groups recipients by destination (one agent call, and so one SMTP transaction,
 per destination; the groups of one message run side by side), runs the agents
 (at most ``queue.delivery_concurrency`` messages at once), and writes the
-per-recipient outcome back into the envelope: delivered and failed are final;
-deferred recipients are retried after an exponential backoff with jitter
-(retry_min doubling up to retry_max) until ``queue.max_lifetime`` has passed,
-when they fail with 4.4.7.
+per-recipient outcome back into the envelope.  Due messages bound for one
+destination are attempted in batches (up to ``BATCH_MAX``): one task makes
+their agent calls and stores their envelopes with one ``save_many`` and one
+``remove_many``; a message with several destinations is a batch of its own,
+and one message's failure does not stop the others of its batch.  Outcomes:
+delivered and failed are final; deferred recipients are retried after an
+exponential backoff with jitter (retry_min doubling up to retry_max) until
+``queue.max_lifetime`` has passed, when they fail with 4.4.7.
 
 Notices (bounce.py) are owed per recipient (``Recipient.notice``, following
 DSN NOTIFY) as outcomes are recorded.  The envelope is saved with the debt
@@ -37,7 +41,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -59,6 +63,20 @@ if TYPE_CHECKING:
 EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
 BUSY_WAIT = 3.0  # how long a queue command waits for a delivery attempt in progress
 SHOW_HEADER_MAX = 64 * 1024  # `queue show` returns at most this much of the header block
+BATCH_MAX = 32  # messages for one destination attempted by one task
+_RESULTS = {"delivered": "delivered", "failed": "bounced"}  # an outcome's status -> the metric's result
+
+
+@dataclass(eq=False)
+class _Plan:
+    """One message's attempt: its due recipients grouped by (kind, destination),
+    and the outcomes as they come."""
+
+    env: Envelope
+    groups: dict[tuple[str, str], list[Target]] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    kinds: dict[int, str] = field(default_factory=dict)
+    error: Exception | None = None  # the attempt failed unexpectedly: retried, outcomes ignored
 
 
 class Busy(Exception):
@@ -259,63 +277,149 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             while True:
                 now = self.now()
+                batches: dict[tuple[str, str], list[_Plan]] = {}  # one destination's messages
                 while self._heap and self._heap[0][0] <= now:
                     _, qid = heapq.heappop(self._heap)
                     self._queued.discard(qid)
                     if qid in self._active:
                         continue
+                    if self._slots.value == 0:  # the batches formed so far hold slots: start them first
+                        self._start_batches(nursery, batches)
                     await self._slots.acquire()
                     self._active.add(qid)
-                    nursery.start_soon(self._attempt, qid)
+                    plan = self._plan(qid)
+                    if plan is None:
+                        self._end_attempt(qid)
+                    elif len(plan.groups) != 1:  # several destinations (or none): a batch of its own
+                        nursery.start_soon(self._run_batch, [plan])
+                    else:
+                        key = next(iter(plan.groups))
+                        batch = batches.setdefault(key, [])
+                        batch.append(plan)
+                        if len(batch) >= BATCH_MAX:
+                            nursery.start_soon(self._run_batch, batches.pop(key))
+                self._start_batches(nursery, batches)
                 self._wakeup = trio.Event()
                 delay = self._heap[0][0] - self.now() if self._heap else 3600.0
                 with trio.move_on_after(max(0.0, delay)):
                     await self._wakeup.wait()
 
-    async def _attempt(self, qid: str) -> None:
+    def _start_batches(self, nursery: trio.Nursery, batches: dict[tuple[str, str], list[_Plan]]) -> None:
+        for batch in batches.values():
+            nursery.start_soon(self._run_batch, batch)
+        batches.clear()
+
+    def _end_attempt(self, qid: str) -> None:
+        self._active.discard(qid)
+        self._slots.release()
+        waiting = self._attempt_done.pop(qid, None)
+        if waiting is not None:
+            waiting.set()
+
+    def _attempt_failed(self, qid: str, e: BaseException) -> None:
+        maillog.error(f"{qid}: delivery attempt failed unexpectedly: {e!r}")  # never let one message stop the queue
+        self._push(self.now() + self.cfg.queue.retry_min, qid)
+
+    def _plan(self, qid: str) -> _Plan | None:
+        """Load ``qid`` and route its due recipients, grouped by destination;
+        None if there is nothing to attempt (gone, held, or the plan failed)."""
         try:
             env = self.spool.load(qid)
-            if env is not None and not env.held:
-                await self._deliver(env)
-        except Exception as e:  # never let one message stop the queue
-            maillog.error(f"{qid}: delivery attempt failed unexpectedly: {e!r}")
-            self._push(self.now() + self.cfg.queue.retry_min, qid)
-        finally:
-            self._active.discard(qid)
-            self._slots.release()
-            waiting = self._attempt_done.pop(qid, None)
-            if waiting is not None:
-                waiting.set()
-
-    async def _deliver(self, env: Envelope) -> None:
-        now = self.now()
-        forced = env.queue_id in self._flushed
-        self._flushed.discard(env.queue_id)
-        due = [i for i, r in enumerate(env.recipients) if not r.final] if forced else env.pending(now)
-        groups: dict[tuple[str, str], list[Target]] = {}
-        outcomes: list[Outcome] = []
-        kinds: dict[int, str] = {}
-        for i in due:
-            rcpt = env.recipients[i]
-            hop = self.router.route(rcpt.address)
-            if isinstance(hop, Unroutable):  # 4xx: an error:4.x.x transport, tried again later
-                outcomes.append(
-                    Outcome(
-                        i,
-                        "deferred" if hop.reply.code < 500 else "failed",
-                        str(hop.reply),
-                        "none",
-                        hop.reply.enhanced or "",
+            if env is None or env.held:
+                return None
+            now = self.now()
+            forced = qid in self._flushed
+            self._flushed.discard(qid)
+            due = [i for i, r in enumerate(env.recipients) if not r.final] if forced else env.pending(now)
+            plan = _Plan(env)
+            for i in due:
+                rcpt = env.recipients[i]
+                hop = self.router.route(rcpt.address)
+                if isinstance(hop, Unroutable):  # 4xx: an error:4.x.x transport, tried again later
+                    plan.outcomes.append(
+                        Outcome(
+                            i,
+                            "deferred" if hop.reply.code < 500 else "failed",
+                            str(hop.reply),
+                            "none",
+                            hop.reply.enhanced or "",
+                        )
                     )
+                    continue
+                plan.kinds[i] = hop.kind
+                plan.groups.setdefault((hop.kind, hop.destination), []).append(
+                    Target(i, rcpt.address, hop, dict(rcpt.params))
                 )
-                continue
-            kinds[i] = hop.kind
-            groups.setdefault((hop.kind, hop.destination), []).append(Target(i, rcpt.address, hop, dict(rcpt.params)))
+            return plan
+        except Exception as e:
+            self._attempt_failed(qid, e)
+            return None
 
-        async def run(kind: str, targets: list[Target]) -> None:
+    async def _run_batch(self, plans: list[_Plan]) -> None:
+        """One task for a batch of messages: every agent call of the batch (side by
+        side, as separate attempts would run them), then the outcomes recorded,
+        the notices queued and the envelopes stored -- the spool's saves and
+        removes of the whole batch in one call each -- then the hooks.  A
+        message whose attempt raises is logged and retried; the others go on."""
+        try:
+            deliveries = [(p, kind, targets) for p in plans for (kind, _), targets in p.groups.items()]
+            if len(deliveries) == 1:
+                await self._run_agent(*deliveries[0])
+            elif deliveries:
+                async with trio.open_nursery() as nursery:
+                    for d in deliveries:
+                        nursery.start_soon(self._run_agent, *d)
+            stored: list[_Plan] = []
+            to_save: list[_Plan] = []
+            to_remove: list[_Plan] = []
+            for p in plans:
+                if p.error is not None:
+                    self._attempt_failed(p.env.queue_id, p.error)
+                    continue
+                try:
+                    self._record(p.env, p.outcomes, p.kinds)
+                    if not await self._notify(p.env):
+                        stored.append(p)  # saved already (the notices could not be queued)
+                    elif p.env.done:
+                        to_remove.append(p)
+                    else:
+                        to_save.append(p)
+                except Exception as e:
+                    self._attempt_failed(p.env.queue_id, e)
+            if to_remove:
+                errors = await self.spool.remove_many([p.env.queue_id for p in to_remove])
+                for p, err in zip(to_remove, errors):
+                    if err is not None:
+                        self._attempt_failed(p.env.queue_id, err)
+                    else:
+                        maillog.removed(p.env.queue_id)
+                        stored.append(p)
+            if to_save:
+                errors = await self.spool.save_many([p.env for p in to_save])
+                for p, err in zip(to_save, errors):
+                    if err is not None:
+                        self._attempt_failed(p.env.queue_id, err)
+                        continue
+                    due = p.env.next_due()
+                    if due is not None:
+                        self._push(due, p.env.queue_id)
+                    stored.append(p)
+            if self.hooks is not None:
+                for p in stored:
+                    await self._tell_hooks(p.env, p.outcomes)
+        except Exception as e:  # a backend that raised: retry the batch (a message pushed already stays put)
+            for p in plans:
+                self._attempt_failed(p.env.queue_id, e)
+        finally:
+            for p in plans:
+                self._end_attempt(p.env.queue_id)
+
+    async def _run_agent(self, plan: _Plan, kind: str, targets: list[Target]) -> None:
+        env = plan.env
+        try:
             agent = self.agents.get(kind)
             if agent is None:
-                outcomes.extend(
+                plan.outcomes.extend(
                     Outcome(t.index, "deferred", f"451 4.3.5 no delivery agent for {kind}", kind) for t in targets
                 )
                 return
@@ -328,21 +432,16 @@ class Scheduler:
                 env.size,
                 dict(env.params),
             )
-            try:
-                outcomes.extend(await agent.deliver(request))
-            except Exception as e:
-                maillog.error(f"{env.queue_id}: delivery agent {kind} failed: {e!r}")
-                outcomes.extend(
-                    Outcome(t.index, "deferred", f"451 4.3.0 delivery agent error: {e!r}", kind) for t in targets
-                )
-
-        async with trio.open_nursery() as nursery:
-            for (kind, _), targets in groups.items():
-                nursery.start_soon(run, kind, targets)
-        self._record(env, outcomes, kinds)
-        await self._notify_and_store(env)
-        if self.hooks is not None:
-            await self._tell_hooks(env, outcomes)
+        except Exception as e:
+            plan.error = e
+            return
+        try:
+            plan.outcomes.extend(await agent.deliver(request))
+        except Exception as e:
+            maillog.error(f"{env.queue_id}: delivery agent {kind} failed: {e!r}")
+            plan.outcomes.extend(
+                Outcome(t.index, "deferred", f"451 4.3.0 delivery agent error: {e!r}", kind) for t in targets
+            )
 
     async def _tell_hooks(self, env: Envelope, outcomes: list[Outcome]) -> None:
         """The library's on_delivered / on_bounced, after the outcome is on disk;
@@ -358,7 +457,10 @@ class Scheduler:
             except Exception as e:
                 maillog.error(f"{env.queue_id}: hook failed for <{r.address}>: {e!r}")
 
-    async def _notify_and_store(self, env: Envelope) -> None:
+    async def _notify(self, env: Envelope) -> bool:
+        """Queue the notices ``env`` owes, its debt saved first; False if they could
+        not be queued (the envelope is saved with the debt and retried soon),
+        else True: the caller stores the envelope (removes it when done)."""
         now = self.now()
         notifier = self.notifier
         owes = any(r.notice for r in env.recipients) or (
@@ -372,29 +474,23 @@ class Scheduler:
                 maillog.spool_problem(f"{env.queue_id}: cannot queue a notification: {e}")
                 await self.spool.save(env)
                 self._push(now + self.cfg.queue.retry_min, env.queue_id)
-                return
+                return False
         elif owes:  # no notifier (unit tests): nothing will send them
             for r in env.recipients:
                 r.notice = ""
-        if env.done:
-            await self.spool.remove(env.queue_id)
-            maillog.removed(env.queue_id)
-        else:
-            await self.spool.save(env)
-            due = env.next_due()
-            if due is not None:
-                self._push(due, env.queue_id)
+        return True
 
     def _record(self, env: Envelope, outcomes: list[Outcome], kinds: dict[int, str] | None = None) -> None:
         now = self.now()
         q = self.cfg.queue
         delay = now - env.arrival
         metrics = self.metrics
+        kinds = kinds or {}
         for o in outcomes:
             r = env.recipients[o.index]
             if metrics is not None:
-                transport = (kinds or {}).get(o.index, "none")
-                result = {"delivered": "delivered", "failed": "bounced"}.get(o.status, "deferred")
+                transport = kinds.get(o.index, "none")
+                result = _RESULTS.get(o.status, "deferred")
                 if result == "deferred" and delay >= q.max_lifetime:
                     result = "bounced"
                 metrics.inc("smtprs_deliveries_total", transport=transport, result=result)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -242,7 +243,14 @@ class Spool(SpoolRecovery):
         await self._submit(item)
 
     async def _submit(self, item: _Pending) -> None:
-        self._pending.append(item)
+        await self._submit_many([item])
+        if item.error is not None:
+            raise item.error
+
+    async def _submit_many(self, items: list[_Pending]) -> None:
+        """Queue records for the next group commit and wait until all are written
+        (each item's ``error`` says how it went; nothing is raised)."""
+        self._pending.extend(items)
         if not self._committing:
             self._committing = True
             try:
@@ -254,9 +262,9 @@ class Spool(SpoolRecovery):
                     self._after_batch(batch)
             finally:
                 self._committing = False
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
+        for item in items:
+            if not item.done.is_set():
+                await item.done.wait()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         """Runs in a worker thread: one append and one fdatasync for the whole batch."""
@@ -495,6 +503,103 @@ class Spool(SpoolRecovery):
                 fsync_dir(self.files_dir)
 
         await trio.to_thread.run_sync(work)
+
+    # -- batches (the scheduler's batched delivery) -----------------------------
+    async def save_many(self, envelopes: Sequence[Envelope]) -> list[Exception | None]:
+        """``save`` for several envelopes: the files are written in one worker-thread
+        hand-off and the segment records of the messages moved out go in one
+        group commit.  Returns each envelope's error (None: saved), in order."""
+        errors: list[Exception | None] = [None] * len(envelopes)
+        jobs: list[tuple[int, Envelope, Entry, Content | None]] = []
+        for i, env in enumerate(envelopes):
+            qid = env.queue_id
+            self._fresh.pop(qid, None)
+            try:
+                entry = self._index[qid]
+                jobs.append((i, env, entry, self.content(qid) if entry.seg else None))
+            except Exception as e:  # not queued (KeyError), its content file gone
+                errors[i] = e
+
+        def work() -> list[OSError | None]:
+            out: list[OSError | None] = []
+            for _, env, entry, content in jobs:
+                try:
+                    if content is None:
+                        self._write_env_file(env)
+                    else:
+                        self._move_out(env, content, entry.content_off >= 0)
+                    out.append(None)
+                except OSError as e:
+                    out.append(e)
+            return out
+
+        results = await trio.to_thread.run_sync(work) if jobs else []
+        moved: list[tuple[int, str, Entry]] = []
+        for (i, env, entry, _), err in zip(jobs, results):
+            if err is not None:
+                errors[i] = err
+            elif entry.seg:
+                self._index[env.queue_id] = Entry(0)
+                moved.append((i, env.queue_id, entry))
+        if moved:
+            for (i, _, _), err2 in zip(moved, await self._finish_many([(q, e) for _, q, e in moved])):
+                errors[i] = err2
+        return errors
+
+    async def _finish_many(self, items: list[tuple[str, Entry]]) -> list[SpoolError | None]:
+        """D records for messages leaving their segments, in one group commit."""
+        pending = []
+        for qid, _ in items:
+            record = qid.encode("ascii")
+            pending.append(_Pending(HEAD.pack(MAGIC, KIND_DONE, len(record), zlib.crc32(record)) + record))
+        await self._submit_many(pending)
+        for (_, entry), p in zip(items, pending):
+            if p.error is None:
+                self._live[entry.seg] = self._live.get(entry.seg, 0) - 1
+        self._drop_dead_segments()
+        return [p.error for p in pending]
+
+    async def remove_many(self, qids: Sequence[str]) -> list[Exception | None]:
+        """``remove`` for several messages: their D records in one group commit,
+        the files to unlink in one worker-thread hand-off (and files/ fsync'd
+        once).  Returns each message's error (None: removed), in order."""
+        errors: list[Exception | None] = [None] * len(qids)
+        in_segments: list[tuple[int, str, Entry]] = []
+        unlinks: list[tuple[int, str, bool]] = []  # (position, qid, the envelope file too)
+        for i, qid in enumerate(qids):
+            self._fresh.pop(qid, None)
+            entry = self._index.pop(qid, None)
+            if entry is None:
+                continue
+            if entry.seg:
+                in_segments.append((i, qid, entry))
+            else:
+                unlinks.append((i, qid, True))
+        if in_segments:
+            results = await self._finish_many([(q, e) for _, q, e in in_segments])
+            for (i, qid, entry), err in zip(in_segments, results):
+                if err is not None:
+                    self._index[qid] = entry  # still queued; the scheduler tries again
+                    errors[i] = err
+                elif entry.content_off < 0:
+                    unlinks.append((i, qid, False))
+        if unlinks:
+            envelope_files = any(env for _, _, env in unlinks)
+
+            def work() -> None:
+                for _, qid, env in unlinks:
+                    if env:
+                        unlink_quietly(self.files_dir / f"{qid}.env")  # the envelope first: never half a message
+                    unlink_quietly(self.files_dir / f"{qid}.msg")
+                if envelope_files and self.fsync:
+                    fsync_dir(self.files_dir)
+
+            try:
+                await trio.to_thread.run_sync(work)
+            except OSError as e:
+                for i, _, _ in unlinks:
+                    errors[i] = e
+        return errors
 
 
 def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
