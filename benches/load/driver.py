@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import NCPU, STARTED, TICK, MemorySampler, machine_ticks, scan_proc, tree_cpu_ticks
+from .procs import NCPU, STARTED, TICK, MemorySampler, follow_counter, machine_ticks, scan_proc, tree_cpu_ticks
 from .servers import NextHop, Server
 from .settings import HELPERS, RCPT, SENDER, SMTP_SOURCE, Settings
 
@@ -55,22 +55,14 @@ class Source:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            buf += chunk
-            cut = max(buf.rfind(b"\r"), buf.rfind(b"\n"))
-            if cut < 0:
-                continue
-            done, buf = buf[:cut], buf[cut + 1 :]
-            last = done.replace(b"\n", b"\r").rsplit(b"\r", 1)[-1].strip() or b"0"
-            try:
-                self.count, self.t_count = int(last), time.monotonic()
-            except ValueError:
-                pass
+        follow_counter(self.proc.stdout.fileno(), self._counted)
+
+    def _counted(self, lines: bytes) -> None:
+        last = lines.replace(b"\n", b"\r").rsplit(b"\r", 1)[-1].strip() or b"0"
+        try:
+            self.count, self.t_count = int(last), time.monotonic()
+        except ValueError:
+            pass
 
     def cpu_ticks(self) -> int:
         try:

@@ -157,3 +157,20 @@ def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
 
 
 STARTED: list[Any] = []  # everything that must be stopped at exit (servers, load generators)
+
+
+def follow_counter(fd: int, on_lines: Callable[[bytes], None]) -> None:
+    """Read ``fd`` (a counter's stdout: smtp-source, smtp-sink -c) until EOF and
+    hand ``on_lines`` each run of complete lines, up to the last CR or LF read
+    (the counters rewrite one line with CR)."""
+    buf = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        buf += chunk
+        cut = max(buf.rfind(b"\r"), buf.rfind(b"\n"))
+        if cut < 0:
+            continue
+        done, buf = buf[:cut], buf[cut + 1 :]
+        on_lines(done)

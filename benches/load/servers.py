@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .procs import STARTED, descendants, kill_pids, pid_alive, scan_proc, wait_gone
+from .procs import STARTED, descendants, follow_counter, kill_pids, pid_alive, scan_proc, wait_gone
 from .settings import DOMAIN, HELPERS, MODES, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
 
 
@@ -541,21 +541,13 @@ class NextHop:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            buf += chunk
-            cut = max(buf.rfind(b"\r"), buf.rfind(b"\n"))
-            if cut < 0:
-                continue
-            done, buf = buf[:cut], buf[cut + 1 :]
-            found = self.MESG.findall(done)
-            if found:
-                self.sessions, self.count = int(found[-1][0]), int(found[-1][1])
-                self.t_count = time.monotonic()
+        follow_counter(self.proc.stdout.fileno(), self._counted)
+
+    def _counted(self, lines: bytes) -> None:
+        found = self.MESG.findall(lines)
+        if found:
+            self.sessions, self.count = int(found[-1][0]), int(found[-1][1])
+            self.t_count = time.monotonic()
 
     def received(self) -> int:
         return self.count - self.base

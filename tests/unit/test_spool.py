@@ -319,7 +319,7 @@ async def test_restart_after_a_crash_between_done_record_and_unlink(tmp_path):
     w.write(b"x" * 1000)  # spilled to files/ID.msg
     await spool.commit(w, _env(w.queue_id))
     entry = spool._index.pop(w.queue_id)
-    await spool._finish_in_segment(w.queue_id, entry)  # remove() up to the D record, then "SIGKILL"
+    assert await spool._finish_many([(w.queue_id, entry)]) == [None]  # remove() up to the D record, then "SIGKILL"
     assert (spool.files_dir / f"{w.queue_id}.msg").exists()
     spool.close()
     again = Spool(tmp_path)

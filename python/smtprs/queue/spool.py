@@ -421,16 +421,9 @@ class Spool(SpoolRecovery):
     async def save(self, envelope: Envelope) -> None:
         """Record the envelope after a delivery attempt left recipients to retry.
         A message still in a segment is moved out into files/ first."""
-        qid = envelope.queue_id
-        self._fresh.pop(qid, None)
-        entry = self._index[qid]
-        if entry.seg == 0:
-            await trio.to_thread.run_sync(self._write_env_file, envelope)
-            return
-        content = self.content(qid)
-        await trio.to_thread.run_sync(self._move_out, envelope, content, entry.content_off >= 0)
-        self._index[qid] = Entry(0)
-        await self._finish_in_segment(qid, entry)
+        (error,) = await self.save_many([envelope])
+        if error is not None:
+            raise error
 
     def _write_env_file(self, envelope: Envelope) -> None:
         final = self.files_dir / f"{envelope.queue_id}.env"
@@ -474,35 +467,11 @@ class Spool(SpoolRecovery):
                 unlink_quietly(path)
             raise
 
-    async def _finish_in_segment(self, qid: str, entry: Entry) -> None:
-        record = qid.encode("ascii")
-        await self._submit(_Pending(HEAD.pack(MAGIC, KIND_DONE, len(record), zlib.crc32(record)) + record))
-        self._live[entry.seg] = self._live.get(entry.seg, 0) - 1
-        self._drop_dead_segments()
-
     async def remove(self, qid: str) -> None:
         """Forget a finished message, durably (it never comes back after a restart)."""
-        self._fresh.pop(qid, None)
-        entry = self._index.pop(qid, None)
-        if entry is None:
-            return
-        if entry.seg:
-            try:
-                await self._finish_in_segment(qid, entry)
-            except SpoolError:
-                self._index[qid] = entry  # still queued; the scheduler tries again
-                raise
-            if entry.content_off < 0:
-                await trio.to_thread.run_sync(unlink_quietly, self.files_dir / f"{qid}.msg")
-            return
-
-        def work() -> None:
-            unlink_quietly(self.files_dir / f"{qid}.env")  # the envelope first: never half a message
-            unlink_quietly(self.files_dir / f"{qid}.msg")
-            if self.fsync:
-                fsync_dir(self.files_dir)
-
-        await trio.to_thread.run_sync(work)
+        (error,) = await self.remove_many([qid])
+        if error is not None:
+            raise error
 
     # -- batches (the scheduler's batched delivery) -----------------------------
     async def save_many(self, envelopes: Sequence[Envelope]) -> list[Exception | None]:
