@@ -217,12 +217,13 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
     scheduler.notifier = Notifier(cfg, hostname, spool, scheduler.submit)
     a = cfg.smtpd.auth
     metrics = Metrics()
+    null = isinstance(spool, NullSpool)
     session = SessionContext(
         cfg,
         hostname,
         spool,
         router,
-        hand_off=_keep_nothing if isinstance(spool, NullSpool) else _hand_off(scheduler),
+        hand_off=_keep_nothing if null else _hand_off(scheduler),
         tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
@@ -231,6 +232,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         metrics=metrics,
         agents=agents,
         hooks=hooks,
+        flow=None if null else scheduler,
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)

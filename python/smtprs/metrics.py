@@ -70,6 +70,10 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "counter",
         "Spool records (new messages, finished ones) written by those commits; over smtprs_spool_commits_total: how many records each fdatasync covered.",
     ),
+    "smtprs_flow_delays_total": (
+        "counter",
+        "MAIL commands answered after a wait because delivery was behind (queue.in_flow_delay, as Postfix's in_flow_delay).",
+    ),
     "smtprs_acceptance_seconds": (
         "histogram",
         "From the end of the message data to the 250 reply (the durable spool commit).",

@@ -132,6 +132,9 @@ def _bounds(key: str, value: float, meta: Any, what: str) -> None:
     lo = meta.get("min") if meta else None
     if lo is not None and value < lo:
         raise ConfigError(f"{key}: expected {what} >= {lo}, got {value!r}")
+    hi = meta.get("max") if meta else None
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: expected {what} <= {hi}, got {value!r}")
 
 
 def _show(value: Any) -> str:

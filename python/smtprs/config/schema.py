@@ -254,6 +254,14 @@ class Queue:
         5 * 86400.0, "Seconds a message may stay in the queue before its undelivered recipients fail.", min=0.001
     )
     delivery_concurrency: int = _f(20, "Deliveries running at once.", min=1)
+    in_flow_delay: float = _f(
+        1.0,
+        "Flow control, as Postfix's in_flow_delay: while more new messages wait for their first delivery attempt than delivery_concurrency "
+        "can take, a session waits up to this many seconds (at most 1) before answering MAIL, then answers as usual; "
+        "not on LMTP listeners (nothing is queued there). 0 turns it off.",
+        min=0.0,
+        max=1.0,
+    )
     min_free_space: int = _f(
         0,
         "MAIL is answered 452 4.3.1 when the spool's file system has less free space than this many octets plus 1.5 times the SIZE the client "

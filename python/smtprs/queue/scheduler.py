@@ -29,6 +29,14 @@ at most, else ``Busy``), and while it works the message counts as active, so
 no attempt can start on it; a held message (``Envelope.held``, saved in its
 envelope, so it survives a restart) is never attempted until released.
 
+Flow control (``queue.in_flow_delay``, as Postfix's in_flow_delay): the
+messages submitted that wait for their first delivery attempt (``backlog``;
+an attempt begins when its message takes a delivery slot) are counted, and
+sessions ask ``behind()`` (more of them than ``capacity``, the
+delivery_concurrency the slots were made with) and wait in ``caught_up()``
+before answering MAIL.  Messages found in the spool at start-up, retries
+and messages a queue command has touched do not count.
+
 Outcomes are counted in ``metrics`` (deliveries by transport and result,
 arrival-to-delivery latency) and reported to the library's ``hooks``
 (on_delivered, on_bounced) when a program embeds the server.
@@ -114,7 +122,11 @@ class Scheduler:
         self._queued: set[str] = set()
         self._active: set[str] = set()
         self._wakeup = trio.Event()
-        self._slots = trio.Semaphore(cfg.queue.delivery_concurrency)
+        self.capacity = cfg.queue.delivery_concurrency  # the slots (delivery_concurrency needs a restart)
+        self._slots = trio.Semaphore(self.capacity)
+        self._new: set[str] = set()  # submitted, first attempt not begun yet: the flow control's backlog
+        self._caught_up = trio.Event()  # set while the backlog is within capacity
+        self._caught_up.set()
         self._flushed: set[str] = set()  # messages whose every open recipient is due now
         self._attempt_done: dict[str, trio.Event] = {}  # queue commands waiting for an attempt to end
         self.held: set[str] = set()
@@ -131,7 +143,35 @@ class Scheduler:
     # -- feeding ---------------------------------------------------------------
     def submit(self, envelope: Envelope) -> None:
         """A message was just committed: deliver it as soon as possible."""
+        self._new.add(envelope.queue_id)
+        if len(self._new) > self.capacity and self._caught_up.is_set():
+            self._caught_up = trio.Event()
         self._push(self.now(), envelope.queue_id)
+
+    # -- flow control (queue.in_flow_delay) --------------------------------------
+    @property
+    def backlog(self) -> int:
+        """Messages submitted that wait for their first delivery attempt."""
+        return len(self._new)
+
+    def behind(self) -> bool:
+        """More new messages wait than the delivery slots can take."""
+        return len(self._new) > self.capacity
+
+    async def caught_up(self) -> None:
+        """Return once the backlog is within capacity (the caller bounds the wait)."""
+        while self.behind():
+            if self._caught_up.is_set():  # (never: submit clears it when the backlog grows past capacity)
+                self._caught_up = trio.Event()
+            await self._caught_up.wait()
+
+    def _not_new(self, qid: str) -> None:
+        """``qid``'s first attempt began (or a queue command took it over): it leaves the backlog."""
+        new = self._new
+        if qid in new:
+            new.discard(qid)
+            if len(new) <= self.capacity:
+                self._caught_up.set()
 
     def flush(self) -> int:
         """Retry everything now (deferred recipients included); returns how many messages."""
@@ -151,6 +191,7 @@ class Scheduler:
 
     def _reschedule(self, qid: str, due: float | None) -> None:
         """Replace ``qid``'s place in the heap by ``due`` (None: take it out)."""
+        self._not_new(qid)
         if qid in self._queued:
             self._heap = [(d, q) for d, q in self._heap if q != qid]
             heapq.heapify(self._heap)
@@ -281,12 +322,14 @@ class Scheduler:
                 while self._heap and self._heap[0][0] <= now:
                     _, qid = heapq.heappop(self._heap)
                     self._queued.discard(qid)
-                    if qid in self._active:
+                    if qid in self._active:  # a queue command has it (and reschedules it)
+                        self._not_new(qid)
                         continue
                     if self._slots.value == 0:  # the batches formed so far hold slots: start them first
                         self._start_batches(nursery, batches)
                     await self._slots.acquire()
                     self._active.add(qid)
+                    self._not_new(qid)  # its attempt begins: it has a slot
                     plan = self._plan(qid)
                     if plan is None:
                         self._end_attempt(qid)

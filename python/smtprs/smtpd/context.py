@@ -5,8 +5,8 @@ The composition root (daemon.py) builds one ``SessionContext`` per
 configuration and hands it to every session it starts; a reload makes a new
 one and sessions already open keep theirs.  It holds only what a session uses
 -- the configuration, the spool it writes to (through the backend interface),
-the router it asks at RCPT, the hand-off to the scheduler, TLS, AUTH, policy,
-hooks, metrics -- and not the process around it (no scheduler, no listeners),
+the router it asks at RCPT, the hand-off to the scheduler and its flow
+control, TLS, AUTH, policy, hooks, metrics -- and not the process around it (no scheduler, no listeners),
 so this package never imports the daemon.
 """
 
@@ -66,6 +66,15 @@ class Runtime:
             self.all_closed.set()
 
 
+class Flow(Protocol):
+    """The scheduler's flow control as a session sees it (queue.in_flow_delay):
+    is delivery behind, and a wait until it has caught up (bounded by the caller)."""
+
+    def behind(self) -> bool: ...
+
+    async def caught_up(self) -> None: ...
+
+
 # After a message is committed: log it as queued and give it to the scheduler
 # (the envelope, the client as logged, the AUTH user).  A null spool wires a
 # hand-off that does nothing: nothing was kept.
@@ -89,6 +98,7 @@ class SessionContext:
     metrics: Metrics
     agents: dict[str, DeliveryAgent]  # by next-hop kind: the LMTP listener delivers at once
     hooks: Hooks | None = None
+    flow: Flow | None = None  # None: nothing is queued (the null spool), so MAIL never waits
 
     @property
     def active_sessions(self) -> int:

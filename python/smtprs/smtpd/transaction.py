@@ -8,15 +8,21 @@ and ``rcpt`` are the two commands' handlers, in the order of their checks:
 AUTH before MAIL on submission listeners, the parameters (smtpd/params.py),
 the spool's free space, who may use which sender and who may relay
 (smtpd/policy.py), the router's expansion of each recipient, the library's
-hooks.  On an LMTP listener every recipient must expand to local mailboxes,
-and each accepted RCPT gets a slot for its reply after the data
-(smtpd/lmtp.py).
+hooks; then flow control (``queue.in_flow_delay``, as Postfix's): while the
+scheduler is behind (more new messages wait for their first delivery attempt
+than queue.delivery_concurrency takes), MAIL waits until it catches up or the
+delay has passed, and is then answered as usual.  On an LMTP listener every
+recipient must expand to local mailboxes, and each accepted RCPT gets a slot
+for its reply after the data (smtpd/lmtp.py).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import trio
 
 from .. import _core, maillog
 from .. import reply as R
@@ -24,7 +30,9 @@ from ..hops import Unroutable
 from ..queue.backend import Writer
 from . import lmtp
 from . import params as esmtp
-from .context import SessionView
+from .context import Flow, SessionView
+
+_debug = logging.getLogger("smtprs")
 
 
 @dataclass
@@ -124,8 +132,24 @@ async def mail(s: TransactionSession, cmd: _core.Command) -> None:
     if s.hooks is not None and (refusal := await s.ask_hook("on_mail", path.address())) is not None:
         s.reply(refusal)
         return
+    flow = s.ctx.flow
+    if flow is not None and not s.lmtp and flow.behind() and cfg.queue.in_flow_delay > 0:
+        await _flow_delay(s, flow, cfg.queue.in_flow_delay)
     s.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
     s.reply(R.SENDER_OK)
+
+
+async def _flow_delay(s: TransactionSession, flow: Flow, delay: float) -> None:
+    """Delivery is behind: wait until it catches up, at most ``delay`` seconds
+    (then go on anyway, as Postfix does)."""
+    start = trio.current_time()
+    with trio.move_on_after(delay):
+        await flow.caught_up()
+    s.ctx.metrics.inc("smtprs_flow_delays_total")
+    if _debug.isEnabledFor(logging.DEBUG):
+        _debug.debug(
+            "%s: MAIL waited %.3fs for delivery to catch up (in_flow_delay)", s.id, trio.current_time() - start
+        )
 
 
 async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
