@@ -322,7 +322,7 @@ class Scheduler:
                 while self._heap and self._heap[0][0] <= now:
                     _, qid = heapq.heappop(self._heap)
                     self._queued.discard(qid)
-                    if qid in self._active:  # a queue command has it (and reschedules it)
+                    if qid in self._active:  # being attempted, or a queue command has it (and reschedules it)
                         self._not_new(qid)
                         continue
                     if self._slots.value == 0:  # the batches formed so far hold slots: start them first
