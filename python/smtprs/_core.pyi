@@ -27,6 +27,7 @@ __all__ = [
     "DataEnd",
     "ConnectionClosed",
     "ServerConnection",
+    "AutoReplies",
     "Reply",
     "ReplyParser",
     "DotStuffer",
@@ -217,6 +218,25 @@ class ConnectionClosed:
 Event = Command | CommandError | RawLine | DataChunk | BdatChunkEnd | DataEnd | ConnectionClosed
 
 @final
+class AutoReplies:
+    """The replies a ServerConnection gives by itself, encoded (each ``None``:
+    that command comes out as a Command event for the session).  The greetings
+    are answered only outside a transaction (recording the greeting and the
+    client's name), DATA only inside one with an accepted recipient and no
+    content yet (then the engine is in data mode), QUIT always (the session is
+    over: ConnectionClosed comes next).  One object serves many connections."""
+
+    def __new__(
+        cls,
+        *,
+        ehlo: bytes | None = None,
+        helo: bytes | None = None,
+        lhlo: bytes | None = None,
+        data: bytes | None = None,
+        quit: bytes | None = None,
+    ) -> Self: ...
+
+@final
 class ServerConnection:
     """The server side of one SMTP/LMTP session, without I/O.
 
@@ -257,6 +277,31 @@ class ServerConnection:
     @property
     def in_data(self) -> bool:
         """True between start_data()/a BDAT command and the matching end event."""
+    def set_auto_replies(self, auto: AutoReplies | None) -> None:
+        """Which commands the engine answers by itself from now on (None: none)."""
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue the session's reply after whatever is queued (the engine's own replies too)."""
+    def take_output(self) -> bytes:
+        """Every queued reply, in order; the queue is empty afterwards."""
+    @property
+    def has_output(self) -> bool: ...
+    def greet(self, greeting: str | None, name: str = "") -> None:
+        """The session greeted the client ("HELO", "EHLO", "LHLO"; None: not greeted)."""
+    @property
+    def greeting(self) -> str | None: ...
+    @property
+    def helo_name(self) -> str:
+        """The name the client gave with its greeting, stripped."""
+    def set_transaction(self, open: bool) -> None:
+        """The session opened (MAIL accepted) or closed a transaction."""
+    def recipient_accepted(self) -> None:
+        """The session accepted a RCPT of the open transaction."""
+    @property
+    def content_started(self) -> bool:
+        """The open transaction's content (DATA or BDAT) has started."""
+    @property
+    def answered(self) -> int:
+        """Commands the engine answered by itself."""
 
 def format_reply(code: int, enhanced: str | None, text: str | list[str]) -> bytes:
     """``250-first\\r\\n250 2.0.0 last\\r\\n``: every line gets the enhanced code if given.

@@ -328,6 +328,64 @@ fn event_to_py(py: Python<'_>, event: server::Event) -> PyResult<Py<PyAny>> {
 
 // --------------------------------------------------------------- connection
 
+/// The replies a ServerConnection gives by itself (see server::AutoReplies).
+#[pyclass(frozen, module = "smtprs._core")]
+pub struct AutoReplies {
+    inner: std::sync::Arc<server::AutoReplies>,
+}
+
+#[pymethods]
+impl AutoReplies {
+    #[new]
+    #[pyo3(signature = (*, ehlo = None, helo = None, lhlo = None, data = None, quit = None))]
+    fn new(
+        ehlo: Option<Vec<u8>>,
+        helo: Option<Vec<u8>>,
+        lhlo: Option<Vec<u8>>,
+        data: Option<Vec<u8>>,
+        quit: Option<Vec<u8>>,
+    ) -> Self {
+        AutoReplies {
+            inner: std::sync::Arc::new(server::AutoReplies {
+                ehlo,
+                helo,
+                lhlo,
+                data,
+                quit,
+            }),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let names: Vec<&str> = [
+            ("EHLO", &self.inner.ehlo),
+            ("HELO", &self.inner.helo),
+            ("LHLO", &self.inner.lhlo),
+            ("DATA", &self.inner.data),
+            ("QUIT", &self.inner.quit),
+        ]
+        .iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+        format!("AutoReplies({})", names.join(", "))
+    }
+}
+
+fn greeting_from_str(kind: Option<&str>) -> PyResult<Option<server::Greeting>> {
+    Ok(match kind {
+        None => None,
+        Some("HELO") => Some(server::Greeting::Helo),
+        Some("EHLO") => Some(server::Greeting::Ehlo),
+        Some("LHLO") => Some(server::Greeting::Lhlo),
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "greeting must be HELO, EHLO, LHLO or None, not {other:?}"
+            )))
+        }
+    })
+}
+
 /// The server side of one SMTP/LMTP session, without I/O.
 #[pyclass(module = "smtprs._core")]
 pub struct ServerConnection {
@@ -418,6 +476,59 @@ impl ServerConnection {
     #[getter]
     fn in_data(&self) -> bool {
         self.inner.in_data()
+    }
+
+    fn set_auto_replies(&mut self, auto: Option<&Bound<'_, AutoReplies>>) {
+        self.inner
+            .set_auto_replies(auto.map(|a| std::sync::Arc::clone(&a.get().inner)))
+    }
+
+    fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_bytes(data, |b| self.inner.write(b))
+    }
+
+    fn take_output<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let out = self.inner.take_output();
+        PyBytes::new(py, &out)
+    }
+
+    #[getter]
+    fn has_output(&self) -> bool {
+        self.inner.has_output()
+    }
+
+    #[pyo3(signature = (greeting, name = ""))]
+    fn greet(&mut self, greeting: Option<&str>, name: &str) -> PyResult<()> {
+        self.inner.greet(greeting_from_str(greeting)?, name);
+        Ok(())
+    }
+
+    #[getter]
+    fn greeting(&self) -> Option<&'static str> {
+        self.inner.greeting().map(server::Greeting::as_str)
+    }
+
+    #[getter]
+    fn helo_name(&self) -> &str {
+        self.inner.helo_name()
+    }
+
+    fn set_transaction(&mut self, open: bool) {
+        self.inner.set_transaction(open)
+    }
+
+    fn recipient_accepted(&mut self) {
+        self.inner.recipient_accepted()
+    }
+
+    #[getter]
+    fn content_started(&self) -> bool {
+        self.inner.content_started()
+    }
+
+    #[getter]
+    fn answered(&self) -> u64 {
+        self.inner.answered()
     }
 }
 
@@ -622,6 +733,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DataEnd>()?;
     m.add_class::<ConnectionClosed>()?;
     m.add_class::<ServerConnection>()?;
+    m.add_class::<AutoReplies>()?;
     m.add_class::<Reply>()?;
     m.add_class::<ReplyParser>()?;
     m.add_class::<DotStuffer>()?;

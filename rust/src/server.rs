@@ -19,6 +19,8 @@
 //! that follow; both are forgotten with the transaction (RSET, MAIL, HELO,
 //! EHLO, LHLO, the end of a message, or `reset_transaction()`).
 
+use std::sync::Arc;
+
 use crate::buffer::{LineScan, ReceiveBuffer};
 use crate::command::{parse_command, Command, CommandError, CommandOptions, Verb};
 use crate::data::{ContentScan, DataDecoder, DataLimits, DataSummary};
@@ -54,6 +56,54 @@ impl Default for ServerConfig {
             smtputf8: true,
         }
     }
+}
+
+/// The replies the engine gives by itself, so that the routine dialogue
+/// needs no round trip through the session (issue 13's fast path).  Each is
+/// the encoded reply the session would send (reply.py stays its single
+/// definition); `None` leaves that command to the session, as a Command
+/// event.  When it answers, the engine keeps the state the answer implies:
+/// EHLO/HELO/LHLO record the greeting and the client's name and forget the
+/// transaction; DATA enters data mode; QUIT ends the session.  It answers
+/// only where the answer cannot depend on a decision of the session's:
+/// a greeting only outside a transaction (inside one the session must drop
+/// the message in progress), DATA only inside a transaction with an
+/// accepted recipient and no content yet ([`ServerConnection::set_transaction`],
+/// [`ServerConnection::recipient_accepted`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoReplies {
+    pub ehlo: Option<Vec<u8>>,
+    pub helo: Option<Vec<u8>>,
+    pub lhlo: Option<Vec<u8>>,
+    pub data: Option<Vec<u8>>,
+    pub quit: Option<Vec<u8>>,
+}
+
+/// How the client greeted us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    Helo,
+    Ehlo,
+    Lhlo,
+}
+
+impl Greeting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Greeting::Helo => "HELO",
+            Greeting::Ehlo => "EHLO",
+            Greeting::Lhlo => "LHLO",
+        }
+    }
+}
+
+/// What a command line turned into.
+enum Step {
+    Event(Event),
+    /// Answered by the engine itself; go on with the next line.
+    Answered,
+    /// More data is needed.
+    Incomplete,
 }
 
 /// What the peer did.
@@ -103,6 +153,23 @@ pub struct ServerConnection {
     bdat: Option<ContentScan>,
     /// The transaction's MAIL had SMTPUTF8.
     tx_utf8: bool,
+    /// The replies given without the session, if any (see [`AutoReplies`]).
+    auto: Option<Arc<AutoReplies>>,
+    /// Replies waiting to be sent, in order: the engine's own and the
+    /// session's ([`ServerConnection::write`]).
+    out: Vec<u8>,
+    greeting: Option<Greeting>,
+    helo_name: String,
+    /// The session has an open transaction (MAIL was accepted).
+    txn_open: bool,
+    /// ... and accepted a recipient in it.
+    rcpt_accepted: bool,
+    /// ... and its content (DATA or BDAT) has started.
+    content_started: bool,
+    /// Commands the engine answered by itself.
+    answered: u64,
+    /// The engine answered QUIT: the session is over.
+    quit: bool,
 }
 
 impl ServerConnection {
@@ -114,7 +181,106 @@ impl ServerConnection {
             eof: false,
             bdat: None,
             tx_utf8: false,
+            auto: None,
+            out: Vec::new(),
+            greeting: None,
+            helo_name: String::new(),
+            txn_open: false,
+            rcpt_accepted: false,
+            content_started: false,
+            answered: 0,
+            quit: false,
         }
+    }
+
+    /// Which commands the engine answers by itself from now on (`None`: none).
+    pub fn set_auto_replies(&mut self, auto: Option<Arc<AutoReplies>>) {
+        self.auto = auto;
+    }
+
+    /// Queue a reply of the session's, after whatever is queued already.
+    pub fn write(&mut self, reply: &[u8]) {
+        self.out.extend_from_slice(reply);
+    }
+
+    /// Everything queued to send, in order; the queue is empty afterwards.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The session greeted (or re-greeted) the client itself.
+    pub fn greet(&mut self, greeting: Option<Greeting>, name: &str) {
+        self.greeting = greeting;
+        self.helo_name.clear();
+        self.helo_name.push_str(name);
+    }
+
+    pub fn greeting(&self) -> Option<Greeting> {
+        self.greeting
+    }
+
+    pub fn helo_name(&self) -> &str {
+        &self.helo_name
+    }
+
+    /// The session opened (true: MAIL accepted) or closed a transaction.
+    pub fn set_transaction(&mut self, open: bool) {
+        self.txn_open = open;
+        self.rcpt_accepted = false;
+        self.content_started = false;
+    }
+
+    /// The session accepted a RCPT of the open transaction.
+    pub fn recipient_accepted(&mut self) {
+        self.rcpt_accepted = true;
+    }
+
+    /// The session started the transaction's content itself.
+    pub fn content_started(&self) -> bool {
+        self.content_started
+    }
+
+    /// Commands answered by the engine itself, so far.
+    pub fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// The command, answered here if the engine may; `None` if the session must.
+    fn auto_answer(&mut self, cmd: &Command) -> Option<()> {
+        let auto = self.auto.as_ref()?;
+        let (reply, greeting) = match cmd.verb {
+            Verb::Ehlo if !self.txn_open => (auto.ehlo.as_ref()?, Some(Greeting::Ehlo)),
+            Verb::Helo if !self.txn_open => (auto.helo.as_ref()?, Some(Greeting::Helo)),
+            Verb::Lhlo if !self.txn_open => (auto.lhlo.as_ref()?, Some(Greeting::Lhlo)),
+            Verb::Data if self.txn_open && self.rcpt_accepted && !self.content_started => {
+                (auto.data.as_ref()?, None)
+            }
+            Verb::Quit => (auto.quit.as_ref()?, None),
+            _ => return None,
+        };
+        self.out.extend_from_slice(reply);
+        self.answered += 1;
+        match cmd.verb {
+            Verb::Data => {
+                self.content_started = true;
+                self.mode = Mode::Data(Box::new(DataDecoder::new(self.limits())));
+            }
+            Verb::Quit => {
+                self.quit = true;
+                self.buffer.clear();
+            }
+            _ => {
+                self.greeting = greeting;
+                self.helo_name.clear();
+                self.helo_name.push_str(cmd.arg.trim());
+                self.reset_transaction();
+            }
+        }
+        Some(())
     }
 
     fn limits(&self) -> DataLimits {
@@ -148,10 +314,16 @@ impl ServerConnection {
     pub fn next_event(&mut self) -> Option<Event> {
         loop {
             match &mut self.mode {
-                Mode::Command => match self.command_event() {
-                    Some(ev) => return Some(ev),
-                    None => break,
-                },
+                Mode::Command => {
+                    if self.quit {
+                        break;
+                    }
+                    match self.command_event() {
+                        Step::Event(ev) => return Some(ev),
+                        Step::Answered => continue,
+                        Step::Incomplete => break,
+                    }
+                }
                 Mode::Line => match self.buffer.find_line(MAX_AUTH_LINE) {
                     LineScan::Line(n) => {
                         let line = self.buffer.pending()[..n].to_vec();
@@ -239,14 +411,14 @@ impl ServerConnection {
                 }
             }
         }
-        self.eof.then(|| Event::ConnectionClosed {
+        (self.eof || self.quit).then(|| Event::ConnectionClosed {
             mid_data: !matches!(self.mode, Mode::Command | Mode::Line)
                 || !self.buffer.is_empty()
                 || self.buffer.is_discarding(),
         })
     }
 
-    fn command_event(&mut self) -> Option<Event> {
+    fn command_event(&mut self) -> Step {
         let pending = self.buffer.pending();
         // RFC 4954 4 lets an AUTH command line (initial response) be longer.
         let limit = if pending.len() >= 5 && pending[..5].eq_ignore_ascii_case(b"AUTH ") {
@@ -256,8 +428,10 @@ impl ServerConnection {
         };
         let n = match self.buffer.find_line(limit) {
             LineScan::Line(n) => n,
-            LineScan::TooLong => return Some(Event::CommandError(CommandError::line_too_long())),
-            LineScan::Incomplete => return None,
+            LineScan::TooLong => {
+                return Step::Event(Event::CommandError(CommandError::line_too_long()))
+            }
+            LineScan::Incomplete => return Step::Incomplete,
         };
         let opts = CommandOptions {
             smtputf8: self.config.smtputf8,
@@ -265,8 +439,11 @@ impl ServerConnection {
         };
         let parsed = parse_command(&self.buffer.pending()[..n], opts);
         self.buffer.consume(n + 2);
-        Some(match parsed {
+        Step::Event(match parsed {
             Ok(cmd) => {
+                if self.auto.is_some() && self.auto_answer(&cmd).is_some() {
+                    return Step::Answered;
+                }
                 match cmd.verb {
                     Verb::Rset | Verb::Helo | Verb::Ehlo | Verb::Lhlo => self.reset_transaction(),
                     Verb::Mail => {
@@ -274,6 +451,7 @@ impl ServerConnection {
                         self.tx_utf8 = self.config.smtputf8 && cmd.has_param("SMTPUTF8");
                     }
                     Verb::Bdat => {
+                        self.content_started |= self.txn_open;
                         self.mode = Mode::Bdat {
                             remaining: cmd.bdat_size.unwrap_or(0),
                             size: cmd.bdat_size.unwrap_or(0),
@@ -299,6 +477,7 @@ impl ServerConnection {
             return Err(Error::State("start_data() outside command mode".into()));
         }
         self.mode = Mode::Data(Box::new(DataDecoder::new(self.limits())));
+        self.content_started = true;
         Ok(())
     }
 
@@ -760,5 +939,148 @@ mod tests {
         assert!(c.in_data());
         assert!(c.start_data().is_err());
         assert!(c.read_line().is_err());
+    }
+
+    // ------------------------------------------------------------ auto replies
+
+    fn auto() -> Arc<AutoReplies> {
+        Arc::new(AutoReplies {
+            ehlo: Some(b"250-x\r\n250 PIPELINING\r\n".to_vec()),
+            helo: Some(b"250 x\r\n".to_vec()),
+            lhlo: None,
+            data: Some(b"354 go\r\n".to_vec()),
+            quit: Some(b"221 bye\r\n".to_vec()),
+        })
+    }
+
+    /// Drive a connection with auto replies as the session does: MAIL opens
+    /// the transaction, RCPT accepts, the end of a message closes it; every
+    /// other command the session sees is answered "500 py VERB".  Returns the
+    /// whole output and the events the session saw (content joined).
+    fn run_auto(pieces: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
+        let mut c = conn();
+        c.set_auto_replies(Some(auto()));
+        c.write(b"220 hi\r\n");
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let mut pieces = pieces.iter().filter(|p| !p.is_empty());
+        loop {
+            while let Some(ev) = c.next_event() {
+                match &ev {
+                    Event::Command(cmd) if cmd.verb == Verb::Mail => {
+                        c.set_transaction(true);
+                        c.write(b"250 mail\r\n");
+                    }
+                    Event::Command(cmd) if cmd.verb == Verb::Rcpt => {
+                        c.recipient_accepted();
+                        c.write(b"250 rcpt\r\n");
+                    }
+                    Event::Command(cmd) => {
+                        c.write(format!("500 py {:?}\r\n", cmd.verb).as_bytes());
+                    }
+                    Event::DataEnd(_) => {
+                        c.set_transaction(false);
+                        c.write(b"250 queued\r\n");
+                    }
+                    _ => {}
+                }
+                let closed = matches!(ev, Event::ConnectionClosed { .. });
+                events.push(ev);
+                if closed {
+                    out.extend(c.take_output());
+                    return (out, merge_chunks(events));
+                }
+            }
+            out.extend(c.take_output());
+            match pieces.next() {
+                Some(p) => c.receive_data(p).unwrap(),
+                None => c.receive_data(b"").unwrap(),
+            }
+        }
+    }
+
+    /// The same output and events for the whole input, byte by byte, and cut at every point.
+    fn check_auto_cuts(input: &[u8]) -> (Vec<u8>, Vec<Event>) {
+        let whole = run_auto(&[input]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run_auto(&bytes), whole, "byte by byte");
+        for cut in 1..input.len() {
+            let (a, b) = input.split_at(cut);
+            assert_eq!(run_auto(&[a, b]), whole, "cut at {cut}");
+        }
+        whole
+    }
+
+    #[test]
+    fn auto_replies_answer_the_routine_dialogue_in_order() {
+        let input = b"EHLO client.example\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\nNOOP\r\n";
+        let (out, events) = check_auto_cuts(input);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "220 hi\r\n250-x\r\n250 PIPELINING\r\n250 mail\r\n250 rcpt\r\n354 go\r\n250 queued\r\n221 bye\r\n"
+        );
+        // the session saw MAIL, RCPT, the content, its end and the close; not EHLO, DATA, QUIT, nor what followed QUIT
+        let verbs: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Command(c) => format!("{:?}", c.verb),
+                Event::DataChunk(d) => String::from_utf8(d.clone()).unwrap(),
+                Event::DataEnd(_) => "end".into(),
+                Event::ConnectionClosed { mid_data } => format!("closed {mid_data}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(verbs, ["Mail", "Rcpt", "hi\r\n", "end", "closed false"]);
+    }
+
+    #[test]
+    fn auto_replies_leave_what_needs_a_decision_to_the_session() {
+        // DATA before any accepted RCPT, EHLO inside a transaction, and a
+        // second DATA after content started go to the session
+        let input = b"HELO c\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nEHLO c\r\nRCPT TO:<c@d>\r\nBDAT 2 LAST\r\nhiDATA\r\n";
+        let (out, _) = check_auto_cuts(input);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "220 hi\r\n250 x\r\n500 py Data\r\n250 mail\r\n500 py Data\r\n500 py Ehlo\r\n250 rcpt\r\n500 py Bdat\r\n250 queued\r\n500 py Data\r\n"
+        );
+    }
+
+    #[test]
+    fn auto_greeting_records_the_name_and_forgets_the_message_state() {
+        let mut c = conn();
+        c.set_auto_replies(Some(auto()));
+        c.receive_data(b"EHLO  client.example \r\n").unwrap();
+        assert!(c.next_event().is_none());
+        assert_eq!(c.greeting(), Some(Greeting::Ehlo));
+        assert_eq!(c.helo_name(), "client.example");
+        assert_eq!(c.answered(), 1);
+        // without auto replies everything is the session's
+        c.set_auto_replies(None);
+        c.receive_data(b"QUIT\r\n").unwrap();
+        assert!(matches!(c.next_event(), Some(Event::Command(cmd)) if cmd.verb == Verb::Quit));
+        assert_eq!(c.answered(), 1);
+    }
+
+    #[test]
+    fn auto_data_keeps_the_smuggling_rules() {
+        // only CRLF.CRLF ends the content, whoever answered DATA: the bare-LF
+        // "end" and the MAIL after it are content (refused for its bare LF), not commands
+        let input =
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\n.\nMAIL FROM:<e@f>\r\ny\r\n.\r\n";
+        let (out, events) = check_auto_cuts(input);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "220 hi\r\n250 mail\r\n250 rcpt\r\n354 go\r\n250 queued\r\n"
+        );
+        let ends: Vec<&DataSummary> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::DataEnd(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends.len(), 1);
+        assert!(ends[0].error.is_some());
+        assert_eq!(ends[0].size, b"x\n.\nMAIL FROM:<e@f>\r\ny\r\n".len() as u64);
     }
 }

@@ -401,12 +401,11 @@ class AuthSession(Protocol):
     """What the dialog uses of its session (smtpd/session.py)."""
 
     auth_user: str | None  # set here once the client has authenticated
-    out: bytearray  # a challenge is not a reply: it goes straight here
 
     @property
     def ctx(self) -> _Services: ...
     @property
-    def conn(self) -> _core.ServerConnection: ...
+    def conn(self) -> _core.ServerConnection: ...  # a challenge is not a reply: it is queued there directly
     @property
     def id(self) -> str: ...
     @property
@@ -466,7 +465,7 @@ class Dialog:
     async def _step(self, mech: Mechanism, step: Step) -> None:
         s = self.session
         if isinstance(step, Challenge):
-            s.out += step.encode()
+            s.conn.write(step.encode())
             self.waiting = mech
             s.conn.read_line()
             return

@@ -8,11 +8,13 @@ session's dispatch table names its methods.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from .. import _core, maillog
 from .. import reply as R
 from ..config import Config
+from ..hooks import Hooks
 from . import auth as sasl
 from .context import SessionView
 from .intake import Intake
@@ -23,12 +25,15 @@ class HelloSession(SessionView, Protocol):
     """What the greeting and STARTTLS use of their session (smtpd/session.py)."""
 
     txn: Transaction | None
-    greeting: str | None
-    helo_name: str
     auth_user: str | None
     conn: _core.ServerConnection
     tls: str | None
+    commands: int
 
+    @property
+    def greeting(self) -> str | None: ...
+    @property
+    def helo_name(self) -> str: ...
     @property
     def cfg(self) -> Config: ...
     @property
@@ -43,6 +48,52 @@ class HelloSession(SessionView, Protocol):
     async def flush(self) -> None: ...
     async def _start_tls(self) -> bool: ...
     def _new_engine(self) -> _core.ServerConnection: ...
+
+
+def _extensions(hostname: str, max_size: int, starttls: bool, auth: bool) -> R.Reply:
+    """The EHLO/LHLO reply: the extensions this session offers now."""
+    lines = [
+        hostname,
+        "PIPELINING",
+        f"SIZE {max_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+    ]
+    if starttls:
+        lines.append("STARTTLS")
+    if auth:
+        lines.append("AUTH " + " ".join(sasl.MECHANISMS))
+    return R.Reply(250, None, tuple(lines))
+
+
+def auto_replies(s: HelloSession) -> _core.AutoReplies:
+    """What the session's engine may answer by itself (issue 13's fast path):
+    the greetings when no on_helo hook wants to see them (on an LMTP listener
+    only LHLO: HELO and EHLO are refused there), DATA's 354 and QUIT's 221.
+    The replies are the ones the handlers below would give."""
+    hooks = s.hooks
+    helo_hook = hooks is not None and getattr(type(hooks), "on_helo", None) is not Hooks.on_helo
+    return _auto_replies(
+        s.ctx.hostname, s.cfg.smtpd.max_message_size, s.starttls_offered, s.auth_offered, s.lmtp, helo_hook
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _auto_replies(
+    hostname: str, max_size: int, starttls: bool, auth: bool, lmtp: bool, helo_hook: bool
+) -> _core.AutoReplies:
+    ehlo = _extensions(hostname, max_size, starttls, auth).encode()
+    smtp_greetings = not lmtp and not helo_hook
+    return _core.AutoReplies(
+        ehlo=ehlo if smtp_greetings else None,
+        helo=R.Reply(250, None, hostname).encode() if smtp_greetings else None,
+        lhlo=ehlo if lmtp else None,
+        data=R.START_DATA.encode(),
+        quit=R.BYE.encode(),
+    )
 
 
 class Hello:
@@ -70,21 +121,8 @@ class Hello:
         return True
 
     def extensions(self) -> None:
-        lines = [
-            self.s.ctx.hostname,
-            "PIPELINING",
-            f"SIZE {self.s.cfg.smtpd.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-            "DSN",
-        ]
-        if self.s.starttls_offered:
-            lines.append("STARTTLS")
-        if self.s.auth_offered:
-            lines.append("AUTH " + " ".join(sasl.MECHANISMS))
-        self.s.reply(R.Reply(250, None, tuple(lines)))
+        s = self.s
+        s.reply(_extensions(s.ctx.hostname, s.cfg.smtpd.max_message_size, s.starttls_offered, s.auth_offered))
 
     async def lhlo(self, cmd: _core.Command) -> None:
         if not self.s.lmtp:
@@ -96,8 +134,7 @@ class Hello:
     def greet(self, kind: str, name: str) -> None:
         self.s.intake.abort()
         self.s.txn = None
-        self.s.greeting = kind
-        self.s.helo_name = name.strip()
+        self.s.conn.greet(kind, name.strip())
 
     async def starttls(self, cmd: _core.Command) -> None:
         if self.s.tls is not None:
@@ -117,9 +154,8 @@ class Hello:
             raise CloseSession
         # RFC 3207 4.2: forget everything learnt from the client before TLS.
         self.s.intake.abort()
-        self.s.conn = self.s._new_engine()
+        self.s.commands += self.s.conn.answered
+        self.s.auth_user = None  # before the new engine: what it offers by itself depends on it
+        self.s.conn = self.s._new_engine()  # not greeted, no transaction
         self.s.txn = None
-        self.s.greeting = None
-        self.s.helo_name = ""
-        self.s.auth_user = None
         self.s.sasl.waiting = None

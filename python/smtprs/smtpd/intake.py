@@ -79,7 +79,6 @@ class IntakeSession(SessionView, Protocol):
     txn: Transaction | None
     stage: str  # what a rejection is counted against (metrics)
     junk: int
-    out: bytearray  # replies not counted as the client's errors go straight here
 
     @property
     def conn(self) -> _core.ServerConnection: ...
@@ -141,9 +140,18 @@ class Intake:
             txn.bdat_error = reply
 
     # -- the core's events -----------------------------------------------------
+    def _opened_by_engine(self, txn: Transaction | None) -> None:
+        """The engine answered DATA by itself (see _core.AutoReplies): the
+        message's spool file is opened with its first content.  If the spool
+        cannot take it, the refusal is the reply to the data's end, as for BDAT."""
+        opened = txn is not None and txn.mode is None and txn.writer is None and txn.bdat_error is None
+        if opened and txn is not None and self._open(txn, quiet=True):
+            txn.mode = "DATA"
+
     def chunk(self, data: bytes) -> None:
         """Content from a DataChunk event: into the spool file (or the held header block)."""
         txn = self.session.txn
+        self._opened_by_engine(txn)
         if txn is not None and txn.writer is not None and txn.bdat_error is None:
             if txn.hold is None:
                 txn.writer.write(data)
@@ -163,6 +171,7 @@ class Intake:
         ctx = s.ctx
         s.stage = "DATA"
         started = time.perf_counter()
+        self._opened_by_engine(s.txn)  # a DATA with no content at all
         failure = self._bdat_failure()
         txn = s.txn
         s.txn = None
@@ -193,7 +202,7 @@ class Intake:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
         if s.lmtp:
             for r in await lmtp.deliver_now(ctx, writer, txn.sender.address(), txn.lmtp_slots, params, s.id, s.peer):
-                s.out += r.encode()  # a mailbox's trouble is not the client's error: not counted
+                s.conn.write(r.encode())  # a mailbox's trouble is not the client's error: not counted
             return
         env = Envelope(
             queue_id=writer.queue_id,

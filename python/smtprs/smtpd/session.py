@@ -50,7 +50,7 @@ from ..hooks import HOOK_FAILED, SessionInfo
 from . import auth as sasl
 from . import transaction
 from .channel import Channel
-from .greeting import Hello
+from .greeting import Hello, auto_replies
 from .intake import Intake
 from .transaction import CloseSession, Transaction, check_sequence
 
@@ -89,22 +89,20 @@ class Session:
         # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
         # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
         self.lmtp = self.mode == "lmtp"
-        self.conn = self._new_engine()
-        self.out = bytearray()
-        self.greeting: str | None = None  # "HELO" or "EHLO" once greeted
-        self.helo_name = ""
-        self.txn: Transaction | None = None
         self.errors = 0
-        self.commands = 0
+        self.commands = 0  # commands answered here (the engine counts those it answered itself)
         self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
         self.auth_user: str | None = None
+        self.hooks = ctx.hooks
+        # the engine holds the reply queue, the greeting and whether a transaction is open
+        self.conn = self._new_engine()
+        self._txn: Transaction | None = None
         self.sasl = sasl.Dialog(self)  # AUTH; .waiting while an exchange waits for the client's line
         self.intake = Intake(self)  # DATA/BDAT, from the command to the final reply
         self.hello = Hello(self)  # HELO/EHLO/LHLO and STARTTLS
         self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
         self._waiting_for = ""  # what the current (or last) wait was for, for the timeout's log line
         self.stage = "connect"  # what a rejection is counted against (metrics)
-        self.hooks = ctx.hooks
         # The dispatch table.  A verb the engine knows that is not here (EXPN) gets 502.
         self._handlers: dict[str, Handler] = {
             "HELO": self.hello.helo,
@@ -124,14 +122,38 @@ class Session:
         }
 
     def _new_engine(self) -> _core.ServerConnection:
+        """A fresh engine for the session's current state (at the start, after TLS)."""
         s = self.cfg.smtpd
-        return _core.ServerConnection(
+        conn = _core.ServerConnection(
             max_command_line=s.max_command_line,
             max_text_line=s.max_text_line,
             max_message_size=s.max_message_size,
             max_header_size=s.max_header_size,
             smtputf8=True,
         )
+        if not self.ctx.runtime.closing:  # shutting down: every command goes through _command
+            conn.set_auto_replies(auto_replies(self))
+        return conn
+
+    # -- the state the engine keeps ------------------------------------------------
+    @property
+    def txn(self) -> Transaction | None:
+        return self._txn
+
+    @txn.setter
+    def txn(self, value: Transaction | None) -> None:
+        # the engine answers DATA itself only inside a transaction (see _core.AutoReplies)
+        self._txn = value
+        self.conn.set_transaction(value is not None)
+
+    @property
+    def greeting(self) -> str | None:
+        """The greeting the client used ("HELO", "EHLO", "LHLO"), or None."""
+        return self.conn.greeting
+
+    @property
+    def helo_name(self) -> str:
+        return self.conn.helo_name
 
     # -- what this session offers ---------------------------------------------
     @property
@@ -145,7 +167,7 @@ class Session:
 
     # -- I/O -----------------------------------------------------------------
     def reply(self, r: R.Reply) -> None:
-        self.out += r.encode()
+        self.conn.write(r.encode())
         if r.is_error:
             self.errors += 1
             if self.stage in _COUNTED_STAGES:
@@ -172,10 +194,9 @@ class Session:
         return answer
 
     async def flush(self) -> None:
-        if not self.out:
-            return
-        data, self.out = bytes(self.out), bytearray()
-        await self.channel.send(data)
+        """Send every queued reply, the engine's own and ours, in order."""
+        if self.conn.has_output:
+            await self.channel.send(self.conn.take_output())
 
     async def run(self) -> None:
         """Serve the session until QUIT, EOF, timeout, too many errors or shutdown.
@@ -205,8 +226,10 @@ class Session:
                 # no plaintext reply is possible before TLS, and a refused client gets no handshake
                 maillog.reject(self.id, self.peer, "CONNECT", refusal, "closed without a reply (implicit TLS)")
                 return
-            if self.mode == "submissions" and not await self._start_tls():  # RFC 8314: TLS from the first byte
-                return
+            if self.mode == "submissions":  # RFC 8314: TLS from the first byte
+                if not await self._start_tls():
+                    return
+                self.conn = self._new_engine()  # what the engine offers by itself depends on TLS
             if refusal is not None:
                 maillog.reject(self.id, self.peer, "CONNECT", refusal)
                 self.reply(refusal)
@@ -217,7 +240,7 @@ class Session:
                 await self.flush()
                 return
             banner = "LMTP smtprs" if self.lmtp else s.banner
-            self.out += R.Reply(220, None, f"{self.ctx.hostname} {banner}").encode()
+            self.conn.write(R.Reply(220, None, f"{self.ctx.hostname} {banner}").encode())
             await self.flush()
             await self._loop()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError):
@@ -227,7 +250,7 @@ class Session:
             if admitted:
                 runtime.limits.release(self.peer_ip)
             runtime.discard(self)
-            maillog.disconnect(self.id, self.peer, self.commands, self.errors)
+            maillog.disconnect(self.id, self.peer, self.commands + self.conn.answered, self.errors)
 
     # -- shutdown ----------------------------------------------------------------
     @property
@@ -238,6 +261,7 @@ class Session:
     def shutdown_notice(self) -> None:
         """The server is shutting down: an idle session stops waiting at once,
         a busy one waits no longer than the shutdown deadline."""
+        self.conn.set_auto_replies(None)  # from now on every command goes through _command
         if not self.channel.waiting:
             return  # it is working; it looks at the shutdown state before its next read
         scope = self.channel.wait_scope
@@ -260,7 +284,7 @@ class Session:
             maillog.reject(self.id, self.peer, "shutdown", R.SHUTTING_DOWN, detail)
         self.intake.abort()
         self.txn = None
-        self.out += R.SHUTTING_DOWN.encode()
+        self.conn.write(R.SHUTTING_DOWN.encode())
         with trio.move_on_after(min(self.cfg.smtpd.send_timeout, 2.0)):
             await self.flush()
 
@@ -331,6 +355,7 @@ class Session:
             except CloseSession:
                 await self.flush()
                 return
+            progressed = progressed or self.conn.has_output  # the engine answered a command itself
             await self.flush()
             if progressed:
                 command_deadline = trio.current_time() + s.command_timeout

@@ -92,6 +92,9 @@ class TransactionSession(SessionView, Protocol):
 
     txn: Transaction | None
 
+    @property
+    def conn(self) -> _core.ServerConnection: ...
+
 
 async def mail(s: TransactionSession, cmd: _core.Command) -> None:
     """MAIL FROM: the checks, then a new transaction."""
@@ -189,4 +192,5 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
         txn.rcpt_params[address] = dsn
     for target in expansion.addresses:  # so does a mailbox reached twice
         txn.targets.setdefault(target, address)
+    s.conn.recipient_accepted()  # the engine may answer DATA by itself now
     s.reply(R.RECIPIENT_OK)
