@@ -81,6 +81,7 @@ from .deliver.smtp import SmtpAgent
 from .envelope import Envelope
 from .errors import ConfigError, ListenError, SpoolError
 from .hooks import Hooks
+from .mailauth.dkim import Signer
 from .metrics import Metrics
 from .queue import control
 from .queue.backend import SpoolBackend
@@ -231,6 +232,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         metrics=metrics,
         agents=agents,
         hooks=hooks,
+        dkim=Signer.for_config(cfg),
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)

@@ -40,6 +40,7 @@ from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
+from ..mailauth.dkim import MessageSigner
 from ..queue.backend import Writer
 from . import lmtp
 from .context import SessionView
@@ -101,6 +102,7 @@ class Intake:
         self.content_since: float | None = None  # when the current message's content started
         self.content_octets = 0  # octets read since then
         self._orphan_bdat: R.Reply | None = None  # a BDAT refused outside a transaction
+        self._dkim: MessageSigner | None = None  # the current message's DKIM signer, if it is to be signed
 
     # -- the commands ----------------------------------------------------------
     async def data(self, cmd: _core.Command) -> None:
@@ -146,7 +148,7 @@ class Intake:
         txn = self.session.txn
         if txn is not None and txn.writer is not None and txn.bdat_error is None:
             if txn.hold is None:
-                txn.writer.write(data)
+                self._write(txn.writer, data)
             else:
                 self._hold_header(txn, txn.writer, data)
 
@@ -173,6 +175,7 @@ class Intake:
             self._final_reply(txn, failure or R.NEED_MAIL)
             return
         writer = txn.writer
+        signer, self._dkim = self._dkim, None
         if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
             self._release_header(txn, writer, len(txn.hold))
         if event.error is not None:
@@ -188,6 +191,8 @@ class Intake:
             )
             self._final_reply(txn, R.TOO_MANY_HOPS)
             return
+        if signer is not None:
+            await self._sign(signer, writer)
         params = {k: v or "" for k, v in txn.params.items()}
         if event.eight_bit and "BODY" not in params:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
@@ -233,6 +238,7 @@ class Intake:
     def abort(self) -> None:
         """Drop the message being received, if any (the transaction stays)."""
         self.content_since = None
+        self._dkim = None
         txn = self.session.txn
         if txn is not None and txn.writer is not None:
             self.session.ctx.spool.abort(txn.writer)
@@ -283,6 +289,9 @@ class Intake:
         txn.writer = writer
         self.content_since, self.content_octets = trio.current_time(), 0
         writer.write(self._received_header(writer.queue_id, self.protocol(txn), txn))
+        dkim = s.ctx.dkim
+        if dkim is not None and not s.lmtp and (s.auth_user or s.ctx.policy.trusted(s.peer_ip)):
+            self._dkim = dkim.start()  # fed everything after our Received field
         if s.submission:
             txn.hold = bytearray()
         return True
@@ -332,5 +341,23 @@ class Intake:
         if b"message-id" not in present:
             added.append(f"Message-ID: <{writer.queue_id}.{secrets.token_hex(6)}@{self.session.ctx.hostname}>\r\n")
         if added:
-            writer.write("".join(added).encode())
-        writer.write(bytes(hold))
+            self._write(writer, "".join(added).encode())
+        self._write(writer, bytes(hold))
+
+    # -- DKIM signing (mailauth/dkim.py) -----------------------------------------
+    def _write(self, writer: Writer, data: bytes) -> None:
+        """Content into the spool file and, when the message is to be signed, to its signer."""
+        writer.write(data)
+        if self._dkim is not None:
+            self._dkim.feed(data)
+
+    async def _sign(self, signer: MessageSigner, writer: Writer) -> None:
+        """Sign the message: its DKIM-Signature field goes before everything in the
+        spool file, before the commit (so every delivery attempt sends the same
+        bytes).  A message that cannot be signed is accepted unsigned, logged."""
+        field, detail = await signer.signature()
+        if field is None:
+            maillog.dkim_unsigned(writer.queue_id, detail)
+            return
+        writer.prepend(field)
+        maillog.dkim_signed(writer.queue_id, detail)
