@@ -5,8 +5,9 @@ Key files are PEM: an RSA key as PKCS#1 (``BEGIN RSA PRIVATE KEY``, what
 OpenDKIM's opendkim-genkey writes) or PKCS#8, an Ed25519 key as PKCS#8
 (``BEGIN PRIVATE KEY``, RFC 8463 keys as OpenSSL writes them); an Ed25519
 key may also be the bare base64 32-octet seed that dkimpy and rspamd use.
-``cryptography`` parses and generates them; dkimpy signs with them (its own
-RSA code, PyNaCl for Ed25519).
+``cryptography`` parses, generates and signs with them (OpenSSL: an RSA-2048
+signature takes ~0.25 ms here against ~6 ms in dkimpy's pure-Python RSA, and
+it releases the GIL); dkimpy builds the field around the signature.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class SigningKey:
     private: bytes  # what dkimpy takes: PKCS#1 PEM (RSA) or the base64 seed (Ed25519)
     public: str  # the base64 p= value of the TXT record
     bits: int  # RSA modulus size; 256 for Ed25519
+    crypto: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey  # what signs (cryptography, OpenSSL)
 
 
 def load_key(path: Path, algorithm: str) -> SigningKey:
@@ -75,7 +77,7 @@ def signing_key(key: object, algorithm: str, where: str = "the key") -> SigningK
         public = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return SigningKey(algorithm, private, base64.b64encode(public).decode(), key.key_size)
+        return SigningKey(algorithm, private, base64.b64encode(public).decode(), key.key_size, key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         if algorithm != "ed25519-sha256":
             raise DkimKeyError(f"{where} is an Ed25519 key, but the algorithm is {algorithm}")
@@ -83,7 +85,7 @@ def signing_key(key: object, algorithm: str, where: str = "the key") -> SigningK
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return SigningKey(algorithm, base64.b64encode(seed), base64.b64encode(raw).decode(), 256)
+        return SigningKey(algorithm, base64.b64encode(seed), base64.b64encode(raw).decode(), 256, key)
     raise DkimKeyError(f"{where} is neither an RSA nor an Ed25519 key")
 
 
