@@ -292,6 +292,7 @@ def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
         tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         policy=Policy(cfg),
+        dkim=Signer.for_config(cfg),
     )
     ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)

@@ -382,3 +382,15 @@ async def test_large_message_in_a_session_is_signed(tmp_path, keyfiles, ctx_fact
     stored = spooled(ctx, qid)
     assert len(stored) > 300_000 and stored.startswith(b"DKIM-Signature: ")
     assert dkim.verify(stored, dnsfunc=_dns(tmp_path, keyfiles[algorithm]))
+
+
+def test_reload_takes_new_keys(tmp_path, keyfiles, ctx_factory) -> None:  # type: ignore[no-untyped-def]
+    from smtprs.daemon import rebuild
+
+    ctx = ctx_factory()
+    assert ctx.session.dkim is None
+    sel, path, algorithm = keyfiles["ed25519-sha256"]
+    keyconf = {"keys": [{"domain": "example.test", "selector": sel, "key_file": str(path), "algorithm": algorithm}]}
+    new = rebuild(ctx, make_config(tmp_path, dkim=keyconf))
+    assert new.session.dkim is not None and new.session.dkim.key_for("example.test") is not None
+    assert rebuild(new, make_config(tmp_path)).session.dkim is None
