@@ -14,6 +14,7 @@ from pathlib import Path
 import dkim
 import pytest
 import trio
+import trio.testing
 from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -394,3 +395,49 @@ def test_reload_takes_new_keys(tmp_path, keyfiles, ctx_factory) -> None:  # type
     new = rebuild(ctx, make_config(tmp_path, dkim=keyconf))
     assert new.session.dkim is not None and new.session.dkim.key_for("example.test") is not None
     assert rebuild(new, make_config(tmp_path)).session.dkim is None
+
+
+async def test_submission_header_only_message_gets_fixups_and_is_signed(tmp_path, keyfiles, ctx_factory) -> None:  # type: ignore[no-untyped-def]
+    """An authenticated user on a submission listener.  There the header block
+    is held for the Date / Message-ID fix-ups; a message that is all header is
+    released only at the end of the data, and the signer must see it (and the
+    added fields) too."""
+    from smtprs.config import Listener
+    from smtprs.smtpd import auth
+    from smtprs.smtpd.session import Session
+
+    from .conftest import Client
+
+    users = tmp_path / "users"
+    auth.write_users(users, {"alice@example.test": auth.hash_password("pw", ln=4)})
+    sel, path, algorithm = keyfiles["rsa-sha256"]
+    keyconf = {"keys": [{"domain": "example.test", "selector": sel, "key_file": str(path), "algorithm": algorithm}]}
+    ctx = ctx_factory(dkim=keyconf, smtpd={"auth": {"users_file": str(users), "allow_plaintext": True}})
+    plain = base64.b64encode(b"\0alice@example.test\0pw").decode()
+    for message in (
+        b"From: alice@example.test\r\nSubject: only a header\r\n",
+        MESSAGE.replace(b"Date: Mon, 7 Dec 2026 09:00:00 +0000\r\n", b""),
+    ):
+        async with trio.open_nursery() as nursery:
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+
+            async def serve(stream: trio.testing.MemoryStapledStream) -> None:  # type: ignore[type-arg]
+                await Session(ctx.session, stream, "198.51.100.7", 40000, Listener(mode="submission")).run()
+                await stream.aclose()
+
+            nursery.start_soon(serve, server_stream)
+            c = Client(client_stream)
+            assert (await c.reply()).code == 220
+            assert (await c.cmd("EHLO client.test")).code == 250
+            assert (await c.cmd(f"AUTH PLAIN {plain}")).code == 235
+            assert (await c.cmd("MAIL FROM:<alice@example.test>")).code == 250
+            assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250
+            assert (await c.cmd("DATA")).code == 354
+            r = await c.cmd(message + b".")
+            assert r.code == 250, r
+            await c.cmd("QUIT")
+        stored = spooled(ctx, r.text.rsplit(" ", 1)[1])
+        assert stored.startswith(b"DKIM-Signature: ") and b"\r\nDate: " in stored and b"\r\nMessage-ID: " in stored
+        d = dkim.DKIM(stored)
+        assert d.verify(dnsfunc=_dns(tmp_path, keyfiles[algorithm]))
+        assert {b"date", b"message-id"} <= {h.lower() for h in d.include_headers}

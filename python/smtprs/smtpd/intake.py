@@ -170,14 +170,15 @@ class Intake:
         s.txn = None
         self.content_since = None
         if failure is not None or txn is None or txn.writer is None:
+            self._dkim = None
             if txn is not None and txn.writer is not None:
                 ctx.spool.abort(txn.writer)
             self._final_reply(txn, failure or R.NEED_MAIL)
             return
         writer = txn.writer
-        signer, self._dkim = self._dkim, None
         if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
             self._release_header(txn, writer, len(txn.hold))
+        signer, self._dkim = self._dkim, None  # (after the release: the signer sees the held header too)
         if event.error is not None:
             ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
