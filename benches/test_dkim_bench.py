@@ -8,8 +8,7 @@ Run with ``python -m pytest benches/test_dkim_bench.py --benchmark-only``.
   streams), then build and sign the DKIM-Signature field with dkimpy;
   ``extra_info`` gives messages/s and the body hash's share.
 * ``test_sign_async``: 50 1 KiB messages signed as the server signs them
-  (``Signer.sign_async``: RSA in a worker thread, Ed25519 inline), in one
-  trio run: what the thread hop adds to RSA.
+  (``MessageSigner.signature``, on the event loop's thread), in one trio run.
 * ``test_body_hash``: the streaming relaxed body hash alone, MB/s, over 1 MiB
   of plain text (single spaces: the fast scans find nothing to change) and of
   the worst kind (every line with a tab, double blanks and trailing blanks).
