@@ -132,7 +132,7 @@ class Signer:
     def key_for(self, domain: str) -> Key | None:
         """The key of ``domain``, else of its nearest parent domain that has one."""
         labels = domain.lower().rstrip(".").split(".")
-        for i in range(len(labels) - 1):
+        for i in range(len(labels)):
             k = self._keys.get(".".join(labels[i:]))
             if k is not None:
                 return k

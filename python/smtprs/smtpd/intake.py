@@ -20,6 +20,12 @@ them.  The header block is held (at most max_header_size, which the core
 enforces) until its end is seen; the missing fields are written after our
 Received field, and the rest streams on.
 
+DKIM (mailauth/dkim.py): a message from an authenticated client or a
+trusted network, when keys are configured, also goes octet for octet (after
+our Received field) to a signer that keeps its header block and hashes its
+body; at the end of the data the DKIM-Signature field is prepended to the
+spooled content (``Writer.prepend``) before the commit.
+
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
 """
