@@ -368,6 +368,7 @@ async def test_session_from_trusted_network_is_signed_others_not(tmp_path, keyfi
     assert b"\r\nReceived: from client.test" in stored
     assert dkim.verify(stored, dnsfunc=_dns(tmp_path, keyfiles[algorithm]))
     assert ctx.spool.load(qid).size == len(stored)
+    assert ctx.metrics.counters[("smtprs_dkim_signatures_total", (("result", "signed"),))] == 1
     # the same client outside the trusted networks (an mx listener, no AUTH): not signed
     ctx2 = ctx_factory(dkim=keyconf)
     qid2 = await _send(ctx2, MESSAGE)

@@ -365,6 +365,8 @@ class Intake:
         field, detail = await signer.signature()
         if field is None:
             maillog.dkim_unsigned(writer.queue_id, detail)
+            self.session.ctx.metrics.inc("smtprs_dkim_signatures_total", result="unsigned")
             return
         writer.prepend(field)
         maillog.dkim_signed(writer.queue_id, detail)
+        self.session.ctx.metrics.inc("smtprs_dkim_signatures_total", result="signed")
