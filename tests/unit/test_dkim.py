@@ -344,6 +344,19 @@ async def test_spool_prepend_puts_the_field_first(tmp_path, size) -> None:  # ty
     assert not list(again.files_dir.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("size", [100, 5000])
+async def test_staged_content_has_the_prepended_field(tmp_path, size) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path, inline_max=1000)
+    spool.open()
+    w = spool.create()
+    w.write(b"x" * size)
+    w.prepend(b"F: 1\r\n")
+    content = w.staged()
+    with content.open() as fh:
+        assert fh.read() == b"F: 1\r\n" + b"x" * size
+    spool.abort(w)
+
+
 # -- sessions ------------------------------------------------------------------------
 async def _send(ctx, message: bytes, user: str | None = None) -> str:  # type: ignore[no-untyped-def]
     async with trio.open_nursery() as nursery:

@@ -164,7 +164,11 @@ class MessageWriter:
         if self.failed is not None:
             raise self.failed
         if self._buf is not None:
-            self._spill()
+            self._spill()  # (writes a prepended field first)
+        elif self._head:
+            self._put_head()
+            if self.failed is not None:
+                raise self.failed
         assert self._fh is not None and self.path is not None
         self._fh.flush()
         return Content(self.path, 0, self.size)
