@@ -259,6 +259,15 @@ def test_subdomain_uses_the_parent_key_and_others_are_not_signed(tmp_path, keyfi
         assert trio.run(ms.signature) == (None, why)
 
 
+def test_huge_header_count_is_not_signed(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
+    sel, path, algorithm = keyfiles["ed25519-sha256"]
+    signer = _signer(tmp_path, [("example.test", sel, path, algorithm)])
+    ms = signer.start()
+    ms.feed(b"From: alice@example.test\r\n" + b"To: x@example.test\r\n" * 5000 + b"\r\nbody\r\n")
+    field, why = trio.run(ms.signature)
+    assert field is None and why == "5001 header fields to sign (at most 500)"
+
+
 def test_header_only_message_is_signed(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
     sel, path, algorithm = keyfiles["rsa-sha256"]
     signer = _signer(tmp_path, [("example.test", sel, path, algorithm)])
