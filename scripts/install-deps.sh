@@ -12,6 +12,10 @@
 #                  the mailbox tests' peer: a private Dovecot (own config, own
 #                  ports) receives over LMTP and reads our Maildirs over IMAP
 #   fetchmail      a POP3 client of the mailbox tests
+#   opendkim-tools opendkim-testmsg, OpenDKIM's verifier: the DKIM tests check
+#                  smtprs's signatures with it (no OpenDKIM service is set up)
+#   iproute2       `ip`, which brings up loopback in the network namespace where
+#                  the DKIM tests run opendkim-testmsg against a private dnsmasq
 #   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
 #                  tests; swaks only recommends it, and we install without
 #                  recommends
@@ -44,6 +48,8 @@ if [ "$what" != build ]; then
         [ -x "/usr/lib/dovecot/$part" ] || missing+=("dovecot-${part}d")
     done
     command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+    command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
+    command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)  # libFuzzer (cargo fuzz) compiles C++
 fi

@@ -320,6 +320,31 @@ def cmd_tls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """Write a new DKIM private key (mode 0600) and print the TXT record to publish."""
+    from .mailauth import keys
+
+    domain = args.domain.lower().rstrip(".")
+    out = Path(args.out or f"dkim-{domain}-{args.selector}.pem")
+    try:
+        pem, key = keys.generate(args.algorithm, args.bits)
+        keys.write_private(out, pem)
+    except keys.DkimKeyError as e:
+        print(f"smtprs dkim keygen: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"smtprs dkim keygen: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(keys.txt_record(domain, args.selector, key))
+    print(
+        f"wrote {out} ({args.algorithm}, mode 0600); publish the TXT record above, then add to the configuration:\n"
+        f'[[dkim.keys]]\ndomain = "{domain}"\nselector = "{args.selector}"\nkey_file = "{out.resolve()}"\n'
+        f'algorithm = "{args.algorithm}"',
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_mod.reference_markdown())
     return 0
@@ -375,6 +400,22 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--force", action="store_true", help="replace existing files")
     q.add_argument("--config", "-c", help="configuration to take the hostname from")
     q.set_defaults(func=cmd_tls)
+
+    p = sub.add_parser("dkim", help="DKIM helpers")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser(
+        "keygen", help="write a new DKIM private key (mode 0600) and print the DNS TXT record that publishes it"
+    )
+    q.add_argument("--domain", "-d", required=True, help="the signing domain (d=)")
+    q.add_argument(
+        "--selector", "-s", required=True, help="the selector (s=): the record is SELECTOR._domainkey.DOMAIN"
+    )
+    q.add_argument(
+        "--algorithm", "-a", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256", help="default rsa-sha256"
+    )
+    q.add_argument("--bits", "-b", type=int, default=2048, help="RSA key size (default 2048; at least 1024)")
+    q.add_argument("--out", "-o", help="the key file to write (default dkim-DOMAIN-SELECTOR.pem); never replaced")
+    q.set_defaults(func=cmd_dkim_keygen)
 
     qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(
         dest="queue_command", required=True

@@ -81,6 +81,7 @@ from .deliver.smtp import SmtpAgent
 from .envelope import Envelope
 from .errors import ConfigError, ListenError, SpoolError
 from .hooks import Hooks
+from .mailauth.dkim import Signer
 from .metrics import Metrics
 from .queue import control
 from .queue.backend import SpoolBackend
@@ -233,6 +234,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         agents=agents,
         hooks=hooks,
         flow=None if null else scheduler,
+        dkim=Signer.for_config(cfg),
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
@@ -292,6 +294,7 @@ def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
         tls=tls_mod.server_context(cfg),
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         policy=Policy(cfg),
+        dkim=Signer.for_config(cfg),
     )
     ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)

@@ -383,6 +383,14 @@ def removed(qid: str) -> None:
     _line(INFO, "%s: removed", qid)
 
 
+def dkim_signed(qid: str, detail: str) -> None:
+    _line(INFO, "%s: DKIM-Signature field added (%s)", qid, detail)
+
+
+def dkim_unsigned(qid: str, why: str) -> None:
+    _line(INFO, "%s: not DKIM-signed: %s", qid, why)
+
+
 def spool_problem(what: str) -> None:
     _line(WARNING, "spool: %s", what)
 

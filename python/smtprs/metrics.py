@@ -49,6 +49,11 @@ BUCKETS: tuple[float, ...] = (
 DEFINITIONS: dict[str, tuple[str, str]] = {
     "smtprs_connections_total": ("counter", "SMTP, LMTP and POP3 connections accepted, by listener mode."),
     "smtprs_sessions_active": ("gauge", "Sessions open now."),
+    "smtprs_dkim_signatures_total": (
+        "counter",
+        "Messages eligible for DKIM signing (authenticated or trusted client, keys configured), by result: "
+        "signed, or unsigned (no key for the From: domain, no single From: domain, or an error; the log says which).",
+    ),
     "smtprs_messages_accepted_total": (
         "counter",
         "Messages accepted and queued (250 after the data), by listener mode.",

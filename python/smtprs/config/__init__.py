@@ -20,10 +20,13 @@ reference).  Everything public is importable from ``smtprs.config``.
 from .load import RENAMED, load
 from .reference import reference_markdown
 from .schema import (
+    DKIM_NEVER_SIGN,
     POP3_MODES,
     SUBMISSION_MODES,
     Auth,
     Config,
+    Dkim,
+    DkimKey,
     Dns,
     Listener,
     Local,
@@ -57,7 +60,10 @@ __all__ = [
     "SUBMISSION_MODES",
     "TRANSPORTS",
     "Auth",
+    "DKIM_NEVER_SIGN",
     "Config",
+    "Dkim",
+    "DkimKey",
     "Dns",
     "Listener",
     "Local",

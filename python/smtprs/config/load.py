@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from ..errors import ConfigError
-from .schema import Config
+from ..mailauth.keys import DkimKeyError, load_key
+from .schema import DKIM_NEVER_SIGN, Config
 from .values import dir_mode, mailbox_ids, parse_host_port, parse_nexthop, parse_socket_address, parse_transport
 
 # --------------------------------------------------------------------------
@@ -282,3 +283,34 @@ def _check(cfg: Config) -> None:
         for j, pattern in enumerate(patterns):
             if not pattern or any(c.isspace() for c in pattern) or "@" not in pattern:
                 raise ConfigError(f"smtpd.auth.senders.{user}[{j}]: not an address pattern: {pattern!r}")
+    _check_dkim(cfg)
+
+
+def _check_dkim(cfg: Config) -> None:
+    d = cfg.dkim
+    seen: dict[str, int] = {}
+    for i, k in enumerate(d.keys):
+        key = f"dkim.keys[{i}]"
+        domain = k.domain.lower().rstrip(".")
+        if not domain or any(c in domain for c in " /@[]\t") or ".." in domain:
+            raise ConfigError(f"{key}.domain: not a domain name: {k.domain!r}")
+        if domain in seen:
+            raise ConfigError(f"{key}.domain: {k.domain!r} already has a key (dkim.keys[{seen[domain]}])")
+        seen[domain] = i
+        if not k.selector or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in k.selector):
+            raise ConfigError(f"{key}.selector: not a selector (letters, digits, - _ .): {k.selector!r}")
+        if not k.key_file:
+            raise ConfigError(f"{key}.key_file: a key file is needed (smtprs dkim keygen writes one)")
+        try:
+            load_key(cfg.path(k.key_file), k.algorithm)
+        except DkimKeyError as e:
+            raise ConfigError(f"{key}.key_file: {e}") from None
+    names = [h.lower() for h in d.sign_headers]
+    if "from" not in names:
+        raise ConfigError("dkim.sign_headers: must include from (RFC 6376 5.4)")
+    for what, fields in (("sign_headers", names), ("oversign_headers", [h.lower() for h in d.oversign_headers])):
+        for j, h in enumerate(fields):
+            if not h or any(c.isspace() or c == ":" or not c.isascii() for c in h):
+                raise ConfigError(f"dkim.{what}[{j}]: not a header field name: {h!r}")
+            if h in DKIM_NEVER_SIGN:
+                raise ConfigError(f"dkim.{what}[{j}]: {h} is not to be signed (RFC 6376 5.4)")

@@ -25,7 +25,8 @@ def reference_markdown() -> str:
                 walk(typing.cast(type, tp), f"{prefix}{f.name}.")
                 continue
             if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-                out.append(f"| `{prefix}{f.name}` | array of tables | one, see below | {f.metadata['doc']} |")
+                n = "one" if f.default_factory() else "none"  # type: ignore[operator]
+                out.append(f"| `{prefix}{f.name}` | array of tables | {n}, see below | {f.metadata['doc']} |")
                 walk(typing.get_args(tp)[0], f"{prefix}{f.name}[].")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]

@@ -375,6 +375,83 @@ class Dns:
     )
 
 
+# The header fields signed by default: rspamd's default sign_headers (its
+# dkim_signing module), which is RFC 6376 5.4.1's list (OpenDKIM's default)
+# plus Content-Language, List-Unsubscribe-Post, OpenPGP and Autocrypt.
+DKIM_SIGN_HEADERS = [
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "to",
+    "cc",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-language",
+    "resent-to",
+    "resent-cc",
+    "resent-from",
+    "resent-sender",
+    "resent-message-id",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-help",
+    "list-owner",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-subscribe",
+    "list-post",
+    "openpgp",
+    "autocrypt",
+]
+# signed once more than they occur, so none can be added unnoticed (RFC 6376 8.15): rspamd's "(o)" set
+DKIM_OVERSIGN_HEADERS = ["from", "reply-to", "subject", "to", "cc"]
+# RFC 6376 5.4: fields a signer should not sign (trace fields, what later hops add or drop)
+DKIM_NEVER_SIGN = ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature")
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """One DKIM signing key (a `[[dkim.keys]]` table)."""
+
+    domain: str = _f(
+        "",
+        "Signing domain (d=): mail whose From: address is in this domain, or in a subdomain without a key of its own, is signed with this key.",
+    )
+    selector: str = _f("", "Selector (s=): the public key is published at `SELECTOR._domainkey.DOMAIN` (TXT).")
+    key_file: str = _f(
+        "",
+        "The private key, PEM (RSA: PKCS#1 or PKCS#8; Ed25519: PKCS#8, or dkimpy's base64 seed), as `smtprs dkim keygen` writes it; "
+        "relative to data_dir. Read and checked at start-up: a missing, unreadable or wrong-type key is a configuration error.",
+    )
+    algorithm: DkimAlgorithm = _f(
+        "rsa-sha256",
+        "`rsa-sha256` (RSA keys of 1024 bits or more; 2048 advised) or `ed25519-sha256` (RFC 8463).",
+    )
+
+
+@dataclass(frozen=True)
+class Dkim:
+    """DKIM signing of outbound mail (RFC 6376): mail from authenticated users or relay.trusted_networks whose From: domain has a key."""
+
+    keys: list[DkimKey] = _f(
+        [], "Signing keys (`[[dkim.keys]]` tables: domain, selector, key_file, algorithm). Empty: nothing is signed."
+    )
+    sign_headers: list[str] = _f(
+        DKIM_SIGN_HEADERS,
+        "Header fields signed when present (each occurrence), compared case-insensitively; relaxed/relaxed canonicalization. Must include `from`.",
+    )
+    oversign_headers: list[str] = _f(
+        DKIM_OVERSIGN_HEADERS,
+        "Header fields signed once more than they occur, so that none can be added later without breaking the signature (RFC 6376 8.15).",
+    )
+
+
 @dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
@@ -433,6 +510,7 @@ class Config:
     relay: Relay = _f(Relay(), "Relaying to other hosts.")
     dns: Dns = _f(Dns(), "DNS resolver.")
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
+    dkim: Dkim = _f(Dkim(), "DKIM signing.")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(

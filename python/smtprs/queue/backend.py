@@ -41,6 +41,11 @@ class Writer(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def prepend(self, data: bytes) -> None:
+        """Put ``data`` before everything written so far (a DKIM-Signature field,
+        added once the whole content has been seen); before ``commit`` only."""
+        ...
+
     def staged(self) -> Content:
         """The content so far as a file another reader can open (the LMTP
         listener delivers without queueing).  Raises OSError."""

@@ -33,6 +33,9 @@ class NullWriter:
     def write(self, data: bytes) -> None:
         self.size += len(data)
 
+    def prepend(self, data: bytes) -> None:
+        self.size += len(data)
+
     def staged(self) -> Content:
         raise OSError("the null spool backend keeps no content")
 

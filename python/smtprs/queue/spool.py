@@ -40,6 +40,7 @@ own file.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import zlib
@@ -88,6 +89,7 @@ class MessageWriter:
         self._buf: bytearray | None = bytearray()
         self._fh: BinaryIO | None = None
         self.path: Path | None = None  # set when the content spilled to its own file
+        self._head = b""  # prepended fields (DKIM-Signature) not yet in place: see prepend
 
     def write(self, data: bytes) -> None:
         if self.failed is not None:
@@ -105,6 +107,53 @@ class MessageWriter:
         except OSError as e:  # ENOSPC, EDQUOT, EIO: remembered, reported at commit
             self.failed = e
 
+    def prepend(self, data: bytes) -> None:
+        """Put ``data`` before the content (see the backend interface).  Content
+        still in memory gets it at commit, in the record (no copy); a spilled
+        file is rewritten with it in front before the commit (``_put_head``)."""
+        if self.failed is not None:
+            return
+        self._head = data + self._head
+        self.size += len(data)
+
+    def _put_head(self) -> None:
+        """Runs in a worker thread: write files/ID.msg anew with the prepended
+        fields first and the content copied behind them in the kernel
+        (copy_file_range), then rename it over the old file.  A crash leaves at
+        most a files/ID.msg.tmp, removed at start-up."""
+        assert self._fh is not None and self.path is not None
+        try:
+            self._fh.flush()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fh = os.fdopen(fd, "wb", buffering=256 * 1024)
+            try:
+                fh.write(self._head)
+                fh.flush()
+                src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # (the writer's own is write-only)
+                try:
+                    left = self.size - len(self._head)
+                    offset = 0
+                    while left > 0:
+                        n = os.copy_file_range(src, fd, left, offset)
+                        if n == 0:
+                            raise OSError(errno.EIO, "queue file shorter than written")
+                        offset += n
+                        left -= n
+                finally:
+                    os.close(src)
+                os.replace(tmp, self.path)
+            except BaseException:
+                fh.close()
+                unlink_quietly(tmp)
+                raise
+            self._fh.close()
+            self._fh = fh
+            fh.seek(0, os.SEEK_END)
+            self._head = b""
+        except OSError as e:
+            self.failed = self.failed or e
+
     def staged(self) -> Content:
         """The content received so far, as a file another reader can open: for
         a message delivered without being queued (the LMTP listener).  Spills
@@ -115,7 +164,11 @@ class MessageWriter:
         if self.failed is not None:
             raise self.failed
         if self._buf is not None:
-            self._spill()
+            self._spill()  # (writes a prepended field first)
+        elif self._head:
+            self._put_head()
+            if self.failed is not None:
+                raise self.failed
         assert self._fh is not None and self.path is not None
         self._fh.flush()
         return Content(self.path, 0, self.size)
@@ -126,6 +179,8 @@ class MessageWriter:
         self.path = path
         self._fh = os.fdopen(fd, "wb", buffering=256 * 1024)
         assert self._buf is not None
+        self._fh.write(self._head)
+        self._head = b""
         self._fh.write(self._buf)
         self._release()
 
@@ -236,8 +291,13 @@ class Spool(SpoolRecovery):
             raise spool_error("cannot write queue file", writer.failed)
         env = envelope.to_json()
         if writer._buf is not None:
-            payload = MHEAD.pack(len(env), INLINE) + env + writer._buf
+            payload = MHEAD.pack(len(env), INLINE) + env + writer._head + writer._buf
         else:
+            if writer._head:
+                await trio.to_thread.run_sync(writer._put_head)
+                if writer.failed is not None:
+                    self.abort(writer)
+                    raise spool_error("cannot write queue file", writer.failed)
             payload = MHEAD.pack(len(env), 0) + env
         item = _Pending(HEAD.pack(MAGIC, KIND_MESSAGE, len(payload), zlib.crc32(payload)) + payload, writer, envelope)
         await self._submit(item)

@@ -24,6 +24,7 @@ from ..config import Config
 from ..deliver.base import DeliveryAgent
 from ..envelope import Envelope
 from ..hooks import Hooks
+from ..mailauth.dkim import Signer
 from ..metrics import Metrics
 from ..queue.backend import SpoolBackend
 from ..reply import Reply
@@ -99,6 +100,7 @@ class SessionContext:
     agents: dict[str, DeliveryAgent]  # by next-hop kind: the LMTP listener delivers at once
     hooks: Hooks | None = None
     flow: Flow | None = None  # None: nothing is queued (the null spool), so MAIL never waits
+    dkim: Signer | None = None  # DKIM signing (dkim.keys), None when no key is configured
 
     @property
     def active_sessions(self) -> int:

@@ -20,6 +20,12 @@ them.  The header block is held (at most max_header_size, which the core
 enforces) until its end is seen; the missing fields are written after our
 Received field, and the rest streams on.
 
+DKIM (mailauth/dkim.py): a message from an authenticated client or a
+trusted network, when keys are configured, also goes octet for octet (after
+our Received field) to a signer that keeps its header block and hashes its
+body; at the end of the data the DKIM-Signature field is prepended to the
+spooled content (``Writer.prepend``) before the commit.
+
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
 """
@@ -40,6 +46,7 @@ from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
+from ..mailauth.dkim import MessageSigner
 from ..queue.backend import Writer
 from . import lmtp
 from .context import SessionView
@@ -100,6 +107,7 @@ class Intake:
         self.content_since: float | None = None  # when the current message's content started
         self.content_octets = 0  # octets read since then
         self._orphan_bdat: R.Reply | None = None  # a BDAT refused outside a transaction
+        self._dkim: MessageSigner | None = None  # the current message's DKIM signer, if it is to be signed
 
     # -- the commands ----------------------------------------------------------
     async def data(self, cmd: _core.Command) -> None:
@@ -154,7 +162,7 @@ class Intake:
         self._opened_by_engine(txn)
         if txn is not None and txn.writer is not None and txn.bdat_error is None:
             if txn.hold is None:
-                txn.writer.write(data)
+                self._write(txn.writer, data)
             else:
                 self._hold_header(txn, txn.writer, data)
 
@@ -177,6 +185,7 @@ class Intake:
         s.txn = None
         self.content_since = None
         if failure is not None or txn is None or txn.writer is None:
+            self._dkim = None
             if txn is not None and txn.writer is not None:
                 ctx.spool.abort(txn.writer)
             self._final_reply(txn, failure or R.NEED_MAIL)
@@ -184,6 +193,7 @@ class Intake:
         writer = txn.writer
         if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
             self._release_header(txn, writer, len(txn.hold))
+        signer, self._dkim = self._dkim, None  # (after the release: the signer sees the held header too)
         if event.error is not None:
             ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
@@ -197,6 +207,8 @@ class Intake:
             )
             self._final_reply(txn, R.TOO_MANY_HOPS)
             return
+        if signer is not None:
+            await self._sign(signer, writer)
         params = {k: v or "" for k, v in txn.params.items()}
         if event.eight_bit and "BODY" not in params:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
@@ -242,6 +254,7 @@ class Intake:
     def abort(self) -> None:
         """Drop the message being received, if any (the transaction stays)."""
         self.content_since = None
+        self._dkim = None
         txn = self.session.txn
         if txn is not None and txn.writer is not None:
             self.session.ctx.spool.abort(txn.writer)
@@ -292,6 +305,9 @@ class Intake:
         txn.writer = writer
         self.content_since, self.content_octets = trio.current_time(), 0
         writer.write(self._received_header(writer.queue_id, self.protocol(txn), txn))
+        dkim = s.ctx.dkim
+        if dkim is not None and not s.lmtp and (s.auth_user or s.ctx.policy.trusted(s.peer_ip)):
+            self._dkim = dkim.start()  # fed everything after our Received field
         if s.submission:
             txn.hold = bytearray()
         return True
@@ -341,5 +357,25 @@ class Intake:
         if b"message-id" not in present:
             added.append(f"Message-ID: <{writer.queue_id}.{secrets.token_hex(6)}@{self.session.ctx.hostname}>\r\n")
         if added:
-            writer.write("".join(added).encode())
-        writer.write(bytes(hold))
+            self._write(writer, "".join(added).encode())
+        self._write(writer, bytes(hold))
+
+    # -- DKIM signing (mailauth/dkim.py) -----------------------------------------
+    def _write(self, writer: Writer, data: bytes) -> None:
+        """Content into the spool file and, when the message is to be signed, to its signer."""
+        writer.write(data)
+        if self._dkim is not None:
+            self._dkim.feed(data)
+
+    async def _sign(self, signer: MessageSigner, writer: Writer) -> None:
+        """Sign the message: its DKIM-Signature field goes before everything in the
+        spool file, before the commit (so every delivery attempt sends the same
+        bytes).  A message that cannot be signed is accepted unsigned, logged."""
+        field, detail = await signer.signature()
+        if field is None:
+            maillog.dkim_unsigned(writer.queue_id, detail)
+            self.session.ctx.metrics.inc("smtprs_dkim_signatures_total", result="unsigned")
+            return
+        writer.prepend(field)
+        maillog.dkim_signed(writer.queue_id, detail)
+        self.session.ctx.metrics.inc("smtprs_dkim_signatures_total", result="signed")
