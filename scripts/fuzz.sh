@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 #   SECONDS   time per target (default 20)
-#   TARGET    command address data reply server (default: all of them)
+#   TARGET    command address data reply server server_auto (default: all of them)
 #
 # Environment:
 #   FUZZ_SANITIZER   address | none (default none: the core has no unsafe
@@ -35,7 +35,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
     echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2
     exit 2
 fi
-all_targets=(command address data reply server)
+all_targets=(command address data reply server server_auto)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 for t in "${targets[@]}"; do
     if [ ! -f "$root/rust/fuzz/fuzz_targets/$t.rs" ]; then
@@ -81,7 +81,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
     case "$t" in
-        command|address|server) flags+=(-dict=fuzz/smtp.dict) ;;
+        command|address|server|server_auto) flags+=(-dict=fuzz/smtp.dict) ;;
     esac
     if [ "$jobs" -gt 1 ]; then flags+=(-fork="$jobs"); fi
     # shellcheck disable=SC2206

@@ -170,6 +170,8 @@ pub struct ServerConnection {
     answered: u64,
     /// The engine answered QUIT: the session is over.
     quit: bool,
+    /// ... and said so with ConnectionClosed.
+    quit_told: bool,
 }
 
 impl ServerConnection {
@@ -190,6 +192,7 @@ impl ServerConnection {
             content_started: false,
             answered: 0,
             quit: false,
+            quit_told: false,
         }
     }
 
@@ -411,7 +414,12 @@ impl ServerConnection {
                 }
             }
         }
-        (self.eof || self.quit).then(|| Event::ConnectionClosed {
+        if self.quit {
+            // the engine answered QUIT: the session is over, said once
+            return (!std::mem::replace(&mut self.quit_told, true))
+                .then_some(Event::ConnectionClosed { mid_data: false });
+        }
+        self.eof.then(|| Event::ConnectionClosed {
             mid_data: !matches!(self.mode, Mode::Command | Mode::Line)
                 || !self.buffer.is_empty()
                 || self.buffer.is_discarding(),
@@ -1054,6 +1062,16 @@ mod tests {
         assert_eq!(c.greeting(), Some(Greeting::Ehlo));
         assert_eq!(c.helo_name(), "client.example");
         assert_eq!(c.answered(), 1);
+        // QUIT ends the session: ConnectionClosed once, then nothing
+        let mut q = conn();
+        q.set_auto_replies(Some(auto()));
+        q.receive_data(b"QUIT\r\nNOOP\r\n").unwrap();
+        assert!(matches!(
+            q.next_event(),
+            Some(Event::ConnectionClosed { mid_data: false })
+        ));
+        assert!(q.next_event().is_none());
+        assert_eq!(q.take_output(), b"221 bye\r\n");
         // without auto replies everything is the session's
         c.set_auto_replies(None);
         c.receive_data(b"QUIT\r\n").unwrap();

@@ -1,7 +1,7 @@
 """A bounded libFuzzer run of the Rust core's fuzz targets (rust/fuzz).
 
 Runs ``scripts/fuzz.sh`` with a fixed seed and 30,000 runs per target
-(command, address, data, reply, server; a few seconds each), after building
+(command, address, data, reply, server, server_auto; a few seconds each), after building
 them (about a minute on a fresh checkout, seconds when rust/fuzz/target is
 warm).  Skipped, with the reason,
 where cargo-fuzz is not installed (``cargo install cargo-fuzz --locked``) or
@@ -58,4 +58,4 @@ def test_cargo_fuzz_targets_survive_a_bounded_run() -> None:
     output = proc.stdout + proc.stderr
     print(output)
     assert proc.returncode == 0, f"scripts/fuzz.sh {seconds} failed:\n{output[-6000:]}"
-    assert output.count(" ok: ") == 5, output
+    assert output.count(" ok: ") == 6, output  # command address data reply server server_auto
