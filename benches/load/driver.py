@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import NCPU, STARTED, TICK, MemorySampler, follow_counter, machine_ticks, scan_proc, tree_cpu_ticks
+from .procs import (
+    NCPU,
+    STARTED,
+    TICK,
+    MemorySampler,
+    follow_counter,
+    machine_ticks,
+    scan_proc,
+    stop_started,
+    tree_cpu_ticks,
+)
 from .servers import NextHop, Server
 from .settings import HELPERS, RCPT, SENDER, SMTP_SOURCE, Settings
 
@@ -77,15 +86,7 @@ class Source:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self in STARTED:
-            STARTED.remove(self)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_started(self, self.proc)
         self._reader.join(5)
         if self.proc.stderr is not None and not self.proc.stderr.closed:
             self.stderr = self.proc.stderr.read()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -174,3 +175,17 @@ def follow_counter(fd: int, on_lines: Callable[[bytes], None]) -> None:
             continue
         done, buf = buf[:cut], buf[cut + 1 :]
         on_lines(done)
+
+
+def stop_started(owner: object, proc: subprocess.Popen[Any], grace: float = 5) -> None:
+    """Forget ``owner`` (no longer cleaned up at exit) and stop its process:
+    SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if owner in STARTED:
+        STARTED.remove(owner)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .procs import STARTED, descendants, follow_counter, kill_pids, pid_alive, scan_proc, wait_gone
+from .procs import STARTED, descendants, follow_counter, kill_pids, pid_alive, scan_proc, stop_started, wait_gone
 from .settings import DOMAIN, HELPERS, MODES, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
 
 
@@ -557,14 +557,6 @@ class NextHop:
         return self.sessions - self.base_sessions
 
     def stop(self) -> None:
-        if self in STARTED:
-            STARTED.remove(self)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_started(self, self.proc)
         self._reader.join(5)
         self.err.close()
