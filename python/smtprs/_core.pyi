@@ -224,7 +224,12 @@ class AutoReplies:
     are answered only outside a transaction (recording the greeting and the
     client's name), DATA only inside one with an accepted recipient and no
     content yet (then the engine is in data mode), QUIT always (the session is
-    over: ConnectionClosed comes next).  One object serves many connections."""
+    over: ConnectionClosed comes next).  NOOP, VRFY, HELP and RSET (RSET only
+    outside a transaction) while the junk count is at most ``max_junk``.  The
+    sequence errors (``sequence``: a reply for each of need_helo, nested_mail,
+    txn_in_progress, need_mail, need_rcpt, no_valid_rcpt; not for BDAT) while
+    one more error stays below ``max_errors``.  One object serves many
+    connections."""
 
     def __new__(
         cls,
@@ -234,6 +239,13 @@ class AutoReplies:
         lhlo: bytes | None = None,
         data: bytes | None = None,
         quit: bytes | None = None,
+        noop: bytes | None = None,
+        rset: bytes | None = None,
+        vrfy: bytes | None = None,
+        help: bytes | None = None,
+        max_junk: int = 0,
+        sequence: dict[str, bytes] | None = None,
+        max_errors: int = 0,
     ) -> Self: ...
 
 @final
@@ -302,6 +314,20 @@ class ServerConnection:
     @property
     def answered(self) -> int:
         """Commands the engine answered by itself."""
+    @property
+    def junk(self) -> int:
+        """NOOP, RSET, VRFY and HELP commands seen since the count was last set."""
+    @junk.setter
+    def junk(self, value: int) -> None: ...
+    @property
+    def errors(self) -> int:
+        """Error replies of the session: those the engine gave (sequence errors) and what the session adds."""
+    @errors.setter
+    def errors(self, value: int) -> None: ...
+    @property
+    def has_refused(self) -> bool: ...
+    def take_refused(self) -> list[tuple[str, str]]:
+        """The sequence errors the engine answered since the last call, in order: (verb, which)."""
 
 def format_reply(code: int, enhanced: str | None, text: str | list[str]) -> bytes:
     """``250-first\\r\\n250 2.0.0 last\\r\\n``: every line gets the enhanced code if given.

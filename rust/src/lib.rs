@@ -337,37 +337,90 @@ pub struct AutoReplies {
 #[pymethods]
 impl AutoReplies {
     #[new]
-    #[pyo3(signature = (*, ehlo = None, helo = None, lhlo = None, data = None, quit = None))]
+    #[pyo3(signature = (
+        *, ehlo = None, helo = None, lhlo = None, data = None, quit = None,
+        noop = None, rset = None, vrfy = None, help = None, max_junk = 0,
+        sequence = None, max_errors = 0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         ehlo: Option<Vec<u8>>,
         helo: Option<Vec<u8>>,
         lhlo: Option<Vec<u8>>,
         data: Option<Vec<u8>>,
         quit: Option<Vec<u8>>,
-    ) -> Self {
-        AutoReplies {
+        noop: Option<Vec<u8>>,
+        rset: Option<Vec<u8>>,
+        vrfy: Option<Vec<u8>>,
+        help: Option<Vec<u8>>,
+        max_junk: u64,
+        sequence: Option<std::collections::HashMap<String, Vec<u8>>>,
+        max_errors: u64,
+    ) -> PyResult<Self> {
+        let sequence = match sequence {
+            None => None,
+            Some(mut m) => {
+                let mut take = |name: &str| {
+                    m.remove(name).ok_or_else(|| {
+                        pyo3::exceptions::PyValueError::new_err(format!(
+                            "sequence: no reply for {name}"
+                        ))
+                    })
+                };
+                let r = server::SequenceReplies {
+                    need_helo: take("need_helo")?,
+                    nested_mail: take("nested_mail")?,
+                    txn_in_progress: take("txn_in_progress")?,
+                    need_mail: take("need_mail")?,
+                    need_rcpt: take("need_rcpt")?,
+                    no_valid_rcpt: take("no_valid_rcpt")?,
+                };
+                if let Some(other) = m.keys().next() {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "sequence: unknown reply {other}"
+                    )));
+                }
+                Some(r)
+            }
+        };
+        Ok(AutoReplies {
             inner: std::sync::Arc::new(server::AutoReplies {
                 ehlo,
                 helo,
                 lhlo,
                 data,
                 quit,
+                noop,
+                rset,
+                vrfy,
+                help,
+                max_junk,
+                sequence,
+                max_errors,
             }),
-        }
+        })
     }
 
     fn __repr__(&self) -> String {
-        let names: Vec<&str> = [
-            ("EHLO", &self.inner.ehlo),
-            ("HELO", &self.inner.helo),
-            ("LHLO", &self.inner.lhlo),
-            ("DATA", &self.inner.data),
-            ("QUIT", &self.inner.quit),
+        let i = &self.inner;
+        let mut names: Vec<&str> = [
+            ("EHLO", &i.ehlo),
+            ("HELO", &i.helo),
+            ("LHLO", &i.lhlo),
+            ("DATA", &i.data),
+            ("QUIT", &i.quit),
+            ("NOOP", &i.noop),
+            ("RSET", &i.rset),
+            ("VRFY", &i.vrfy),
+            ("HELP", &i.help),
         ]
         .iter()
         .filter(|(_, r)| r.is_some())
         .map(|(n, _)| *n)
         .collect();
+        if i.sequence.is_some() {
+            names.push("sequence errors");
+        }
         format!("AutoReplies({})", names.join(", "))
     }
 }
@@ -529,6 +582,40 @@ impl ServerConnection {
     #[getter]
     fn answered(&self) -> u64 {
         self.inner.answered()
+    }
+
+    #[getter]
+    fn junk(&self) -> u64 {
+        self.inner.junk()
+    }
+
+    #[setter]
+    fn set_junk(&mut self, n: u64) {
+        self.inner.set_junk(n)
+    }
+
+    #[getter]
+    fn errors(&self) -> u64 {
+        self.inner.errors()
+    }
+
+    #[setter]
+    fn set_errors(&mut self, n: u64) {
+        self.inner.set_errors(n)
+    }
+
+    #[getter]
+    fn has_refused(&self) -> bool {
+        self.inner.has_refused()
+    }
+
+    /// The sequence errors the engine answered since the last call: (verb, which).
+    fn take_refused(&mut self) -> Vec<(&'static str, &'static str)> {
+        self.inner
+            .take_refused()
+            .into_iter()
+            .map(|(verb, r)| (verb.as_str(), r.as_str()))
+            .collect()
     }
 }
 

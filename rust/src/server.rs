@@ -70,6 +70,15 @@ impl Default for ServerConfig {
 /// the message in progress), DATA only inside a transaction with an
 /// accepted recipient and no content yet ([`ServerConnection::set_transaction`],
 /// [`ServerConnection::recipient_accepted`]).
+///
+/// The junk commands (NOOP, RSET outside a transaction, VRFY, HELP) are
+/// answered while the session's junk count ([`ServerConnection::junk`], which
+/// the engine keeps for every junk command it sees) is within `max_junk`;
+/// past it they go to the session, which counts them as errors.  The
+/// sequence errors of RFC 5321 4.1.4 ([`SequenceReplies`]; not BDAT, whose
+/// chunk the session must read) are answered while the error count
+/// ([`ServerConnection::errors`]) stays below `max_errors - 1`, so the error
+/// that reaches the limit is always the session's, which closes with 421.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AutoReplies {
     pub ehlo: Option<Vec<u8>>,
@@ -77,6 +86,66 @@ pub struct AutoReplies {
     pub lhlo: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
     pub quit: Option<Vec<u8>>,
+    pub noop: Option<Vec<u8>>,
+    pub rset: Option<Vec<u8>>,
+    pub vrfy: Option<Vec<u8>>,
+    pub help: Option<Vec<u8>>,
+    pub max_junk: u64,
+    pub sequence: Option<SequenceReplies>,
+    pub max_errors: u64,
+}
+
+/// The 503/554 replies of the command order (RFC 5321 4.1.4), as the
+/// session's sequence table gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SequenceReplies {
+    /// MAIL, STARTTLS or AUTH before HELO/EHLO/LHLO.
+    pub need_helo: Vec<u8>,
+    /// MAIL inside a transaction.
+    pub nested_mail: Vec<u8>,
+    /// STARTTLS or AUTH inside a transaction.
+    pub txn_in_progress: Vec<u8>,
+    /// RCPT or DATA without a transaction.
+    pub need_mail: Vec<u8>,
+    /// DATA with no RCPT tried.
+    pub need_rcpt: Vec<u8>,
+    /// DATA after RCPTs that were all refused.
+    pub no_valid_rcpt: Vec<u8>,
+}
+
+/// Which sequence error the engine answered (see [`ServerConnection::take_refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NeedHelo,
+    NestedMail,
+    TxnInProgress,
+    NeedMail,
+    NeedRcpt,
+    NoValidRcpt,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NeedHelo => "need_helo",
+            Refusal::NestedMail => "nested_mail",
+            Refusal::TxnInProgress => "txn_in_progress",
+            Refusal::NeedMail => "need_mail",
+            Refusal::NeedRcpt => "need_rcpt",
+            Refusal::NoValidRcpt => "no_valid_rcpt",
+        }
+    }
+
+    fn reply(self, r: &SequenceReplies) -> &[u8] {
+        match self {
+            Refusal::NeedHelo => &r.need_helo,
+            Refusal::NestedMail => &r.nested_mail,
+            Refusal::TxnInProgress => &r.txn_in_progress,
+            Refusal::NeedMail => &r.need_mail,
+            Refusal::NeedRcpt => &r.need_rcpt,
+            Refusal::NoValidRcpt => &r.no_valid_rcpt,
+        }
+    }
 }
 
 /// How the client greeted us.
@@ -166,6 +235,14 @@ pub struct ServerConnection {
     rcpt_accepted: bool,
     /// ... and its content (DATA or BDAT) has started.
     content_started: bool,
+    /// ... and a RCPT of it went to the session (accepted or not).
+    rcpt_tried: bool,
+    /// Junk commands (NOOP, RSET, VRFY, HELP) since the session last reset the count.
+    junk: u64,
+    /// Error replies of the session, the engine's own included.
+    errors: u64,
+    /// The sequence errors the engine answered, by verb, not yet taken.
+    refused: Vec<(Verb, Refusal)>,
     /// Commands the engine answered by itself.
     answered: u64,
     /// The engine answered QUIT: the session is over.
@@ -190,6 +267,10 @@ impl ServerConnection {
             txn_open: false,
             rcpt_accepted: false,
             content_started: false,
+            rcpt_tried: false,
+            junk: 0,
+            errors: 0,
+            refused: Vec::new(),
             answered: 0,
             quit: false,
             quit_told: false,
@@ -234,7 +315,52 @@ impl ServerConnection {
     pub fn set_transaction(&mut self, open: bool) {
         self.txn_open = open;
         self.rcpt_accepted = false;
+        self.rcpt_tried = false;
         self.content_started = false;
+    }
+
+    /// Junk commands seen since the count was last set (NOOP, RSET, VRFY, HELP).
+    pub fn junk(&self) -> u64 {
+        self.junk
+    }
+
+    pub fn set_junk(&mut self, n: u64) {
+        self.junk = n;
+    }
+
+    /// Error replies of the session so far, the engine's own included.
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    pub fn set_errors(&mut self, n: u64) {
+        self.errors = n;
+    }
+
+    /// The sequence errors answered by the engine since the last call, in order.
+    pub fn take_refused(&mut self) -> Vec<(Verb, Refusal)> {
+        std::mem::take(&mut self.refused)
+    }
+
+    pub fn has_refused(&self) -> bool {
+        !self.refused.is_empty()
+    }
+
+    /// The sequence error `verb` would get now, as the session's table says.
+    fn sequence_error(&self, verb: Verb) -> Option<Refusal> {
+        let greeted = self.greeting.is_some();
+        match verb {
+            Verb::Mail | Verb::Starttls | Verb::Auth if !greeted => Some(Refusal::NeedHelo),
+            Verb::Mail if self.txn_open => Some(Refusal::NestedMail),
+            Verb::Starttls | Verb::Auth if self.txn_open => Some(Refusal::TxnInProgress),
+            Verb::Rcpt | Verb::Data if !self.txn_open => Some(Refusal::NeedMail),
+            Verb::Data if !self.rcpt_accepted => Some(if self.rcpt_tried {
+                Refusal::NoValidRcpt
+            } else {
+                Refusal::NeedRcpt
+            }),
+            _ => None,
+        }
     }
 
     /// The session accepted a RCPT of the open transaction.
@@ -255,6 +381,36 @@ impl ServerConnection {
     /// The command, answered here if the engine may; `None` if the session must.
     fn auto_answer(&mut self, cmd: &Command) -> Option<()> {
         let auto = self.auto.as_ref()?;
+        if let Some(seq) = auto.sequence.as_ref() {
+            if self.errors + 1 < auto.max_errors {
+                if let Some(refusal) = self.sequence_error(cmd.verb) {
+                    self.out.extend_from_slice(refusal.reply(seq));
+                    self.errors += 1;
+                    self.answered += 1;
+                    self.refused.push((cmd.verb, refusal));
+                    return Some(());
+                }
+            }
+        }
+        let junk = matches!(cmd.verb, Verb::Noop | Verb::Rset | Verb::Vrfy | Verb::Help);
+        if junk {
+            if self.junk > auto.max_junk {
+                return None;
+            }
+            let reply = match cmd.verb {
+                Verb::Noop => auto.noop.as_ref(),
+                Verb::Rset if !self.txn_open => auto.rset.as_ref(),
+                Verb::Vrfy => auto.vrfy.as_ref(),
+                Verb::Help => auto.help.as_ref(),
+                _ => None,
+            }?;
+            self.out.extend_from_slice(reply);
+            self.answered += 1;
+            if cmd.verb == Verb::Rset {
+                self.reset_transaction();
+            }
+            return Some(());
+        }
         let (reply, greeting) = match cmd.verb {
             Verb::Ehlo if !self.txn_open => (auto.ehlo.as_ref()?, Some(Greeting::Ehlo)),
             Verb::Helo if !self.txn_open => (auto.helo.as_ref()?, Some(Greeting::Helo)),
@@ -449,8 +605,14 @@ impl ServerConnection {
         self.buffer.consume(n + 2);
         Step::Event(match parsed {
             Ok(cmd) => {
+                if matches!(cmd.verb, Verb::Noop | Verb::Rset | Verb::Vrfy | Verb::Help) {
+                    self.junk += 1;
+                }
                 if self.auto.is_some() && self.auto_answer(&cmd).is_some() {
                     return Step::Answered;
+                }
+                if cmd.verb == Verb::Rcpt && self.txn_open {
+                    self.rcpt_tried = true;
                 }
                 match cmd.verb {
                     Verb::Rset | Verb::Helo | Verb::Ehlo | Verb::Lhlo => self.reset_transaction(),
@@ -958,7 +1120,130 @@ mod tests {
             lhlo: None,
             data: Some(b"354 go\r\n".to_vec()),
             quit: Some(b"221 bye\r\n".to_vec()),
+            ..AutoReplies::default()
         })
+    }
+
+    fn auto_all(max_junk: u64, max_errors: u64) -> Arc<AutoReplies> {
+        Arc::new(AutoReplies {
+            noop: Some(b"250 noop\r\n".to_vec()),
+            rset: Some(b"250 rset\r\n".to_vec()),
+            vrfy: Some(b"252 vrfy\r\n".to_vec()),
+            help: Some(b"214 help\r\n".to_vec()),
+            max_junk,
+            sequence: Some(SequenceReplies {
+                need_helo: b"503 helo\r\n".to_vec(),
+                nested_mail: b"503 nested\r\n".to_vec(),
+                txn_in_progress: b"503 txn\r\n".to_vec(),
+                need_mail: b"503 mail\r\n".to_vec(),
+                need_rcpt: b"503 rcpt\r\n".to_vec(),
+                no_valid_rcpt: b"554 norcpt\r\n".to_vec(),
+            }),
+            max_errors,
+            ..(*auto()).clone()
+        })
+    }
+
+    /// Feed `input` whole; the session's part: MAIL opens a transaction, RCPT
+    /// to "ok" is accepted, anything else that reaches it is answered "500 VERB".
+    fn run_all(c: &mut ServerConnection, input: &[u8]) -> (String, Vec<Verb>) {
+        c.receive_data(input).unwrap();
+        let mut seen = Vec::new();
+        while let Some(ev) = c.next_event() {
+            match ev {
+                Event::Command(cmd) => {
+                    seen.push(cmd.verb);
+                    match cmd.verb {
+                        Verb::Mail => {
+                            c.set_transaction(true);
+                            c.write(b"250 mail\r\n");
+                        }
+                        Verb::Rcpt if cmd.arg.contains("ok") => {
+                            c.recipient_accepted();
+                            c.write(b"250 rcpt\r\n");
+                        }
+                        Verb::Rset => {
+                            c.set_transaction(false);
+                            c.write(b"250 session rset\r\n");
+                        }
+                        v => c.write(format!("500 {v:?}\r\n").as_bytes()),
+                    }
+                }
+                Event::ConnectionClosed { .. } => break,
+                _ => {}
+            }
+        }
+        (String::from_utf8(c.take_output()).unwrap(), seen)
+    }
+
+    #[test]
+    fn auto_junk_commands_within_the_limit_then_the_session() {
+        let mut c = ServerConnection::new(ServerConfig::default());
+        c.set_auto_replies(Some(auto_all(2, 10)));
+        let (out, seen) = run_all(&mut c, b"NOOP\r\nHELP\r\nVRFY x\r\nNOOP\r\n");
+        assert_eq!(out, "250 noop\r\n214 help\r\n500 Vrfy\r\n500 Noop\r\n");
+        assert_eq!(seen, vec![Verb::Vrfy, Verb::Noop]);
+        assert_eq!(
+            c.junk(),
+            4,
+            "every junk command is counted, answered or not"
+        );
+        c.set_junk(0);
+        let (out, _) = run_all(&mut c, b"RSET\r\n");
+        assert_eq!(out, "250 rset\r\n");
+        // without auto replies the engine still counts
+        c.set_auto_replies(None);
+        let (_, seen) = run_all(&mut c, b"NOOP\r\n");
+        assert_eq!((seen, c.junk()), (vec![Verb::Noop], 2));
+    }
+
+    #[test]
+    fn auto_rset_inside_a_transaction_is_the_sessions() {
+        let mut c = ServerConnection::new(ServerConfig::default());
+        c.set_auto_replies(Some(auto_all(10, 10)));
+        let (out, seen) = run_all(&mut c, b"EHLO c\r\nMAIL FROM:<a@b>\r\nNOOP\r\nRSET\r\n");
+        assert_eq!(
+            out,
+            "250-x\r\n250 PIPELINING\r\n250 mail\r\n250 noop\r\n250 session rset\r\n"
+        );
+        assert_eq!(seen, vec![Verb::Mail, Verb::Rset]);
+    }
+
+    #[test]
+    fn auto_sequence_errors_follow_the_table() {
+        let mut c = ServerConnection::new(ServerConfig::default());
+        c.set_auto_replies(Some(auto_all(10, 100)));
+        let input = b"MAIL FROM:<a@b>\r\nSTARTTLS\r\nRCPT TO:<ok@b>\r\nDATA\r\nEHLO c\r\n\
+            RCPT TO:<ok@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\nAUTH PLAIN\r\n\
+            RCPT TO:<no@b>\r\nDATA\r\nBDAT 0 LAST\r\n";
+        let (out, seen) = run_all(&mut c, input);
+        let want = "503 helo\r\n503 helo\r\n503 mail\r\n503 mail\r\n250-x\r\n250 PIPELINING\r\n\
+            503 mail\r\n503 mail\r\n250 mail\r\n503 rcpt\r\n503 nested\r\n503 txn\r\n\
+            500 Rcpt\r\n554 norcpt\r\n500 Bdat\r\n";
+        assert_eq!(out, want);
+        assert_eq!(seen, vec![Verb::Mail, Verb::Rcpt, Verb::Bdat]);
+        assert_eq!(c.errors(), 10);
+        let refused: Vec<(&str, &str)> = c
+            .take_refused()
+            .into_iter()
+            .map(|(v, r)| (v.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(refused[0], ("MAIL", "need_helo"));
+        assert_eq!(refused[1], ("STARTTLS", "need_helo"));
+        assert_eq!(refused[9], ("DATA", "no_valid_rcpt"));
+        assert_eq!(refused.len(), 10);
+        assert!(!c.has_refused());
+    }
+
+    #[test]
+    fn auto_sequence_error_that_reaches_the_limit_is_the_sessions() {
+        let mut c = ServerConnection::new(ServerConfig::default());
+        c.set_auto_replies(Some(auto_all(10, 3)));
+        c.set_errors(1);
+        let (out, seen) = run_all(&mut c, b"RCPT TO:<a@b>\r\nDATA\r\n");
+        // errors 1 -> 2 by the engine; the next would reach 3 (the limit): the session's
+        assert_eq!(out, "503 mail\r\n500 Data\r\n");
+        assert_eq!((seen, c.errors()), (vec![Verb::Data], 2));
     }
 
     /// Drive a connection with auto replies as the session does: MAIL opens

@@ -63,6 +63,49 @@ async def test_sequence_errors(ctx_factory):
     assert ctx.spool.count == 0
 
 
+async def test_engine_answered_sequence_errors_count_as_errors_and_in_metrics(ctx_factory):
+    """The engine answers the sequence errors itself (issue 13's fast path):
+    they still count towards max_errors and in smtprs_messages_rejected_total,
+    and the error that reaches the limit closes the session with 421."""
+    from smtprs import metrics
+
+    ctx = ctx_factory(smtpd={"max_errors": 4})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        r = await c.cmd("MAIL FROM:<a@b.test>")
+        assert (r.code, r.enhanced) == (503, "5.5.1")
+        await c.cmd("EHLO x")
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 503
+        assert (await c.cmd("DATA")).code == 503
+        assert (await c.cmd("DATA")).code == 503  # the 4th error: the limit
+        r = await c.reply()
+        assert (r.code, r.enhanced) == (421, "4.7.0")
+        assert await c.closed()
+    snap = ctx.metrics.snapshot()
+    rejected = "smtprs_messages_rejected_total"
+    assert metrics.value(snap, rejected, stage="MAIL", reason="503 5.5.1") == 1
+    assert metrics.value(snap, rejected, stage="RCPT", reason="503 5.5.1") == 1
+    assert metrics.value(snap, rejected, stage="DATA", reason="503 5.5.1") == 2
+
+
+async def test_junk_and_error_counts_survive_starttls(ctx_factory):
+    """STARTTLS starts a fresh engine; the junk and error counts go on from the old one."""
+    from smtprs.smtpd.session import Session
+
+    ctx = ctx_factory(smtpd={"max_junk_commands": 2})
+    s = Session(ctx, trio.testing.MemoryReceiveStream(), "127.0.0.1", 1)
+    s.conn.receive_data(b"NOOP\r\nNOOP\r\nNOOP\r\nDATA\r\n")
+    events = []
+    while (e := s.conn.next_event()) is not None:
+        events.append(e)
+    assert [e.verb for e in events] == ["NOOP"]  # the third NOOP is past the limit: the session's
+    assert (s.junk, s.errors) == (3, 1)  # the DATA: a sequence error the engine answered
+    old = s.conn
+    s.conn = s._new_engine()
+    assert (s.junk, s.errors) == (3, 1) and s.conn is not old
+    assert s.commands == old.answered == 3
+
+
 async def test_too_many_errors_closes_with_421(ctx_factory):
     ctx = ctx_factory(smtpd={"max_errors": 3})
     async with trio.open_nursery() as n:

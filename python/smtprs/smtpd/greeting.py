@@ -18,7 +18,7 @@ from ..hooks import Hooks
 from . import auth as sasl
 from .context import SessionView
 from .intake import Intake
-from .transaction import CloseSession, Transaction
+from .transaction import SEQUENCE_REPLIES, CloseSession, Transaction
 
 
 class HelloSession(SessionView, Protocol):
@@ -72,18 +72,34 @@ def _extensions(hostname: str, max_size: int, starttls: bool, auth: bool) -> R.R
 def auto_replies(s: HelloSession) -> _core.AutoReplies:
     """What the session's engine may answer by itself (issue 13's fast path):
     the greetings when no on_helo hook wants to see them (on an LMTP listener
-    only LHLO: HELO and EHLO are refused there), DATA's 354 and QUIT's 221.
-    The replies are the ones the handlers below would give."""
+    only LHLO: HELO and EHLO are refused there), DATA's 354, QUIT's 221, the
+    junk commands within smtpd.max_junk_commands and the sequence errors while
+    under smtpd.max_errors.  The replies are the ones the handlers would give."""
     hooks = s.hooks
     helo_hook = hooks is not None and getattr(type(hooks), "on_helo", None) is not Hooks.on_helo
+    d = s.cfg.smtpd
     return _auto_replies(
-        s.ctx.hostname, s.cfg.smtpd.max_message_size, s.starttls_offered, s.auth_offered, s.lmtp, helo_hook
+        s.ctx.hostname,
+        d.max_message_size,
+        s.starttls_offered,
+        s.auth_offered,
+        s.lmtp,
+        helo_hook,
+        d.max_junk_commands,
+        d.max_errors,
     )
 
 
 @functools.lru_cache(maxsize=64)
 def _auto_replies(
-    hostname: str, max_size: int, starttls: bool, auth: bool, lmtp: bool, helo_hook: bool
+    hostname: str,
+    max_size: int,
+    starttls: bool,
+    auth: bool,
+    lmtp: bool,
+    helo_hook: bool,
+    max_junk: int,
+    max_errors: int,
 ) -> _core.AutoReplies:
     ehlo = _extensions(hostname, max_size, starttls, auth).encode()
     smtp_greetings = not lmtp and not helo_hook
@@ -93,6 +109,13 @@ def _auto_replies(
         lhlo=ehlo if lmtp else None,
         data=R.START_DATA.encode(),
         quit=R.BYE.encode(),
+        noop=R.OK.encode(),
+        rset=R.OK.encode(),
+        vrfy=R.VRFY_CANNOT.encode(),
+        help=R.HELP.encode(),
+        max_junk=max_junk,
+        sequence={name: r.encode() for name, r in SEQUENCE_REPLIES.items()},
+        max_errors=max_errors,
     )
 
 

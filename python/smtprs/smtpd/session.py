@@ -9,7 +9,8 @@ names for its verb.
 
 What the session owns itself: the listener's mode, the state the other
 parts share (greeting, TLS, the AUTH user, the open transaction), timeouts
-and the error count, and the shutdown.  What it hands on: HELO/EHLO/LHLO and
+and the junk and error counts (kept in the engine, which answers some commands
+itself), and the shutdown.  What it hands on: HELO/EHLO/LHLO and
 STARTTLS to ``greeting.Hello``; MAIL and RCPT (policy, routing, hooks) to
 ``transaction.mail`` and ``transaction.rcpt``, with the ESMTP parameter checks
 in ``params`` (pure functions); the AUTH exchange to ``auth.Dialog``; and the
@@ -52,7 +53,7 @@ from . import transaction
 from .channel import Channel
 from .greeting import Hello, auto_replies
 from .intake import Intake
-from .transaction import CloseSession, Transaction, check_sequence
+from .transaction import SEQUENCE_REPLIES, CloseSession, Transaction, check_sequence
 
 if TYPE_CHECKING:
     from .context import SessionContext
@@ -89,18 +90,18 @@ class Session:
         # LMTP (RFC 2033) differs in two places only: LHLO instead of HELO/EHLO,
         # and delivery at once with one reply per RCPT after the data (smtpd/lmtp.py)
         self.lmtp = self.mode == "lmtp"
-        self.errors = 0
         self.commands = 0  # commands answered here (the engine counts those it answered itself)
+        self.too_many_errors = False  # the error count reached smtpd.max_errors
         self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
         self.auth_user: str | None = None
         self.hooks = ctx.hooks
-        # the engine holds the reply queue, the greeting and whether a transaction is open
-        self.conn = self._new_engine()
+        # the engine holds the reply queue, the greeting, whether a transaction is
+        # open, and the junk and error counts
+        self.conn: _core.ServerConnection = self._new_engine()
         self._txn: Transaction | None = None
         self.sasl = sasl.Dialog(self)  # AUTH; .waiting while an exchange waits for the client's line
         self.intake = Intake(self)  # DATA/BDAT, from the command to the final reply
         self.hello = Hello(self)  # HELO/EHLO/LHLO and STARTTLS
-        self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
         self._waiting_for = ""  # what the current (or last) wait was for, for the timeout's log line
         self.stage = "connect"  # what a rejection is counted against (metrics)
         # The dispatch table.  A verb the engine knows that is not here (EXPN) gets 502.
@@ -122,7 +123,8 @@ class Session:
         }
 
     def _new_engine(self) -> _core.ServerConnection:
-        """A fresh engine for the session's current state (at the start, after TLS)."""
+        """A fresh engine for the session's current state (at the start, after
+        TLS); the junk and error counts carry over from the one it replaces."""
         s = self.cfg.smtpd
         conn = _core.ServerConnection(
             max_command_line=s.max_command_line,
@@ -131,6 +133,11 @@ class Session:
             max_header_size=s.max_header_size,
             smtputf8=True,
         )
+        old: _core.ServerConnection | None = getattr(self, "conn", None)
+        if old is not None:
+            self._take_refused(old)
+            conn.junk, conn.errors = old.junk, old.errors
+            self.commands += old.answered
         if not self.ctx.runtime.closing:  # shutting down: every command goes through _command
             conn.set_auto_replies(auto_replies(self))
         return conn
@@ -154,6 +161,27 @@ class Session:
     @property
     def helo_name(self) -> str:
         return self.conn.helo_name
+
+    @property
+    def errors(self) -> int:
+        """Error replies so far, the engine's own (sequence errors) included."""
+        return self.conn.errors
+
+    @errors.setter
+    def errors(self, value: int) -> None:
+        # Only the session's own errors can reach the limit: the engine answers
+        # an error itself only while one more stays below it (_core.AutoReplies).
+        self.conn.errors = value
+        self.too_many_errors = value >= self.cfg.smtpd.max_errors
+
+    @property
+    def junk(self) -> int:
+        """NOOP/RSET/VRFY/HELP since the last accepted message (the engine counts them)."""
+        return self.conn.junk
+
+    @junk.setter
+    def junk(self, value: int) -> None:
+        self.conn.junk = value
 
     # -- what this session offers ---------------------------------------------
     @property
@@ -195,8 +223,18 @@ class Session:
 
     async def flush(self) -> None:
         """Send every queued reply, the engine's own and ours, in order."""
-        if self.conn.has_output:
-            await self.channel.send(self.conn.take_output())
+        conn = self.conn
+        if conn.has_refused:
+            self._take_refused(conn)
+        if conn.has_output:
+            await self.channel.send(conn.take_output())
+
+    def _take_refused(self, conn: _core.ServerConnection) -> None:
+        """Count the sequence errors the engine answered, as ``reply`` counts ours."""
+        for verb, which in conn.take_refused():
+            if verb in _COUNTED_STAGES:
+                r = SEQUENCE_REPLIES[which]
+                self.ctx.metrics.inc("smtprs_messages_rejected_total", stage=verb, reason=f"{r.code} {r.enhanced}")
 
     async def run(self) -> None:
         """Serve the session until QUIT, EOF, timeout, too many errors or shutdown.
@@ -348,7 +386,7 @@ class Session:
                         await self.flush()
                         return
                     await self._handle(event)
-                    if self.errors >= s.max_errors:
+                    if self.too_many_errors:
                         maillog.reject(self.id, self.peer, "session", R.TOO_MANY_ERRORS)
                         self.reply(R.TOO_MANY_ERRORS)
                         raise CloseSession
@@ -389,10 +427,8 @@ class Session:
         if self.ctx.runtime.closing and self.idle and verb not in ("QUIT", "RSET", "NOOP"):
             await self._close_for_shutdown()  # no new transaction (or anything else) once shutting down
             raise CloseSession
-        if verb in _JUNK:
-            self.junk += 1
-            if self.junk > self.cfg.smtpd.max_junk_commands:
-                self.errors += 1  # counts towards max_errors, as in Postfix
+        if verb in _JUNK and self.conn.junk > self.cfg.smtpd.max_junk_commands:  # the engine counted it
+            self.errors += 1  # counts towards max_errors, as in Postfix
         problem = check_sequence(verb, self.greeting is not None, self.txn)
         if problem is not None:
             if verb == "BDAT":

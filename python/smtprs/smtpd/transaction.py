@@ -66,6 +66,18 @@ _SEQUENCE: dict[str, tuple[bool, bool, bool, bool]] = {
 }
 
 
+# The replies of the table, by the names the engine gives them (it answers
+# these itself, except for BDAT: see greeting.auto_replies and _core.AutoReplies).
+SEQUENCE_REPLIES: dict[str, R.Reply] = {
+    "need_helo": R.NEED_HELO,
+    "nested_mail": R.NESTED_MAIL,
+    "txn_in_progress": R.TXN_IN_PROGRESS,
+    "need_mail": R.NEED_MAIL,
+    "need_rcpt": R.NEED_RCPT,
+    "no_valid_rcpt": R.NO_VALID_RCPT,
+}
+
+
 def check_sequence(verb: str, greeted: bool, txn: Transaction | None) -> R.Reply | None:
     """Is ``verb`` legal now?  None if yes, else the 503 reply."""
     rule = _SEQUENCE.get(verb)

@@ -1,5 +1,5 @@
 //! The ServerConnection with auto replies (the engine answering EHLO, HELO,
-//! LHLO, DATA and QUIT by itself), fed a client's bytes in random chunks and
+//! LHLO, DATA, QUIT, the junk commands and the sequence errors by itself), fed a client's bytes in random chunks and
 //! driven the way the Python session drives it: MAIL opens a transaction
 //! (`set_transaction(true)`), RCPT is accepted or not (`recipient_accepted`),
 //! a DATA the engine leaves to the session is answered 354 and
@@ -8,7 +8,8 @@
 //!
 //! Input: `[flags] [n] [n chunk lengths] stream`.  flags: bit 0 small
 //! max_command_line, bit 1 small max_message_size, bits 2-6 which auto replies
-//! are on (EHLO, HELO, LHLO, DATA, QUIT), bit 7 RCPT refused.
+//! are on (EHLO with the junk commands, HELO, LHLO, DATA with the sequence
+//! errors, QUIT), bit 7 RCPT refused.
 //!
 //! Checks: no panic, no misuse error from the driver's calls; what is
 //! buffered while the engine wants data is bounded (none in DATA/BDAT);
@@ -20,7 +21,9 @@
 use std::sync::Arc;
 
 use _core::command::Verb;
-use _core::server::{AutoReplies, Event, ServerConfig, ServerConnection, MAX_AUTH_LINE};
+use _core::server::{
+    AutoReplies, Event, SequenceReplies, ServerConfig, ServerConnection, MAX_AUTH_LINE,
+};
 use fuzz_common::*;
 use libfuzzer_sys::fuzz_target;
 
@@ -32,6 +35,21 @@ fn auto(flags: u8) -> AutoReplies {
         lhlo: on(0x10, b"250-x\r\n250 PIPELINING\r\n"),
         data: on(0x20, b"354 auto\r\n"),
         quit: on(0x40, b"221 auto\r\n"),
+        // the junk commands with the greetings, the sequence errors with DATA
+        noop: on(0x04, b"250 noop\r\n"),
+        rset: on(0x04, b"250 rset\r\n"),
+        vrfy: on(0x04, b"252 vrfy\r\n"),
+        help: on(0x04, b"214 help\r\n"),
+        max_junk: 3,
+        sequence: (flags & 0x20 != 0).then(|| SequenceReplies {
+            need_helo: b"503 helo\r\n".to_vec(),
+            nested_mail: b"503 nested\r\n".to_vec(),
+            txn_in_progress: b"503 txn\r\n".to_vec(),
+            need_mail: b"503 mail\r\n".to_vec(),
+            need_rcpt: b"503 rcpt\r\n".to_vec(),
+            no_valid_rcpt: b"554 rcpt\r\n".to_vec(),
+        }),
+        max_errors: 5,
     }
 }
 
