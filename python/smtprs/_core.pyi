@@ -228,8 +228,11 @@ class AutoReplies:
     outside a transaction) while the junk count is at most ``max_junk``.  The
     sequence errors (``sequence``: a reply for each of need_helo, nested_mail,
     txn_in_progress, need_mail, need_rcpt, no_valid_rcpt; not for BDAT) while
-    one more error stays below ``max_errors``.  One object serves many
-    connections."""
+    one more error stays below ``max_errors``.  MAIL (``mail``, its 250) only
+    while ``set_mail_auto(True)``, greeted, outside a transaction, and with no
+    parameter but BODY=7BIT/8BITMIME and SMTPUTF8: the transaction is then open
+    in the engine and the session takes the command with ``take_mail``.  One
+    object serves many connections."""
 
     def __new__(
         cls,
@@ -246,6 +249,7 @@ class AutoReplies:
         max_junk: int = 0,
         sequence: dict[str, bytes] | None = None,
         max_errors: int = 0,
+        mail: bytes | None = None,
     ) -> Self: ...
 
 @final
@@ -324,6 +328,13 @@ class ServerConnection:
         """Error replies of the session: those the engine gave (sequence errors) and what the session adds."""
     @errors.setter
     def errors(self, value: int) -> None: ...
+    def set_mail_auto(self, on: bool) -> None:
+        """Whether the engine may accept MAIL by itself (see AutoReplies)."""
+    @property
+    def mail_pending(self) -> bool:
+        """The engine accepted a MAIL the session has not taken yet."""
+    def take_mail(self) -> Command | None:
+        """The MAIL the engine accepted by itself, once."""
     @property
     def has_refused(self) -> bool: ...
     def take_refused(self) -> list[tuple[str, str]]:

@@ -255,21 +255,23 @@ pub struct ConnectionClosed {
     mid_data: bool,
 }
 
+fn command_to_py(py: Python<'_>, c: command::Command) -> PyResult<Py<Command>> {
+    let path = c.path.map(|p| Py::new(py, PyPath(p))).transpose()?;
+    let cmd = Command {
+        verb: c.verb.as_str(),
+        arg: c.arg,
+        path,
+        params: c.params,
+        bdat_size: c.bdat_size,
+        bdat_last: c.bdat_last,
+    };
+    Py::new(py, cmd)
+}
+
 fn event_to_py(py: Python<'_>, event: server::Event) -> PyResult<Py<PyAny>> {
     use server::Event as E;
     Ok(match event {
-        E::Command(c) => {
-            let path = c.path.map(|p| Py::new(py, PyPath(p))).transpose()?;
-            let cmd = Command {
-                verb: c.verb.as_str(),
-                arg: c.arg,
-                path,
-                params: c.params,
-                bdat_size: c.bdat_size,
-                bdat_last: c.bdat_last,
-            };
-            Py::new(py, cmd)?.into_any()
-        }
+        E::Command(c) => command_to_py(py, c)?.into_any(),
         E::CommandError(e) => Py::new(
             py,
             CommandError {
@@ -340,7 +342,7 @@ impl AutoReplies {
     #[pyo3(signature = (
         *, ehlo = None, helo = None, lhlo = None, data = None, quit = None,
         noop = None, rset = None, vrfy = None, help = None, max_junk = 0,
-        sequence = None, max_errors = 0,
+        sequence = None, max_errors = 0, mail = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -356,6 +358,7 @@ impl AutoReplies {
         max_junk: u64,
         sequence: Option<std::collections::HashMap<String, Vec<u8>>>,
         max_errors: u64,
+        mail: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let sequence = match sequence {
             None => None,
@@ -397,6 +400,7 @@ impl AutoReplies {
                 max_junk,
                 sequence,
                 max_errors,
+                mail,
             }),
         })
     }
@@ -413,6 +417,7 @@ impl AutoReplies {
             ("RSET", &i.rset),
             ("VRFY", &i.vrfy),
             ("HELP", &i.help),
+            ("MAIL", &i.mail),
         ]
         .iter()
         .filter(|(_, r)| r.is_some())
@@ -602,6 +607,23 @@ impl ServerConnection {
     #[setter]
     fn set_errors(&mut self, n: u64) {
         self.inner.set_errors(n)
+    }
+
+    fn set_mail_auto(&mut self, on: bool) {
+        self.inner.set_mail_auto(on)
+    }
+
+    #[getter]
+    fn mail_pending(&self) -> bool {
+        self.inner.mail_pending()
+    }
+
+    /// The MAIL the engine accepted by itself, once (None if there is none).
+    fn take_mail(&mut self, py: Python<'_>) -> PyResult<Option<Py<Command>>> {
+        self.inner
+            .take_mail()
+            .map(|c| command_to_py(py, c))
+            .transpose()
     }
 
     #[getter]

@@ -93,6 +93,28 @@ pub struct AutoReplies {
     pub max_junk: u64,
     pub sequence: Option<SequenceReplies>,
     pub max_errors: u64,
+    /// MAIL's 250, given only while the session allows it
+    /// ([`ServerConnection::set_mail_auto`]) and only to a MAIL whose
+    /// parameters need no check of the session's (see [`mail_needs_no_check`]).
+    pub mail: Option<Vec<u8>>,
+}
+
+/// A MAIL the engine may accept without the session: greeted, no transaction
+/// open (the sequence errors come first), and parameters that need no
+/// decision -- none, BODY=7BIT or BODY=8BITMIME, SMTPUTF8 without a value --
+/// with a non-ASCII reverse-path only under SMTPUTF8.  SIZE (the spool's free
+/// space), RET/ENVID, AUTH= and anything unknown go to the session.
+fn mail_needs_no_check(cmd: &Command) -> bool {
+    let mut utf8 = false;
+    for (k, v) in &cmd.params {
+        match (k.as_str(), v.as_deref()) {
+            ("BODY", Some(b))
+                if b.eq_ignore_ascii_case("7BIT") || b.eq_ignore_ascii_case("8BITMIME") => {}
+            ("SMTPUTF8", None) => utf8 = true,
+            _ => return false,
+        }
+    }
+    utf8 || !cmd.path.as_ref().is_some_and(|p| p.is_utf8())
 }
 
 /// The 503/554 replies of the command order (RFC 5321 4.1.4), as the
@@ -243,6 +265,10 @@ pub struct ServerConnection {
     errors: u64,
     /// The sequence errors the engine answered, by verb, not yet taken.
     refused: Vec<(Verb, Refusal)>,
+    /// The session lets the engine accept MAIL ([`AutoReplies::mail`]).
+    mail_auto: bool,
+    /// The MAIL the engine accepted, for the session to take.
+    pending_mail: Option<Command>,
     /// Commands the engine answered by itself.
     answered: u64,
     /// The engine answered QUIT: the session is over.
@@ -271,6 +297,8 @@ impl ServerConnection {
             junk: 0,
             errors: 0,
             refused: Vec::new(),
+            mail_auto: false,
+            pending_mail: None,
             answered: 0,
             quit: false,
             quit_told: false,
@@ -317,6 +345,41 @@ impl ServerConnection {
         self.rcpt_accepted = false;
         self.rcpt_tried = false;
         self.content_started = false;
+        self.pending_mail = None;
+    }
+
+    /// Whether the engine may accept a MAIL by itself from now on (the session
+    /// says no when a policy, a hook or flow control wants to see MAIL).
+    pub fn set_mail_auto(&mut self, on: bool) {
+        self.mail_auto = on;
+    }
+
+    /// The engine accepted a MAIL the session has not taken yet: the
+    /// transaction is open in the engine, not yet in the session.
+    pub fn mail_pending(&self) -> bool {
+        self.pending_mail.is_some()
+    }
+
+    /// The MAIL the engine accepted, once.
+    pub fn take_mail(&mut self) -> Option<Command> {
+        self.pending_mail.take()
+    }
+
+    /// MAIL accepted here if the engine may (see [`AutoReplies::mail`]).
+    fn auto_mail(&mut self, cmd: &Command) -> bool {
+        let Some(reply) = self.auto.as_ref().and_then(|a| a.mail.as_ref()) else {
+            return false;
+        };
+        if !self.mail_auto || self.txn_open || self.greeting.is_none() || !mail_needs_no_check(cmd)
+        {
+            return false;
+        }
+        self.out.extend_from_slice(reply);
+        self.answered += 1;
+        self.reset_transaction();
+        self.tx_utf8 = self.config.smtputf8 && cmd.has_param("SMTPUTF8");
+        self.set_transaction(true);
+        true
     }
 
     /// Junk commands seen since the count was last set (NOOP, RSET, VRFY, HELP).
@@ -609,6 +672,10 @@ impl ServerConnection {
                     self.junk += 1;
                 }
                 if self.auto.is_some() && self.auto_answer(&cmd).is_some() {
+                    return Step::Answered;
+                }
+                if cmd.verb == Verb::Mail && self.auto_mail(&cmd) {
+                    self.pending_mail = Some(cmd);
                     return Step::Answered;
                 }
                 if cmd.verb == Verb::Rcpt && self.txn_open {
@@ -1174,6 +1241,55 @@ mod tests {
             }
         }
         (String::from_utf8(c.take_output()).unwrap(), seen)
+    }
+
+    #[test]
+    fn auto_mail_only_when_allowed_and_needing_no_check() {
+        let mut c = ServerConnection::new(ServerConfig::default());
+        let with_mail = AutoReplies {
+            mail: Some(b"250 auto mail\r\n".to_vec()),
+            ..(*auto_all(10, 100)).clone()
+        };
+        c.set_auto_replies(Some(Arc::new(with_mail)));
+        // not allowed yet: the session's
+        let (out, seen) = run_all(&mut c, b"EHLO c\r\nMAIL FROM:<a@b>\r\nRSET\r\n");
+        assert!(out.ends_with("250 mail\r\n250 session rset\r\n"), "{out}");
+        assert_eq!(seen, vec![Verb::Mail, Verb::Rset]);
+        c.set_mail_auto(true);
+        let (out, seen) = run_all(&mut c, b"MAIL FROM:<a@b> BODY=8bitmime SMTPUTF8\r\n");
+        assert_eq!((out.as_str(), seen), ("250 auto mail\r\n", vec![]));
+        assert!(c.mail_pending());
+        // the transaction is open in the engine: a second MAIL is nested
+        let (out, _) = run_all(&mut c, b"MAIL FROM:<a@b>\r\n");
+        assert_eq!(out, "503 nested\r\n");
+        let mail = c.take_mail().expect("the MAIL");
+        assert_eq!(mail.path.unwrap().address(), "a@b");
+        assert_eq!(mail.params.len(), 2);
+        assert!(!c.mail_pending() && c.take_mail().is_none());
+        // RCPT may use UTF-8 after an accepted MAIL with SMTPUTF8
+        let (out, seen) = run_all(&mut c, "RCPT TO:<ok\u{e9}@b>\r\n".as_bytes());
+        assert_eq!((out.as_str(), seen), ("250 rcpt\r\n", vec![Verb::Rcpt]));
+        // closing the transaction forgets a MAIL not taken
+        c.set_transaction(false);
+        run_all(&mut c, b"MAIL FROM:<a@b>\r\n");
+        c.set_transaction(false);
+        assert!(!c.mail_pending());
+        // parameters that need a check: the session's
+        for line in [
+            "MAIL FROM:<a@b> SIZE=10\r\n",
+            "MAIL FROM:<a@b> BODY=BINARYMIME\r\n",
+            "MAIL FROM:<a@b> RET=HDRS\r\n",
+            "MAIL FROM:<a@b> SMTPUTF8=x\r\n",
+            "MAIL FROM:<a@b> X=1\r\n",
+        ] {
+            let (_, seen) = run_all(&mut c, line.as_bytes());
+            assert_eq!(seen, vec![Verb::Mail], "{line}");
+            c.set_transaction(false);
+        }
+        // before a greeting: the sequence error, not the MAIL
+        c.greet(None, "");
+        let (out, _) = run_all(&mut c, b"MAIL FROM:<a@b>\r\n");
+        assert_eq!(out, "503 helo\r\n");
     }
 
     #[test]

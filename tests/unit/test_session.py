@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import trio
 import trio.testing
 
@@ -93,7 +95,7 @@ async def test_junk_and_error_counts_survive_starttls(ctx_factory):
     from smtprs.smtpd.session import Session
 
     ctx = ctx_factory(smtpd={"max_junk_commands": 2})
-    s = Session(ctx, trio.testing.MemoryReceiveStream(), "127.0.0.1", 1)
+    s = Session(ctx.session, trio.testing.MemoryReceiveStream(), "127.0.0.1", 1)
     s.conn.receive_data(b"NOOP\r\nNOOP\r\nNOOP\r\nDATA\r\n")
     events = []
     while (e := s.conn.next_event()) is not None:
@@ -104,6 +106,71 @@ async def test_junk_and_error_counts_survive_starttls(ctx_factory):
     s.conn = s._new_engine()
     assert (s.junk, s.errors) == (3, 1) and s.conn is not old
     assert s.commands == old.answered == 3
+
+
+def _events(s) -> list[str]:
+    out = []
+    while (e := s.conn.next_event()) is not None:
+        out.append(e.verb)
+    return out
+
+
+async def test_engine_accepted_mail_becomes_the_sessions_transaction(ctx_factory):
+    """A MAIL whose parameters need no check is answered by the engine; the
+    session's transaction is the one transaction.mail would have made."""
+    from smtprs.smtpd.session import Session
+
+    ctx = ctx_factory()
+    s = Session(ctx.session, trio.testing.MemoryReceiveStream(), "127.0.0.1", 1)
+    s.conn.receive_data(b"EHLO x\r\nMAIL FROM:<a@b.test> BODY=8bitmime\r\n")
+    assert _events(s) == [] and s.conn.mail_pending
+    txn = s.txn
+    assert txn is not None and not s.conn.mail_pending
+    assert (txn.sender.address(), txn.params, txn.smtputf8) == ("a@b.test", {"BODY": "8BITMIME"}, False)
+    assert s.txn is txn
+    assert s.conn.take_output().endswith(b"250 2.1.0 Ok\r\n")
+    # SIZE asks the spool: the session's
+    s.txn = None
+    s.conn.receive_data(b"MAIL FROM:<a@b.test> SIZE=100\r\n")
+    assert _events(s) == ["MAIL"]
+
+
+async def test_engine_leaves_mail_to_a_hook_submission_and_flow_control(ctx_factory):
+    from smtprs import Hooks
+    from smtprs.config import Listener
+    from smtprs.smtpd.session import Session
+
+    class MailHook(Hooks):
+        async def on_mail(self, session, sender):
+            return None
+
+    def session(ctx, **kw):
+        s = Session(ctx.session, trio.testing.MemoryReceiveStream(), "127.0.0.1", 1, **kw)
+        s.conn.receive_data(b"EHLO x\r\nMAIL FROM:<a@b.test>\r\n")
+        return s
+
+    ctx = ctx_factory()
+    hooked = ctx_factory()
+    hooked.session = dataclasses.replace(hooked.session, hooks=MailHook())
+    assert _events(session(hooked)) == ["MAIL"]
+    assert _events(session(ctx, listener=Listener(mode="submission"))) == ["MAIL"]
+    assert _events(session(ctx_factory(queue={"min_free_space": 1}))) == ["MAIL"]
+
+    class Behind:
+        def behind(self) -> bool:
+            return True
+
+        async def caught_up(self) -> None:
+            pass
+
+    flowing = ctx_factory()
+    flowing.session = dataclasses.replace(flowing.session, flow=Behind())
+    s = session(flowing)
+    s.conn.take_output()
+    s._flow.behind = lambda: True
+    s.conn.set_mail_auto(not s._flow.behind())  # as the read loop does before each read
+    s.conn.receive_data(b"RSET\r\nMAIL FROM:<a@b.test>\r\n")
+    assert "MAIL" in _events(s)
 
 
 async def test_too_many_errors_closes_with_421(ctx_factory):

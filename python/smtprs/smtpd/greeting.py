@@ -73,8 +73,8 @@ def auto_replies(s: HelloSession) -> _core.AutoReplies:
     """What the session's engine may answer by itself (issue 13's fast path):
     the greetings when no on_helo hook wants to see them (on an LMTP listener
     only LHLO: HELO and EHLO are refused there), DATA's 354, QUIT's 221, the
-    junk commands within smtpd.max_junk_commands and the sequence errors while
-    under smtpd.max_errors.  The replies are the ones the handlers would give."""
+    junk commands within smtpd.max_junk_commands, the sequence errors while
+    under smtpd.max_errors, and MAIL's 250 while the session allows it.  The replies are the ones the handlers would give."""
     hooks = s.hooks
     helo_hook = hooks is not None and getattr(type(hooks), "on_helo", None) is not Hooks.on_helo
     d = s.cfg.smtpd
@@ -116,6 +116,7 @@ def _auto_replies(
         max_junk=max_junk,
         sequence={name: r.encode() for name, r in SEQUENCE_REPLIES.items()},
         max_errors=max_errors,
+        mail=R.SENDER_OK.encode(),  # given only while the session allows it (Session.mail_auto)
     )
 
 

@@ -95,6 +95,10 @@ class Session:
         self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
         self.auth_user: str | None = None
         self.hooks = ctx.hooks
+        # MAIL may be accepted by the engine (see transaction.mail_auto_possible);
+        # with flow control on, only while delivery is not behind, asked per read
+        self.mail_auto = transaction.mail_auto_possible(self)
+        self._flow = ctx.flow if self.mail_auto and not self.lmtp and ctx.cfg.queue.in_flow_delay > 0 else None
         # the engine holds the reply queue, the greeting, whether a transaction is
         # open, and the junk and error counts
         self.conn: _core.ServerConnection = self._new_engine()
@@ -140,12 +144,19 @@ class Session:
             self.commands += old.answered
         if not self.ctx.runtime.closing:  # shutting down: every command goes through _command
             conn.set_auto_replies(auto_replies(self))
+            conn.set_mail_auto(self.mail_auto)
         return conn
 
     # -- the state the engine keeps ------------------------------------------------
     @property
     def txn(self) -> Transaction | None:
-        return self._txn
+        txn = self._txn
+        if txn is None and self.conn.mail_pending:
+            # the engine accepted a MAIL by itself: the transaction starts here
+            cmd = self.conn.take_mail()
+            assert cmd is not None
+            txn = self._txn = transaction.from_engine(self, cmd)
+        return txn
 
     @txn.setter
     def txn(self, value: Transaction | None) -> None:
@@ -377,6 +388,8 @@ class Session:
             data = await channel.receive(deadline)
             if intake.content_since is not None:
                 intake.content_octets += len(data)
+            if self._flow is not None:  # MAIL waits (in transaction.mail) while delivery is behind
+                self.conn.set_mail_auto(not self._flow.behind())
             self.conn.receive_data(data)
             progressed = False
             try:

@@ -26,6 +26,7 @@ import trio
 
 from .. import _core, maillog
 from .. import reply as R
+from ..hooks import Hooks
 from ..hops import Unroutable
 from ..queue.backend import Writer
 from . import lmtp
@@ -152,6 +153,30 @@ async def mail(s: TransactionSession, cmd: _core.Command) -> None:
         await _flow_delay(s, flow, cfg.queue.in_flow_delay)
     s.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
     s.reply(R.SENDER_OK)
+
+
+def mail_auto_possible(s: TransactionSession) -> bool:
+    """May the engine accept MAIL by itself on this session (when its
+    parameters need no check, see _core.AutoReplies)?  Not on submission
+    listeners (AUTH first, who may use which sender), not with an on_mail
+    hook, not when MAIL must ask the spool for free space
+    (queue.min_free_space); flow control is asked per read (Session.mail_auto)."""
+    hooks = s.hooks
+    mail_hook = hooks is not None and getattr(type(hooks), "on_mail", None) is not Hooks.on_mail
+    return not s.submission and not mail_hook and s.ctx.cfg.queue.min_free_space == 0
+
+
+def from_engine(s: TransactionSession, cmd: _core.Command) -> Transaction:
+    """The transaction of a MAIL the engine accepted by itself: what ``mail``
+    would have made of it (the engine accepts only MAILs none of whose checks
+    can refuse)."""
+    path = cmd.path
+    assert path is not None
+    mail = esmtp.mail_params(
+        cmd.params, path_utf8=path.is_utf8, auth_user=s.auth_user, sender_allowed=s.ctx.policy.sender_allowed
+    )
+    assert not isinstance(mail, R.Reply), mail
+    return Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
 
 
 async def _flow_delay(s: TransactionSession, flow: Flow, delay: float) -> None:

@@ -9,7 +9,7 @@
 //! Input: `[flags] [n] [n chunk lengths] stream`.  flags: bit 0 small
 //! max_command_line, bit 1 small max_message_size, bits 2-6 which auto replies
 //! are on (EHLO with the junk commands, HELO, LHLO, DATA with the sequence
-//! errors, QUIT), bit 7 RCPT refused.
+//! errors and MAIL, QUIT), bit 7 RCPT refused.
 //!
 //! Checks: no panic, no misuse error from the driver's calls; what is
 //! buffered while the engine wants data is bounded (none in DATA/BDAT);
@@ -50,6 +50,7 @@ fn auto(flags: u8) -> AutoReplies {
             no_valid_rcpt: b"554 rcpt\r\n".to_vec(),
         }),
         max_errors: 5,
+        mail: on(0x20, b"250 auto mail\r\n"),
     }
 }
 
@@ -57,6 +58,7 @@ fn auto(flags: u8) -> AutoReplies {
 fn run(config: ServerConfig, flags: u8, pieces: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
     let mut c = ServerConnection::new(config);
     c.set_auto_replies(Some(Arc::new(auto(flags))));
+    c.set_mail_auto(true);
     let mut sent = Vec::new();
     let mut events: Vec<Event> = Vec::new();
     let mut closed = false;
@@ -64,6 +66,11 @@ fn run(config: ServerConfig, flags: u8, pieces: &[&[u8]]) -> (Vec<u8>, Vec<Event
     loop {
         while let Some(ev) = c.next_event() {
             assert!(!closed, "event after ConnectionClosed: {ev:?}");
+            if c.mail_pending() {
+                // the session takes the MAIL the engine accepted before its next event
+                let mail = c.take_mail().expect("a pending MAIL");
+                assert_eq!(mail.verb, Verb::Mail);
+            }
             match &ev {
                 Event::Command(cmd) => match cmd.verb {
                     Verb::Mail => {
