@@ -324,7 +324,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     """Write a new DKIM private key (mode 0600) and print the TXT record to publish."""
     from .mailauth import keys
 
-    domain = args.domain.lower().rstrip(".")
+    try:
+        domain = keys.a_label(args.domain)  # d= and the record's name are A-labels (RFC 8616)
+    except keys.DkimKeyError as e:
+        print(f"smtprs dkim keygen: --domain: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or f"dkim-{domain}-{args.selector}.pem")
     try:
         pem, key = keys.generate(args.algorithm, args.bits)
