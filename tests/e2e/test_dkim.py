@@ -312,16 +312,18 @@ def test_rsa_and_ed25519_keys_of_one_domain_give_two_signatures(
         }
     )
     srv = make_server(cfg, modes=("submission",))
-    original = message(2048, "dual")
-    submit(srv, [original])
-    (copy,) = delivered(srv, sink, 1)
-    assert copy.endswith(original) and copy.count(b"DKIM-Signature: ") == 2
-    algorithms = []
-    for idx in (0, 1):
-        d = dkim.DKIM(copy)
-        assert d.verify(idx=idx, dnsfunc=txt_dnsfunc(keyset)), idx
-        algorithms.append(d.signature_fields[b"a"])
-    assert algorithms == [b"rsa-sha256", b"ed25519-sha256"]  # in the order of [[dkim.keys]]
+    # in memory, and spilled to its own file (the fields are prepended by a copy)
+    original, large = message(2048, "dual"), message(300 * 1024, "dual large")
+    submit(srv, [original, large])
+    copy, copy_large = sorted(delivered(srv, sink, 2), key=len)
+    for got, sent in ((copy, original), (copy_large, large)):
+        assert got.endswith(sent) and got.count(b"DKIM-Signature: ") == 2
+        algorithms = []
+        for idx in (0, 1):
+            d = dkim.DKIM(got)
+            assert d.verify(idx=idx, dnsfunc=txt_dnsfunc(keyset)), idx
+            algorithms.append(d.signature_fields[b"a"])
+        assert algorithms == [b"rsa-sha256", b"ed25519-sha256"]  # in the order of [[dkim.keys]]
     srv.wait_log(rf"DKIM-Signature field added \(d={DOMAIN} s=rsa1 a=rsa-sha256, d={DOMAIN} s=ed1 a=ed25519-sha256\)")
     singles = [only_field(copy, 0), only_field(copy, 1)]
     assert all(s.count(b"DKIM-Signature: ") == 1 for s in singles)
