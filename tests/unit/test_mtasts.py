@@ -148,7 +148,9 @@ def test_policy_matches_and_tls_level() -> None:
     assert tls_level("may", testing) == "verify" and tls_level("may", none) == "may" and tls_level("may", None) == "may"
     assert Lookup("d", p).enforced and not Lookup("d", testing).enforced
     assert Lookup("d", None).policy_type == "no-policy-found" and Lookup("d", none).policy_type == "no-policy-found"
-    assert Lookup("d", None, "sts-policy-fetch-error").policy_type == "sts" and Lookup("d", testing).policy_type == "sts"
+    assert (
+        Lookup("d", None, "sts-policy-fetch-error").policy_type == "sts" and Lookup("d", testing).policy_type == "sts"
+    )
     assert Lookup("d", None).allows("anything") and not Lookup("d", p).allows("mx2.example.com")
 
 
