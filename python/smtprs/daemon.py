@@ -120,6 +120,7 @@ RESTART_ONLY = (
     "relay.address_preference",
     "dns",
     "metrics",
+    "mta_sts",  # the SMTP client's MtaSts (deliver/mtasts.py) is built once, with its cache
 )
 
 
