@@ -128,6 +128,7 @@ class Answer:
     status: int = 200
     content_type: str = "text/plain"
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the reply
 
 
 class PolicyServer:
@@ -145,6 +146,7 @@ class PolicyServer:
                 answer = outer.answers.get(host)
                 if answer is None or self.path != "/.well-known/mta-sts.txt":
                     answer = Answer(b"not found\n", 404)
+                time.sleep(answer.delay)
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))
@@ -232,6 +234,18 @@ DOMAINS: dict[str, tuple[str, str, Answer | None, str]] = {
         "1",
     ),
     "webpki.sts.test": ("mx.webpki.sts.test", PLAIN_IP, policy("enforce", "mx.webpki.sts.test"), "1"),
+    "hugehead.sts.test": (
+        "mx.hugehead.sts.test",
+        PLAIN_IP,
+        Answer(policy("enforce", "mx.hugehead.sts.test").body, headers={"X-Junk": "j" * 100000}),
+        "1",
+    ),
+    "slow.sts.test": (
+        "mx.slow.sts.test",
+        PLAIN_IP,
+        Answer(policy("enforce", "mx.slow.sts.test").body, delay=6.0),
+        "1",
+    ),
     # a policy that lives one second
     "short.sts.test": ("mx.short.sts.test", PLAIN_IP, policy("enforce", "mx.short.sts.test", max_age=1), "1"),
     # the TXT lookup times out (dnsmasq forwards it to an upstream that never answers); MX and A work
@@ -269,7 +283,7 @@ class World:
                 "command_timeout": 10.0,
                 "idle_timeout": 0,
             },
-            "mta_sts": {"https_port": self.https.port, "fetch_timeout": 5.0},
+            "mta_sts": {"https_port": self.https.port, "fetch_timeout": 3.0},
             "queue": {"retry_min": 0.3, "retry_max": 1.0},
             "metrics": {"enabled": True, "address": f"127.0.0.1:{free_port()}"},
         }
@@ -449,6 +463,8 @@ def test_testing_mode_with_a_bad_certificate_delivers_and_records_the_failure(
         ("html.sts.test", "sts-policy-invalid", "Content-Type text/html, not text/plain"),
         ("redirect.sts.test", "sts-policy-fetch-error", "HTTP status 301 (redirects are not followed"),
         ("webpki.sts.test", "sts-webpki-invalid", "certificate verify failed"),
+        ("hugehead.sts.test", "sts-policy-fetch-error", "bad HTTP response"),
+        ("slow.sts.test", "sts-policy-fetch-error", "timed out after 3s"),
     ],
 )
 def test_a_policy_that_cannot_be_had_means_delivery_as_before(

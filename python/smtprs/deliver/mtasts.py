@@ -269,7 +269,8 @@ async def _get(host: str, ip: str, port: int, ctx: ssl.SSLContext, max_size: int
 
 
 async def _exchange(stream: trio.SSLStream[trio.SocketStream], host: str, where: str, max_size: int) -> bytes:
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)  # the response head: 16 KiB at most
+    # the response head: h11 refuses one still incomplete past 16 KiB (checked per read, so at most 32 KiB)
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)
     request = h11.Request(
         method="GET",
         target=POLICY_PATH,
