@@ -527,6 +527,17 @@ def test_a_new_policy_id_is_fetched(
         (got,) = received_by(world.tls_peer, "a@rot.sts.test")
         assert got.tls
         assert json.loads((server.data_dir / "mta-sts" / "rot.sts.test.json").read_text())["id"] == "2"
+        # id 3 announced, but its policy cannot be fetched: the cached id 2 (unexpired) still applies (RFC 8461 5.1)
+        world.https.answers.pop("mta-sts.rot.sts.test")
+        dns.stop()
+        dns = Dnsmasq(tmp_path / "dns3", records({"rot.sts.test": ("mx.rot.sts.test", TLS_IP, None, "3")})).start()
+        verified = server.log().count("Verified TLS connection established to mx.rot.sts.test")
+        qid = send(server, "b@rot.sts.test")
+        server.wait_log(rf"{qid}: to=<b@rot.sts.test>, .*status=sent")
+        log = server.log()
+        assert "policy of rot.sts.test (id=3) not had: sts-policy-fetch-error" in log
+        assert "using the cached policy id=2" in log
+        assert log.count("Verified TLS connection established to mx.rot.sts.test") == verified + 1
     finally:
         dns.stop()
         world.https.answers.pop("mta-sts.rot.sts.test", None)
