@@ -120,6 +120,7 @@ RESTART_ONLY = (
     "relay.address_preference",
     "dns",
     "metrics",
+    "mta_sts",  # the SMTP client's MtaSts (deliver/mtasts.py) is built once, with its cache
 )
 
 
@@ -239,6 +240,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
     scheduler.metrics = metrics
+    smtp.metrics = metrics  # TLS-RPT figures (RFC 8460)
     scheduler.hooks = hooks
     _watch(ctx)
     ctx.pop3 = _pop3_context(ctx)

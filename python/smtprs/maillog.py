@@ -391,6 +391,31 @@ def dkim_unsigned(qid: str, why: str) -> None:
     _line(INFO, "%s: not DKIM-signed: %s", qid, why)
 
 
+def mta_sts_policy(domain: str, policy_id: str, mode: str, max_age: int, mx: str) -> None:
+    """A domain's MTA-STS policy was fetched (and cached)."""
+    _line(INFO, "mta-sts: policy of %s fetched: id=%s mode=%s max_age=%d mx=%s", domain, policy_id, mode, max_age, mx)
+
+
+def mta_sts_fetch_failed(domain: str, policy_id: str, result_type: str, detail: str, cached_id: str) -> None:
+    """A domain announces an MTA-STS policy that could not be fetched or parsed."""
+    using = f"using the cached policy id={cached_id}" if cached_id else "no cached policy: delivering as without one"
+    _line(WARNING, "mta-sts: policy of %s (id=%s) not had: %s: %s; %s", domain, policy_id, result_type, detail, using)
+
+
+def tls_rpt_failure(qid: str, policy_type: str, domain: str, mx_host: str, result_type: str, detail: str) -> None:
+    """One outbound session's TLS failure, with what an RFC 8460 report would carry."""
+    _line(
+        WARNING,
+        "%s: tls-rpt: policy-type=%s policy-domain=%s mx-host=%s result-type=%s: %s",
+        qid,
+        policy_type,
+        domain,
+        mx_host,
+        result_type,
+        detail,
+    )
+
+
 def spool_problem(what: str) -> None:
     _line(WARNING, "spool: %s", what)
 

@@ -453,6 +453,39 @@ class Dkim:
 
 
 @dataclass(frozen=True)
+class MtaSts:
+    """MTA-STS for delivery by MX (RFC 8461): the recipient domain's policy, fetched over HTTPS, says which MX hosts to use and that TLS must be verified."""
+
+    enabled: bool = _f(
+        True,
+        "Look up the MTA-STS policy of each recipient domain delivered to by MX (a TXT lookup of `_mta-sts.DOMAIN`; the policy is fetched "
+        "over HTTPS only from domains that publish one). Under `enforce`, only the MX hosts the policy lists are used, STARTTLS with a "
+        "certificate valid for the MX host name is required, and any failure defers; `testing` delivers as before and records the failure. "
+        "Not applied to relayhost or transport-map next hops.",
+    )
+    fetch_timeout: float = _f(
+        10.0,
+        "Seconds the HTTPS fetch of a policy may take in all (connect, TLS, request, response); a delivery waits for it.",
+        min=0.001,
+    )
+    max_policy_size: int = _f(
+        65536,
+        "Largest policy file accepted, in octets (RFC 8461 3.3 suggests 64 KiB); a larger one is a fetch error.",
+        min=1,
+    )
+    cache_dir: str = _f(
+        "mta-sts",
+        "Directory (relative to data_dir) where fetched policies are kept, one file per domain, so a restart keeps them until their max_age.",
+    )
+    https_port: int = _f(
+        443,
+        "Port of the policy's HTTPS server (`https://mta-sts.DOMAIN/`). RFC 8461 says 443; another value is for tests only.",
+        min=1,
+        max=65535,
+    )
+
+
+@dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
 
@@ -511,6 +544,7 @@ class Config:
     dns: Dns = _f(Dns(), "DNS resolver.")
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     dkim: Dkim = _f(Dkim(), "DKIM signing.")
+    mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(

@@ -36,6 +36,7 @@ from .. import maillog
 from ..config import Dns
 
 MAX_MX_HOSTS = 10  # MX hosts considered per domain (the rest are never reached in practice)
+MAX_TXT_RECORDS = 20  # TXT records read per name (a policy record is one of them; more is a broken zone)
 
 
 class DnsFailure(Exception):
@@ -172,6 +173,20 @@ class Resolver:
             # no MX and the domain itself has no address
             raise DnsFailure(True, failures[0].enhanced, failures[0].text)
         raise DnsFailure(True, "5.4.4", f"No address found for any mail exchanger of {host}")
+
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each its strings joined (RFC 7208 3.3's rule, used by
+        MTA-STS too), at most ``MAX_TXT_RECORDS``; [] for NXDOMAIN or no data.  A temporary
+        failure raises DnsFailure."""
+        try:
+            answer = await self._query(name, "TXT")
+        except _NoData:
+            return []
+        except DnsFailure as e:
+            if e.permanent:
+                return []
+            raise
+        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in list(answer)[:MAX_TXT_RECORDS]]
 
     # -- one query -----------------------------------------------------------
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:

@@ -50,8 +50,10 @@ import trio
 from .. import _core, maillog
 from ..config import Config
 from ..hops import RemoteHop
+from ..metrics import Metrics
 from .base import DeliveryRequest, Outcome, Status, Target
 from .client import CHUNK, ClientConnection, Lost
+from .mtasts import Lookup, MtaSts, tls_level
 from .mx import DnsFailure, Host, Resolver
 from .pool import ConnectionPool
 
@@ -61,11 +63,12 @@ QUIT_TIMEOUT = 5.0
 class _HostError(Exception):
     """This host cannot take the message now: try the next one (temporary)."""
 
-    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None) -> None:
+    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None, *, rpt: str = "") -> None:
         super().__init__(detail)
         self.enhanced = enhanced
         self.detail = detail
         self.reply = reply
+        self.rpt = rpt  # a TLS failure: RFC 8460's result type (starttls-not-supported, ...)
 
 
 class Connection(ClientConnection):
@@ -124,6 +127,9 @@ class SmtpAgent:
         self._ctx_may.verify_mode = ssl.CERT_NONE
         ca = cfg.tls_ca_path
         self._ctx_verify = ssl.create_default_context(cafile=str(ca) if ca else None)
+        # MTA-STS (deliver/mtasts.py) for delivery by MX; TLS-RPT figures go to ``metrics`` (set by the daemon)
+        self.mtasts = MtaSts(cfg, self.resolver) if cfg.mta_sts.enabled else None
+        self.metrics: Metrics | None = None
         # figures for tests and metrics
         self.connections_opened = 0
 
@@ -158,10 +164,27 @@ class SmtpAgent:
                 return [
                     Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets
                 ]
+            sts = await self.mtasts.lookup(hop.domain) if self.mtasts and hop.mx and hop.host == hop.domain else None
+            if sts is not None and sts.enforced:
+                allowed = [h for h in hosts if sts.allows(h.name)]
+                if not allowed:  # RFC 8461 4.1, 5: never a host the policy does not list
+                    names = ", ".join(dict.fromkeys(h.name for h in hosts))
+                    detail = f"no MX host of {hop.domain} ({names}) is listed in its MTA-STS policy (mode enforce)"
+                    self._tls_rpt(request.queue_id, sts, names, "validation-failure", detail)
+                    return [Outcome(t.index, "deferred", f"451 4.7.5 {detail}", "none", "4.7.5") for t in targets]
+                hosts = allowed
             final: dict[int, Outcome] = {}
             last: dict[int, Outcome] = {}
             pending = list(targets)
             conn = await self.pool.checkout(hop.destination, self.r.command_timeout)
+            if (
+                conn is not None
+                and sts is not None
+                and sts.enforced
+                and not (conn.tls_verified and sts.allows(conn.host.name))
+            ):
+                await conn.close()  # opened before the policy was known: not good enough now
+                conn = None
             if conn is not None:
                 hosts = [conn.host, *[h for h in hosts if h.ip != conn.host.ip]]
             for host in hosts:
@@ -169,7 +192,7 @@ class SmtpAgent:
                     break
                 if conn is None or conn.host.ip != host.ip:
                     try:
-                        conn = await self._open(host, hop)
+                        conn = await self._open_for(request.queue_id, host, hop, sts)
                     except _HostError as e:
                         relay = f"{host.name}[{host.ip}]:{hop.port}"
                         for t in pending:
@@ -196,7 +219,52 @@ class SmtpAgent:
         return (host.name, show(reply)) if reply is not None else ("", "")
 
     # -- connection set-up -----------------------------------------------------
-    async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True) -> Connection:
+    async def _open_for(self, qid: str, host: Host, hop: RemoteHop, sts: Lookup | None) -> Connection:
+        """A connection to ``host`` at the TLS level its domain's MTA-STS policy asks for (the one
+        place where MTA-STS chooses it), with its TLS-RPT result recorded; without MTA-STS (a
+        relayhost, mta_sts.enabled off) simply ``_open``."""
+        if sts is None:
+            return await self._open(host, hop)
+        policy = sts.policy
+        if policy is not None and policy.mode == "testing" and not policy.matches(host.name):
+            self._tls_rpt(
+                qid, sts, host.name, "validation-failure", "MX host not listed in the MTA-STS policy (testing)"
+            )
+            return await self._open(host, hop)
+        level = tls_level(hop.tls, policy)
+        try:
+            conn = await self._open(host, hop, level=level)
+        except _HostError as e:
+            if not e.rpt:
+                raise  # no TLS session was tried (connect, greeting, EHLO): nothing to report
+            self._tls_rpt(qid, sts, host.name, e.rpt, e.detail)
+            if sts.enforced:
+                raise _HostError(e.enhanced, f"{e.detail} (MTA-STS policy of {sts.domain}: enforce)", e.reply) from None
+            if level == hop.tls:
+                raise
+            return await self._open(host, hop)  # testing (RFC 8461 5): deliver as without the policy
+        if policy is None and sts.failure:
+            self._tls_rpt(qid, sts, host.name, sts.failure, sts.detail)
+        elif conn.tls:
+            self._tls_rpt(qid, sts, host.name, "", "")
+        else:
+            self._tls_rpt(qid, sts, host.name, "starttls-not-supported", f"{conn.relay} without TLS")
+        return conn
+
+    def _tls_rpt(self, qid: str, sts: Lookup, mx_host: str, failure: str, detail: str) -> None:
+        """Count one session as RFC 8460 would report it (``failure`` empty: success); log the
+        failures of domains with a policy."""
+        if self.metrics is not None:
+            if failure:
+                self.metrics.inc(
+                    "smtprs_tls_rpt_sessions_total", policy_type=sts.policy_type, result="failure", failure=failure
+                )
+            else:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type=sts.policy_type, result="success")
+        if failure and sts.policy_type == "sts":
+            maillog.tls_rpt_failure(qid, sts.policy_type, sts.domain, mx_host, failure, detail)
+
+    async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True, level: str = "") -> Connection:
         relay = f"{host.name}[{host.ip}]:{hop.port}"
         stream = await self._connect(host, hop.port, relay)
         self.connections_opened += 1
@@ -212,7 +280,7 @@ class SmtpAgent:
                 )
             stage = "sending EHLO"
             await self._hello(conn)
-            level = hop.tls
+            level = level or hop.tls
             if level != "none" and tls and "STARTTLS" in conn.ext:
                 stage = "starting TLS"
                 try:
@@ -223,11 +291,13 @@ class SmtpAgent:
                     # opportunistic: a failed handshake is no reason not to deliver
                     await conn.close(quit=False)
                     maillog.relay_tls_fallback(relay)
-                    return await self._open(host, hop, tls=False)
+                    return await self._open(host, hop, tls=False, level=level)
                 stage = "sending EHLO after STARTTLS"
                 await self._hello(conn)
             elif level == "verify":
-                raise _HostError("4.7.4", f"TLS is required, but was not offered by host {relay}")
+                raise _HostError(
+                    "4.7.4", f"TLS is required, but was not offered by host {relay}", rpt="starttls-not-supported"
+                )
             if hop.auth:
                 stage = "authenticating"
                 await self._auth(conn)
@@ -287,6 +357,7 @@ class SmtpAgent:
                 "4.7.4" if level == "verify" else enhanced_of(reply),
                 f"host {conn.relay} refused STARTTLS: {show(reply)}",
                 reply,
+                rpt="starttls-not-supported",
             )
         verify = level == "verify"
         ctx = self._ctx_verify if verify else self._ctx_may
@@ -298,10 +369,12 @@ class SmtpAgent:
             with trio.fail_after(self.r.command_timeout):
                 await tls_stream.do_handshake()
         except trio.TooSlowError:
-            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} timed out") from None
+            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} timed out", rpt="validation-failure") from None
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
             cause = e.__cause__ or e
-            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} failed: {cause}") from None
+            raise _HostError(
+                "4.7.5", f"TLS handshake with {conn.relay} failed: {cause}", rpt=_rpt_result(cause)
+            ) from None
         conn.replace_stream(tls_stream)  # nothing the server sent in clear may count after the handshake
         conn.tls = True
         conn.tls_verified = verify
@@ -550,6 +623,26 @@ def rcpt_command(conn: Connection, t: Target) -> str:
             kind, _, addr = t.params["ORCPT"].partition(";")
             params.append(f"ORCPT={kind};{_core.xtext_encode(addr)}")
     return f"RCPT TO:<{t.address}>" + "".join(" " + p for p in params)
+
+
+# OpenSSL's X509_V_ERR_* codes -> RFC 8460 4.3's result types
+_VERIFY_RESULTS = {
+    62: "certificate-host-mismatch",  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: "certificate-host-mismatch",  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    10: "certificate-expired",  # X509_V_ERR_CERT_HAS_EXPIRED
+    2: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18: "certificate-not-trusted",  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "certificate-not-trusted",  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
+
+
+def _rpt_result(error: BaseException) -> str:
+    """RFC 8460's result type for a failed TLS handshake."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return _VERIFY_RESULTS.get(error.verify_code, "validation-failure")
+    return "validation-failure"
 
 
 def _is_ip(name: str) -> bool:
