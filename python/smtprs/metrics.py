@@ -84,6 +84,12 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "From the end of the message data to the 250 reply (the durable spool commit).",
     ),
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
+    "smtprs_tls_rpt_sessions_total": (
+        "counter",
+        "Outbound SMTP sessions governed by a TLS policy, for TLS-RPT (RFC 8460): by policy_type (tlsa: DANE), "
+        "result (success, failure) and failure (the RFC 8460 result type, e.g. tlsa-invalid, dnssec-invalid, "
+        "dane-required, starttls-not-supported, validation-failure; empty on success).",
+    ),
 }
 MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds"})
 

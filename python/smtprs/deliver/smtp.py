@@ -34,6 +34,14 @@ Sending, reading replies, the content and QUIT are deliver/client.py's,
 shared with the LMTP client; ``Connection`` adds what SMTP knows of its peer
 (EHLO keywords, TLS, the host).
 
+DANE (``dane.mode``, deliver/dane.py): for a host reached by MX through
+DNSSEC-validated records, ``_open`` asks dane.py first what TLS the host
+needs; with TLSA records STARTTLS is required (no plain-text fallback) and,
+after the handshake, the certificate must match them, else the host is
+deferred (4.7.4 no STARTTLS, 4.7.5 mismatch or a failed TLSA lookup).  Each
+DANE-governed session is counted for TLS-RPT (``smtprs_tls_rpt_sessions_total``,
+policy_type="tlsa").
+
 Credentials are sent only in AUTH and never logged; neither is message
 content.
 """
@@ -50,6 +58,8 @@ import trio
 from .. import _core, maillog
 from ..config import Config
 from ..hops import RemoteHop
+from ..metrics import Metrics
+from . import dane
 from .base import DeliveryRequest, Outcome, Status, Target
 from .client import CHUNK, ClientConnection, Lost
 from .mx import DnsFailure, Host, Resolver
@@ -61,11 +71,12 @@ QUIT_TIMEOUT = 5.0
 class _HostError(Exception):
     """This host cannot take the message now: try the next one (temporary)."""
 
-    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None) -> None:
+    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None, *, failure: str = "") -> None:
         super().__init__(detail)
         self.enhanced = enhanced
         self.detail = detail
         self.reply = reply
+        self.failure = failure  # the RFC 8460 result type, under DANE
 
 
 class Connection(ClientConnection):
@@ -117,7 +128,10 @@ class SmtpAgent:
         self.cfg = cfg
         self.r = cfg.relay
         self.hostname = hostname
-        self.resolver = resolver or Resolver(cfg.dns, prefer=cfg.relay.address_preference)
+        self.resolver = resolver or Resolver(
+            cfg.dns, prefer=cfg.relay.address_preference, dnssec=cfg.dane.mode != "off"
+        )
+        self.metrics: Metrics | None = None  # set by the composition root: the TLS-RPT counter
         self.pool: ConnectionPool[Connection] = ConnectionPool()
         self._ctx_may = ssl.create_default_context()
         self._ctx_may.check_hostname = False
@@ -198,6 +212,7 @@ class SmtpAgent:
     # -- connection set-up -----------------------------------------------------
     async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True) -> Connection:
         relay = f"{host.name}[{host.ip}]:{hop.port}"
+        policy = await self._dane_policy(host, hop, relay)  # the one place the TLS requirement is chosen
         stream = await self._connect(host, hop.port, relay)
         self.connections_opened += 1
         conn = Connection(stream, host, hop.port)
@@ -212,13 +227,15 @@ class SmtpAgent:
                 )
             stage = "sending EHLO"
             await self._hello(conn)
-            level = hop.tls
+            level = hop.tls if policy is None else "dane"
             if level != "none" and tls and "STARTTLS" in conn.ext:
                 stage = "starting TLS"
                 try:
-                    await self._starttls(conn, level)
-                except _HostError:
-                    if level == "verify":
+                    await self._starttls(conn, level, policy)
+                except _HostError as e:
+                    if policy is not None:
+                        self._tls_rpt(relay, e.failure or dane.VALIDATION_FAILURE, e.detail)
+                    if level in ("verify", "dane"):
                         raise
                     # opportunistic: a failed handshake is no reason not to deliver
                     await conn.close(quit=False)
@@ -228,6 +245,12 @@ class SmtpAgent:
                 await self._hello(conn)
             elif level == "verify":
                 raise _HostError("4.7.4", f"TLS is required, but was not offered by host {relay}")
+            elif policy is not None:
+                detail = (
+                    f"TLS is required (DANE TLSA records at {policy.tlsa_name}), but was not offered by host {relay}"
+                )
+                self._tls_rpt(relay, dane.STARTTLS_NOT_SUPPORTED, detail)
+                raise _HostError("4.7.4", detail)
             if hop.auth:
                 stage = "authenticating"
                 await self._auth(conn)
@@ -238,6 +261,30 @@ class SmtpAgent:
             await conn.close(quit=True)
             raise
         return conn
+
+    async def _dane_policy(self, host: Host, hop: RemoteHop, relay: str) -> dane.HostPolicy | None:
+        """DANE's word on this host: None when DANE does not govern it (TLS as
+        ``hop.tls`` says); raises _HostError to defer it.  DANE applies to MX
+        hops only, and never where ``relay.tls_policy`` says ``none``."""
+        if not hop.mx or hop.tls == "none" or self.cfg.dane.mode == "off":
+            return None
+        try:
+            return await dane.policy_for(self.resolver, self.cfg.dane.mode, host, hop.port, hop.domain)
+        except dane.DaneFailure as e:
+            self._tls_rpt(relay, e.failure, e.detail)
+            raise _HostError(e.enhanced, e.detail) from None
+
+    def _tls_rpt(self, relay: str, failure: str, detail: str) -> None:
+        """One DANE-governed session's result for TLS-RPT (RFC 8460): the counter and, for a failure, a log line."""
+        if self.metrics is not None:
+            self.metrics.inc(
+                "smtprs_tls_rpt_sessions_total",
+                policy_type="tlsa",
+                result="failure" if failure else "success",
+                failure=failure,
+            )
+        if failure:
+            maillog.tls_policy_failure(relay, "tlsa", failure, detail)
 
     async def _connect(self, host: Host, port: int, relay: str) -> trio.SocketStream:
         """A TCP connection to one address (the MX order is ours, so no Happy Eyeballs here)."""
@@ -280,17 +327,18 @@ class SmtpAgent:
             reply,
         )
 
-    async def _starttls(self, conn: Connection, level: str) -> None:
+    async def _starttls(self, conn: Connection, level: str, policy: dane.HostPolicy | None = None) -> None:
         reply = await conn.command("STARTTLS", self.r.command_timeout)
         if reply.code != 220:
             raise _HostError(
-                "4.7.4" if level == "verify" else enhanced_of(reply),
+                "4.7.4" if level in ("verify", "dane") else enhanced_of(reply),
                 f"host {conn.relay} refused STARTTLS: {show(reply)}",
                 reply,
+                failure=dane.STARTTLS_NOT_SUPPORTED if policy is not None else "",
             )
         verify = level == "verify"
         ctx = self._ctx_verify if verify else self._ctx_may
-        server_name: str | None = conn.host.name
+        server_name: str | None = conn.host.name  # under DANE: the TLSA base domain, RFC 7672 8.1
         if not verify and _is_ip(conn.host.name):
             server_name = None
         tls_stream = trio.SSLStream(conn.stream, ctx, server_hostname=server_name, https_compatible=False)
@@ -302,6 +350,18 @@ class SmtpAgent:
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
             cause = e.__cause__ or e
             raise _HostError("4.7.5", f"TLS handshake with {conn.relay} failed: {cause}") from None
+        if policy is not None and policy.authenticated:
+            verdict = dane.check(policy, tls_stream.getpeercert(binary_form=True), dane.peer_chain(tls_stream))  # fmt: skip
+            if verdict.matched is None:
+                raise _HostError(
+                    "4.7.5", f"DANE verification of {conn.relay} failed: {verdict.detail}", failure=verdict.failure
+                )
+            maillog.relay_dane_verified(conn.relay, policy.tlsa_name, verdict.matched.text())
+            verify = True
+        elif policy is not None:
+            maillog.relay_dane_encrypt(conn.relay, policy.tlsa_name)
+        if policy is not None:
+            self._tls_rpt(conn.relay, "", "")
         conn.replace_stream(tls_stream)  # nothing the server sent in clear may count after the handshake
         conn.tls = True
         conn.tls_verified = verify
