@@ -91,14 +91,28 @@ class Resolver:
         r.lifetime = cfg.timeout
         r.timeout = min(cfg.timeout, 2.0)  # per try; the lifetime bounds the retries
         r.cache = dns.resolver.Cache()
-        if dnssec:
-            # DO: send the DNSSEC records; AD in the query: tell us whether they validated (RFC 6840 5.7)
-            r.use_edns(0, dns.flags.DO, 1232)
-            r.flags = dns.flags.RD | dns.flags.AD
-        self.dnssec = dnssec
         self._r = r
+        self.dnssec = False
+        self.set_dnssec(dnssec)
         self.prefer = prefer
         self._rng = rng or random.Random()
+
+    def set_dnssec(self, on: bool) -> None:
+        """Ask for DNSSEC (DO, AD) or not.  The cache is emptied on a change: an
+        answer fetched without DO carries no AD bit, and would make a secure
+        host look insecure for its TTL."""
+        if on == self.dnssec:
+            return
+        self.dnssec = on
+        if isinstance(self._r.cache, dns.resolver.Cache):
+            self._r.cache.flush()
+        if on:
+            # DO: send the DNSSEC records; AD in the query: tell us whether they validated (RFC 6840 5.7)
+            self._r.use_edns(0, dns.flags.DO, 1232)
+            self._r.flags = dns.flags.RD | dns.flags.AD
+        else:
+            self._r.use_edns(False)
+            self._r.flags = None
 
     # -- the public side -------------------------------------------------
     async def mx_hosts(self, domain: str) -> list[tuple[int, str]]:

@@ -165,6 +165,9 @@ class SmtpAgent:
         hop = targets[0].hop
         assert isinstance(hop, RemoteHop)
         async with self.pool.limit(hop.destination, self.r.destination_concurrency):
+            want = self.cfg.dane.mode != "off"
+            if getattr(self.resolver, "dnssec", want) != want:  # follows a reload (a resolver not ours: left be)
+                self.resolver.set_dnssec(want)
             try:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
