@@ -107,6 +107,8 @@ class World:
         self.bogus = self._peer(tls_cert=cert)
         self.insecure = self._peer(tls_cert=cert)
         self.nosecure_tlsa = self._peer(tls_cert=cert)
+        self.many = self._peer(tls_cert=cert)
+        self.pkix = self._peer(tls_cert=cert)
         chain, key, ca_digest = ca_signed_cert(base / "certs", "mx-ta.dane.example")
         self.ta = self._peer(tls_cert=(chain, key))
         self.ports = {
@@ -116,6 +118,8 @@ class World:
             "bogus": self.bogus.port,
             "notlsa": self.nosecure_tlsa.port,
             "ta": self.ta.port,
+            "many": self.many.port,
+            "pkix": self.pkix.port,
         }
         records: list[tuple[str, str, str]] = []
         for case in self.ports:
@@ -126,8 +130,13 @@ class World:
             (f"_{self.plain.port}._tcp.mx-plain", "TLSA", f"3 1 1 {self.spki}"),
             (f"_{self.bogus.port}._tcp.mx-bogus", "TLSA", f"3 1 1 {self.spki}"),
             (f"_{self.ta.port}._tcp.mx-ta", "TLSA", f"2 1 1 {ca_digest}"),
+            # pkix: only PKIX-EE (usage 1), unusable for SMTP: TLS required, not authenticated
+            (f"_{self.pkix.port}._tcp.mx-pkix", "TLSA", f"1 1 1 {self.spki}"),
             # notlsa: a secure host without TLSA records (authenticated denial): no DANE
         ]
+        # many: 40 records that match nothing, and the right one: an answer too big for UDP (TCP)
+        records += [(f"_{self.many.port}._tcp.mx-many", "TLSA", f"3 1 1 {i:064x}") for i in range(1, 41)]
+        records += [(f"_{self.many.port}._tcp.mx-many", "TLSA", f"3 1 1 {self.spki}")]
         self.signed = SignedZone("dane.example.", records, base / "zones")
         # bogus: the TLSA record changed after signing, its RRSIG kept: the validator's SERVFAIL
         self.signed.tamper(f"_{self.bogus.port}._tcp.mx-bogus", "TLSA", f"3 1 1 {wrong}")
@@ -224,6 +233,8 @@ def test_the_resolver_validates(world: World) -> None:
     assert u.secure(f"_{world.bogus.port}._tcp.mx-bogus.dane.example", "TLSA") == ("SERVFAIL", False)
     assert u.secure("mx-notlsa.dane.example", "AAAA") == ("NOERROR", True)  # secure no-data (NSEC)
     assert u.secure("insecure.example", "MX") == ("NOERROR", False)
+    big = u.query(f"_{world.many.port}._tcp.mx-many.dane.example", "TLSA")
+    assert len(big.answer[0]) == 41 and len(big.to_wire()) > 1232  # came over TCP
     assert "validation failure" in u.log()
 
 
@@ -270,11 +281,15 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     q_bogus = send(server, "e@bogus.dane.example", "bogus TLSA")
     q_ins = send(server, "f@insecure.example", "insecure zone")
     q_none = send(server, "g@notlsa.dane.example", "secure host, no TLSA")
+    q_many = send(server, "h@many.dane.example", "41 TLSA records")
+    q_pkix = send(server, "i@pkix.dane.example", "only PKIX-EE")
 
     server.wait_log(rf"{q_ok}: to=<a@ok.dane.example>, .*status=sent")
     server.wait_log(rf"{q_ta}: to=<b@ta.dane.example>, .*status=sent")
     server.wait_log(rf"{q_ins}: to=<f@insecure.example>, .*status=sent")
     server.wait_log(rf"{q_none}: to=<g@notlsa.dane.example>, .*status=sent")
+    server.wait_log(rf"{q_many}: to=<h@many.dane.example>, .*status=sent")
+    server.wait_log(rf"{q_pkix}: to=<i@pkix.dane.example>, .*status=sent")
     bad = server.wait_log(rf"{q_bad}: to=<c@bad.dane.example>, .*status=deferred")
     plain = server.wait_log(rf"{q_plain}: to=<d@plain.dane.example>, .*status=deferred")
     bogus = server.wait_log(rf"{q_bogus}: to=<e@bogus.dane.example>, .*status=deferred")
@@ -290,6 +305,10 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     assert world.insecure.received[0].tls
     assert "Untrusted TLS connection established to mx.insecure.example" in log
     assert world.nosecure_tlsa.received[0].tls
+    assert f"DANE verified TLS connection to mx-many.dane.example[127.0.0.1]:{world.many.port}" in log
+    assert world.many.received[0].tls
+    assert f"TLS connection to mx-pkix.dane.example[127.0.0.1]:{world.pkix.port} encrypted but not authenticated" in log
+    assert world.pkix.received[0].tls
 
     assert "DANE verification" in bad and "no TLSA record matches" in bad
     assert "TLS is required (DANE TLSA records" in plain
@@ -310,7 +329,7 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     for failure in ("tlsa-invalid", "starttls-not-supported", "dnssec-invalid"):
         assert f"TLS policy failure (policy_type=tlsa result={failure})" in log
     counts = tls_rpt(metrics_port)
-    assert counts[("success", "")] == 2  # ok and ta; the insecure and no-TLSA hosts are not DANE sessions
+    assert counts[("success", "")] == 4  # ok, ta, many, pkix; the insecure and no-TLSA hosts are not DANE sessions
     assert counts[("failure", "tlsa-invalid")] == 1
     assert counts[("failure", "starttls-not-supported")] == 1
     assert counts[("failure", "dnssec-invalid")] == 1
@@ -322,12 +341,15 @@ def test_dane_mandatory(world: World, make_server: Callable[..., Server]) -> Non
     q_ok = send(server, "a@ok.dane.example", "DANE host")
     q_ins = send(server, "b@insecure.example", "insecure zone")
     q_none = send(server, "c@notlsa.dane.example", "no TLSA")
+    q_pkix = send(server, "d@pkix.dane.example", "no usable TLSA")
     server.wait_log(rf"{q_ok}: to=<a@ok.dane.example>, .*status=sent")
+    pkix = server.wait_log(rf"{q_pkix}: to=<d@pkix.dane.example>, .*status=deferred")
+    assert "no TLSA record at" in pkix and "is usable" in pkix
     ins = server.wait_log(rf"{q_ins}: to=<b@insecure.example>, .*status=deferred")
     none = server.wait_log(rf"{q_none}: to=<c@notlsa.dane.example>, .*status=deferred")
     assert "DANE is required" in ins and "not DNSSEC-validated" in ins
     assert "DANE is required" in none and "no TLSA records" in none
-    assert world.insecure.connections == 0 and world.nosecure_tlsa.connections == 0
+    assert world.insecure.connections == 0 and world.nosecure_tlsa.connections == 0 and world.pkix.connections == 0
 
 
 def test_dane_off_ignores_tlsa_then_a_reload_turns_it_on(world: World, make_server: Callable[..., Server]) -> None:

@@ -1,23 +1,30 @@
 """DANE's pure parts (deliver/dane.py): which TLSA records are usable, and the
 matching of certificates against them (DANE-EE every selector and matching
-type, DANE-TA over a chain, malformed records and certificates)."""
+type, DANE-TA over a chain, malformed records and certificates), and the
+TLSA lookup against a server that never answers (a timeout defers)."""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import socket
 
 import dns.exception
+import dns.flags
+import dns.message
 import dns.rdata
 import dns.rdataclass
+import dns.rdatatype
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from smtprs.config import Dns
 from smtprs.deliver import dane
 from smtprs.deliver.dane import HostPolicy, Tlsa
+from smtprs.deliver.mx import Host, Resolver
 
 DER = serialization.Encoding.DER
 NOW = datetime.datetime.now(datetime.UTC)
@@ -228,3 +235,33 @@ def test_dane_ta_signature_must_verify(ca_chain: tuple[x509.Certificate, x509.Ce
 
 def test_peer_chain_without_a_chain_api() -> None:
     assert dane.peer_chain(object()) is None
+
+
+async def test_a_tlsa_timeout_defers_the_host_and_the_query_asks_for_dnssec() -> None:
+    """A TLSA lookup that times out defers (dnssec-invalid, 4.7.5); the query carried DO and AD."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # takes queries, never answers
+        silent.bind(("127.0.0.1", 0))
+        r = Resolver(Dns(nameservers=["127.0.0.1"], port=silent.getsockname()[1], timeout=0.5), dnssec=True)
+        host = Host("mx.example", "127.0.0.1", 10, secure=True)
+        with pytest.raises(dane.DaneFailure) as e:
+            await dane.policy_for(r, "opportunistic", host, 25, "example")
+        assert e.value.failure == dane.DNSSEC_INVALID and e.value.enhanced == "4.7.5"
+        assert "_25._tcp.mx.example" in e.value.detail
+        silent.setblocking(False)
+        query = dns.message.from_wire(silent.recv(4096))
+    assert query.question[0].rdtype == dns.rdatatype.TLSA
+    assert query.ednsflags & dns.flags.DO and query.flags & dns.flags.AD
+    # an insecure host, or DANE off: no lookup at all, no DANE
+    assert await dane.policy_for(r, "opportunistic", Host("mx.example", "127.0.0.1"), 25, "example") is None
+    assert await dane.policy_for(r, "off", host, 25, "example") is None
+    with pytest.raises(dane.DaneFailure) as e:
+        await dane.policy_for(r, "mandatory", Host("mx.example", "127.0.0.1"), 25, "example")
+    assert e.value.failure == dane.DANE_REQUIRED
+
+
+def test_dnssec_can_be_turned_off_again() -> None:
+    r = Resolver(Dns(nameservers=["127.0.0.1"]), dnssec=True)
+    r.set_dnssec(False)
+    assert not r.dnssec
+    r.set_dnssec(True)
+    assert r.dnssec

@@ -170,7 +170,9 @@ class Resolver:
         order = ["A", "AAAA"] if self.prefer == "ipv4" else ["AAAA", "A"]
         addrs = [a for t in order if isinstance(results[t], list) for a in results[t]]  # type: ignore[union-attr]
         if addrs:
-            return addrs, secure.get("A", False) and secure.get("AAAA", False)
+            # every answer that counted (records, or a denial) validated; a family whose lookup
+            # failed gives no address and no say, so failing one cannot turn DANE off
+            return addrs, bool(secure) and all(secure.values())
         errors = [e for e in results.values() if isinstance(e, DnsFailure)]
         temporary = [e for e in errors if not e.permanent]
         if temporary:

@@ -272,10 +272,13 @@ class SmtpAgent:
         if not hop.mx or hop.tls == "none" or self.cfg.dane.mode == "off":
             return None
         try:
-            return await dane.policy_for(self.resolver, self.cfg.dane.mode, host, hop.port, hop.domain)
+            policy = await dane.policy_for(self.resolver, self.cfg.dane.mode, host, hop.port, hop.domain)
         except dane.DaneFailure as e:
             self._tls_rpt(relay, e.failure, e.detail)
             raise _HostError(e.enhanced, e.detail) from None
+        if policy is not None and not policy.authenticated and hop.tls == "verify":
+            return None  # TLSA records, none usable: "verify" asks more than DANE's "encrypt" would
+        return policy
 
     def _tls_rpt(self, relay: str, failure: str, detail: str) -> None:
         """One DANE-governed session's result for TLS-RPT (RFC 8460): the counter and, for a failure, a log line."""
