@@ -257,9 +257,9 @@ def peer_chain(stream: Any) -> list[bytes] | None:
     ``stream`` is a ``trio.SSLStream`` (its ``SSLObject`` is ``_ssl_object``)
     or an ``ssl.SSLObject``/``SSLSocket``.
 
-    ``SSLObject.get_unverified_chain`` is public from Python 3.13; 3.10-3.12
-    have it on the private ``_sslobj`` only, returning ``_ssl.Certificate``
-    objects.  Anything unexpected gives None (only DANE-EE can then match).
+    ``SSLObject.get_unverified_chain`` is public from Python 3.13; before, it
+    is on the private ``_sslobj`` only (checked on 3.11), returning
+    ``_ssl.Certificate`` objects.  Anything unexpected gives None (only DANE-EE can then match).
     """
     try:
         ssl_object = getattr(stream, "_ssl_object", stream)

@@ -359,6 +359,7 @@ class SmtpAgent:
         if policy is not None and policy.authenticated:
             verdict = dane.check(policy, tls_stream.getpeercert(binary_form=True), dane.peer_chain(tls_stream))  # fmt: skip
             if verdict.matched is None:
+                conn.replace_stream(tls_stream)  # the QUIT that follows goes inside TLS, not in clear
                 raise _HostError(
                     "4.7.5", f"DANE verification of {conn.relay} failed: {verdict.detail}", failure=verdict.failure
                 )
