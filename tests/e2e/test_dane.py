@@ -109,6 +109,7 @@ class World:
         self.nosecure_tlsa = self._peer(tls_cert=cert)
         self.many = self._peer(tls_cert=cert)
         self.pkix = self._peer(tls_cert=cert)
+        self.bogusmx = self._peer(tls_cert=cert)
         chain, key, ca_digest = ca_signed_cert(base / "certs", "mx-ta.dane.example")
         self.ta = self._peer(tls_cert=(chain, key))
         self.ports = {
@@ -120,6 +121,7 @@ class World:
             "ta": self.ta.port,
             "many": self.many.port,
             "pkix": self.pkix.port,
+            "bogusmx": self.bogusmx.port,
         }
         records: list[tuple[str, str, str]] = []
         for case in self.ports:
@@ -140,6 +142,8 @@ class World:
         self.signed = SignedZone("dane.example.", records, base / "zones")
         # bogus: the TLSA record changed after signing, its RRSIG kept: the validator's SERVFAIL
         self.signed.tamper(f"_{self.bogus.port}._tcp.mx-bogus", "TLSA", f"3 1 1 {wrong}")
+        # bogusmx: the MX record itself changed after signing
+        self.signed.tamper("bogusmx", "MX", "10 mx-ok.dane.example.")
         self.unsigned = UnsignedZone(
             "insecure.example.",
             [
@@ -283,6 +287,7 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     q_none = send(server, "g@notlsa.dane.example", "secure host, no TLSA")
     q_many = send(server, "h@many.dane.example", "41 TLSA records")
     q_pkix = send(server, "i@pkix.dane.example", "only PKIX-EE")
+    q_bogusmx = send(server, "j@bogusmx.dane.example", "bogus MX")
 
     server.wait_log(rf"{q_ok}: to=<a@ok.dane.example>, .*status=sent")
     server.wait_log(rf"{q_ta}: to=<b@ta.dane.example>, .*status=sent")
@@ -293,6 +298,7 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     bad = server.wait_log(rf"{q_bad}: to=<c@bad.dane.example>, .*status=deferred")
     plain = server.wait_log(rf"{q_plain}: to=<d@plain.dane.example>, .*status=deferred")
     bogus = server.wait_log(rf"{q_bogus}: to=<e@bogus.dane.example>, .*status=deferred")
+    bogusmx = server.wait_log(rf"{q_bogusmx}: to=<j@bogusmx.dane.example>, .*status=deferred")
     log = server.log()
 
     ok_relay = f"mx-ok.dane.example[127.0.0.1]:{world.ok.port}"
@@ -313,6 +319,7 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     assert "DANE verification" in bad and "no TLSA record matches" in bad
     assert "TLS is required (DANE TLSA records" in plain
     assert "TLSA lookup error" in bogus and "SERVFAIL" in bogus
+    assert "type=MX" in bogusmx and "SERVFAIL" in bogusmx  # a bogus MX RRset: the lookup fails, 4.4.3
     assert world.bad.received == [] and world.plain.received == [] and world.bogus.received == []
     assert world.bogus.connections == 0  # the TLSA failure defers before connecting
     assert world.plain.connections == 1  # it was reached, and nothing was sent in clear
@@ -324,7 +331,15 @@ def test_dane_opportunistic_end_to_end(world: World, make_server: Callable[..., 
     assert (state, status) == ("deferred", "4.7.4") and "TLS is required" in error
     state, status, error = queued["e@bogus.dane.example"]
     assert (state, status) == ("deferred", "4.7.5") and "TLSA lookup error" in error
-    assert set(queued) == {"c@bad.dane.example", "d@plain.dane.example", "e@bogus.dane.example"}
+    state, status, error = queued["j@bogusmx.dane.example"]
+    assert (state, status) == ("deferred", "4.4.3")
+    assert set(queued) == {
+        "c@bad.dane.example",
+        "d@plain.dane.example",
+        "e@bogus.dane.example",
+        "j@bogusmx.dane.example",
+    }
+    assert len(world.ok.received) == 1  # the tampered MX pointed at mx-ok: not followed
 
     for failure in ("tlsa-invalid", "starttls-not-supported", "dnssec-invalid"):
         assert f"TLS policy failure (policy_type=tlsa result={failure})" in log
