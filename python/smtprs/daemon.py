@@ -240,7 +240,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
     scheduler.metrics = metrics
-    smtp.metrics = metrics  # TLS-RPT figures (RFC 8460)
+    smtp.metrics = metrics  # TLS-RPT counts (deliver/mtasts.py, deliver/dane.py)
     scheduler.hooks = hooks
     _watch(ctx)
     ctx.pop3 = _pop3_context(ctx)

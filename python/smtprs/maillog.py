@@ -349,6 +349,24 @@ def relay_tls_fallback(relay: str) -> None:
     _line(INFO, "TLS handshake with %s failed: trying again without TLS (relay.tls = may)", relay)
 
 
+def relay_dane_verified(relay: str, tlsa_name: str, record: str) -> None:
+    _line(INFO, "DANE verified TLS connection to %s: TLSA %s at %s matched", relay, record, tlsa_name)
+
+
+def relay_dane_encrypt(relay: str, tlsa_name: str) -> None:
+    _line(
+        INFO,
+        "TLS connection to %s encrypted but not authenticated: no usable TLSA record at %s (RFC 7672 2.2)",
+        relay,
+        tlsa_name,
+    )
+
+
+def tls_policy_failure(relay: str, policy_type: str, result_type: str, detail: str) -> None:
+    """A session that an outbound TLS policy (``policy_type``: tlsa, sts) failed, with its RFC 8460 result type."""
+    _line(WARNING, "TLS policy failure (policy_type=%s result=%s) for %s: %s", policy_type, result_type, relay, detail)
+
+
 def relay_auth_ok(relay: str, user: str) -> None:
     _line(INFO, "authenticated to %s as %s", relay, user)
 

@@ -86,10 +86,11 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
     "smtprs_tls_rpt_sessions_total": (
         "counter",
-        "Outbound SMTP sessions to MX hosts, as an RFC 8460 TLS report counts them (when mta_sts.enabled): by policy_type "
-        "(sts, no-policy-found), result (success, failure) and, for failures, failure (RFC 8460's result type: "
-        "starttls-not-supported, certificate-host-mismatch, certificate-expired, certificate-not-trusted, validation-failure, "
-        "sts-policy-fetch-error, sts-policy-invalid, sts-webpki-invalid).",
+        "Outbound SMTP sessions to MX hosts, as an RFC 8460 TLS report counts them: by policy_type "
+        "(sts: MTA-STS, tlsa: DANE, no-policy-found), result (success, failure) and, for failures, failure (RFC 8460's "
+        "result type: starttls-not-supported, certificate-host-mismatch, certificate-expired, certificate-not-trusted, "
+        "validation-failure, sts-policy-fetch-error, sts-policy-invalid, sts-webpki-invalid, tlsa-invalid, dnssec-invalid, "
+        "dane-required; empty on success).",
     ),
 }
 MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds"})

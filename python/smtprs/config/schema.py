@@ -375,6 +375,21 @@ class Dns:
     )
 
 
+@dataclass(frozen=True)
+class Dane:
+    """DANE for outbound SMTP (RFC 7672): TLSA records, DNSSEC-validated, authenticate the MX hosts' certificates."""
+
+    mode: Literal["off", "opportunistic", "mandatory"] = _f(
+        "off",
+        "`off`: no DANE. `opportunistic` (Postfix's `dane`): for MX hosts whose MX and address records are DNSSEC-validated, "
+        "look up TLSA `_PORT._tcp.HOST`; validated usable records (DANE-EE 3, DANE-TA 2) require STARTTLS and a matching "
+        "certificate, else the host is deferred (4.7.4/4.7.5), never sent to in clear; hosts without secure TLSA get relay.tls. "
+        "`mandatory` (Postfix's `dane-only`): every MX host must have validated usable TLSA records, else deferred. "
+        "Off by default because it needs a validating resolver that sets the AD bit on a trusted path: dns.nameservers must "
+        "point at a local unbound or knot-resolver (127.0.0.1) that validates (dnspython does not validate itself).",
+    )
+
+
 # The header fields signed by default: rspamd's default sign_headers (its
 # dkim_signing module), which is RFC 6376 5.4.1's list (OpenDKIM's default)
 # plus Content-Language, List-Unsubscribe-Post, OpenPGP and Autocrypt.
@@ -545,6 +560,7 @@ class Config:
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     dkim: Dkim = _f(Dkim(), "DKIM signing.")
     mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")
+    dane: Dane = _f(Dane(), "DANE for outbound SMTP.")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(

@@ -34,6 +34,14 @@ Sending, reading replies, the content and QUIT are deliver/client.py's,
 shared with the LMTP client; ``Connection`` adds what SMTP knows of its peer
 (EHLO keywords, TLS, the host).
 
+DANE (``dane.mode``, deliver/dane.py): for a host reached by MX through
+DNSSEC-validated records, ``_open`` asks dane.py first what TLS the host
+needs; with TLSA records STARTTLS is required (no plain-text fallback) and,
+after the handshake, the certificate must match them, else the host is
+deferred (4.7.4 no STARTTLS, 4.7.5 mismatch or a failed TLSA lookup).  Each
+DANE-governed session is counted for TLS-RPT (``smtprs_tls_rpt_sessions_total``,
+policy_type="tlsa").
+
 Credentials are sent only in AUTH and never logged; neither is message
 content.
 """
@@ -51,6 +59,7 @@ from .. import _core, maillog
 from ..config import Config
 from ..hops import RemoteHop
 from ..metrics import Metrics
+from . import dane
 from .base import DeliveryRequest, Outcome, Status, Target
 from .client import CHUNK, ClientConnection, Lost
 from .mtasts import Lookup, MtaSts, tls_level
@@ -63,12 +72,15 @@ QUIT_TIMEOUT = 5.0
 class _HostError(Exception):
     """This host cannot take the message now: try the next one (temporary)."""
 
-    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None, *, rpt: str = "") -> None:
+    def __init__(
+        self, enhanced: str, detail: str, reply: _core.Reply | None = None, *, rpt: str = "", counted: bool = False
+    ) -> None:
         super().__init__(detail)
         self.enhanced = enhanced
         self.detail = detail
         self.reply = reply
         self.rpt = rpt  # a TLS failure: RFC 8460's result type (starttls-not-supported, ...)
+        self.counted = counted  # ... already counted for TLS-RPT, under DANE (not again under MTA-STS)
 
 
 class Connection(ClientConnection):
@@ -82,6 +94,7 @@ class Connection(ClientConnection):
         self.esmtp = False
         self.tls = False
         self.tls_verified = False
+        self.dane = False  # DANE governed its TLS (and counted it for TLS-RPT)
         self.messages = 0
 
     @property
@@ -120,7 +133,10 @@ class SmtpAgent:
         self.cfg = cfg
         self.r = cfg.relay
         self.hostname = hostname
-        self.resolver = resolver or Resolver(cfg.dns, prefer=cfg.relay.address_preference)
+        self.resolver = resolver or Resolver(
+            cfg.dns, prefer=cfg.relay.address_preference, dnssec=cfg.dane.mode != "off"
+        )
+        self.metrics: Metrics | None = None  # set by the composition root: the TLS-RPT counter
         self.pool: ConnectionPool[Connection] = ConnectionPool()
         self._ctx_may = ssl.create_default_context()
         self._ctx_may.check_hostname = False
@@ -129,7 +145,6 @@ class SmtpAgent:
         self._ctx_verify = ssl.create_default_context(cafile=str(ca) if ca else None)
         # MTA-STS (deliver/mtasts.py) for delivery by MX; TLS-RPT figures go to ``metrics`` (set by the daemon)
         self.mtasts = MtaSts(cfg, self.resolver) if cfg.mta_sts.enabled else None
-        self.metrics: Metrics | None = None
         # figures for tests and metrics
         self.connections_opened = 0
 
@@ -157,6 +172,9 @@ class SmtpAgent:
         hop = targets[0].hop
         assert isinstance(hop, RemoteHop)
         async with self.pool.limit(hop.destination, self.r.destination_concurrency):
+            want = self.cfg.dane.mode != "off"
+            if getattr(self.resolver, "dnssec", want) != want:  # follows a reload (a resolver not ours: left be)
+                self.resolver.set_dnssec(want)
             try:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
@@ -235,15 +253,17 @@ class SmtpAgent:
         try:
             conn = await self._open(host, hop, level=level)
         except _HostError as e:
-            if not e.rpt:
-                raise  # no TLS session was tried (connect, greeting, EHLO): nothing to report
+            if not e.rpt or e.counted:
+                raise  # no TLS session was tried (connect, greeting, EHLO), or DANE governed and counted it
             self._tls_rpt(qid, sts, host.name, e.rpt, e.detail)
             if sts.enforced:
                 raise _HostError(e.enhanced, f"{e.detail} (MTA-STS policy of {sts.domain}: enforce)", e.reply) from None
             if level == hop.tls:
                 raise
             return await self._open(host, hop)  # testing (RFC 8461 5): deliver as without the policy
-        if policy is None and sts.failure:
+        if conn.dane:
+            pass  # DANE governed the session and counted it (policy_type tlsa)
+        elif policy is None and sts.failure:
             self._tls_rpt(qid, sts, host.name, sts.failure, sts.detail)
         elif conn.tls:
             self._tls_rpt(qid, sts, host.name, "", "")
@@ -265,7 +285,10 @@ class SmtpAgent:
             maillog.tls_rpt_failure(qid, sts.policy_type, sts.domain, mx_host, failure, detail)
 
     async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True, level: str = "") -> Connection:
+        """A connection to ``host``, at ``level`` (MTA-STS's, else the hop's), unless DANE governs it."""
         relay = f"{host.name}[{host.ip}]:{hop.port}"
+        level = level or hop.tls
+        policy = await self._dane_policy(host, hop, relay, level)  # the one place DANE chooses the TLS requirement
         stream = await self._connect(host, hop.port, relay)
         self.connections_opened += 1
         conn = Connection(stream, host, hop.port)
@@ -280,13 +303,16 @@ class SmtpAgent:
                 )
             stage = "sending EHLO"
             await self._hello(conn)
-            level = level or hop.tls
+            level = "dane" if policy is not None else level
             if level != "none" and tls and "STARTTLS" in conn.ext:
                 stage = "starting TLS"
                 try:
-                    await self._starttls(conn, level)
-                except _HostError:
-                    if level == "verify":
+                    await self._starttls(conn, level, policy)
+                except _HostError as e:
+                    if policy is not None:
+                        self._dane_rpt(relay, e.rpt or dane.VALIDATION_FAILURE, e.detail)
+                        e.counted = True
+                    if level in ("verify", "dane"):
                         raise
                     # opportunistic: a failed handshake is no reason not to deliver
                     await conn.close(quit=False)
@@ -298,6 +324,12 @@ class SmtpAgent:
                 raise _HostError(
                     "4.7.4", f"TLS is required, but was not offered by host {relay}", rpt="starttls-not-supported"
                 )
+            elif policy is not None:
+                detail = (
+                    f"TLS is required (DANE TLSA records at {policy.tlsa_name}), but was not offered by host {relay}"
+                )
+                self._dane_rpt(relay, dane.STARTTLS_NOT_SUPPORTED, detail)
+                raise _HostError("4.7.4", detail, rpt=dane.STARTTLS_NOT_SUPPORTED, counted=True)
             if hop.auth:
                 stage = "authenticating"
                 await self._auth(conn)
@@ -308,6 +340,34 @@ class SmtpAgent:
             await conn.close(quit=True)
             raise
         return conn
+
+    async def _dane_policy(self, host: Host, hop: RemoteHop, relay: str, level: str) -> dane.HostPolicy | None:
+        """DANE's word on this host: None when DANE does not govern it (TLS at
+        ``level``: the hop's, or MTA-STS's); raises _HostError to defer it.
+        DANE applies to MX hops only, and never where ``relay.tls_policy`` says
+        ``none``.  Where it governs, it overrides MTA-STS (RFC 8461 2: an
+        MTA-STS policy must not override a failing DANE validation)."""
+        if not hop.mx or hop.tls == "none" or self.cfg.dane.mode == "off":
+            return None
+        try:
+            policy = await dane.policy_for(self.resolver, self.cfg.dane.mode, host, hop.port, hop.domain)
+        except dane.DaneFailure as e:
+            self._dane_rpt(relay, e.failure, e.detail)
+            raise _HostError(e.enhanced, e.detail, rpt=e.failure, counted=True) from None
+        if policy is not None and not policy.authenticated and level == "verify":
+            return None  # TLSA records, none usable: "verify" asks more than DANE's "encrypt" would
+        return policy
+
+    def _dane_rpt(self, relay: str, failure: str, detail: str) -> None:
+        """One DANE-governed session's result for TLS-RPT (RFC 8460): the counter
+        (labelled as ``_tls_rpt`` labels MTA-STS's) and, for a failure, a log line."""
+        if self.metrics is not None:
+            if failure:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type="tlsa", result="failure", failure=failure)
+            else:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type="tlsa", result="success")
+        if failure:
+            maillog.tls_policy_failure(relay, "tlsa", failure, detail)
 
     async def _connect(self, host: Host, port: int, relay: str) -> trio.SocketStream:
         """A TCP connection to one address (the MX order is ours, so no Happy Eyeballs here)."""
@@ -350,18 +410,18 @@ class SmtpAgent:
             reply,
         )
 
-    async def _starttls(self, conn: Connection, level: str) -> None:
+    async def _starttls(self, conn: Connection, level: str, policy: dane.HostPolicy | None = None) -> None:
         reply = await conn.command("STARTTLS", self.r.command_timeout)
         if reply.code != 220:
             raise _HostError(
-                "4.7.4" if level == "verify" else enhanced_of(reply),
+                "4.7.4" if level in ("verify", "dane") else enhanced_of(reply),
                 f"host {conn.relay} refused STARTTLS: {show(reply)}",
                 reply,
                 rpt="starttls-not-supported",
             )
         verify = level == "verify"
         ctx = self._ctx_verify if verify else self._ctx_may
-        server_name: str | None = conn.host.name
+        server_name: str | None = conn.host.name  # under DANE: the TLSA base domain, RFC 7672 8.1
         if not verify and _is_ip(conn.host.name):
             server_name = None
         tls_stream = trio.SSLStream(conn.stream, ctx, server_hostname=server_name, https_compatible=False)
@@ -375,6 +435,20 @@ class SmtpAgent:
             raise _HostError(
                 "4.7.5", f"TLS handshake with {conn.relay} failed: {cause}", rpt=_rpt_result(cause)
             ) from None
+        if policy is not None and policy.authenticated:
+            verdict = dane.check(policy, tls_stream.getpeercert(binary_form=True), dane.peer_chain(tls_stream))  # fmt: skip
+            if verdict.matched is None:
+                conn.replace_stream(tls_stream)  # the QUIT that follows goes inside TLS, not in clear
+                raise _HostError(
+                    "4.7.5", f"DANE verification of {conn.relay} failed: {verdict.detail}", rpt=verdict.failure
+                )
+            maillog.relay_dane_verified(conn.relay, policy.tlsa_name, verdict.matched.text())
+            verify = True
+        elif policy is not None:
+            maillog.relay_dane_encrypt(conn.relay, policy.tlsa_name)
+        if policy is not None:
+            self._dane_rpt(conn.relay, "", "")
+            conn.dane = True
         conn.replace_stream(tls_stream)  # nothing the server sent in clear may count after the handshake
         conn.tls = True
         conn.tls_verified = verify
