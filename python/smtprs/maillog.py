@@ -391,6 +391,11 @@ def dkim_unsigned(qid: str, why: str) -> None:
     _line(INFO, "%s: not DKIM-signed: %s", qid, why)
 
 
+def auth_results(qid: str, summary: str, lookups: int, seconds: float) -> None:
+    """The inbound checks' results of one message (mailauth/inbound.py)."""
+    _line(INFO, "%s: authentication: %s (dns_lookups=%d, %.3fs)", qid, summary, lookups, seconds)
+
+
 def spool_problem(what: str) -> None:
     _line(WARNING, "spool: %s", what)
 
