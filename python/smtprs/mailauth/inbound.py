@@ -287,7 +287,10 @@ def check_dkim(lookups: Lookups, message: bytes, max_signatures: int) -> list[Re
             reason = "" if ok else "signature did not verify"
             result = "pass" if ok else "fail"
         except dkim.ValidationError as e:
-            result, reason = ("fail" if "body hash mismatch" in str(e) else "permerror"), str(e)
+            if "body hash mismatch" in str(e):
+                result, reason = "fail", "body hash mismatch"
+            else:
+                result, reason = "permerror", str(e)
         except dkim.DKIMException as e:
             result, reason = "permerror", f"{type(e).__name__}: {e}"
         except Exception as e:  # a malformed field dkimpy did not expect
