@@ -320,3 +320,38 @@ def test_spf_through_the_budget(black_hole: int) -> None:
         inbound._current.lookups = None
     assert (r.result, r.props["mailfrom"]) == ("temperror", "a.test")
     assert inbound.check_spf(lookups, "127.0.0.5", "", "").result == "none"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"A: b\r\n\r\nbody\r\nmore\r\n",
+        b"A: b\r\n folded\r\nC: d\r\n\r\n\r\nbody",
+        b"\r\nbody only\r\n",
+        b"A: b\r\n",
+        b"A: b",
+        b"",
+        b"A: b\nC: d\n\nbare LF body\n",
+        b"A: b\r\n\r\nmixed\nline ends\r\n",
+    ],
+)
+def test_parse_is_dkimpys(message: bytes) -> None:
+    assert inbound.parse(message) == tuple(dkim.rfc822_parse(message))
+
+
+@pytest.mark.parametrize(
+    "canon,length",
+    [((b"relaxed", b"relaxed"), False), ((b"relaxed", b"simple"), False), ((b"simple", b"relaxed"), True)],
+)
+def test_dkim_agrees_with_dkimpy_for_every_body_canonicalization(
+    rsa_key: tuple[bytes, str], canon: tuple[bytes, bytes], length: bool
+) -> None:
+    pem, txt = rsa_key
+    msg = b"From: a@a.test\r\nSubject: hi\r\n\r\nbody  with\tblanks \r\n\r\n\r\n"
+    sig = dkim.sign(msg, b"s", b"a.test", pem, include_headers=[b"from", b"subject"], canonicalize=canon, length=length)
+    lookups = TableLookups({"s._domainkey.a.test": [txt]})
+    for m in (sig + msg, sig + msg.replace(b"with", b"w1th"), sig + msg + b"appended\r\n"):
+        [r] = check_dkim(lookups, m, 5)  # type: ignore[arg-type]
+        ours = r.result == "pass"
+        theirs = dkim.verify(m, dnsfunc=lambda name, timeout=5: txt.encode())
+        assert ours == theirs, (canon, length, m, r)
