@@ -460,7 +460,9 @@ def test_too_large_for_dkim_is_neutral_never_rejected(quarantining: Server, keys
     assert auth_results(data) == (
         f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; "
         "dkim=neutral (message larger than mailauth.dkim_max_size: not verified); "
-        "arc=none (not verified: message too large); dmarc=none (message too large: From: not read)"
+        "arc=none (not verified: message too large); "
+        "dmarc=permerror (DKIM not verified: message larger than mailauth.dkim_max_size) header.from=good.test "
+        "policy.dmarc=reject"
     )
     assert not any(n == "X-Smtprs-Quarantine" for n, _ in header_fields(data))
 

@@ -237,9 +237,13 @@ def test_content_cap() -> None:
     m.feed(b"12345")
     assert m._data == bytearray(b"1234512345")
     m.feed(b"1")
-    assert m._data is None
+    assert m._data is None and m._header is None  # the header's end was not seen
     m.feed(b"more")
     assert m._data is None
+    m = c.start("127.0.0.1", "a@a.test", "h.test")
+    m.feed(b"A: b\r\n\r\nbody")
+    m.feed(b"more body")
+    assert m._data is None and m._header == b"A: b\r\n"
 
 
 # -- DKIM with a table of keys ------------------------------------------------------------------------

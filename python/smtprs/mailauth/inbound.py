@@ -476,9 +476,10 @@ class Checker:
     def start(self, ip: str, sender: str, helo: str) -> MessageCheck:
         return MessageCheck(self, ip, sender, helo)
 
-    def evaluate(self, message: bytes | None, ip: str, sender: str, helo: str) -> Verdict:
+    def evaluate(self, message: bytes | None, ip: str, sender: str, helo: str, header: bytes | None = None) -> Verdict:
         """Every check of one message (synchronous: a worker thread's job).
-        ``message`` None: larger than dkim_max_size, DKIM and ARC not verified."""
+        ``message`` None: larger than dkim_max_size, DKIM and ARC not verified;
+        ``header`` is then its header block, if it was seen (for DMARC's From:)."""
         m = self.cfg
         started = time.monotonic()
         lookups = Lookups(self.resolver, m.dns_budget, m.max_lookups, min(self.per_lookup, m.dns_budget))
@@ -508,11 +509,15 @@ class Checker:
                 dkims = [Result("dkim", "none")]
             arc_r = check_arc(lookups, parsed) if has_arc else Result("arc", "none")
         else:
+            try:
+                header_from = from_domain([(n, v) for n, v in parse(header)[0]]) if header is not None else None
+            except Exception:
+                header_from = None
             dkims = [Result("dkim", "neutral", "message larger than mailauth.dkim_max_size: not verified")]
             arc_r = Result("arc", "none", "not verified: message too large")
         dmarc_r = check_dmarc(lookups, header_from, spf_r, dkims, message is None)
-        if message is None and header_from is None:
-            dmarc_r = Result("dmarc", "none", "message too large: From: not read")
+        if message is None and header is None:
+            dmarc_r = Result("dmarc", "none", "header block larger than mailauth.dkim_max_size: not read")
         results = [spf_r, *dkims, *([arc_r] if has_arc or message is None else []), dmarc_r]
         verdict = Verdict(results, self.field(results), lookups=lookups.count)
         self._policy(verdict, spf_r, dmarc_r)
@@ -566,17 +571,23 @@ class MessageCheck:
         self.checker = checker
         self.ip, self.sender, self.helo = ip, sender, helo
         self._data: bytearray | None = bytearray()
+        self._header: bytes | None = None  # the header block, kept when the rest was dropped
         self._cap = checker.cfg.dkim_max_size
 
     def feed(self, data: bytes) -> None:
         buf = self._data
         if buf is None:
             return
-        if len(buf) + len(data) > self._cap:
-            self._data = None  # beyond the cap: not verified (dkim=neutral), memory freed at once
-            return
         buf += data
+        if len(buf) > self._cap:
+            # beyond the cap: DKIM and ARC not verified (dkim=neutral), the
+            # content freed at once; the header block is kept for DMARC's From:
+            i = 0 if buf.startswith(b"\r\n") else buf.find(b"\r\n\r\n") + 2
+            self._header = bytes(buf[:i]) if i >= 2 else None
+            self._data = None
 
     def evaluate(self) -> Verdict:
         data, self._data = self._data, None
-        return self.checker.evaluate(None if data is None else bytes(data), self.ip, self.sender, self.helo)
+        message = None if data is None else bytes(data)
+        del data
+        return self.checker.evaluate(message, self.ip, self.sender, self.helo, self._header)
