@@ -15,6 +15,7 @@ import re
 import shutil
 import smtplib
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .harness import DOMAIN, HOSTNAME, Server, maildir_files
+from .harness import DOMAIN, HOSTNAME, Server, maildir_files, smtprs_command
 from .peers import Dnsmasq
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +65,10 @@ def keys() -> dict[str, Any]:
     other_key, _ = _rsa()
     ed_key, ed_txt = _ed25519()
     arc_key, arc_txt = _rsa()
+    ours_key, ours_txt = _rsa()  # smtprs's own signer's key (a PKCS#8 PEM file, as keygen writes)
     return {
+        "ours": ours_key,
+        "ours_txt": ours_txt,
         "rsa": rsa_key,
         "rsa_txt": rsa_txt,
         "wrong": other_key,
@@ -97,6 +101,9 @@ def dnsserver(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) ->
         _txt("_dmarc.baddmarc.test", "v=DMARC1; p"),
         _txt("relay.test", f"v=spf1 ip4:{GOOD_IP} -all"),
         _txt("arc._domainkey.relay.test", keys["arc_txt"]),
+        _txt("sign.test", "v=spf1 ip4:127.0.0.1 -all"),
+        _txt("smtprs._domainkey.sign.test", keys["ours_txt"]),
+        _txt("_dmarc.sign.test", "v=DMARC1; p=reject; adkim=s; aspf=s"),
         f"--server=/slow.test/127.0.0.1#{hole}",
     ]
     server = Dnsmasq(tmp_path_factory.mktemp("dns"), records).start()
@@ -484,3 +491,68 @@ def test_arc_sealed_message_verifies(accepting: Server, keys: dict[str, Any]) ->
     msg2 = broken.replace(token.encode(), (token + "b").encode())
     ar = check(accepting, msg2, token + "b", "bob@good.test")
     assert "; arc=fail (" in ar, ar
+
+
+# -- BDAT, and smtprs's own signer into the checks --------------------------------------------
+def test_bdat_message_is_checked(accepting: Server, keys: dict[str, Any]) -> None:
+    extra = f"Authentication-Results: {HOSTNAME}; dmarc=pass\r\n"
+    msg, token = message("bob@good.test", extra=extra)
+    signed = sign(msg, "rsa", keys["rsa"])
+    with accepting.connect(source=GOOD_IP) as c:
+        c.expect("EHLO client.test", 250)
+        c.expect("MAIL FROM:<bob@good.test>", 250)
+        c.expect(f"RCPT TO:<{RCPT}>", 250)
+        half = len(signed) // 2
+        c.send(b"BDAT %d\r\n" % half + signed[:half])
+        assert c.reply().code == 250
+        c.send(b"BDAT %d LAST\r\n" % (len(signed) - half) + signed[half:])
+        r = c.reply()
+        assert r.code == 250, r
+    data = delivered(accepting, token)
+    assert auth_results(data) == (
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; "
+        "dkim=pass header.d=good.test header.a=rsa-sha256 header.s=rsa; "
+        "dmarc=pass header.from=good.test policy.dmarc=reject"
+    )
+
+
+def test_mail_signed_by_smtprs_passes_smtprs_checks(
+    tmp_path: Path, accepting: Server, keys: dict[str, Any], dnsserver: Dnsmasq
+) -> None:
+    """A submission listener of one smtprs signs (dkim.keys) and relays to the
+    mx listener of another, which checks: strict DMARC alignment passes on both."""
+    key_file = tmp_path / "ours.pem"
+    key_file.write_bytes(keys["ours"])
+    key_file.chmod(0o600)
+    users = tmp_path / "users"
+    p = subprocess.run(
+        [*smtprs_command(), "passwd", "add", "alice@sign.test", "--stdin", "--file", str(users)],
+        input="signer password 1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    signer = Server(
+        tmp_path / "signer",
+        {
+            "local": {"domains": ["signer.test"]},
+            "smtpd": {"auth": {"users_file": str(users), "allow_plaintext": True}},
+            "relay": {"transport": {DOMAIN: f"[127.0.0.1]:{accepting.port}"}},
+            "dkim": {"keys": [{"domain": "sign.test", "selector": "smtprs", "key_file": str(key_file)}]},
+        },
+        modes=("submission",),
+    ).start()
+    try:
+        msg, token = message("alice@sign.test")
+        with smtplib.SMTP("127.0.0.1", signer.ports["submission"], timeout=30) as c:
+            c.login("alice@sign.test", "signer password 1")
+            c.sendmail("alice@sign.test", [RCPT], msg)
+        ar = auth_results(delivered(accepting, token))
+    finally:
+        signer.stop()
+    assert ar == (
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=sign.test; "
+        "dkim=pass header.d=sign.test header.a=rsa-sha256 header.s=smtprs; "
+        "dmarc=pass header.from=sign.test policy.dmarc=reject"
+    )

@@ -51,14 +51,15 @@ import dns.rdatatype
 import dns.resolver
 import publicsuffix2  # type: ignore[import-untyped]
 import spf  # type: ignore[import-untyped]
+import trio
 from authheaders import dmarc_lookup  # type: ignore[import-untyped]
 
-from .. import _threads
 from ..config import Config, Dns
 from . import results as ar
 from .canon import relaxed_body_hash
 from .dkim import from_domain
 
+MAX_THREADS = 32  # messages checked at once per worker process
 MAX_TXT = 8192  # octets in one name's TXT records (a DKIM RSA-4096 key is ~800)
 _quiet = logging.getLogger("smtprs.mailauth.libraries")  # dkimpy logs every failure at ERROR: not ours to print
 _quiet.addHandler(logging.NullHandler())
@@ -468,6 +469,7 @@ class Checker:
         self.authserv_id = (m.authserv_id or hostname).lower().rstrip(".")
         self.resolver = resolver or make_resolver(cfg.dns)
         self.per_lookup = cfg.dns.timeout
+        self._limiter: trio.CapacityLimiter | None = None
 
     @classmethod
     def for_config(cls, cfg: Config, hostname: str) -> Checker | None:
@@ -525,7 +527,19 @@ class Checker:
         return verdict
 
     async def run(self, check: MessageCheck) -> Verdict:
-        return await _threads.run_sync(lambda: check.evaluate())
+        """``check.evaluate()`` in a worker thread: at most MAX_THREADS messages
+        of this worker at once (their threads mostly wait for DNS), the rest
+        wait for a slot.  Trio's ``to_thread`` rather than ``_threads.run_sync``:
+        the latter has no limiter, as its callers run one batch at a time.  An
+        exception in the libraries gives temperror results, never a lost message."""
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(MAX_THREADS)
+        try:
+            return await trio.to_thread.run_sync(check.evaluate, limiter=self._limiter)
+        except Exception as e:  # pragma: no cover - each check catches its own
+            why = f"internal error: {type(e).__name__}"
+            results = [Result(m, "temperror", why) for m in ("spf", "dkim", "dmarc")]
+            return Verdict(results, self.field(results))
 
     def field(self, results: list[Result]) -> bytes:
         objs: list[object] = []
