@@ -102,6 +102,10 @@ def dnsserver(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) ->
         _txt("relay.test", f"v=spf1 ip4:{GOOD_IP} -all"),
         _txt("arc._domainkey.relay.test", keys["arc_txt"]),
         _txt("sign.test", "v=spf1 ip4:127.0.0.1 -all"),
+        # a TXT answer of ~10 KB (over TCP: too big for UDP), and an include loop
+        _txt("big.test", "v=spf1 " + " ".join(f"ip4:10.{i // 250}.{i % 250}.0/24" for i in range(600)) + " -all"),
+        _txt("loop.test", "v=spf1 include:loop2.test -all"),
+        _txt("loop2.test", "v=spf1 include:loop.test -all"),
         _txt("smtprs._domainkey.sign.test", keys["ours_txt"]),
         _txt("_dmarc.sign.test", "v=DMARC1; p=reject; adkim=s; aspf=s"),
         f"--server=/slow.test/127.0.0.1#{hole}",
@@ -424,6 +428,17 @@ def test_unparseable_records_are_permerror(accepting: Server) -> None:
         r"spf=pass smtp.mailfrom=baddmarc.test; dkim=none; dmarc=permerror \(DMARC record: [^)]+\) header.from=baddmarc.test$",
         ar,
     ), ar
+
+
+def test_too_big_answer_and_include_loop_are_permerror(accepting: Server) -> None:
+    msg, token = message("x@big.test")
+    ar = check(accepting, msg, token, "x@big.test")
+    assert ar.startswith(
+        f"{HOSTNAME}; spf=permerror (SPF Permanent Error: TXT answer for big.test larger than 8192 octets) smtp.mailfrom=big.test;"
+    ), ar
+    msg, token = message("x@loop.test")
+    ar = check(accepting, msg, token, "x@loop.test", source=OTHER_IP)
+    assert re.match(rf"{HOSTNAME}; spf=permerror \([^)]+\) smtp.mailfrom=loop.test; dkim=none; dmarc=none", ar), ar
 
 
 # -- DNS timeout -----------------------------------------------------------------------------

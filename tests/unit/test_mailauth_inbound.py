@@ -16,6 +16,8 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtprs.config import Config, Dns
 from smtprs.mailauth import inbound
@@ -359,3 +361,30 @@ def test_dkim_agrees_with_dkimpy_for_every_body_canonicalization(
         ours = r.result == "pass"
         theirs = dkim.verify(m, dnsfunc=lambda name, timeout=5: txt.encode())
         assert ours == theirs, (canon, length, m, r)
+
+
+FIELD_LINES = st.sampled_from(
+    [
+        b"Authentication-Results: mx.test; dkim=pass\r\n",
+        b"authentication-results:(c)MX.TEST;none\r\n",
+        b"Authentication-Results: other.test; spf=fail\r\n",
+        b" folded continuation\r\n",
+        b"\tmx.test;\r\n",
+        b"Subject: mx.test\r\n",
+        b"X-Smtprs-Quarantine: x\r\n",
+        b"garbage without colon\r\n",
+        b"Authentication-Results:\r\n",
+        b"\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(FIELD_LINES | st.binary(max_size=40), max_size=30))
+def test_strip_ours_on_any_header(lines: list[bytes]) -> None:
+    header = b"".join(lines)
+    out, n = ar.strip_ours(header, "mx.test")
+    assert n >= 0 and len(out) <= len(header)
+    assert ar.strip_ours(out, "mx.test")[1] == 0  # nothing of ours is left
+    if n == 0:
+        assert out == header
