@@ -17,6 +17,7 @@ import smtplib
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .harness import DOMAIN, HOSTNAME, Server, maildir_files, smtprs_command
-from .peers import Dnsmasq
+from .peers import Dnsmasq, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,8 @@ GOOD_IP = "127.0.0.5"  # listed in the SPF records
 OTHER_IP = "127.0.0.6"  # not listed
 RCPT = f"inbox@{DOMAIN}"
 BUDGET = 2.0  # mailauth.dns_budget of the servers
-DNS_TIMEOUT = 5.0  # dns.timeout: without the budget, one slow lookup alone would take this long
+DNS_TIMEOUT = 5.0
+METRICS_PORT = free_port()  # dns.timeout: without the budget, one slow lookup alone would take this long
 
 
 def _rsa() -> tuple[bytes, str]:
@@ -118,9 +120,10 @@ def dnsserver(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) ->
         black_hole.close()
 
 
-def _server(base: Path, dnsserver: Dnsmasq, mailauth: dict[str, Any]) -> Server:
+def _server(base: Path, dnsserver: Dnsmasq, mailauth: dict[str, Any], **more: Any) -> Server:
     dns = {**dnsserver.config(), "timeout": DNS_TIMEOUT}
     overrides = {
+        **more,
         "local": {"users": ["inbox"]},
         "dns": dns,
         "mailauth": {"enabled": True, "dns_budget": BUDGET, **mailauth},
@@ -146,6 +149,7 @@ def rejecting(tmp_path_factory: pytest.TempPathFactory, dnsserver: Dnsmasq) -> I
             "dmarc": {"reject_policy": "reject"},
             "spf": {"fail_policy": "reject", "temperror_policy": "defer"},
         },
+        metrics={"enabled": True, "address": f"127.0.0.1:{METRICS_PORT}"},
     )
     try:
         yield srv
@@ -571,3 +575,33 @@ def test_mail_signed_by_smtprs_passes_smtprs_checks(
         "dkim=pass header.d=sign.test header.a=rsa-sha256 header.s=smtprs; "
         "dmarc=pass header.from=sign.test policy.dmarc=reject"
     )
+
+
+def scrape() -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    }
+
+
+def test_results_and_actions_are_counted(rejecting: Server, keys: dict[str, Any]) -> None:
+    before = scrape()
+    msg, _ = message("ceo@good.test")
+    assert send(rejecting, msg, "spam@elsewhere.test", source=OTHER_IP)[0] == 550
+    msg, token = message("bob@good.test")
+    assert send(rejecting, sign(msg, "rsa", keys["rsa"]), "bob@good.test")[0] == 250
+    delivered(rejecting, token)
+    after = scrape()
+
+    def delta(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta('smtprs_mailauth_actions_total{action="rejected"}') == 1
+    assert delta('smtprs_mailauth_actions_total{action="accepted"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="dmarc",result="fail"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="dmarc",result="pass"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="dkim",result="pass"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="spf",result="none"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="spf",result="pass"}') == 1
