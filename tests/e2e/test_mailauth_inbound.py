@@ -539,7 +539,8 @@ def test_mail_signed_by_smtprs_passes_smtprs_checks(
     tmp_path: Path, accepting: Server, keys: dict[str, Any], dnsserver: Dnsmasq
 ) -> None:
     """A submission listener of one smtprs signs (dkim.keys) and relays to the
-    mx listener of another, which checks: strict DMARC alignment passes on both."""
+    mx listener of another, which checks: strict DMARC alignment passes on both.
+    The signer has the checks on too, but a submission listener is not checked."""
     key_file = tmp_path / "ours.pem"
     key_file.write_bytes(keys["ours"])
     key_file.chmod(0o600)
@@ -559,6 +560,8 @@ def test_mail_signed_by_smtprs_passes_smtprs_checks(
             "smtpd": {"auth": {"users_file": str(users), "allow_plaintext": True}},
             "relay": {"transport": {DOMAIN: f"[127.0.0.1]:{accepting.port}"}},
             "dkim": {"keys": [{"domain": "sign.test", "selector": "smtprs", "key_file": str(key_file)}]},
+            "dns": dnsserver.config(),
+            "mailauth": {"enabled": True, "authserv_id": "signer.test"},
         },
         modes=("submission",),
     ).start()
@@ -567,9 +570,11 @@ def test_mail_signed_by_smtprs_passes_smtprs_checks(
         with smtplib.SMTP("127.0.0.1", signer.ports["submission"], timeout=30) as c:
             c.login("alice@sign.test", "signer password 1")
             c.sendmail("alice@sign.test", [RCPT], msg)
-        ar = auth_results(delivered(accepting, token))
+        data = delivered(accepting, token)
+        ar = auth_results(data)
     finally:
         signer.stop()
+    assert b"signer.test" not in data and b"authentication: " not in signer.log().encode()
     assert ar == (
         f"{HOSTNAME}; spf=pass smtp.mailfrom=sign.test; "
         "dkim=pass header.d=sign.test header.a=rsa-sha256 header.s=smtprs; "
