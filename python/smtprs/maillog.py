@@ -434,6 +434,11 @@ def tls_rpt_failure(qid: str, policy_type: str, domain: str, mx_host: str, resul
     )
 
 
+def auth_results(qid: str, summary: str, lookups: int, seconds: float) -> None:
+    """The inbound checks' results of one message (mailauth/inbound.py)."""
+    _line(INFO, "%s: authentication: %s (dns_lookups=%d, %.3fs)", qid, summary, lookups, seconds)
+
+
 def spool_problem(what: str) -> None:
     _line(WARNING, "spool: %s", what)
 

@@ -54,6 +54,15 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "Messages eligible for DKIM signing (authenticated or trusted client, keys configured), by result: "
         "signed, or unsigned (no key for the From: domain, no single From: domain, or an error; the log says which).",
     ),
+    "smtprs_mailauth_results_total": (
+        "counter",
+        "Inbound authentication results on mx listeners (mailauth.enabled), by method (spf, dkim, arc, dmarc) and "
+        "RFC 8601 result (pass, fail, softfail, neutral, none, temperror, permerror); one per DKIM signature.",
+    ),
+    "smtprs_mailauth_actions_total": (
+        "counter",
+        "What the inbound authentication policy did to a message: accepted, quarantine-header, rejected (5xx) or deferred (4xx).",
+    ),
     "smtprs_messages_accepted_total": (
         "counter",
         "Messages accepted and queued (250 after the data), by listener mode.",

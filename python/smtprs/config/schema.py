@@ -501,6 +501,71 @@ class MtaSts:
 
 
 @dataclass(frozen=True)
+class MailauthSpf:
+    """What an SPF result does (RFC 7208 8; replies per RFC 7372)."""
+
+    fail_policy: Literal["accept", "reject"] = _f(
+        "accept",
+        "`accept` (record spf=fail in Authentication-Results only) or `reject` (550 5.7.23 after the data). "
+        "softfail, neutral, none and permerror never reject.",
+    )
+    temperror_policy: Literal["accept", "defer"] = _f(
+        "accept",
+        "`accept` (record spf=temperror only) or `defer` (451 4.7.24: the client tries again later).",
+    )
+
+
+@dataclass(frozen=True)
+class MailauthDmarc:
+    """What a DMARC result does (RFC 7489 6.6.4, 10.3 and 7.3 of the receiver's choice)."""
+
+    reject_policy: Literal["accept", "quarantine-header", "reject"] = _f(
+        "accept",
+        "For a DMARC failure of a domain publishing p=reject: `accept` (record dmarc=fail only), "
+        "`quarantine-header` (accept, adding `X-Smtprs-Quarantine:` for a Sieve rule to file it into Junk), "
+        "or `reject` (550 5.7.1 after the data). A p=quarantine failure is never rejected: it gets the header "
+        "unless this is `accept`.",
+    )
+
+
+@dataclass(frozen=True)
+class Mailauth:
+    """Inbound message authentication on `mx` listeners: SPF, DKIM, ARC and DMARC, recorded in one Authentication-Results field (RFC 8601)."""
+
+    enabled: bool = _f(
+        False,
+        "Check mail received on `mx` listeners (not submission or LMTP; not from authenticated clients). "
+        "Off by default, as Postfix without a milter: every message then costs DNS lookups.",
+    )
+    authserv_id: str = _f(
+        "", "The authserv-id of our Authentication-Results field (RFC 8601 2.5); empty for the server's hostname."
+    )
+    dns_budget: float = _f(
+        10.0,
+        "Seconds all of one message's DNS lookups may take together (each also bounded by dns.timeout); "
+        "past it the unfinished checks give temperror.",
+        min=0.001,
+    )
+    max_lookups: int = _f(
+        40,
+        "DNS lookups per message, all checks together (SPF's own limit of 10 DNS mechanisms, RFC 7208 4.6.4, applies within); "
+        "past it the unfinished checks give temperror.",
+        min=1,
+    )
+    dkim_max_size: int = _f(
+        8 * 1024 * 1024,
+        "Largest message (octets) whose DKIM signatures and ARC chain are verified; the content is kept in memory "
+        "up to this size for the verifier. Larger: dkim=neutral, and a DMARC result that needed DKIM is permerror (never rejected).",
+        min=1,
+    )
+    max_signatures: int = _f(
+        5, "DKIM signatures verified per message (the topmost); further ones are reported as neutral.", min=1
+    )
+    spf: MailauthSpf = _f(MailauthSpf(), "SPF policy.")
+    dmarc: MailauthDmarc = _f(MailauthDmarc(), "DMARC policy.")
+
+
+@dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
 
@@ -561,6 +626,7 @@ class Config:
     dkim: Dkim = _f(Dkim(), "DKIM signing.")
     mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")
     dane: Dane = _f(Dane(), "DANE for outbound SMTP.")
+    mailauth: Mailauth = _f(Mailauth(), "Inbound message authentication (SPF, DKIM, ARC, DMARC).")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(
