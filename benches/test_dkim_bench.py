@@ -1,5 +1,5 @@
-"""DKIM signing (smtprs.mailauth): messages/s for 1 KiB and 100 KiB messages,
-RSA-2048 and Ed25519.
+"""DKIM signing and verification (smtprs.mailauth): messages/s for 1 KiB and
+100 KiB messages, RSA-2048 and Ed25519.
 
 Run with ``python -m pytest benches/test_dkim_bench.py --benchmark-only``.
 
@@ -9,6 +9,9 @@ Run with ``python -m pytest benches/test_dkim_bench.py --benchmark-only``.
   ``extra_info`` gives messages/s and the body hash's share.
 * ``test_sign_async``: 50 1 KiB messages signed as the server signs them
   (``MessageSigner.signature``, on the event loop's thread), in one trio run.
+* ``test_verify``: the inbound check's DKIM verification of one message
+  signed by ``test_sign``'s path (``mailauth.inbound.check_dkim``: dkimpy over
+  the whole message, its key from a local table, no network); messages/s.
 * ``test_body_hash``: the streaming relaxed body hash alone, MB/s, over 1 MiB
   of plain text (single spaces: the fast scans find nothing to change) and of
   the worst kind (every line with a tab, double blanks and trailing blanks).
@@ -25,6 +28,7 @@ from smtprs import config
 from smtprs.mailauth import keys
 from smtprs.mailauth.canon import RelaxedBodyHash
 from smtprs.mailauth.dkim import Signer
+from smtprs.mailauth.inbound import check_dkim
 
 HEADER = (
     b"From: Alice <alice@bench.test>\r\nTo: Bob <bob@elsewhere.test>\r\nSubject: DKIM benchmark\r\n"
@@ -45,9 +49,13 @@ def message(size: int) -> bytes:
 
 @pytest.fixture(scope="module", params=["rsa-sha256", "ed25519-sha256"], ids=["rsa2048", "ed25519"])
 def signer(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Signer:
-    algorithm = request.param
+    return make_signer(request.param, tmp_path_factory)[0]
+
+
+def make_signer(algorithm: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Signer, str]:
+    """A signer for bench.test (selector s) and its key's TXT record."""
     d = tmp_path_factory.mktemp("dkimkeys")
-    pem, _ = keys.generate(algorithm, 2048)
+    pem, key = keys.generate(algorithm, 2048)
     keys.write_private(d / "k.pem", pem)
     cfg = config.load(
         None,
@@ -58,7 +66,7 @@ def signer(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Signer:
     )
     s = Signer.for_config(cfg)
     assert s is not None
-    return s
+    return s, keys.txt_value(key)
 
 
 def sign_once(signer: Signer, msg: bytes) -> bytes:
@@ -99,6 +107,35 @@ def test_sign_async(benchmark: Any, signer: Signer) -> None:
 
     benchmark.pedantic(trio.run, args=(run,), rounds=10, warmup_rounds=1)
     rate(benchmark, n)
+
+
+class TableLookups:
+    """The key from a table: verification without the network."""
+
+    per_lookup = 5.0
+
+    def __init__(self, records: dict[str, bytes]) -> None:
+        self.records = records
+
+    def txt(self, name: str) -> list[bytes]:
+        r = self.records.get(name)
+        return [r] if r is not None else []
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"], ids=["rsa2048", "ed25519"])
+@pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
+def test_verify(benchmark: Any, tmp_path_factory: pytest.TempPathFactory, algorithm: str, size: str) -> None:
+    signer, txt = make_signer(algorithm, tmp_path_factory)
+    msg = message(SIZES[size])
+    signed = sign_once(signer, msg) + msg
+    lookups = TableLookups({"s._domainkey.bench.test": txt.encode()})
+
+    def verify() -> None:
+        [r] = check_dkim(lookups, signed, 5)  # type: ignore[arg-type]
+        assert r.result == "pass", r
+
+    benchmark.pedantic(verify, rounds=200 if size == "1KiB" else 100, warmup_rounds=5)
+    rate(benchmark)
 
 
 @pytest.mark.parametrize("kind", ["plain", "worst"])

@@ -14,6 +14,12 @@
 #   fetchmail      a POP3 client of the mailbox tests
 #   opendkim-tools opendkim-testmsg, OpenDKIM's verifier: the DKIM tests check
 #                  smtprs's signatures with it (no OpenDKIM service is set up)
+#   unbound        the validating resolver of the DANE tests (tests/e2e/dnssec.py):
+#                  each test runs its own unbound (own config, port, pid file,
+#                  no chroot); the package's system service is not started
+#                  (policy-rc.d below) and never used
+#   ldnsutils      ldns-keygen and ldns-signzone, which sign the DANE tests'
+#                  DNS zones (DNSSEC, NSEC)
 #   iproute2       `ip`, which brings up loopback in the network namespace where
 #                  the DKIM tests run opendkim-testmsg against a private dnsmasq
 #   libnet-ssleay-perl  swaks's TLS (--tls, --tls-on-connect) for the submission
@@ -49,6 +55,8 @@ if [ "$what" != build ]; then
     done
     command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
     command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
+    command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || missing+=(unbound)
+    command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
     command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)  # libFuzzer (cargo fuzz) compiles C++
@@ -98,7 +106,7 @@ else
         # smtp-sink only: no mail system configured, so no MTA starts on port 25
         echo "postfix postfix/main_mailer_type select No configuration" | "${SUDO[@]}" debconf-set-selections
     fi
-    # Installing Dovecot would start the system's Dovecot on ports 110/143;
+    # Installing Dovecot (or unbound) would start the system's service (ports 110/143, 53);
     # the tests run their own.  policy-rc.d (exit 101) tells the packages'
     # scripts not to start services, for the duration of this install only.
     policy=/usr/sbin/policy-rc.d

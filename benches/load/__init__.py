@@ -33,6 +33,15 @@ batched Maildir delivery, with nothing else.  It is not an MTA; its msgs/s is
 the most a server built on Trio sessions can reach on the machine, so the
 targets table can say which targets are within reach of the design at all.
 
+Two more modes, smtprs only and only when asked for (``--modes
+durable,durable-dkim-rsa,durable-dkim-ed25519``), measure DKIM signing: the
+durable configuration with ``relay.trusted_networks = ["127.0.0.0/8"]`` and a
+``[[dkim.keys]]`` entry (RSA-2048 or Ed25519, made by ``smtprs dkim keygen``)
+for the load's From: domain, so every message is signed before its 250.
+After each window up to 20 delivered messages are checked (a DKIM-Signature
+field, and dkimpy's verification with the published key), and results.md
+sets signing on beside off in a table of its own.
+
 Load: Postfix's ``smtp-source`` (C, cheap; one message per connection, HELO,
 MAIL, RCPT, DATA, QUIT; ``-c`` prints a counter after each 250, read here with
 timestamps).  Throughput is counted over a window after a warm-up.

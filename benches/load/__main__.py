@@ -40,7 +40,7 @@ from .driver import run_one  # noqa: E402
 from .procs import NCPU, PAGE, STARTED  # noqa: E402
 from .report import progress_line, write_outputs  # noqa: E402
 from .servers import SERVER_CLASSES, Server, run_text, smtprs_env  # noqa: E402
-from .settings import MODES, RESULTS, SERVERS, SMTP_SOURCE, Settings  # noqa: E402
+from .settings import DEFAULT_MODES, MODES, RESULTS, SERVERS, SMTP_SOURCE, Settings  # noqa: E402
 
 
 def invocation() -> list[str]:
@@ -101,7 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output directory (default: benches/results/<date>-<time>)")
     p.add_argument("--rounds", type=int, help="rounds (default 3; --quick 1)")
     p.add_argument("--servers", help=f"comma-separated subset of {','.join(SERVERS)}")
-    p.add_argument("--modes", help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument(
+        "--modes",
+        help=f"comma-separated subset of {','.join(MODES)} (default {','.join(DEFAULT_MODES)}; "
+        "the durable-dkim-* modes are smtprs's durable mode with DKIM signing on: run them with durable "
+        "for the table of signing on beside off)",
+    )
     p.add_argument("--sizes", help="comma-separated payload sizes in octets (default 1024,102400)")
     p.add_argument("--concurrency", help="comma-separated session counts (default 1,10,50)")
     p.add_argument("--window", type=float, help="seconds counted per sink/durable run (default 10; --quick 2)")

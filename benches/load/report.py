@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .settings import MODE_TITLES, MODES, SERVERS, size_label
+from .settings import DKIM_MODES, MODE_TITLES, MODES, SERVERS, size_label
 from .targets import targets_table
 
 CHART = "msgs_per_s.png"
@@ -31,7 +31,7 @@ def median_min_max(values: list[float]) -> tuple[float, float, float] | None:
 METRICS = (
     "msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "peak_pss_mb", "server_cpu_us_per_msg",
     "accepted_per_s", "delivered_per_s", "client_cores", "other_cores", "server_cores", "records_per_fdatasync",
-    "msgs_per_next_hop_session",
+    "msgs_per_next_hop_session", "dkim_signed_share", "dkim_verified_share",
 )  # fmt: skip
 
 
@@ -176,6 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(
                 f"| {r['mode']} | {size_label(r['size'])} | {r['concurrency']} | {cell(r, 'records_per_fdatasync')} |"
             )
+    out += dkim_section(summary)
     tt = targets_table(summary)
     if tt:
         out += ["", "## Targets of issues 4 and 13", ""] + tt
@@ -188,6 +189,47 @@ def markdown(results: dict[str, Any]) -> str:
                     f"- {r['mode']} {size_label(r['size'])} c={r['concurrency']} {r['server']}: {e.splitlines()[0][:300]}"
                 )
     return "\n".join(out) + "\n"
+
+
+def dkim_section(summary: list[dict[str, Any]]) -> list[str]:
+    """smtprs's durable cells with DKIM signing beside the same cells without."""
+    rows = [r for r in summary if r["server"] == "smtprs" and r["mode"] in DKIM_MODES]
+    if not rows:
+        return []
+    by_key = {(r["mode"], r["size"], r["concurrency"]): r for r in summary if r["server"] == "smtprs"}
+    out = ["", "## DKIM signing on beside off (smtprs, durable)", ""]
+    out.append(
+        "Same run, same settings; signed: the load from relay.trusted_networks, its From: domain with a key. "
+        "Signed / verified: of up to 20 delivered messages per run, the share with a DKIM-Signature field and "
+        "the share dkimpy verifies with the published key."
+    )
+    out.append("")
+    out.append(
+        "| size | conc | signing | msgs/s | × unsigned | p50 ms | p99 ms | server CPU µs/msg | + µs/msg | signed | verified |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, conc in sorted({(r["size"], r["concurrency"]) for r in rows}):
+        base = by_key.get(("durable", size, conc))
+        if base is not None:
+            out.append(
+                f"| {size_label(size)} | {conc} | off | {cell(base, 'msgs_per_s', True)} | 1 | {cell(base, 'p50_ms')} | "
+                f"{cell(base, 'p99_ms')} | {cell(base, 'server_cpu_us_per_msg')} | – | – | – |"
+            )
+        for mode in DKIM_MODES:
+            r = by_key.get((mode, size, conc))
+            if r is None:
+                continue
+            ratio = plus = "–"
+            if base is not None and "msgs_per_s" in base and "msgs_per_s" in r and base["msgs_per_s"]["median"] > 0:
+                ratio = f"{r['msgs_per_s']['median'] / base['msgs_per_s']['median']:.2f}"
+            if base is not None and "server_cpu_us_per_msg" in base and "server_cpu_us_per_msg" in r:
+                plus = fmt_num(r["server_cpu_us_per_msg"]["median"] - base["server_cpu_us_per_msg"]["median"])
+            out.append(
+                f"| {size_label(size)} | {conc} | {DKIM_MODES[mode]} | {cell(r, 'msgs_per_s', True)} | {ratio} | "
+                f"{cell(r, 'p50_ms')} | {cell(r, 'p99_ms')} | {cell(r, 'server_cpu_us_per_msg')} | {plus} | "
+                f"{cell(r, 'dkim_signed_share')} | {cell(r, 'dkim_verified_share')} |"
+            )
+    return out
 
 
 def chart(results: dict[str, Any], path: Path) -> bool:

@@ -30,7 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from .procs import STARTED, descendants, follow_counter, kill_pids, pid_alive, scan_proc, stop_started, wait_gone
-from .settings import DOMAIN, HELPERS, MODES, PEER_LABEL, POSTCONF, POSTFIX, SMTP_SINK, Settings
+from .settings import (
+    BASE_MODES,
+    DKIM_MODES,
+    DOMAIN,
+    HELPERS,
+    MODES,
+    PEER_LABEL,
+    POSTCONF,
+    POSTFIX,
+    SENDER_DOMAIN,
+    SMTP_SINK,
+    Settings,
+)
 
 
 def free_port() -> int:
@@ -75,7 +87,7 @@ def tail(path: Path, n: int = 15) -> str:
 
 class Server:
     name = ""
-    modes: tuple[str, ...] = MODES  # the modes it runs in (the others are skipped for it)
+    modes: tuple[str, ...] = BASE_MODES  # the modes it runs in (the others are skipped for it)
 
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root = root
@@ -161,6 +173,11 @@ def smtprs_env(settings: Settings) -> dict[str, str] | None:
 
 class Smtprs(Server):
     name = "smtprs"
+    modes = MODES  # the DKIM modes too
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        super().__init__(root, settings)
+        self.dkim_keys: dict[str, tuple[Path, str, str]] = {}  # algorithm -> key file, selector, TXT value
 
     def version(self) -> str:
         if self.settings.smtprs_cmd[1:2] != ("-m",):
@@ -197,6 +214,7 @@ class Smtprs(Server):
                     # sink: accept and throw away, as smtp-sink and the aiosmtpd sink do
                     *(["[queue]", 'backend = "null"'] if mode == "sink" else []),
                     *(self.relay_config() if mode == "relay" else []),
+                    *(self.dkim_config(DKIM_MODES[mode]) if mode in DKIM_MODES else []),
                     "",
                 ]
             )
@@ -219,8 +237,75 @@ class Smtprs(Server):
             f'"{DOMAIN}" = "smtp:[127.0.0.1]:{self.next_hop}"',
         ]
 
+    def dkim_key(self, algorithm: str) -> tuple[Path, str, str]:
+        """A key made by ``smtprs dkim keygen`` (once per benchmark and algorithm):
+        its file, selector and the TXT record's value."""
+        if algorithm not in self.dkim_keys:
+            selector = "rsa" if algorithm == "rsa-sha256" else "ed"
+            path = self.root / f"dkim-{selector}.pem"
+            path.unlink(missing_ok=True)
+            cmd = [*self.settings.smtprs_cmd, "dkim", "keygen", "--domain", SENDER_DOMAIN, "--selector", selector]
+            cmd += ["--algorithm", algorithm, "--out", str(path)]
+            line = run_text(cmd, smtprs_env(self.settings))
+            if " IN TXT " not in line:
+                raise RuntimeError(f"`{shlex.join(cmd)}` printed no TXT record: {line!r}")
+            value = "".join(line.split(" IN TXT ", 1)[1].split('"')[1::2])
+            self.dkim_keys[algorithm] = (path, selector, value)
+        return self.dkim_keys[algorithm]
+
+    def dkim_config(self, algorithm: str) -> list[str]:
+        """The DKIM modes: the load's From: domain has a key, and the load comes
+        from a trusted network (smtp-source does not authenticate), so every
+        message is signed before its 250."""
+        path, selector, _ = self.dkim_key(algorithm)
+        return [
+            "[relay]",
+            'trusted_networks = ["127.0.0.0/8"]',
+            "[[dkim.keys]]",
+            f'domain = "{SENDER_DOMAIN}"',
+            f'selector = "{selector}"',
+            f'key_file = "{path}"',
+            f'algorithm = "{algorithm}"',
+        ]
+
+    def dkim_check(self, algorithm: str, sample: int = 20) -> dict[str, Any]:
+        """The DKIM modes, after the window: of up to ``sample`` delivered
+        messages, the share that carries a DKIM-Signature field and the share
+        that dkimpy verifies with the published key (so a run that measured
+        unsigned mail cannot pass as a signed one)."""
+        import dkim  # dkimpy, a dependency of smtprs
+
+        new = self.maildir_new()
+        files = sorted(new.iterdir())[:sample] if new is not None and new.is_dir() else []
+        if not files:
+            return {"dkim_checked": 0}
+        _, selector, value = self.dkim_key(algorithm)
+        name = f"{selector}._domainkey.{SENDER_DOMAIN}.".encode()
+
+        def dnsfunc(q: bytes, timeout: float = 5) -> bytes | None:
+            return value.encode() if q == name else None
+
+        signed = verified = 0
+        for f in files:
+            data = f.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            signed += b"\r\nDKIM-Signature: " in b"\r\n" + data.split(b"\r\n\r\n", 1)[0]
+            try:
+                verified += bool(dkim.verify(data, dnsfunc=dnsfunc))
+            except Exception:  # dkimpy raises on some bad input: counted as not verified
+                pass
+        return {
+            "dkim_checked": len(files),
+            "dkim_signed_share": signed / len(files),
+            "dkim_verified_share": verified / len(files),
+        }
+
     def figures(self) -> dict[str, Any]:
-        """How many spool records each fdatasync covered (group commit), from `smtprs status`."""
+        """How many spool records each fdatasync covered (group commit), from
+        `smtprs status`; in the DKIM modes, what ``dkim_check`` found."""
+        more = self.dkim_check(DKIM_MODES[self.mode]) if self.mode in DKIM_MODES else {}
+        return {**self._commits(), **more}
+
+    def _commits(self) -> dict[str, Any]:
         out = run_text(
             [*self.settings.smtprs_cmd, "status", "--config", str(self.dir / "smtprs.toml")], smtprs_env(self.settings)
         )

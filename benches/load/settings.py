@@ -16,6 +16,7 @@ RESULTS = HELPERS.parent / "results"  # the default output: benches/results/<dat
 DOMAIN = "bench.test"
 RCPT = f"box@{DOMAIN}"
 SENDER = "load@source.test"
+SENDER_DOMAIN = "source.test"  # smtp-source's and the probe's From: domain: the one the DKIM modes sign for
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -23,12 +24,20 @@ POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 
 SERVERS = ("smtprs", "postfix", "aiosmtpd", "floor", "floor-accept")
 DEFAULT_SERVERS = ("smtprs", "postfix", "aiosmtpd")
-MODES = ("sink", "durable", "e2e", "relay")
+BASE_MODES = ("sink", "durable", "e2e", "relay")  # every server's
+# smtprs only, run when asked for (--modes durable,durable-dkim-rsa,...): durable
+# with DKIM signing on -- the load comes from relay.trusted_networks, and every
+# message's From: (smtp-source's, the probe's) is in SENDER_DOMAIN, which has a key
+DKIM_MODES = {"durable-dkim-rsa": "rsa-sha256", "durable-dkim-ed25519": "ed25519-sha256"}
+MODES = (*BASE_MODES, *DKIM_MODES)
+DEFAULT_MODES = BASE_MODES
 MODE_TITLES = {
     "sink": "Sink mode (accept and discard; no fsync)",
     "durable": "Durable acceptance (250 only once the message is fsync'd)",
     "e2e": "End to end (accept, then delivery to an fsync'd Maildir), steady state",
     "relay": "Relay (accept, fsync'd queue, then SMTP to a local smtp-sink; counted at the sink), steady state",
+    "durable-dkim-rsa": "Durable acceptance, DKIM-signed (RSA-2048)",
+    "durable-dkim-ed25519": "Durable acceptance, DKIM-signed (Ed25519)",
 }
 PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "sink"): "Postfix smtp-sink",
@@ -45,6 +54,8 @@ PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "relay"): "Postfix (relayhost = the sink, its smtp client's defaults)",
     ("aiosmtpd", "relay"): "aiosmtpd (fsync'd spool file, then smtplib to the sink before 250)",
     ("floor-accept", "durable"): "Trio floor, acceptance only (nothing delivered)",
+    ("smtprs", "durable-dkim-rsa"): "smtprs (as durable, from a trusted network, signed rsa-sha256, 2048 bits)",
+    ("smtprs", "durable-dkim-ed25519"): "smtprs (as durable, from a trusted network, signed ed25519-sha256)",
 }
 
 
@@ -61,7 +72,7 @@ class Settings:
     e2e_warmup: float = 10.0  # also relay mode's
     e2e_window: float = 60.0  # also relay mode's
     servers: tuple[str, ...] = DEFAULT_SERVERS
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
     sizes: tuple[int, ...] = (1024, 102400)
     concurrency: tuple[int, ...] = (1, 10, 50)
     smtprs_cmd: tuple[str, ...] = (sys.executable, "-m", "smtprs")

@@ -9,6 +9,8 @@ manages the users file of SMTP AUTH: a password is read from the terminal
 (twice) or, with ``--stdin``, from one line of standard input -- never from the
 command line -- and only its scrypt hash is written.  ``smtprs tls selfsigned
 --out DIR`` writes a self-signed certificate and key for trying TLS out.
+``smtprs dns-records --domain D`` prints the DNS records to publish for D
+(mailauth/records.py).
 ``smtprs queue list``, ``count`` and ``qshape`` read the spool without
 changing it (safe while the server runs).  The commands that act -- ``flush
 [ID]``, ``hold``, ``release``, ``delete ID|--all-deferred``, ``requeue`` -- and
@@ -324,7 +326,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     """Write a new DKIM private key (mode 0600) and print the TXT record to publish."""
     from .mailauth import keys
 
-    domain = args.domain.lower().rstrip(".")
+    try:
+        domain = keys.a_label(args.domain)  # d= and the record's name are A-labels (RFC 8616)
+    except keys.DkimKeyError as e:
+        print(f"smtprs dkim keygen: --domain: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or f"dkim-{domain}-{args.selector}.pem")
     try:
         pem, key = keys.generate(args.algorithm, args.bits)
@@ -342,6 +348,28 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
         f'algorithm = "{args.algorithm}"',
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_dns_records(args: argparse.Namespace) -> int:
+    """Print the DNS records to publish for a domain (mailauth/records.py)."""
+    from .mailauth import records
+
+    cfg = _load(args)
+    try:
+        found = records.build(
+            cfg,
+            args.domain,
+            mx=args.mx or (),
+            ips=args.ip or (),
+            rua=args.rua or "",
+            tlsrpt_rua=args.tlsrpt_rua or "",
+            mta_sts_mode=args.mta_sts_mode,
+        )
+    except records.RecordsError as e:
+        print(f"smtprs dns-records: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(records.render(found))
     return 0
 
 
@@ -416,6 +444,29 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--bits", "-b", type=int, default=2048, help="RSA key size (default 2048; at least 1024)")
     q.add_argument("--out", "-o", help="the key file to write (default dkim-DOMAIN-SELECTOR.pem); never replaced")
     q.set_defaults(func=cmd_dkim_keygen)
+
+    p = sub.add_parser(
+        "dns-records",
+        help="print the DNS records to publish for a domain (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, TLSA), from the configuration",
+    )
+    p.add_argument("--domain", "-d", required=True, help="one of the configuration's domains")
+    p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
+    p.add_argument(
+        "--mx",
+        action="append",
+        metavar="HOST",
+        help="an MX host of the domain, in order of preference (repeatable; default: the configured hostname)",
+    )
+    p.add_argument(
+        "--ip",
+        action="append",
+        metavar="ADDRESS",
+        help="an address mail is sent from, added to SPF as ip4:/ip6: (repeatable)",
+    )
+    p.add_argument("--rua", help="address for DMARC aggregate reports (default postmaster@DOMAIN)")
+    p.add_argument("--tlsrpt-rua", help="address for TLS-RPT reports (default: the --rua address)")
+    p.add_argument("--mta-sts-mode", choices=("testing", "enforce", "none"), default="testing", help="default testing")
+    p.set_defaults(func=cmd_dns_records)
 
     qsub = sub.add_parser("queue", help="look at or act on the mail queue").add_subparsers(
         dest="queue_command", required=True

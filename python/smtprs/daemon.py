@@ -82,6 +82,7 @@ from .envelope import Envelope
 from .errors import ConfigError, ListenError, SpoolError
 from .hooks import Hooks
 from .mailauth.dkim import Signer
+from .mailauth.inbound import Checker
 from .metrics import Metrics
 from .queue import control
 from .queue.backend import SpoolBackend
@@ -120,6 +121,7 @@ RESTART_ONLY = (
     "relay.address_preference",
     "dns",
     "metrics",
+    "mta_sts",  # the SMTP client's MtaSts (deliver/mtasts.py) is built once, with its cache
 )
 
 
@@ -235,10 +237,12 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         hooks=hooks,
         flow=None if null else scheduler,
         dkim=Signer.for_config(cfg),
+        mailauth=Checker.for_config(cfg, hostname),
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
     scheduler.metrics = metrics
+    smtp.metrics = metrics  # TLS-RPT counts (deliver/mtasts.py, deliver/dane.py)
     scheduler.hooks = hooks
     _watch(ctx)
     ctx.pop3 = _pop3_context(ctx)
@@ -295,6 +299,7 @@ def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         policy=Policy(cfg),
         dkim=Signer.for_config(cfg),
+        mailauth=Checker.for_config(cfg, old.hostname),
     )
     ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)

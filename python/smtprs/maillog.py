@@ -349,6 +349,24 @@ def relay_tls_fallback(relay: str) -> None:
     _line(INFO, "TLS handshake with %s failed: trying again without TLS (relay.tls = may)", relay)
 
 
+def relay_dane_verified(relay: str, tlsa_name: str, record: str) -> None:
+    _line(INFO, "DANE verified TLS connection to %s: TLSA %s at %s matched", relay, record, tlsa_name)
+
+
+def relay_dane_encrypt(relay: str, tlsa_name: str) -> None:
+    _line(
+        INFO,
+        "TLS connection to %s encrypted but not authenticated: no usable TLSA record at %s (RFC 7672 2.2)",
+        relay,
+        tlsa_name,
+    )
+
+
+def tls_policy_failure(relay: str, policy_type: str, result_type: str, detail: str) -> None:
+    """A session that an outbound TLS policy (``policy_type``: tlsa, sts) failed, with its RFC 8460 result type."""
+    _line(WARNING, "TLS policy failure (policy_type=%s result=%s) for %s: %s", policy_type, result_type, relay, detail)
+
+
 def relay_auth_ok(relay: str, user: str) -> None:
     _line(INFO, "authenticated to %s as %s", relay, user)
 
@@ -389,6 +407,36 @@ def dkim_signed(qid: str, detail: str) -> None:
 
 def dkim_unsigned(qid: str, why: str) -> None:
     _line(INFO, "%s: not DKIM-signed: %s", qid, why)
+
+
+def mta_sts_policy(domain: str, policy_id: str, mode: str, max_age: int, mx: str) -> None:
+    """A domain's MTA-STS policy was fetched (and cached)."""
+    _line(INFO, "mta-sts: policy of %s fetched: id=%s mode=%s max_age=%d mx=%s", domain, policy_id, mode, max_age, mx)
+
+
+def mta_sts_fetch_failed(domain: str, policy_id: str, result_type: str, detail: str, cached_id: str) -> None:
+    """A domain announces an MTA-STS policy that could not be fetched or parsed."""
+    using = f"using the cached policy id={cached_id}" if cached_id else "no cached policy: delivering as without one"
+    _line(WARNING, "mta-sts: policy of %s (id=%s) not had: %s: %s; %s", domain, policy_id, result_type, detail, using)
+
+
+def tls_rpt_failure(qid: str, policy_type: str, domain: str, mx_host: str, result_type: str, detail: str) -> None:
+    """One outbound session's TLS failure, with what an RFC 8460 report would carry."""
+    _line(
+        WARNING,
+        "%s: tls-rpt: policy-type=%s policy-domain=%s mx-host=%s result-type=%s: %s",
+        qid,
+        policy_type,
+        domain,
+        mx_host,
+        result_type,
+        detail,
+    )
+
+
+def auth_results(qid: str, summary: str, lookups: int, seconds: float) -> None:
+    """The inbound checks' results of one message (mailauth/inbound.py)."""
+    _line(INFO, "%s: authentication: %s (dns_lookups=%d, %.3fs)", qid, summary, lookups, seconds)
 
 
 def spool_problem(what: str) -> None:

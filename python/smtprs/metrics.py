@@ -54,6 +54,15 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "Messages eligible for DKIM signing (authenticated or trusted client, keys configured), by result: "
         "signed, or unsigned (no key for the From: domain, no single From: domain, or an error; the log says which).",
     ),
+    "smtprs_mailauth_results_total": (
+        "counter",
+        "Inbound authentication results on mx listeners (mailauth.enabled), by method (spf, dkim, arc, dmarc) and "
+        "RFC 8601 result (pass, fail, softfail, neutral, none, temperror, permerror); one per DKIM signature.",
+    ),
+    "smtprs_mailauth_actions_total": (
+        "counter",
+        "What the inbound authentication policy did to a message: accepted, quarantine-header, rejected (5xx) or deferred (4xx).",
+    ),
     "smtprs_messages_accepted_total": (
         "counter",
         "Messages accepted and queued (250 after the data), by listener mode.",
@@ -84,6 +93,14 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "From the end of the message data to the 250 reply (the durable spool commit).",
     ),
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
+    "smtprs_tls_rpt_sessions_total": (
+        "counter",
+        "Outbound SMTP sessions to MX hosts, as an RFC 8460 TLS report counts them: by policy_type "
+        "(sts: MTA-STS, tlsa: DANE, no-policy-found), result (success, failure) and, for failures, failure (RFC 8460's "
+        "result type: starttls-not-supported, certificate-host-mismatch, certificate-expired, certificate-not-trusted, "
+        "validation-failure, sts-policy-fetch-error, sts-policy-invalid, sts-webpki-invalid, tlsa-invalid, dnssec-invalid, "
+        "dane-required; empty on success).",
+    ),
 }
 MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds"})
 

@@ -281,3 +281,84 @@ def verify_with_opendkim(tmp_path: Path, keyset: dict[str, Any], copies: list[by
         assert p.returncode == 0, f"opendkim-testmsg: {p.stdout}\n{p.stderr}"
     else:
         assert p.returncode != 0 and "opendkim-testmsg failed" in p.stderr, f"a bad copy passed: {p.stdout}\n{p.stderr}"
+
+
+# -- dual signatures and IDNA (issue 14 part 1's leftovers) -------------------------
+def only_field(copy: bytes, keep: int) -> bytes:
+    """``copy`` with only its ``keep``-th DKIM-Signature field (the others are not
+    signed by it: DKIM-Signature is never in h=), for a verifier that checks one."""
+    head, sep, body = copy.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    sigs = [i for i, f in enumerate(fields) if f.lower().startswith(b"dkim-signature:")]
+    drop = {i for n, i in enumerate(sigs) if n != keep}
+    return b"\r\n".join(f for i, f in enumerate(fields) if i not in drop) + sep + body
+
+
+def test_rsa_and_ed25519_keys_of_one_domain_give_two_signatures(
+    make_server: Callable[..., Server], keyset: dict[str, Any], sink: SmtpSink, tmp_path: Path
+) -> None:
+    cfg = server_config(keyset, "rsa-sha256", sink)
+    cfg["dkim"]["keys"].append(
+        {
+            "domain": DOMAIN,
+            "selector": KEYS["ed25519-sha256"],
+            "key_file": str(keyset["files"]["ed25519-sha256"]),
+            "algorithm": "ed25519-sha256",
+        }
+    )
+    srv = make_server(cfg, modes=("submission",))
+    # in memory, and spilled to its own file (the fields are prepended by a copy)
+    original, large = message(2048, "dual"), message(300 * 1024, "dual large")
+    submit(srv, [original, large])
+    copy, copy_large = sorted(delivered(srv, sink, 2), key=len)
+    for got, sent in ((copy, original), (copy_large, large)):
+        assert got.endswith(sent) and got.count(b"DKIM-Signature: ") == 2
+        algorithms = []
+        for idx in (0, 1):
+            d = dkim.DKIM(got)
+            assert d.verify(idx=idx, dnsfunc=txt_dnsfunc(keyset)), idx
+            algorithms.append(d.signature_fields[b"a"])
+        assert algorithms == [b"rsa-sha256", b"ed25519-sha256"]  # in the order of [[dkim.keys]]
+    srv.wait_log(rf"DKIM-Signature field added \(d={DOMAIN} s=rsa1 a=rsa-sha256, d={DOMAIN} s=ed1 a=ed25519-sha256\)")
+    singles = [only_field(copy, 0), only_field(copy, 1)]
+    assert all(s.count(b"DKIM-Signature: ") == 1 for s in singles)
+    verify_with_dnsmasq(tmp_path, keyset, singles)
+    verify_with_opendkim(tmp_path, keyset, singles)
+    verify_with_opendkim(tmp_path, keyset, [s.replace(b"lazy dog", b"lazy cat", 1) for s in singles[1:]], good=False)
+
+
+IDN = "bücher.example"
+IDN_A = "xn--bcher-kva.example"
+
+
+def test_unicode_from_domain_is_signed_with_its_a_label(
+    make_server: Callable[..., Server], keyset: dict[str, Any], tmp_path: Path
+) -> None:
+    """A key configured for the Unicode domain; a message whose From: is in
+    that domain (UTF-8 header, SMTPUTF8) from a trusted network is signed
+    with d= the A-label, and verifies with the key published under the A-label."""
+    key = {"domain": IDN, "selector": "ed1", "key_file": str(keyset["files"]["ed25519-sha256"])}
+    key["algorithm"] = "ed25519-sha256"
+    srv = make_server({"relay": {"trusted_networks": ["127.0.0.0/8"]}, "dkim": {"keys": [key]}})
+    msg = message(1024, "idn").replace(f"From: Alice <{USER}>".encode(), f"From: Jörg <jörg@{IDN}>".encode())
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as s:
+        s.ehlo()
+        assert s.has_extn("smtputf8")
+        s.sendmail(f"jörg@{IDN}", [f"bob@{DOMAIN}"], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    (path,) = srv.wait_mail("bob", 1)
+    got = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    start = got.index(b"DKIM-Signature: ")
+    signed = got[start:]
+    assert f"d={IDN_A};".encode() in signed[:600]
+    ed_strings = keyset["records"][f"ed1._domainkey.{DOMAIN}."]
+    idn_keyset = {"records": {f"ed1._domainkey.{IDN_A}.": ed_strings}}
+    d = dkim.DKIM(signed)
+    assert d.verify(dnsfunc=txt_dnsfunc(idn_keyset))
+    assert d.signature_fields[b"d"] == IDN_A.encode()
+    srv.wait_log(rf"DKIM-Signature field added \(d={IDN_A} s=ed1 a=ed25519-sha256\)")
+    verify_with_opendkim(tmp_path, idn_keyset, [signed])

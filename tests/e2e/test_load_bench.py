@@ -77,3 +77,37 @@ def test_load_benchmark_relay_smoke_run(tmp_path: Path) -> None:
     assert runs[("smtprs", "relay")]["msgs_per_next_hop_session"] > 2
     md = (out / "results.md").read_text()
     assert "## Relay" in md and "received at the sink msgs/s" in md and "Messages per SMTP session at the sink" in md
+
+
+def test_load_benchmark_dkim_modes_sign_every_message(tmp_path: Path) -> None:
+    """The durable-dkim-* modes: smtprs's durable mode with the load from a
+    trusted network and a key for its From: domain; the messages delivered carry
+    a DKIM-Signature that dkimpy verifies with the key the bench made with
+    `smtprs dkim keygen`, and the report sets signing on beside off."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "benches.load", "--quick", "--out", str(out), "--workdir", str(tmp_path),
+        "--servers", "smtprs,aiosmtpd", "--modes", "durable,durable-dkim-rsa,durable-dkim-ed25519",
+        "--sizes", "1024", "--concurrency", "4", "--smtprs-workers", "1",
+    ]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    runs = {(r["server"], r["mode"]): r for r in results["runs"]}
+    # aiosmtpd has no DKIM signing: it runs durable only
+    assert set(runs) == {
+        ("smtprs", "durable"),
+        ("smtprs", "durable-dkim-rsa"),
+        ("smtprs", "durable-dkim-ed25519"),
+        ("aiosmtpd", "durable"),
+    }
+    for mode in ("durable-dkim-rsa", "durable-dkim-ed25519"):
+        r = runs[("smtprs", mode)]
+        assert r["ok"], (mode, r.get("error"))
+        assert r["msgs_per_s"] > 0 and r["dkim_checked"] >= 1, r
+        assert r["dkim_signed_share"] == 1.0 and r["dkim_verified_share"] == 1.0, r
+    assert "dkim_checked" not in runs[("smtprs", "durable")]
+    md = (out / "results.md").read_text()
+    section = md.split("## DKIM signing on beside off (smtprs, durable)", 1)[1]
+    assert "| 1 KiB | 4 | off |" in section
+    assert "| 1 KiB | 4 | rsa-sha256 |" in section and "| 1 KiB | 4 | ed25519-sha256 |" in section

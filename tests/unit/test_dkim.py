@@ -464,3 +464,108 @@ async def test_submission_header_only_message_gets_fixups_and_is_signed(tmp_path
         d = dkim.DKIM(stored)
         assert d.verify(dnsfunc=_dns(tmp_path, keyfiles[algorithm]))
         assert {b"date", b"message-id"} <= {h.lower() for h in d.include_headers}
+
+
+# -- dual signatures (RFC 8463: RSA and Ed25519 side by side) ----------------------
+def _dual_signer(tmp_path: Path, keyfiles, domain: str = "example.test") -> Signer:  # type: ignore[no-untyped-def]
+    return _signer(tmp_path, [(domain, *keyfiles["rsa-sha256"]), (domain, *keyfiles["ed25519-sha256"])])
+
+
+def test_two_keys_of_a_domain_give_two_signatures_both_verifying(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
+    signer = _dual_signer(tmp_path, keyfiles)
+    ms = signer.start()
+    ms.feed(MESSAGE)
+    field, detail = trio.run(ms.signature)
+    assert field is not None
+    assert detail == "d=example.test s=rsa a=rsa-sha256, d=example.test s=ed a=ed25519-sha256"
+    signed = field + MESSAGE
+    assert signed.count(b"DKIM-Signature: ") == 2
+    dnsfunc = _dns(tmp_path, keyfiles["rsa-sha256"], keyfiles["ed25519-sha256"])
+    for idx, algorithm in ((0, b"rsa-sha256"), (1, b"ed25519-sha256")):  # dkimpy checks the idx-th field
+        d = dkim.DKIM(signed)
+        assert d.verify(idx=idx, dnsfunc=dnsfunc), idx
+        assert d.signature_fields[b"a"] == algorithm
+    # each field stands alone: with only one of the keys published, that one still verifies
+    only_ed = _dns(tmp_path, keyfiles["ed25519-sha256"])
+    assert not dkim.DKIM(signed).verify(idx=0, dnsfunc=only_ed)
+    assert dkim.DKIM(signed).verify(idx=1, dnsfunc=only_ed)
+    # and both break with the body
+    bad = signed.replace(b"two", b"too")
+    for i in (0, 1):
+        with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
+            dkim.DKIM(bad).verify(idx=i, dnsfunc=dnsfunc)
+
+
+def test_two_keys_with_the_same_selector_is_a_config_error(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
+    _, rsa_path, _ = keyfiles["rsa-sha256"]
+    _, ed_path, _ = keyfiles["ed25519-sha256"]
+    entries = [
+        {"domain": "example.test", "selector": "s1", "key_file": str(rsa_path), "algorithm": "rsa-sha256"},
+        {"domain": "Example.Test.", "selector": "s1", "key_file": str(ed_path), "algorithm": "ed25519-sha256"},
+    ]
+    with pytest.raises(ConfigError, match=r"dkim.keys\[1\]: 'Example.Test.' already has a key with selector 's1'"):
+        make_config(tmp_path, dkim={"keys": entries})
+    entries[1]["selector"] = "s2"
+    make_config(tmp_path, dkim={"keys": entries})  # another selector: fine
+
+
+# -- IDNA: d= is the A-label (RFC 6376 3.5, RFC 8616) -------------------------------
+IDN = "bücher.example"
+IDN_A = "xn--bcher-kva.example"
+
+
+def test_a_label() -> None:
+    assert keys.a_label("Bücher.Example.") == IDN_A
+    assert keys.a_label(IDN_A.upper()) == IDN_A
+    assert keys.a_label("Example.TEST") == "example.test"
+    with pytest.raises(keys.DkimKeyError, match="not a valid internationalized domain name"):
+        keys.a_label("b\ufffdcher.example")
+
+
+def _idn_dns(*selectors: tuple[str, Path, str]):  # type: ignore[no-untyped-def]
+    records = {
+        f"{sel}._domainkey.{IDN_A}.".encode(): keys.txt_value(keys.load_key(path, algorithm)).encode()
+        for sel, path, algorithm in selectors
+    }
+    return lambda name, timeout=5: records.get(name)
+
+
+@pytest.mark.parametrize("config_domain", [IDN, IDN_A, "BÜCHER.example"])
+@pytest.mark.parametrize("from_domain", [IDN, IDN_A, "Bücher.Example"])
+def test_unicode_domain_is_signed_as_its_a_label(tmp_path, keyfiles, config_domain, from_domain) -> None:  # type: ignore[no-untyped-def]
+    signer = _signer(tmp_path, [(config_domain, *keyfiles["ed25519-sha256"])])
+    message = MESSAGE.replace(b"alice@example.test", f"alice@{from_domain}".encode())
+    signed = _sign_message(signer, message)
+    d = dkim.DKIM(signed)
+    assert d.verify(dnsfunc=_idn_dns(keyfiles["ed25519-sha256"]))
+    assert d.signature_fields[b"d"] == IDN_A.encode()
+    # a subdomain in Unicode finds the parent's key too
+    sub = MESSAGE.replace(b"alice@example.test", f"alice@post.{from_domain}".encode())
+    d = dkim.DKIM(_sign_message(signer, sub))
+    assert d.verify(dnsfunc=_idn_dns(keyfiles["ed25519-sha256"]))
+    assert d.signature_fields[b"d"] == IDN_A.encode()
+
+
+def test_invalid_unicode_from_domain_is_not_signed(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
+    signer = _signer(tmp_path, [(IDN, *keyfiles["ed25519-sha256"])])
+    ms = signer.start()
+    ms.feed(MESSAGE.replace(b"alice@example.test", "alice@bü_cher.example".encode()))
+    assert trio.run(ms.signature) == (None, "no single From: domain")
+    ms = signer.start()
+    ms.feed(MESSAGE.replace(b"alice@example.test", b"alice@b\xffcher.example"))  # not UTF-8 at all
+    assert trio.run(ms.signature) == (None, "no single From: domain")
+
+
+def test_invalid_unicode_key_domain_is_a_config_error(tmp_path, keyfiles) -> None:  # type: ignore[no-untyped-def]
+    _, path, _ = keyfiles["ed25519-sha256"]
+    key = {"domain": "bü_cher.example", "selector": "s1", "key_file": str(path), "algorithm": "ed25519-sha256"}
+    with pytest.raises(ConfigError, match=r"dkim.keys\[0\].domain: .*not a valid internationalized domain name"):
+        make_config(tmp_path, dkim={"keys": [key]})
+
+
+def test_keygen_prints_the_a_label_record(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "k.pem"
+    assert cli.main(["dkim", "keygen", "-d", IDN, "-s", "s1", "-a", "ed25519-sha256", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"s1._domainkey.{IDN_A}. IN TXT ")
+    assert cli.main(["dkim", "keygen", "-d", "bü_cher.example", "-s", "s1", "-o", str(tmp_path / "x.pem")]) == 2
+    assert "not a valid internationalized domain name" in capsys.readouterr().err

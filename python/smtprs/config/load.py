@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from ..errors import ConfigError
-from ..mailauth.keys import DkimKeyError, load_key
+from ..mailauth.keys import DkimKeyError, a_label, load_key
 from .schema import DKIM_NEVER_SIGN, Config
 from .values import dir_mode, mailbox_ids, parse_host_port, parse_nexthop, parse_socket_address, parse_transport
 
@@ -288,15 +288,24 @@ def _check(cfg: Config) -> None:
 
 def _check_dkim(cfg: Config) -> None:
     d = cfg.dkim
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, k in enumerate(d.keys):
         key = f"dkim.keys[{i}]"
-        domain = k.domain.lower().rstrip(".")
+        domain = k.domain.strip().lower().rstrip(".")
         if not domain or any(c in domain for c in " /@[]\t") or ".." in domain:
             raise ConfigError(f"{key}.domain: not a domain name: {k.domain!r}")
-        if domain in seen:
-            raise ConfigError(f"{key}.domain: {k.domain!r} already has a key (dkim.keys[{seen[domain]}])")
-        seen[domain] = i
+        try:
+            domain = a_label(domain)  # a Unicode domain signs as its A-label (RFC 8616)
+        except DkimKeyError as e:
+            raise ConfigError(f"{key}.domain: {e}") from None
+        # a domain may have several keys (each signs: RFC 8463 advises RSA and
+        # Ed25519 side by side), but each under a selector of its own
+        if (domain, k.selector.lower()) in seen:
+            raise ConfigError(
+                f"{key}: {k.domain!r} already has a key with selector {k.selector!r} "
+                f"(dkim.keys[{seen[domain, k.selector.lower()]}])"
+            )
+        seen[domain, k.selector.lower()] = i
         if not k.selector or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in k.selector):
             raise ConfigError(f"{key}.selector: not a selector (letters, digits, - _ .): {k.selector!r}")
         if not k.key_file:

@@ -375,6 +375,21 @@ class Dns:
     )
 
 
+@dataclass(frozen=True)
+class Dane:
+    """DANE for outbound SMTP (RFC 7672): TLSA records, DNSSEC-validated, authenticate the MX hosts' certificates."""
+
+    mode: Literal["off", "opportunistic", "mandatory"] = _f(
+        "off",
+        "`off`: no DANE. `opportunistic` (Postfix's `dane`): for MX hosts whose MX and address records are DNSSEC-validated, "
+        "look up TLSA `_PORT._tcp.HOST`; validated usable records (DANE-EE 3, DANE-TA 2) require STARTTLS and a matching "
+        "certificate, else the host is deferred (4.7.4/4.7.5), never sent to in clear; hosts without secure TLSA get relay.tls. "
+        "`mandatory` (Postfix's `dane-only`): every MX host must have validated usable TLSA records, else deferred. "
+        "Off by default because it needs a validating resolver that sets the AD bit on a trusted path: dns.nameservers must "
+        "point at a local unbound or knot-resolver (127.0.0.1) that validates (dnspython does not validate itself).",
+    )
+
+
 # The header fields signed by default: rspamd's default sign_headers (its
 # dkim_signing module), which is RFC 6376 5.4.1's list (OpenDKIM's default)
 # plus Content-Language, List-Unsubscribe-Post, OpenPGP and Autocrypt.
@@ -453,6 +468,104 @@ class Dkim:
 
 
 @dataclass(frozen=True)
+class MtaSts:
+    """MTA-STS for delivery by MX (RFC 8461): the recipient domain's policy, fetched over HTTPS, says which MX hosts to use and that TLS must be verified."""
+
+    enabled: bool = _f(
+        True,
+        "Look up the MTA-STS policy of each recipient domain delivered to by MX (a TXT lookup of `_mta-sts.DOMAIN`; the policy is fetched "
+        "over HTTPS only from domains that publish one). Under `enforce`, only the MX hosts the policy lists are used, STARTTLS with a "
+        "certificate valid for the MX host name is required, and any failure defers; `testing` delivers as before and records the failure. "
+        "Not applied to relayhost or transport-map next hops.",
+    )
+    fetch_timeout: float = _f(
+        10.0,
+        "Seconds the HTTPS fetch of a policy may take in all (connect, TLS, request, response); a delivery waits for it.",
+        min=0.001,
+    )
+    max_policy_size: int = _f(
+        65536,
+        "Largest policy file accepted, in octets (RFC 8461 3.3 suggests 64 KiB); a larger one is a fetch error.",
+        min=1,
+    )
+    cache_dir: str = _f(
+        "mta-sts",
+        "Directory (relative to data_dir) where fetched policies are kept, one file per domain, so a restart keeps them until their max_age.",
+    )
+    https_port: int = _f(
+        443,
+        "Port of the policy's HTTPS server (`https://mta-sts.DOMAIN/`). RFC 8461 says 443; another value is for tests only.",
+        min=1,
+        max=65535,
+    )
+
+
+@dataclass(frozen=True)
+class MailauthSpf:
+    """What an SPF result does (RFC 7208 8; replies per RFC 7372)."""
+
+    fail_policy: Literal["accept", "reject"] = _f(
+        "accept",
+        "`accept` (record spf=fail in Authentication-Results only) or `reject` (550 5.7.23 after the data). "
+        "softfail, neutral, none and permerror never reject.",
+    )
+    temperror_policy: Literal["accept", "defer"] = _f(
+        "accept",
+        "`accept` (record spf=temperror only) or `defer` (451 4.7.24: the client tries again later).",
+    )
+
+
+@dataclass(frozen=True)
+class MailauthDmarc:
+    """What a DMARC result does (RFC 7489 6.6.4, 10.3 and 7.3 of the receiver's choice)."""
+
+    reject_policy: Literal["accept", "quarantine-header", "reject"] = _f(
+        "accept",
+        "For a DMARC failure of a domain publishing p=reject: `accept` (record dmarc=fail only), "
+        "`quarantine-header` (accept, adding `X-Smtprs-Quarantine:` for a Sieve rule to file it into Junk), "
+        "or `reject` (550 5.7.1 after the data). A p=quarantine failure is never rejected: it gets the header "
+        "unless this is `accept`.",
+    )
+
+
+@dataclass(frozen=True)
+class Mailauth:
+    """Inbound message authentication on `mx` listeners: SPF, DKIM, ARC and DMARC, recorded in one Authentication-Results field (RFC 8601)."""
+
+    enabled: bool = _f(
+        False,
+        "Check mail received on `mx` listeners (not submission or LMTP; not from authenticated clients). "
+        "Off by default, as Postfix without a milter: every message then costs DNS lookups.",
+    )
+    authserv_id: str = _f(
+        "", "The authserv-id of our Authentication-Results field (RFC 8601 2.5); empty for the server's hostname."
+    )
+    dns_budget: float = _f(
+        10.0,
+        "Seconds all of one message's DNS lookups may take together (each also bounded by dns.timeout); "
+        "past it the unfinished checks give temperror.",
+        min=0.001,
+    )
+    max_lookups: int = _f(
+        40,
+        "DNS lookups per message, all checks together (SPF's own limit of 10 DNS mechanisms, RFC 7208 4.6.4, applies within); "
+        "past it the unfinished checks give temperror.",
+        min=1,
+    )
+    dkim_max_size: int = _f(
+        8 * 1024 * 1024,
+        "Largest message (octets) whose DKIM signatures and ARC chain are verified; the content is kept in memory "
+        "up to this size for the verifier. Larger: dkim=neutral, and a DMARC result that needed DKIM is permerror (never rejected).",
+        min=1,
+    )
+    max_signatures: int = _f(
+        5, "DKIM signatures verified per message (the topmost); further ones are reported as neutral.", min=1
+    )
+    spf: MailauthSpf = _f(MailauthSpf(), "SPF policy.")
+    dmarc: MailauthDmarc = _f(MailauthDmarc(), "DMARC policy.")
+
+
+@dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
 
@@ -511,6 +624,9 @@ class Config:
     dns: Dns = _f(Dns(), "DNS resolver.")
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     dkim: Dkim = _f(Dkim(), "DKIM signing.")
+    mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")
+    dane: Dane = _f(Dane(), "DANE for outbound SMTP.")
+    mailauth: Mailauth = _f(Mailauth(), "Inbound message authentication (SPF, DKIM, ARC, DMARC).")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(

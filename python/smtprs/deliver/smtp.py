@@ -34,6 +34,14 @@ Sending, reading replies, the content and QUIT are deliver/client.py's,
 shared with the LMTP client; ``Connection`` adds what SMTP knows of its peer
 (EHLO keywords, TLS, the host).
 
+DANE (``dane.mode``, deliver/dane.py): for a host reached by MX through
+DNSSEC-validated records, ``_open`` asks dane.py first what TLS the host
+needs; with TLSA records STARTTLS is required (no plain-text fallback) and,
+after the handshake, the certificate must match them, else the host is
+deferred (4.7.4 no STARTTLS, 4.7.5 mismatch or a failed TLSA lookup).  Each
+DANE-governed session is counted for TLS-RPT (``smtprs_tls_rpt_sessions_total``,
+policy_type="tlsa").
+
 Credentials are sent only in AUTH and never logged; neither is message
 content.
 """
@@ -50,8 +58,11 @@ import trio
 from .. import _core, maillog
 from ..config import Config
 from ..hops import RemoteHop
+from ..metrics import Metrics
+from . import dane
 from .base import DeliveryRequest, Outcome, Status, Target
 from .client import CHUNK, ClientConnection, Lost
+from .mtasts import Lookup, MtaSts, tls_level
 from .mx import DnsFailure, Host, Resolver
 from .pool import ConnectionPool
 
@@ -61,11 +72,15 @@ QUIT_TIMEOUT = 5.0
 class _HostError(Exception):
     """This host cannot take the message now: try the next one (temporary)."""
 
-    def __init__(self, enhanced: str, detail: str, reply: _core.Reply | None = None) -> None:
+    def __init__(
+        self, enhanced: str, detail: str, reply: _core.Reply | None = None, *, rpt: str = "", counted: bool = False
+    ) -> None:
         super().__init__(detail)
         self.enhanced = enhanced
         self.detail = detail
         self.reply = reply
+        self.rpt = rpt  # a TLS failure: RFC 8460's result type (starttls-not-supported, ...)
+        self.counted = counted  # ... already counted for TLS-RPT, under DANE (not again under MTA-STS)
 
 
 class Connection(ClientConnection):
@@ -79,6 +94,7 @@ class Connection(ClientConnection):
         self.esmtp = False
         self.tls = False
         self.tls_verified = False
+        self.dane = False  # DANE governed its TLS (and counted it for TLS-RPT)
         self.messages = 0
 
     @property
@@ -117,13 +133,18 @@ class SmtpAgent:
         self.cfg = cfg
         self.r = cfg.relay
         self.hostname = hostname
-        self.resolver = resolver or Resolver(cfg.dns, prefer=cfg.relay.address_preference)
+        self.resolver = resolver or Resolver(
+            cfg.dns, prefer=cfg.relay.address_preference, dnssec=cfg.dane.mode != "off"
+        )
+        self.metrics: Metrics | None = None  # set by the composition root: the TLS-RPT counter
         self.pool: ConnectionPool[Connection] = ConnectionPool()
         self._ctx_may = ssl.create_default_context()
         self._ctx_may.check_hostname = False
         self._ctx_may.verify_mode = ssl.CERT_NONE
         ca = cfg.tls_ca_path
         self._ctx_verify = ssl.create_default_context(cafile=str(ca) if ca else None)
+        # MTA-STS (deliver/mtasts.py) for delivery by MX; TLS-RPT figures go to ``metrics`` (set by the daemon)
+        self.mtasts = MtaSts(cfg, self.resolver) if cfg.mta_sts.enabled else None
         # figures for tests and metrics
         self.connections_opened = 0
 
@@ -151,6 +172,9 @@ class SmtpAgent:
         hop = targets[0].hop
         assert isinstance(hop, RemoteHop)
         async with self.pool.limit(hop.destination, self.r.destination_concurrency):
+            want = self.cfg.dane.mode != "off"
+            if getattr(self.resolver, "dnssec", want) != want:  # follows a reload (a resolver not ours: left be)
+                self.resolver.set_dnssec(want)
             try:
                 hosts = await self.resolver.hosts(hop.host, hop.mx)
             except DnsFailure as e:
@@ -158,10 +182,27 @@ class SmtpAgent:
                 return [
                     Outcome(t.index, status, f"{e.code} {e.enhanced} {e.text}", "none", e.enhanced) for t in targets
                 ]
+            sts = await self.mtasts.lookup(hop.domain) if self.mtasts and hop.mx and hop.host == hop.domain else None
+            if sts is not None and sts.enforced:
+                allowed = [h for h in hosts if sts.allows(h.name)]
+                if not allowed:  # RFC 8461 4.1, 5: never a host the policy does not list
+                    names = ", ".join(dict.fromkeys(h.name for h in hosts))
+                    detail = f"no MX host of {hop.domain} ({names}) is listed in its MTA-STS policy (mode enforce)"
+                    self._tls_rpt(request.queue_id, sts, names, "validation-failure", detail)
+                    return [Outcome(t.index, "deferred", f"451 4.7.5 {detail}", "none", "4.7.5") for t in targets]
+                hosts = allowed
             final: dict[int, Outcome] = {}
             last: dict[int, Outcome] = {}
             pending = list(targets)
             conn = await self.pool.checkout(hop.destination, self.r.command_timeout)
+            if (
+                conn is not None
+                and sts is not None
+                and sts.enforced
+                and not (conn.tls_verified and sts.allows(conn.host.name))
+            ):
+                await conn.close()  # opened before the policy was known: not good enough now
+                conn = None
             if conn is not None:
                 hosts = [conn.host, *[h for h in hosts if h.ip != conn.host.ip]]
             for host in hosts:
@@ -169,7 +210,7 @@ class SmtpAgent:
                     break
                 if conn is None or conn.host.ip != host.ip:
                     try:
-                        conn = await self._open(host, hop)
+                        conn = await self._open_for(request.queue_id, host, hop, sts)
                     except _HostError as e:
                         relay = f"{host.name}[{host.ip}]:{hop.port}"
                         for t in pending:
@@ -196,8 +237,58 @@ class SmtpAgent:
         return (host.name, show(reply)) if reply is not None else ("", "")
 
     # -- connection set-up -----------------------------------------------------
-    async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True) -> Connection:
+    async def _open_for(self, qid: str, host: Host, hop: RemoteHop, sts: Lookup | None) -> Connection:
+        """A connection to ``host`` at the TLS level its domain's MTA-STS policy asks for (the one
+        place where MTA-STS chooses it), with its TLS-RPT result recorded; without MTA-STS (a
+        relayhost, mta_sts.enabled off) simply ``_open``."""
+        if sts is None:
+            return await self._open(host, hop)
+        policy = sts.policy
+        if policy is not None and policy.mode == "testing" and not policy.matches(host.name):
+            self._tls_rpt(
+                qid, sts, host.name, "validation-failure", "MX host not listed in the MTA-STS policy (testing)"
+            )
+            return await self._open(host, hop)
+        level = tls_level(hop.tls, policy)
+        try:
+            conn = await self._open(host, hop, level=level)
+        except _HostError as e:
+            if not e.rpt or e.counted:
+                raise  # no TLS session was tried (connect, greeting, EHLO), or DANE governed and counted it
+            self._tls_rpt(qid, sts, host.name, e.rpt, e.detail)
+            if sts.enforced:
+                raise _HostError(e.enhanced, f"{e.detail} (MTA-STS policy of {sts.domain}: enforce)", e.reply) from None
+            if level == hop.tls:
+                raise
+            return await self._open(host, hop)  # testing (RFC 8461 5): deliver as without the policy
+        if conn.dane:
+            pass  # DANE governed the session and counted it (policy_type tlsa)
+        elif policy is None and sts.failure:
+            self._tls_rpt(qid, sts, host.name, sts.failure, sts.detail)
+        elif conn.tls:
+            self._tls_rpt(qid, sts, host.name, "", "")
+        else:
+            self._tls_rpt(qid, sts, host.name, "starttls-not-supported", f"{conn.relay} without TLS")
+        return conn
+
+    def _tls_rpt(self, qid: str, sts: Lookup, mx_host: str, failure: str, detail: str) -> None:
+        """Count one session as RFC 8460 would report it (``failure`` empty: success); log the
+        failures of domains with a policy."""
+        if self.metrics is not None:
+            if failure:
+                self.metrics.inc(
+                    "smtprs_tls_rpt_sessions_total", policy_type=sts.policy_type, result="failure", failure=failure
+                )
+            else:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type=sts.policy_type, result="success")
+        if failure and sts.policy_type == "sts":
+            maillog.tls_rpt_failure(qid, sts.policy_type, sts.domain, mx_host, failure, detail)
+
+    async def _open(self, host: Host, hop: RemoteHop, *, tls: bool = True, level: str = "") -> Connection:
+        """A connection to ``host``, at ``level`` (MTA-STS's, else the hop's), unless DANE governs it."""
         relay = f"{host.name}[{host.ip}]:{hop.port}"
+        level = level or hop.tls
+        policy = await self._dane_policy(host, hop, relay, level)  # the one place DANE chooses the TLS requirement
         stream = await self._connect(host, hop.port, relay)
         self.connections_opened += 1
         conn = Connection(stream, host, hop.port)
@@ -212,22 +303,33 @@ class SmtpAgent:
                 )
             stage = "sending EHLO"
             await self._hello(conn)
-            level = hop.tls
+            level = "dane" if policy is not None else level
             if level != "none" and tls and "STARTTLS" in conn.ext:
                 stage = "starting TLS"
                 try:
-                    await self._starttls(conn, level)
-                except _HostError:
-                    if level == "verify":
+                    await self._starttls(conn, level, policy)
+                except _HostError as e:
+                    if policy is not None:
+                        self._dane_rpt(relay, e.rpt or dane.VALIDATION_FAILURE, e.detail)
+                        e.counted = True
+                    if level in ("verify", "dane"):
                         raise
                     # opportunistic: a failed handshake is no reason not to deliver
                     await conn.close(quit=False)
                     maillog.relay_tls_fallback(relay)
-                    return await self._open(host, hop, tls=False)
+                    return await self._open(host, hop, tls=False, level=level)
                 stage = "sending EHLO after STARTTLS"
                 await self._hello(conn)
             elif level == "verify":
-                raise _HostError("4.7.4", f"TLS is required, but was not offered by host {relay}")
+                raise _HostError(
+                    "4.7.4", f"TLS is required, but was not offered by host {relay}", rpt="starttls-not-supported"
+                )
+            elif policy is not None:
+                detail = (
+                    f"TLS is required (DANE TLSA records at {policy.tlsa_name}), but was not offered by host {relay}"
+                )
+                self._dane_rpt(relay, dane.STARTTLS_NOT_SUPPORTED, detail)
+                raise _HostError("4.7.4", detail, rpt=dane.STARTTLS_NOT_SUPPORTED, counted=True)
             if hop.auth:
                 stage = "authenticating"
                 await self._auth(conn)
@@ -238,6 +340,34 @@ class SmtpAgent:
             await conn.close(quit=True)
             raise
         return conn
+
+    async def _dane_policy(self, host: Host, hop: RemoteHop, relay: str, level: str) -> dane.HostPolicy | None:
+        """DANE's word on this host: None when DANE does not govern it (TLS at
+        ``level``: the hop's, or MTA-STS's); raises _HostError to defer it.
+        DANE applies to MX hops only, and never where ``relay.tls_policy`` says
+        ``none``.  Where it governs, it overrides MTA-STS (RFC 8461 2: an
+        MTA-STS policy must not override a failing DANE validation)."""
+        if not hop.mx or hop.tls == "none" or self.cfg.dane.mode == "off":
+            return None
+        try:
+            policy = await dane.policy_for(self.resolver, self.cfg.dane.mode, host, hop.port, hop.domain)
+        except dane.DaneFailure as e:
+            self._dane_rpt(relay, e.failure, e.detail)
+            raise _HostError(e.enhanced, e.detail, rpt=e.failure, counted=True) from None
+        if policy is not None and not policy.authenticated and level == "verify":
+            return None  # TLSA records, none usable: "verify" asks more than DANE's "encrypt" would
+        return policy
+
+    def _dane_rpt(self, relay: str, failure: str, detail: str) -> None:
+        """One DANE-governed session's result for TLS-RPT (RFC 8460): the counter
+        (labelled as ``_tls_rpt`` labels MTA-STS's) and, for a failure, a log line."""
+        if self.metrics is not None:
+            if failure:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type="tlsa", result="failure", failure=failure)
+            else:
+                self.metrics.inc("smtprs_tls_rpt_sessions_total", policy_type="tlsa", result="success")
+        if failure:
+            maillog.tls_policy_failure(relay, "tlsa", failure, detail)
 
     async def _connect(self, host: Host, port: int, relay: str) -> trio.SocketStream:
         """A TCP connection to one address (the MX order is ours, so no Happy Eyeballs here)."""
@@ -280,17 +410,18 @@ class SmtpAgent:
             reply,
         )
 
-    async def _starttls(self, conn: Connection, level: str) -> None:
+    async def _starttls(self, conn: Connection, level: str, policy: dane.HostPolicy | None = None) -> None:
         reply = await conn.command("STARTTLS", self.r.command_timeout)
         if reply.code != 220:
             raise _HostError(
-                "4.7.4" if level == "verify" else enhanced_of(reply),
+                "4.7.4" if level in ("verify", "dane") else enhanced_of(reply),
                 f"host {conn.relay} refused STARTTLS: {show(reply)}",
                 reply,
+                rpt="starttls-not-supported",
             )
         verify = level == "verify"
         ctx = self._ctx_verify if verify else self._ctx_may
-        server_name: str | None = conn.host.name
+        server_name: str | None = conn.host.name  # under DANE: the TLSA base domain, RFC 7672 8.1
         if not verify and _is_ip(conn.host.name):
             server_name = None
         tls_stream = trio.SSLStream(conn.stream, ctx, server_hostname=server_name, https_compatible=False)
@@ -298,10 +429,26 @@ class SmtpAgent:
             with trio.fail_after(self.r.command_timeout):
                 await tls_stream.do_handshake()
         except trio.TooSlowError:
-            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} timed out") from None
+            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} timed out", rpt="validation-failure") from None
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
             cause = e.__cause__ or e
-            raise _HostError("4.7.5", f"TLS handshake with {conn.relay} failed: {cause}") from None
+            raise _HostError(
+                "4.7.5", f"TLS handshake with {conn.relay} failed: {cause}", rpt=_rpt_result(cause)
+            ) from None
+        if policy is not None and policy.authenticated:
+            verdict = dane.check(policy, tls_stream.getpeercert(binary_form=True), dane.peer_chain(tls_stream))  # fmt: skip
+            if verdict.matched is None:
+                conn.replace_stream(tls_stream)  # the QUIT that follows goes inside TLS, not in clear
+                raise _HostError(
+                    "4.7.5", f"DANE verification of {conn.relay} failed: {verdict.detail}", rpt=verdict.failure
+                )
+            maillog.relay_dane_verified(conn.relay, policy.tlsa_name, verdict.matched.text())
+            verify = True
+        elif policy is not None:
+            maillog.relay_dane_encrypt(conn.relay, policy.tlsa_name)
+        if policy is not None:
+            self._dane_rpt(conn.relay, "", "")
+            conn.dane = True
         conn.replace_stream(tls_stream)  # nothing the server sent in clear may count after the handshake
         conn.tls = True
         conn.tls_verified = verify
@@ -550,6 +697,26 @@ def rcpt_command(conn: Connection, t: Target) -> str:
             kind, _, addr = t.params["ORCPT"].partition(";")
             params.append(f"ORCPT={kind};{_core.xtext_encode(addr)}")
     return f"RCPT TO:<{t.address}>" + "".join(" " + p for p in params)
+
+
+# OpenSSL's X509_V_ERR_* codes -> RFC 8460 4.3's result types
+_VERIFY_RESULTS = {
+    62: "certificate-host-mismatch",  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: "certificate-host-mismatch",  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    10: "certificate-expired",  # X509_V_ERR_CERT_HAS_EXPIRED
+    2: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18: "certificate-not-trusted",  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "certificate-not-trusted",  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "certificate-not-trusted",  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
+
+
+def _rpt_result(error: BaseException) -> str:
+    """RFC 8460's result type for a failed TLS handshake."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return _VERIFY_RESULTS.get(error.verify_code, "validation-failure")
+    return "validation-failure"
 
 
 def _is_ip(name: str) -> bool:

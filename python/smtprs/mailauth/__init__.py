@@ -6,7 +6,9 @@
   computed incrementally as content streams into the spool;
 - ``dkim``: which mail is signed, with which key, and the signing itself
   (dkimpy builds and signs the DKIM-Signature field from the held header block
-  and the streamed body hash).
+  and the streamed body hash);
+- ``records``: the DNS records to publish for a domain (``smtprs
+  dns-records``): MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, TLSA.
 
 Named ``mailauth`` because ``smtpd/auth.py`` is SMTP AUTH.  This package reads
 the configuration and imports no pipeline stage; the intake calls into it.

@@ -7,6 +7,13 @@ the domain itself, else of its nearest parent domain that has one: relaxed
 DMARC alignment).  Nothing else is signed: a message from the Internet
 claiming one of our domains in From: must not get our signature.
 
+A domain with several keys (say one rsa-sha256 and one ed25519-sha256, as
+RFC 8463 advises while verifiers that know only RSA remain) gets one
+DKIM-Signature field per key, in the order of ``[[dkim.keys]]``; each is a
+signature of its own over the same header block and body hash.  Domains are
+compared, and signed (d=), as A-labels: a From: domain or a configured domain
+in Unicode (``bücher.example``) is ``xn--bcher-kva.example`` (RFC 8616).
+
 How (see ARCHITECTURE.md, "DKIM signing"): the intake hands every octet it
 writes to the spool after our Received field to a ``MessageSigner`` as well.
 It keeps the header block (bounded by smtpd.max_header_size, as the core
@@ -94,8 +101,10 @@ def signature_field(key: Key, headers: list[tuple[bytes, bytes]], include: Seque
 
 
 def from_domain(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The domain of the From: field (RFC 5322 3.6.2), lower case; None if there
-    is no From:, more than one, or its addresses are not all in one domain."""
+    """The domain of the From: field (RFC 5322 3.6.2), lower case, a Unicode
+    domain (a UTF-8 header, RFC 6532) as its A-label; None if there is no From:,
+    more than one, its addresses are not all in one domain, or that domain is
+    not a valid IDN."""
     values = [v for n, v in headers if n.strip().lower() == b"from"]
     if len(values) != 1:
         return None
@@ -106,7 +115,12 @@ def from_domain(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     if len(domains) != 1:
         return None
     (domain,) = domains
-    return domain or None
+    if not domain:
+        return None
+    try:
+        return keys.a_label(domain)
+    except keys.DkimKeyError:
+        return None
 
 
 class Signer:
@@ -115,16 +129,17 @@ class Signer:
     def __init__(self, cfg: Config) -> None:
         d = cfg.dkim
         self.max_header = cfg.smtpd.max_header_size
-        self._keys: dict[str, Key] = {}
+        self._keys: dict[str, list[Key]] = {}  # A-label domain -> its keys, in configuration order
         for i, k in enumerate(d.keys):
+            try:
+                domain = keys.a_label(k.domain)
+            except keys.DkimKeyError as e:
+                raise ConfigError(f"dkim.keys[{i}].domain: {e}") from None
             try:
                 loaded = keys.load_key(cfg.path(k.key_file), k.algorithm)
             except keys.DkimKeyError as e:
                 raise ConfigError(f"dkim.keys[{i}].key_file: {e}") from None
-            self._keys.setdefault(
-                k.domain.lower().rstrip("."),
-                Key(k.domain.lower().rstrip("."), k.selector, k.algorithm, loaded.crypto),
-            )
+            self._keys.setdefault(domain, []).append(Key(domain, k.selector, k.algorithm, loaded.crypto))
         self.sign_headers = frozenset(h.lower() for h in d.sign_headers)
         self.oversign = [h.lower().encode() for h in d.oversign_headers]
         self.signed = 0
@@ -133,20 +148,30 @@ class Signer:
     def for_config(cls, cfg: Config) -> Signer | None:
         return cls(cfg) if cfg.dkim.keys else None
 
-    def key_for(self, domain: str) -> Key | None:
-        """The key of ``domain``, else of its nearest parent domain that has one."""
-        labels = domain.lower().rstrip(".").split(".")
+    def keys_for(self, domain: str) -> list[Key]:
+        """The keys of ``domain`` (Unicode or A-label), else of its nearest
+        parent domain that has any; empty if none has."""
+        try:
+            name = keys.a_label(domain)
+        except keys.DkimKeyError:
+            return []
+        labels = name.split(".")
         for i in range(len(labels)):
-            k = self._keys.get(".".join(labels[i:]))
-            if k is not None:
-                return k
-        return None
+            found = self._keys.get(".".join(labels[i:]))
+            if found:
+                return found
+        return []
+
+    def key_for(self, domain: str) -> Key | None:
+        """The first key of ``domain`` (see ``keys_for``), or None."""
+        found = self.keys_for(domain)
+        return found[0] if found else None
 
     def start(self) -> MessageSigner:
         return MessageSigner(self)
 
-    def prepare(self, header: bytes) -> tuple[Key, list[tuple[bytes, bytes]], list[bytes]] | str:
-        """The key, dkimpy's parse of the header block and the h= list for a
+    def prepare(self, header: bytes) -> tuple[list[Key], list[tuple[bytes, bytes]], list[bytes]] | str:
+        """The keys, dkimpy's parse of the header block and the h= list for a
         message; or why it is not signed."""
         try:
             parsed: list[tuple[bytes, bytes]] = dkim.rfc822_parse(header + b"\r\n")[0]
@@ -155,21 +180,22 @@ class Signer:
         domain = from_domain(parsed)
         if domain is None:
             return "no single From: domain"
-        key = self.key_for(domain)
-        if key is None:
+        found = self.keys_for(domain)
+        if not found:
             return f"no key for {domain}"
         include = [n.lower() for n, _ in parsed if n.lower().decode("ascii", "replace") in self.sign_headers]
         if len(include) > MAX_SIGNED_FIELDS:
             return f"{len(include)} header fields to sign (at most {MAX_SIGNED_FIELDS})"
-        return key, parsed, include + self.oversign
+        return found, parsed, include + self.oversign
 
     def sign(self, header: bytes, body_hash: bytes) -> tuple[bytes | None, str]:
-        """The DKIM-Signature field (CRLF-terminated) for a message, with what was
-        done (``d=... s=... a=...``), or None and why it is not signed."""
+        """The DKIM-Signature field(s) (each CRLF-terminated; one per key of the
+        domain) for a message, with what was done (``d=... s=... a=...``, joined
+        by ``, ``), or None and why it is not signed."""
         prepared = self.prepare(header)
         if isinstance(prepared, str):
             return None, prepared
-        return _field(*prepared, body_hash)
+        return _fields(*prepared, body_hash)
 
     async def sign_async(self, header: bytes, body_hash: bytes) -> tuple[bytes | None, str]:
         """``sign`` as the intake calls it: on the event loop's thread.
@@ -184,20 +210,31 @@ class Signer:
         prepared = self.prepare(header)
         if isinstance(prepared, str):
             return None, prepared
-        result = _field(*prepared, body_hash)
+        result = _fields(*prepared, body_hash)
         if result[0] is not None:
             self.signed += 1
         return result
 
 
-def _field(
-    key: Key, parsed: list[tuple[bytes, bytes]], include: list[bytes], body_hash: bytes
+def _fields(
+    found: list[Key], parsed: list[tuple[bytes, bytes]], include: list[bytes], body_hash: bytes
 ) -> tuple[bytes | None, str]:
-    try:
-        field = signature_field(key, parsed, include, body_hash)
-    except (dkim.DKIMException, ValueError) as e:
-        return None, f"not signed: {e}"
-    return field, f"d={key.domain} s={key.selector} a={key.algorithm}"
+    """One field per key; a key that fails to sign is left out (and said), the
+    others still sign; None only when none did."""
+    fields: list[bytes] = []
+    done: list[str] = []
+    failed: list[str] = []
+    for key in found:
+        try:
+            fields.append(signature_field(key, parsed, include, body_hash))
+        except (dkim.DKIMException, ValueError) as e:
+            failed.append(f"s={key.selector}: {e}")
+            continue
+        done.append(f"d={key.domain} s={key.selector} a={key.algorithm}")
+    if not fields:
+        return None, "not signed: " + ", ".join(failed)
+    done += [f"not signed with {f}" for f in failed]
+    return b"".join(fields), ", ".join(done)
 
 
 class MessageSigner:

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import idna
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -120,6 +121,22 @@ def write_private(path: Path, pem: bytes) -> None:
         os.close(fd)
 
 
+def a_label(domain: str) -> str:
+    """A domain name as DKIM names it: lower case, no final dot, and every
+    U-label (Unicode) as its A-label (``xn--...``): d= and the key's DNS name
+    are A-labels (RFC 6376 3.5 with RFC 8616 4).  ``idna`` (IDNA 2008 with the
+    UTS #46 mapping, so ``Bücher.Example`` is ``xn--bcher-kva.example``) does
+    the conversion; an ASCII name is only lower-cased.  Raises DkimKeyError for a
+    name that is not a valid IDN."""
+    name = domain.strip().rstrip(".")
+    if name.isascii():
+        return name.lower()
+    try:
+        return idna.encode(name, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as e:
+        raise DkimKeyError(f"{domain!r} is not a valid internationalized domain name ({e})") from None
+
+
 def txt_value(key: SigningKey) -> str:
     """The TXT record's value: ``v=DKIM1; k=rsa; p=...`` (RFC 6376 3.6.1, RFC 8463)."""
     k = "rsa" if key.algorithm == "rsa-sha256" else "ed25519"
@@ -135,6 +152,6 @@ def txt_strings(value: str, size: int = 255) -> list[str]:
 
 def txt_record(domain: str, selector: str, key: SigningKey) -> str:
     """The zone-file line to publish: ``S._domainkey.D. IN TXT "..." "..."`` (one line)."""
-    name = f"{selector}._domainkey.{domain.rstrip('.')}."
+    name = f"{selector}._domainkey.{a_label(domain)}."
     strings = txt_strings(txt_value(key))
     return f"{name} IN TXT " + " ".join(f'"{s}"' for s in strings)

@@ -25,6 +25,7 @@ from ..deliver.base import DeliveryAgent
 from ..envelope import Envelope
 from ..hooks import Hooks
 from ..mailauth.dkim import Signer
+from ..mailauth.inbound import Checker
 from ..metrics import Metrics
 from ..queue.backend import SpoolBackend
 from ..reply import Reply
@@ -101,6 +102,7 @@ class SessionContext:
     hooks: Hooks | None = None
     flow: Flow | None = None  # None: nothing is queued (the null spool), so MAIL never waits
     dkim: Signer | None = None  # DKIM signing (dkim.keys), None when no key is configured
+    mailauth: Checker | None = None  # inbound SPF/DKIM/ARC/DMARC on mx listeners (mailauth.enabled), else None
 
     @property
     def active_sessions(self) -> int:

@@ -26,6 +26,16 @@ our Received field) to a signer that keeps its header block and hashes its
 body; at the end of the data the DKIM-Signature field is prepended to the
 spooled content (``Writer.prepend``) before the commit.
 
+Inbound authentication (mailauth/inbound.py, ``mailauth.enabled``): on an
+mx listener, for a client that did not authenticate, the content after our
+Received field also goes to a ``MessageCheck``, and the header block is held
+as for submission so that Authentication-Results fields claiming our
+authserv-id are removed from it (RFC 8601 5) before it is written.  At the end
+of the data the checks run in one worker-thread job; our
+Authentication-Results field (and the quarantine marker, if the policy
+says so) is prepended above our Received field, or the message is refused
+(550 5.7.1 DMARC, 550 5.7.23 SPF, 451 4.7.24 SPF temperror) as configured.
+
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
 """
@@ -46,7 +56,9 @@ from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
+from ..mailauth import results as authres
 from ..mailauth.dkim import MessageSigner
+from ..mailauth.inbound import MessageCheck
 from ..queue.backend import Writer
 from . import lmtp
 from .context import SessionView
@@ -108,6 +120,7 @@ class Intake:
         self.content_octets = 0  # octets read since then
         self._orphan_bdat: R.Reply | None = None  # a BDAT refused outside a transaction
         self._dkim: MessageSigner | None = None  # the current message's DKIM signer, if it is to be signed
+        self._check: MessageCheck | None = None  # the current message's inbound checks, if it is checked
 
     # -- the commands ----------------------------------------------------------
     async def data(self, cmd: _core.Command) -> None:
@@ -185,7 +198,7 @@ class Intake:
         s.txn = None
         self.content_since = None
         if failure is not None or txn is None or txn.writer is None:
-            self._dkim = None
+            self._dkim = self._check = None
             if txn is not None and txn.writer is not None:
                 ctx.spool.abort(txn.writer)
             self._final_reply(txn, failure or R.NEED_MAIL)
@@ -194,6 +207,7 @@ class Intake:
         if txn.hold is not None and event.error is None:  # the whole message was header (or empty)
             self._release_header(txn, writer, len(txn.hold))
         signer, self._dkim = self._dkim, None  # (after the release: the signer sees the held header too)
+        check, self._check = self._check, None
         if event.error is not None:
             ctx.spool.abort(writer)
             r = R.Reply(event.code, event.enhanced, event.text)
@@ -209,6 +223,10 @@ class Intake:
             return
         if signer is not None:
             await self._sign(signer, writer)
+        if check is not None and (refusal := await self._authenticate(check, writer, txn)) is not None:
+            ctx.spool.abort(writer)
+            self._final_reply(txn, refusal)
+            return
         params = {k: v or "" for k, v in txn.params.items()}
         if event.eight_bit and "BODY" not in params:
             params["BODY"] = "8BITMIME"  # what we saw, whatever the client declared
@@ -255,6 +273,7 @@ class Intake:
         """Drop the message being received, if any (the transaction stays)."""
         self.content_since = None
         self._dkim = None
+        self._check = None
         txn = self.session.txn
         if txn is not None and txn.writer is not None:
             self.session.ctx.spool.abort(txn.writer)
@@ -308,7 +327,11 @@ class Intake:
         dkim = s.ctx.dkim
         if dkim is not None and not s.lmtp and (s.auth_user or s.ctx.policy.trusted(s.peer_ip)):
             self._dkim = dkim.start()  # fed everything after our Received field
-        if s.submission:
+        checker = s.ctx.mailauth
+        self._check = None
+        if checker is not None and s.mode == "mx" and not s.auth_user:
+            self._check = checker.start(s.peer_ip, txn.sender.address(), s.helo_name)
+        if s.submission or self._check is not None:
             txn.hold = bytearray()
         return True
 
@@ -347,9 +370,18 @@ class Intake:
         self._release_header(txn, writer, end)
 
     def _release_header(self, txn: Transaction, writer: Writer, end: int) -> None:
-        """Write the missing Date / Message-ID, then the held content; stream from now on."""
+        """Write the missing Date / Message-ID (submission), then the held content
+        (without forged Authentication-Results fields when checking); stream from now on."""
         assert txn.hold is not None
         hold, txn.hold = txn.hold, None
+        if self._check is not None:
+            header, removed = authres.strip_ours(bytes(hold[:end]), self._check.checker.authserv_id)
+            if removed:
+                hold = bytearray(header) + hold[end:]
+                end = len(header)
+        if not self.session.submission:
+            self._write(writer, bytes(hold))
+            return
         present = {m.group(1).lower() for m in _FIXUP_FIELDS.finditer(hold, 0, end)}
         added = []
         if b"date" not in present:
@@ -362,10 +394,33 @@ class Intake:
 
     # -- DKIM signing (mailauth/dkim.py) -----------------------------------------
     def _write(self, writer: Writer, data: bytes) -> None:
-        """Content into the spool file and, when the message is to be signed, to its signer."""
+        """Content into the spool file and, when the message is to be signed or
+        checked, to its signer and its checks."""
         writer.write(data)
         if self._dkim is not None:
             self._dkim.feed(data)
+        if self._check is not None:
+            self._check.feed(data)
+
+    # -- inbound authentication (mailauth/inbound.py) ----------------------------
+    async def _authenticate(self, check: MessageCheck, writer: Writer, txn: Transaction) -> R.Reply | None:
+        """Run the checks; prepend our Authentication-Results field (above our
+        Received field: RFC 8601 4, as a trace field) or give the policy's refusal."""
+        s = self.session
+        metrics = s.ctx.metrics
+        verdict = await check.checker.run(check)
+        for res in verdict.results:
+            metrics.inc("smtprs_mailauth_results_total", method=res.method, result=res.result)
+        maillog.auth_results(writer.queue_id, verdict.summary(), verdict.lookups, verdict.seconds)
+        if verdict.reply is not None:
+            code, enhanced, text = verdict.reply
+            r = R.Reply(code, enhanced, text)
+            metrics.inc("smtprs_mailauth_actions_total", action="rejected" if code >= 500 else "deferred")
+            maillog.reject(s.id, s.peer, "DATA", r, f"from=<{txn.sender.address()}> {verdict.summary()}")
+            return r
+        writer.prepend(verdict.field + verdict.quarantine)
+        metrics.inc("smtprs_mailauth_actions_total", action="quarantine-header" if verdict.quarantine else "accepted")
+        return None
 
     async def _sign(self, signer: MessageSigner, writer: Writer) -> None:
         """Sign the message: its DKIM-Signature field goes before everything in the
