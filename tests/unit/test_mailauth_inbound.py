@@ -388,3 +388,18 @@ def test_strip_ours_on_any_header(lines: list[bytes]) -> None:
     assert ar.strip_ours(out, "mx.test")[1] == 0  # nothing of ours is left
     if n == 0:
         assert out == header
+
+
+def test_pyspf_outside_our_checks_keeps_its_own_dns(monkeypatch):
+    """smtprs routes pyspf's lookups through its resolver only on a thread that
+    runs one of its checks; anywhere else (a program embedding smtprs that uses
+    pyspf itself) pyspf's own lookup answers."""
+    import spf
+
+    from smtprs.mailauth import inbound
+
+    seen = []
+    monkeypatch.setattr(inbound, "_pyspf_lookup", lambda *a: seen.append(a) or [])
+    assert spf.DNSLookup is inbound._spf_lookup
+    assert spf.DNSLookup("example.test", "A") == []
+    assert seen == [("example.test", "A", True, None)]

@@ -135,14 +135,17 @@ class Lookups:
 
 
 # pyspf asks DNS through its module-level DNSLookup; ours runs the lookups of
-# the message being checked on this thread, through its Lookups.
+# the message being checked on this thread, through its Lookups.  On any other
+# thread (no check of ours under way: a program that embeds smtprs and uses
+# pyspf itself) pyspf's own lookup answers, as it would without smtprs.
 _current = threading.local()
+_pyspf_lookup = spf.DNSLookup
 
 
 def _spf_lookup(name: str, qtype: str, strict: Any = True, timeout: Any = None) -> list[tuple[tuple[str, str], Any]]:
     lookups: Lookups | None = getattr(_current, "lookups", None)
     if lookups is None:
-        raise spf.TempError("DNS: no resolver for this check")
+        return _pyspf_lookup(name, qtype, strict, timeout)  # type: ignore[no-any-return]
     try:
         if qtype in ("TXT", "SPF"):
             records = lookups.txt(name)
