@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -573,6 +574,21 @@ def check(r: Reply, code: int, enhanced: str | None = None, what: object = "") -
 
 # --------------------------------------------------------------------------
 # Messages
+
+
+def submit(port: int, sender: str, rcpt: str, msg: bytes, helo: str = "client.test") -> str:
+    """One message over smtplib to 127.0.0.1:port, each reply checked; its queue id."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=30) as s:
+        code, text = s.ehlo()
+        assert code == 250, text
+        assert s.mail(sender)[0] == 250
+        code, text = s.rcpt(rcpt)
+        assert code == 250, text
+        code, text = s.data(msg)
+        assert code == 250, text
+        m = re.search(rb"queued as (\S+)", text)
+        assert m, text
+        return m.group(1).decode()
 
 
 def stuff(message: bytes) -> bytes:

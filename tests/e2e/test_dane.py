@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import re
 import signal
-import smtplib
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from smtprs.deliver.mx import DnsFailure, Resolver
 from smtprs.queue.spool import read_queue
 
 from .dnssec import SignedZone, Unbound, UnsignedZone
-from .harness import DOMAIN, Server
+from .harness import DOMAIN, Server, submit
 from .peers import ScriptedPeer, free_port, make_cert
 
 SENDER = f"sender@{DOMAIN}"
@@ -197,16 +196,7 @@ def send(server: Server, rcpt: str, subject: str) -> str:
         f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
         f"Message-ID: <{time.monotonic_ns()}@client.test>\r\n\r\nbody\r\n"
     ).encode()
-    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30) as s:
-        s.ehlo()
-        assert s.mail(SENDER)[0] == 250
-        code, text = s.rcpt(rcpt)
-        assert code == 250, text
-        code, text = s.data(msg)
-        assert code == 250, text
-        m = re.search(rb"queued as (\S+)", text)
-        assert m
-        return m.group(1).decode()
+    return submit(server.port, SENDER, rcpt, msg)
 
 
 def queued_errors(server: Server) -> dict[str, tuple[str, str, str]]:

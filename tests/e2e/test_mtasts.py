@@ -17,7 +17,6 @@ import datetime
 import http.server
 import json
 import re
-import smtplib
 import ssl
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from . import peers as peers_mod
-from .harness import DOMAIN, Server, merge
+from .harness import DOMAIN, Server, merge, submit
 from .peers import Dnsmasq, ScriptedPeer, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -337,17 +336,7 @@ def send(server: Server, rcpt: str, subject: str = "hello") -> str:
         f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nDate: Mon, 07 Dec 2026 08:00:00 +0000\r\n"
         f"Message-ID: <{time.monotonic_ns()}@client.test>\r\n\r\nbody\r\n"
     ).encode()
-    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=30) as s:
-        code, text = s.ehlo()
-        assert code == 250
-        assert s.mail(SENDER)[0] == 250
-        code, text = s.rcpt(rcpt)
-        assert code == 250, text
-        code, text = s.data(msg)
-        assert code == 250, text
-        m = re.search(rb"queued as (\S+)", text)
-        assert m
-        return m.group(1).decode()
+    return submit(server.port, SENDER, rcpt, msg)
 
 
 def metrics(server: Server) -> str:

@@ -33,6 +33,7 @@ RULES = [
     ("smtprs.envelope", [f"smtprs.{s}" for s in STAGES]),
     ("smtprs.reply", [f"smtprs.{s}" for s in STAGES]),
     ("smtprs.config", [f"smtprs.{s}" for s in STAGES]),
+    ("smtprs.resolver", [f"smtprs.{s}" for s in STAGES]),
 ] + [(f"smtprs.{s}", [f"smtprs.{o}" for o in OUTER]) for s in STAGES]
 
 

@@ -41,8 +41,8 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from .. import maillog
 from ..config import Dns
+from ..resolver import configured
 
 MAX_MX_HOSTS = 10  # MX hosts considered per domain (the rest are never reached in practice)
 MAX_TXT_RECORDS = 20  # TXT records read per name (a policy record is one of them; more is a broken zone)
@@ -77,20 +77,7 @@ class Resolver:
     def __init__(
         self, cfg: Dns, *, prefer: str = "ipv4", rng: random.Random | None = None, dnssec: bool = False
     ) -> None:
-        if cfg.nameservers:
-            r = dns.asyncresolver.Resolver(configure=False)
-            r.nameservers = list(cfg.nameservers)
-        else:
-            try:
-                r = dns.asyncresolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration:
-                # no /etc/resolv.conf: a local resolver is the only sensible guess
-                maillog.warning("dns: no name server in /etc/resolv.conf; using 127.0.0.1 (set dns.nameservers)")
-                r = dns.asyncresolver.Resolver(configure=False)
-                r.nameservers = ["127.0.0.1"]
-        r.port = cfg.port
-        r.lifetime = cfg.timeout
-        r.timeout = min(cfg.timeout, 2.0)  # per try; the lifetime bounds the retries
+        r = configured(dns.asyncresolver.Resolver, cfg)
         r.cache = dns.resolver.Cache()
         self._r = r
         self.dnssec = False

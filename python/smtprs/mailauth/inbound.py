@@ -55,6 +55,7 @@ import trio
 from authheaders import dmarc_lookup  # type: ignore[import-untyped]
 
 from ..config import Config, Dns
+from ..resolver import configured
 from . import results as ar
 from .canon import relaxed_body_hash
 from .dkim import from_domain
@@ -76,19 +77,8 @@ class BadRecord(Exception):
 
 # -- DNS ---------------------------------------------------------------------------
 def make_resolver(cfg: Dns) -> dns.resolver.Resolver:
-    """A synchronous resolver from ``[dns]`` (as deliver/mx.py builds its async one)."""
-    if cfg.nameservers:
-        r = dns.resolver.Resolver(configure=False)
-        r.nameservers = list(cfg.nameservers)
-    else:
-        try:
-            r = dns.resolver.Resolver(configure=True)
-        except dns.resolver.NoResolverConfiguration:
-            r = dns.resolver.Resolver(configure=False)
-            r.nameservers = ["127.0.0.1"]
-    r.port = cfg.port
-    r.lifetime = cfg.timeout
-    r.timeout = min(cfg.timeout, 2.0)
+    """A synchronous resolver from ``[dns]`` (deliver/mx.py builds its async one the same way)."""
+    r = configured(dns.resolver.Resolver, cfg)
     r.cache = dns.resolver.LRUCache(4096)  # thread-safe; answers kept for their TTL
     return r
 
