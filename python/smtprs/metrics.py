@@ -56,7 +56,7 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     ),
     "smtprs_mailauth_results_total": (
         "counter",
-        "Inbound authentication results on mx listeners (mailauth.enabled), by method (spf, dkim, arc, dmarc) and "
+        "Inbound authentication results on mx listeners (mailauth.enabled), by method (spf, spf_helo: the HELO name of a non-null sender, dkim, arc, dmarc) and "
         "RFC 8601 result (pass, fail, softfail, neutral, none, temperror, permerror); one per DKIM signature.",
     ),
     "smtprs_mailauth_actions_total": (

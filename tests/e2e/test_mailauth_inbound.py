@@ -257,12 +257,14 @@ def test_rsa_signed_from_a_listed_address_passes_everything(accepting: Server, k
     msg, token = message("bob@good.test")
     ar = check(accepting, sign(msg, "rsa", keys["rsa"]), token, "bob@good.test")
     assert ar == (
-        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; "
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=none smtp.helo=client.test; "
         "dkim=pass header.d=good.test header.a=rsa-sha256 header.s=rsa; "
         "dmarc=pass header.from=good.test policy.dmarc=reject"
     )
     log = accepting.wait_log(
-        re.escape("authentication: spf=pass (good.test) dkim=pass (good.test) dmarc=pass (good.test)")
+        re.escape(
+            "authentication: spf=pass (good.test) spf_helo=none (client.test) dkim=pass (good.test) dmarc=pass (good.test)"
+        )
     )
     assert "dns_lookups=" in log
 
@@ -272,7 +274,7 @@ def test_ed25519_signature_passes_and_aligns_dmarc_without_spf(accepting: Server
     signed = sign(msg, "ed", keys["ed"], algorithm=b"ed25519-sha256")
     ar = check(accepting, signed, token, "bounce@elsewhere.test", source=OTHER_IP)
     assert ar == (
-        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; "
+        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; spf=none smtp.helo=client.test; "
         "dkim=pass header.d=good.test header.a=ed25519-sha256 header.s=ed; "
         "dmarc=pass header.from=good.test policy.dmarc=reject"
     )
@@ -294,7 +296,7 @@ def test_modified_body_fails(accepting: Server, keys: dict[str, Any]) -> None:
     signed = sign(msg, "rsa", keys["rsa"]).replace(b"Hello.", b"Hellp.")
     ar = check(accepting, signed, token, "bob@good.test", source=OTHER_IP)
     assert ar == (
-        f"{HOSTNAME}; spf=fail (SPF fail - not authorized) smtp.mailfrom=good.test; "
+        f"{HOSTNAME}; spf=fail (SPF fail - not authorized) smtp.mailfrom=good.test; spf=none smtp.helo=client.test; "
         "dkim=fail (body hash mismatch) header.d=good.test header.a=rsa-sha256 header.s=rsa; "
         "dmarc=fail (p=reject) header.from=good.test policy.dmarc=reject"
     )
@@ -304,7 +306,7 @@ def test_wrong_key_fails(accepting: Server, keys: dict[str, Any]) -> None:
     msg, token = message("bob@good.test")
     ar = check(accepting, sign(msg, "rsa", keys["wrong"]), token, "bob@good.test")
     assert ar == (
-        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; "
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=none smtp.helo=client.test; "
         "dkim=fail (signature did not verify) header.d=good.test header.a=rsa-sha256 header.s=rsa; "
         "dmarc=pass header.from=good.test policy.dmarc=reject"
     )
@@ -335,7 +337,7 @@ def test_forged_from_is_recorded_when_accepting(accepting: Server) -> None:
     msg, token = message("ceo@good.test")
     ar = check(accepting, msg, token, "spam@elsewhere.test", source=OTHER_IP)
     assert ar == (
-        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; dkim=none; "
+        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; spf=none smtp.helo=client.test; dkim=none; "
         "dmarc=fail (p=reject) header.from=good.test policy.dmarc=reject"
     )
 
@@ -385,7 +387,9 @@ def test_forged_quarantine_and_our_auth_results_are_removed_others_kept(
     fields = header_fields(data)
     ars = [v for n, v in fields if n.lower() == "authentication-results"]
     assert len(ars) == 2 and ars[1] == "other.test; spf=pass smtp.mailfrom=good.test", ars
-    assert auth_results(data).startswith(f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; dkim=none; dmarc=pass")
+    assert auth_results(data).startswith(
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=none smtp.helo=client.test; dkim=none; dmarc=pass"
+    )
     assert not any(n.lower() == "x-smtprs-quarantine" for n, _ in fields)
 
 
@@ -393,7 +397,7 @@ def test_forged_quarantine_and_our_auth_results_are_removed_others_kept(
 def test_spf_results_from_loopback_addresses(accepting: Server) -> None:
     msg, token = message("x@soft.test")
     assert check(accepting, msg, token, "x@soft.test", source=OTHER_IP).startswith(
-        f"{HOSTNAME}; spf=softfail (domain owner discourages use of this host) smtp.mailfrom=soft.test; "
+        f"{HOSTNAME}; spf=softfail (domain owner discourages use of this host) smtp.mailfrom=soft.test; spf=none smtp.helo=client.test; "
         "dkim=none; dmarc=none header.from=soft.test"
     )
     msg, token = message("x@soft.test")
@@ -412,6 +416,31 @@ def test_null_sender_checks_helo(accepting: Server) -> None:
     )
 
 
+def test_helo_of_a_non_null_sender_is_a_second_result(accepting: Server) -> None:
+    """RFC 7208 2.3: the HELO name is checked too, recorded beside MAIL FROM's result."""
+    msg, token = message("bob@good.test")
+    ar = check(accepting, msg, token, "bob@good.test", source=GOOD_IP, helo="good.test")
+    assert ar.startswith(f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=pass smtp.helo=good.test; dkim=none")
+    msg, token = message("x@soft.test")  # a HELO name the client may not use: fail, recorded only
+    ar = check(accepting, msg, token, "x@soft.test", source=OTHER_IP, helo="good.test")
+    assert ar.startswith(
+        f"{HOSTNAME}; spf=softfail (domain owner discourages use of this host) smtp.mailfrom=soft.test; "
+        "spf=fail (SPF fail - not authorized) smtp.helo=good.test; dkim=none"
+    ), ar
+    for literal in ("[127.0.0.6]", "localhost"):  # not a domain name SPF can check: no HELO result
+        msg, token = message("x@soft.test")
+        ar = check(accepting, msg, token, "x@soft.test", source=OTHER_IP, helo=literal)
+        assert "smtp.helo" not in ar, ar
+
+
+def test_a_failing_helo_never_refuses(rejecting: Server) -> None:
+    """spf.fail_policy = "reject" reads MAIL FROM's result only; DMARC too."""
+    msg, token = message("x@soft.test")
+    code, _ = send(rejecting, msg, "x@soft.test", source=OTHER_IP, helo="good.test")
+    assert code == 250
+    assert "spf=fail (SPF fail - not authorized) smtp.helo=good.test;" in auth_results(delivered(rejecting, token))
+
+
 def test_spf_fail_is_refused_when_rejecting_softfail_is_not(rejecting: Server, keys: dict[str, Any]) -> None:
     msg, _ = message("x@quar.test")
     code, text = send(rejecting, msg, "x@quar.test", source=OTHER_IP)
@@ -425,11 +454,14 @@ def test_spf_fail_is_refused_when_rejecting_softfail_is_not(rejecting: Server, k
 def test_unparseable_records_are_permerror(accepting: Server) -> None:
     msg, token = message("x@badspf.test")
     ar = check(accepting, msg, token, "x@badspf.test")
-    assert re.match(rf"{HOSTNAME}; spf=permerror \([^)]+\) smtp.mailfrom=badspf.test; dkim=none; dmarc=none", ar), ar
+    assert re.match(
+        rf"{HOSTNAME}; spf=permerror \([^)]+\) smtp.mailfrom=badspf.test; spf=none smtp.helo=client.test; dkim=none; dmarc=none",
+        ar,
+    ), ar
     msg, token = message("x@baddmarc.test")
     ar = check(accepting, msg, token, "x@baddmarc.test")
     assert re.search(
-        r"spf=pass smtp.mailfrom=baddmarc.test; dkim=none; dmarc=permerror \(DMARC record: [^)]+\) header.from=baddmarc.test$",
+        r"spf=pass smtp.mailfrom=baddmarc.test; spf=none smtp.helo=client.test; dkim=none; dmarc=permerror \(DMARC record: [^)]+\) header.from=baddmarc.test$",
         ar,
     ), ar
 
@@ -442,7 +474,10 @@ def test_too_big_answer_and_include_loop_are_permerror(accepting: Server) -> Non
     ), ar
     msg, token = message("x@loop.test")
     ar = check(accepting, msg, token, "x@loop.test", source=OTHER_IP)
-    assert re.match(rf"{HOSTNAME}; spf=permerror \([^)]+\) smtp.mailfrom=loop.test; dkim=none; dmarc=none", ar), ar
+    assert re.match(
+        rf"{HOSTNAME}; spf=permerror \([^)]+\) smtp.mailfrom=loop.test; spf=none smtp.helo=client.test; dkim=none; dmarc=none",
+        ar,
+    ), ar
 
 
 # -- DNS timeout -----------------------------------------------------------------------------
@@ -457,7 +492,7 @@ def test_dns_timeout_is_temperror_within_the_budget(accepting: Server, keys: dic
     assert elapsed < BUDGET + DNS_TIMEOUT, elapsed
     ar = auth_results(delivered(accepting, token))
     assert re.match(
-        rf"{HOSTNAME}; spf=temperror \([^)]*\) smtp.mailfrom=slow.test; "
+        rf"{HOSTNAME}; spf=temperror \([^)]*\) smtp.mailfrom=slow.test; spf=temperror \([^)]*budget[^)]*\) smtp.helo=client.test; "
         r"dkim=temperror \(DNS [^)]*\) header.d=slow.test header.a=rsa-sha256 header.s=rsa; "
         r"dmarc=temperror \(DNS [^)]*\) header.from=slow.test$",
         ar,
@@ -484,7 +519,7 @@ def test_too_large_for_dkim_is_neutral_never_rejected(quarantining: Server, keys
     assert code == 250
     data = delivered(quarantining, token)
     assert auth_results(data) == (
-        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; "
+        f"{HOSTNAME}; spf=none smtp.mailfrom=elsewhere.test; spf=none smtp.helo=client.test; "
         "dkim=neutral (message larger than mailauth.dkim_max_size: not verified); "
         "arc=none (not verified: message too large); "
         "dmarc=permerror (DKIM not verified: message larger than mailauth.dkim_max_size) header.from=good.test "
@@ -502,7 +537,7 @@ def test_arc_sealed_message_verifies(accepting: Server, keys: dict[str, Any]) ->
     sealed = b"".join(arc) + msg
     ar = check(accepting, sealed, token, "bob@good.test")
     assert ar == (
-        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; "
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=none smtp.helo=client.test; "
         "dkim=pass header.d=good.test header.a=rsa-sha256 header.s=rsa; arc=pass; "
         "dmarc=pass header.from=good.test policy.dmarc=reject"
     )
@@ -529,7 +564,7 @@ def test_bdat_message_is_checked(accepting: Server, keys: dict[str, Any]) -> Non
         assert r.code == 250, r
     data = delivered(accepting, token)
     assert auth_results(data) == (
-        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; "
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=good.test; spf=none smtp.helo=client.test; "
         "dkim=pass header.d=good.test header.a=rsa-sha256 header.s=rsa; "
         "dmarc=pass header.from=good.test policy.dmarc=reject"
     )
@@ -576,7 +611,7 @@ def test_mail_signed_by_smtprs_passes_smtprs_checks(
         signer.stop()
     assert b"signer.test" not in data and b"authentication: " not in signer.log().encode()
     assert ar == (
-        f"{HOSTNAME}; spf=pass smtp.mailfrom=sign.test; "
+        f"{HOSTNAME}; spf=pass smtp.mailfrom=sign.test; spf=none smtp.helo={HOSTNAME}; "
         "dkim=pass header.d=sign.test header.a=rsa-sha256 header.s=smtprs; "
         "dmarc=pass header.from=sign.test policy.dmarc=reject"
     )
@@ -610,3 +645,4 @@ def test_results_and_actions_are_counted(rejecting: Server, keys: dict[str, Any]
     assert delta('smtprs_mailauth_results_total{method="dkim",result="pass"}') == 1
     assert delta('smtprs_mailauth_results_total{method="spf",result="none"}') == 1
     assert delta('smtprs_mailauth_results_total{method="spf",result="pass"}') == 1
+    assert delta('smtprs_mailauth_results_total{method="spf_helo",result="none"}') == 2  # HELO client.test

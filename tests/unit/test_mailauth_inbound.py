@@ -316,6 +316,24 @@ def test_lookups_are_bounded_in_time_and_count(black_hole: int) -> None:
     assert counted.count == 1
 
 
+@pytest.mark.parametrize(
+    ("helo", "domain"),
+    [
+        ("mail.example.test", "mail.example.test"),
+        ("Mail.Example.Test.", "mail.example.test"),
+        ("[192.0.2.1]", ""),
+        ("[IPv6:::1]", ""),
+        ("localhost", ""),
+        ("192.0.2.1", ""),
+        ("a..test", ""),
+        ("", ""),
+        ("x" * 64 + ".test", ""),
+    ],
+)
+def test_helo_domain_is_a_name_spf_can_check(helo: str, domain: str) -> None:
+    assert inbound.helo_domain(helo) == domain
+
+
 def test_spf_through_the_budget(black_hole: int) -> None:
     resolver = inbound.make_resolver(Dns(nameservers=["127.0.0.1"], port=black_hole, timeout=0.3))
     lookups = Lookups(resolver, budget=1.0, max_lookups=5, per_lookup=0.3)
@@ -403,3 +421,24 @@ def test_pyspf_outside_our_checks_keeps_its_own_dns(monkeypatch):
     assert spf.DNSLookup is inbound._spf_lookup
     assert spf.DNSLookup("example.test", "A") == []
     assert seen == [("example.test", "A", True, None)]
+
+
+@pytest.mark.parametrize("check_helo", [True, False])
+def test_helo_result_follows_spf_check_helo(black_hole: int, check_helo: bool) -> None:
+    """mailauth.spf.check_helo: a second SPF result for the HELO name of a
+    non-null sender (here a DNS that never answers: temperror within the
+    budget), or none at all."""
+    cfg = Config()
+    m = dataclasses.replace(
+        cfg.mailauth, dns_budget=0.6, spf=dataclasses.replace(cfg.mailauth.spf, check_helo=check_helo)
+    )
+    dns_cfg = Dns(nameservers=["127.0.0.1"], port=black_hole, timeout=0.2)
+    c = Checker(dataclasses.replace(cfg, mailauth=m, dns=dns_cfg), "mx.test")
+    v = c.evaluate(None, "127.0.0.5", "a@a.test", "mail.h.test", b"From: <a@a.test>\r\n\r\n")
+    helo = [r for r in v.results if r.label == "spf_helo"]
+    if check_helo:
+        assert [(r.result, r.props["helo"]) for r in helo] == [("temperror", "mail.h.test")]
+        assert b"smtp.helo=mail.h.test" in v.field
+    else:
+        assert helo == [] and b"smtp.helo" not in v.field
+    assert v.reply is None  # never a refusal of its own

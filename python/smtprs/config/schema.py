@@ -513,6 +513,11 @@ class MailauthSpf:
         "accept",
         "`accept` (record spf=temperror only) or `defer` (451 4.7.24: the client tries again later).",
     )
+    check_helo: bool = _f(
+        True,
+        "Also check the HELO name of a non-null sender (RFC 7208 2.3), recorded as a second `spf=... smtp.helo=` "
+        "result; it never refuses mail and DMARC does not read it. A null sender's HELO is always checked.",
+    )
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,13 @@ class Result:
 
     def summary(self) -> str:
         d = self.props.get("d") or self.props.get("from") or self.props.get("domain") or ""
-        return f"{self.method}={self.result}" + (f" ({d})" if d else "")
+        return f"{self.label}={self.result}" + (f" ({d})" if d else "")
+
+    @property
+    def label(self) -> str:
+        """The method as the log and the metrics name it: ``spf_helo`` for the
+        HELO identity of a non-null sender, else the method."""
+        return "spf_helo" if self.props.get("identity") == "helo" else self.method
 
 
 @dataclass
@@ -236,6 +242,31 @@ def check_spf(lookups: Lookups, ip: str, sender: str, helo: str) -> Result:
     reason = str(explanation) if result not in ("pass", "none") else ""
     props["domain"] = mailfrom or helo
     return Result("spf", result, reason, props)
+
+
+def helo_domain(helo: str) -> str:
+    """The HELO name if SPF can check it (RFC 7208 2.3: a fully qualified
+    domain name; not an address literal, not a bare label), else ""."""
+    name = helo.rstrip(".").lower()
+    if not name or name.startswith("[") or "." not in name or len(name) > 253:
+        return ""
+    labels = name.split(".")
+    if labels[-1].isdigit() or not all(0 < len(x) <= 63 for x in labels):
+        return ""  # an IPv4 address given as a name, or an empty label
+    return name
+
+
+def check_spf_helo(lookups: Lookups, ip: str, helo: str) -> Result | None:
+    """SPF for the HELO identity of a non-null sender (RFC 7208 2.3, which
+    recommends it): a second result, recorded as ``smtp.helo``; DMARC and
+    the policy read the MAIL FROM result only.  None when the HELO name is
+    not a domain SPF can check."""
+    name = helo_domain(helo)
+    if not name:
+        return None
+    r = check_spf(lookups, ip, "", name)
+    r.props["identity"] = "helo"
+    return r
 
 
 # -- DKIM (RFC 6376) ---------------------------------------------------------------
@@ -513,7 +544,15 @@ class Checker:
         dmarc_r = check_dmarc(lookups, header_from, spf_r, dkims, message is None)
         if message is None and header is None:
             dmarc_r = Result("dmarc", "none", "header block larger than mailauth.dkim_max_size: not read")
-        results = [spf_r, *dkims, *([arc_r] if has_arc or message is None else []), dmarc_r]
+        helo_r = None
+        if sender and m.spf.check_helo:  # last: what the DNS budget has left (a null sender's SPF is its HELO)
+            _current.lookups = lookups
+            try:
+                helo_r = check_spf_helo(lookups, ip, helo)
+            finally:
+                _current.lookups = None
+        spfs = [spf_r] if helo_r is None else [spf_r, helo_r]
+        results = [*spfs, *dkims, *([arc_r] if has_arc or message is None else []), dmarc_r]
         verdict = Verdict(results, self.field(results), lookups=lookups.count)
         self._policy(verdict, spf_r, dmarc_r)
         verdict.seconds = time.monotonic() - started

@@ -410,7 +410,7 @@ class Intake:
         metrics = s.ctx.metrics
         verdict = await check.checker.run(check)
         for res in verdict.results:
-            metrics.inc("smtprs_mailauth_results_total", method=res.method, result=res.result)
+            metrics.inc("smtprs_mailauth_results_total", method=res.label, result=res.result)
         maillog.auth_results(writer.queue_id, verdict.summary(), verdict.lookups, verdict.seconds)
         if verdict.reply is not None:
             code, enhanced, text = verdict.reply
