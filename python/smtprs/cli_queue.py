@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 
 def load_config(args: argparse.Namespace) -> config_mod.Config:
+    """The command's configuration, found as config.locate says (``-c``,
+    $SMTPRS_CONFIG, /etc/smtprs/smtprs.toml, the embedded defaults); the path
+    is put back in ``args.config`` so that a server reloads the same file."""
+    args.config, _ = config_mod.locate(args.config)
     return config_mod.load(args.config)
 
 

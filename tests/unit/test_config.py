@@ -103,3 +103,20 @@ def test_relay_keys_are_checked(tmp_path):
         with pytest.raises(ConfigError) as e:
             config.load(f)
         assert str(e.value).startswith(key + ":"), (toml, str(e.value))
+
+
+def test_locate_takes_c_then_the_environment_then_etc_then_the_defaults(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    load_mod = importlib.import_module("smtprs.config.load")  # (the module: smtprs.config.load is also the function)
+
+    etc = tmp_path / "smtprs.toml"
+    monkeypatch.setattr(load_mod, "SYSTEM_CONFIG", str(etc))
+    monkeypatch.delenv("SMTPRS_CONFIG", raising=False)
+    path, looked = load_mod.locate(None)
+    assert path is None and looked[-1] == "the embedded defaults" and f"{etc} (absent)" in looked
+    etc.write_text('hostname = "etc.test"\n')
+    assert load_mod.locate(None)[0] == str(etc)
+    monkeypatch.setenv("SMTPRS_CONFIG", "/elsewhere.toml")
+    assert load_mod.locate(None) == ("/elsewhere.toml", ["$SMTPRS_CONFIG=/elsewhere.toml"])
+    assert load_mod.locate("/given.toml")[0] == "/given.toml"

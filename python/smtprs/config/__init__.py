@@ -17,7 +17,7 @@ The package: ``schema`` (the tree and each key's documentation), ``values``
 reference).  Everything public is importable from ``smtprs.config``.
 """
 
-from .load import RENAMED, load
+from .load import RENAMED, load, locate
 from .reference import reference_markdown
 from .schema import (
     DKIM_NEVER_SIGN,
@@ -56,6 +56,7 @@ from .values import (
 )
 
 __all__ = [
+    "locate",
     "LMTP_PORT",
     "POP3_MODES",
     "RENAMED",

@@ -21,6 +21,28 @@ from .values import dir_mode, mailbox_ids, parse_host_port, parse_nexthop, parse
 # Loading and validation
 
 
+SYSTEM_CONFIG = "/etc/smtprs/smtprs.toml"
+CONFIG_ENV = "SMTPRS_CONFIG"
+
+
+def locate(explicit: str | None) -> tuple[str | None, list[str]]:
+    """Which configuration file a command reads, in one order for every
+    command: ``-c``, then ``$SMTPRS_CONFIG``, then /etc/smtprs/smtprs.toml when
+    it exists, then none (the embedded defaults).  Returns the path (None:
+    the defaults) and where it looked, for messages that say so."""
+    if explicit:
+        return explicit, [f"-c {explicit}"]
+    looked = []
+    env = os.environ.get(CONFIG_ENV, "")
+    if env:
+        return env, [f"${CONFIG_ENV}={env}"]
+    looked.append(f"${CONFIG_ENV} (unset)")
+    if os.path.exists(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG, [*looked, SYSTEM_CONFIG]
+    looked.append(f"{SYSTEM_CONFIG} (absent)")
+    return None, [*looked, "the embedded defaults"]
+
+
 def load(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
     """Load the configuration from ``path`` (None: the embedded default)."""
     raw: dict[str, Any] = {}
