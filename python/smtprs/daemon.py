@@ -73,6 +73,7 @@ from typing import Any
 import trio
 
 from . import config as config_mod
+from . import hooks as hooks_mod
 from . import maillog, metrics_http
 from .bounce import Notifier
 from .config import POP3_MODES, SUBMISSION_MODES, Config
@@ -84,7 +85,6 @@ from .deliver.mbox import MboxAgent
 from .deliver.smtp import SmtpAgent
 from .envelope import Envelope
 from .errors import ConfigError, ListenError, SpoolError
-from . import hooks as hooks_mod
 from .hooks import Hooks
 from .mailauth.dkim import Signer
 from .mailauth.inbound import Checker

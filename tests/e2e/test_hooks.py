@@ -25,7 +25,7 @@ from .peers import SinkDump, SmtpSink, free_port
 
 pytestmark = pytest.mark.e2e
 
-MODULE = '''
+MODULE = """
 import json
 import os
 import pathlib
@@ -86,7 +86,7 @@ def not_hooks():
 
 def broken():
     raise RuntimeError("cannot reach the directory")
-'''
+"""
 
 
 def hooks_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -156,7 +156,7 @@ def test_every_worker_loads_the_hooks_and_a_failing_hook_answers_451(
     assert len(srv.mail("bob")) == 1  # the refused message was removed, never delivered
     assert wait_events(out, lambda e: e["event"] == "disconnect" and e["helo"] == "client.test")
     # several connections spread over both workers: every one serves with its hooks
-    for i in range(12):
+    for _i in range(12):
         with smtplib.SMTP("127.0.0.1", srv.port, timeout=15) as c:
             c.ehlo("many.test")
             c.mail("a@client.test")
@@ -191,8 +191,12 @@ def test_permit_relays_a_refused_recipient_and_on_deferred_is_called(
             assert c.rcpt("permit@down.test")[0] == 250
             code, text = c.data(message("permitted"))
             assert code == 250
-        srv.wait_log(r"permit: RCPT from \[127\.0\.0\.1\]:\d+: from=<a@client\.test> to=<permit@sink\.test>: permitted by a hook over 554 5\.7\.1")
-        srv.wait_log(r"to=<permit-nobody@example\.test>: a hook permitted it, but it has no route; refused with 550 5\.1\.1")
+        srv.wait_log(
+            r"permit: RCPT from \[127\.0\.0\.1\]:\d+: from=<a@client\.test> to=<permit@sink\.test>: permitted by a hook over 554 5\.7\.1"
+        )
+        srv.wait_log(
+            r"to=<permit-nobody@example\.test>: a hook permitted it, but it has no route; refused with 550 5\.1\.1"
+        )
         [dump] = sink.wait_dumps(1)
         got = SinkDump.read(dump)
         assert [a.split()[0] for a in got.rcpt_args] == ["<permit@sink.test>"]

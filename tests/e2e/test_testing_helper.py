@@ -66,15 +66,17 @@ def test_controller_runs_a_real_server_for_smtplib(tmp_path: Path) -> None:
 
 
 def test_controller_overrides_and_start_errors(tmp_path: Path) -> None:
-    with Controller(
-        overrides={"local": {"domains": ["other.test"], "users": ["carol"]}}, data_dir=tmp_path / "d"
-    ) as server:
-        with smtplib.SMTP(server.host, server.port, timeout=15) as client:
-            client.ehlo("x")
-            client.mail("a@client.test")
-            assert client.rcpt("bob@example.test")[0] == 554  # not our domain any more
-            assert client.rcpt("nobody@other.test")[0] == 550
-            assert client.rcpt("carol@other.test")[0] == 250
+    with (
+        Controller(
+            overrides={"local": {"domains": ["other.test"], "users": ["carol"]}}, data_dir=tmp_path / "d"
+        ) as server,
+        smtplib.SMTP(server.host, server.port, timeout=15) as client,
+    ):
+        client.ehlo("x")
+        client.mail("a@client.test")
+        assert client.rcpt("bob@example.test")[0] == 554  # not our domain any more
+        assert client.rcpt("nobody@other.test")[0] == 550
+        assert client.rcpt("carol@other.test")[0] == 250
     assert (tmp_path / "d").is_dir()  # a given directory is kept
     # a configuration that cannot start: raised by start(), nothing left running
     with pytest.raises(smtprs.ConfigError):

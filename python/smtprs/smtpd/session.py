@@ -271,7 +271,9 @@ class Session:
             except HookFailed:
                 pass
         if scope.cancelled_caught:
-            maillog.error(f"{self.id}: hook on_disconnect did not return within {DISCONNECT_HOOK_TIMEOUT:g}s; cancelled")
+            maillog.error(
+                f"{self.id}: hook on_disconnect did not return within {DISCONNECT_HOOK_TIMEOUT:g}s; cancelled"
+            )
 
     async def flush(self) -> None:
         """Send every queued reply, the engine's own and ours, in order."""
