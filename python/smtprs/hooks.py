@@ -25,12 +25,20 @@ hooks class that does not look at them.
   they refused it -- then ``session.refused`` is their reply, and the hook
   may answer ``PERMIT`` (or any ``Permit``) to accept the recipient anyway
   (logged); otherwise the refusal stands.
-- ``on_data(session, envelope, content)`` after the message is durably
-  spooled and before the 250: ``content.open()`` reads it (our Received
-  header first), ``content.headers()`` gives its parsed header fields.  A
-  reply rejects the message, which is then removed from the spool; if the
-  server dies while the hook runs, the message is delivered at the next
-  start (it was already spooled).
+- ``on_message(session, message)`` at the end of the data, before the
+  commit that earns the 250 (and after the milters): ``message`` (a
+  ``Message``) shows the envelope and the staged content, and its methods
+  ask for changes -- header fields added, inserted, changed or deleted, a
+  new body, recipients added or removed, a new sender, quarantine -- that
+  are collected in one ``rewrite.Edit`` and applied by ``rewrite.apply``
+  (smtpd/hookdata.py) once the hook returns None (or a 2xx).  A refusal
+  drops the changes and the message.  The changed message is what is
+  committed: durable before the 250, never half of it.
+- ``on_data(session, envelope, content)`` after ``on_message`` (its changes
+  applied), before the commit: ``content.open()`` reads the message as it
+  will be committed (our Received header first), ``content.headers()`` gives
+  its parsed header fields.  A reply rejects the message, which is then
+  never committed (nothing was durable yet).
 - ``on_disconnect(session)`` when the session ends, however it ends.
 - ``on_delivered(envelope, recipient)`` / ``on_bounced(envelope, recipient)``
   when a recipient reaches its final state (failed includes expired);
@@ -38,10 +46,11 @@ hooks class that does not look at them.
 
 Hooks run in the server's Trio task: they may await, but every moment they
 take delays the session (or the queue) that called them.  An exception in a
-hook is logged (with the queue id when the hook was given an envelope) and
-answered 451 4.3.0 (SMTP stages, AUTH included) or ignored (outcomes,
-on_disconnect).  Not called for LMTP data (delivered at once, never queued)
-nor for POP3.
+hook is logged (with the queue id when the hook was given an envelope or a
+message) and answered 451 4.3.0 (SMTP stages, AUTH included; at the end of
+the data the message is dropped, its spool writer aborted) or ignored
+(outcomes, on_disconnect).  on_message and on_data are not called for LMTP
+data (delivered at once, never queued) nor for POP3.
 
 ``smtprs serve`` loads hooks from the configuration's ``hooks =
 "package.module:factory"`` in every worker process (``load``): the factory is
@@ -50,13 +59,17 @@ called with no arguments and must return a ``Hooks``.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
+from email.message import EmailMessage
 
+from . import _core
 from .content import Content
 from .envelope import Envelope, Recipient
 from .errors import ConfigError
 from .reply import Reply
+from .rewrite import AddHeader, ChangeHeader, Edit, InsertHeader
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,109 @@ class Permit(Reply):
 PERMIT = Permit()
 
 
+class Message:
+    """What ``on_message`` is given: the message as received, and the changes
+    the hook asks for.
+
+    ``envelope`` is a copy of the envelope (queue id, sender, recipients,
+    client): changing it changes nothing, use the methods.  ``content`` is
+    the staged content (``content.open()``, ``content.headers()``), as the
+    milters left it.  The methods collect one ``rewrite.Edit`` (``changes``),
+    applied in the order asked once the hook returns; they check their
+    arguments and raise ValueError (an address: smtprs.AddressError) at
+    once, so a mistake fails the hook (451 4.3.0) instead of the message.
+
+    Header fields follow the milter semantics (rewrite.py): ``add_header``
+    appends a field, ``insert_header(0, ...)`` puts one at the top (above
+    our Received field), ``change_header(name, value, index)`` replaces the
+    index-th field of that name (from 1; names without case; a missing one
+    is added), ``delete_header(name, index)`` removes it.  A value may be
+    folded with "\\n" (a tab is put before a continuation line that does not
+    start with white space); it may not hold a CR alone or a NUL."""
+
+    def __init__(self, envelope: Envelope, content: Content) -> None:
+        self.envelope = copy.deepcopy(envelope)
+        self.content = content
+        self.changes = Edit()
+
+    @property
+    def queue_id(self) -> str:
+        return self.envelope.queue_id
+
+    def headers(self) -> EmailMessage:
+        """``content.headers()``: the parsed header fields (email.message.EmailMessage)."""
+        return self.content.headers()
+
+    def add_header(self, name: str, value: str) -> None:
+        self.changes.headers.append(AddHeader(_field_name(name), _field_value(value)))
+
+    def insert_header(self, index: int, name: str, value: str) -> None:
+        if not isinstance(index, int) or index < 0:
+            raise ValueError(f"insert_header: index must be an int >= 0, not {index!r}")
+        self.changes.headers.append(InsertHeader(index, _field_name(name), _field_value(value)))
+
+    def change_header(self, name: str, value: str, index: int = 1) -> None:
+        """Replace the index-th ``name`` field (from 1) by ``value``; added if missing.
+        An empty value deletes the field (as ``delete_header``)."""
+        self.changes.headers.append(ChangeHeader(_field_index(index), _field_name(name), _field_value(value)))
+
+    def delete_header(self, name: str, index: int = 1) -> None:
+        self.changes.headers.append(ChangeHeader(_field_index(index), _field_name(name), ""))
+
+    def replace_body(self, body: bytes) -> None:
+        """The new body (everything after the header block); any line ends, stored as CRLF."""
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ValueError(f"replace_body: bytes expected, not {type(body).__name__}")
+        self.changes.body = bytes(body)
+
+    def add_recipient(self, address: str) -> None:
+        """One more recipient (routed as at RCPT: aliases expanded; relaying allowed)."""
+        self.changes.rcpt_add.append(_address(address, null=False))
+
+    def remove_recipient(self, address: str) -> None:
+        """Remove a recipient, named as the client gave it at RCPT or as its final
+        address (after aliases); names without case.  Removing every one discards
+        the message (answered 250, logged, kept nowhere)."""
+        self.changes.rcpt_del.append(_address(address, null=False))
+
+    def change_sender(self, address: str) -> None:
+        """The new envelope sender ("" for the null sender)."""
+        self.changes.sender = _address(address, null=True)
+
+    def quarantine(self, reason: str) -> None:
+        """Accept the message onto the hold queue (``smtprs queue release`` sends it)."""
+        self.changes.quarantine = str(reason) or "quarantined by a hook"
+
+
+def _field_name(name: str) -> str:
+    if not isinstance(name, str) or not name or any(not 33 <= ord(c) <= 126 or c == ":" for c in name):
+        raise ValueError(f"not a header field name: {name!r}")
+    return name
+
+
+def _field_value(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"a header field value is a str, not {type(value).__name__}")
+    if "\0" in value or "\r" in value.replace("\r\n", ""):
+        raise ValueError(f"a header field value may not hold a NUL or a CR alone: {value!r}")
+    return value
+
+
+def _field_index(index: int) -> int:
+    if not isinstance(index, int) or index < 1:
+        raise ValueError(f"a header field index counts from 1, not {index!r}")
+    return index
+
+
+def _address(address: str, null: bool) -> str:
+    """``address`` checked as the Rust parser checks a path (AddressError if it is none)."""
+    if not isinstance(address, str):
+        raise ValueError(f"an address is a str, not {type(address).__name__}")
+    if null and address == "":
+        return ""
+    return _core.parse_path(f"<{address}>", smtputf8=True, allow_null=False).address()
+
+
 class Hooks:
     """Override the hooks you need; the defaults do nothing (they accept)."""
 
@@ -108,6 +224,9 @@ class Hooks:
         return None
 
     async def on_rcpt(self, session: SessionInfo, sender: str, recipient: str) -> Reply | None:
+        return None
+
+    async def on_message(self, session: SessionInfo, message: Message) -> Reply | None:
         return None
 
     async def on_data(self, session: SessionInfo, envelope: Envelope, content: Content) -> Reply | None:
@@ -132,6 +251,7 @@ HOOK_NAMES = (
     "on_auth",
     "on_mail",
     "on_rcpt",
+    "on_message",
     "on_data",
     "on_disconnect",
     "on_delivered",

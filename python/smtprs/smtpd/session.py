@@ -49,7 +49,7 @@ from .. import _core, maillog
 from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
 from ..envelope import Envelope
-from ..hooks import HOOK_FAILED, HookFailed, Permit, SessionInfo, overrides
+from ..hooks import HOOK_FAILED, HookFailed, Message, Permit, SessionInfo, overrides
 from . import auth as sasl
 from . import transaction
 from .channel import Channel
@@ -231,7 +231,7 @@ class Session:
         try:
             answer: object = await getattr(self.hooks, name)(self.info(refused), *args)
         except Exception as e:
-            qid = next((a.queue_id for a in args if isinstance(a, Envelope)), None)
+            qid = next((a.queue_id for a in args if isinstance(a, (Envelope, Message))), None)
             where = f"{qid}: hook {name} failed (session {self.id})" if qid else f"{self.id}: hook {name} failed"
             maillog.error(f"{where}: {e!r}")
             logging.getLogger("smtprs").debug("hook traceback", exc_info=True)
@@ -258,7 +258,8 @@ class Session:
             return answer
         if not answer.is_error:
             return None
-        maillog.reject(self.id, self.peer, name[3:].upper(), answer, "by a hook")
+        stage = "DATA" if name in ("on_message", "on_data") else name[3:].upper()
+        maillog.reject(self.id, self.peer, stage, answer, f"by hook {name}")
         return answer
 
     async def _disconnect_hook(self) -> None:
