@@ -252,7 +252,11 @@ class Session:
         if answer is None:
             return None
         if not isinstance(answer, R.Reply):
-            maillog.error(f"{self.id}: hook {name} answered {answer!r}, not a smtprs.Reply or None")
+            qid = next((a.queue_id for a in args if isinstance(a, (Envelope, Message))), None)
+            where = f"{qid}: hook {name}" if qid else f"{self.id}: hook {name}"
+            maillog.error(
+                f"{where} answered {answer!r}, not a smtprs.Reply or None" + (f" (session {self.id})" if qid else "")
+            )
             return HOOK_FAILED
         if isinstance(answer, Permit) and refused is not None:
             return answer
