@@ -320,3 +320,43 @@ async def test_without_hooks_on_message_nothing_is_staged(ctx_factory: Any) -> N
         qid = _qid(await _send(c, "plain", ("x@example.test",)))
         n.cancel_scope.cancel()
     assert qid in ctx.spool and _files(ctx) == []
+
+
+async def test_a_session_cancelled_while_the_hook_runs_leaves_nothing(ctx_factory: Any, tmp_path: Path) -> None:
+    """The server stopping while on_message waits: the session is cancelled,
+    the staged spool file goes, nothing was committed (the client got no 250)."""
+    started = trio.Event()
+
+    class Slow(smtprs.Hooks):
+        async def on_message(self, session: smtprs.SessionInfo, message: smtprs.Message) -> smtprs.Reply | None:
+            message.add_header("X-Never", "written")
+            started.set()
+            await trio.sleep_forever()
+            return None
+
+    ctx = _ctx(ctx_factory, tmp_path, Slow())
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<a@remote.test>")).code == 250
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).code == 250
+        assert (await c.cmd("DATA")).code == 354
+        await c.send(b"Subject: slow\r\n\r\nbody\r\n.\r\n")
+        await started.wait()
+        assert len(_files(ctx)) == 1  # staged for the hook
+        n.cancel_scope.cancel()
+    assert ctx.spool.count == 0 and _files(ctx) == []
+
+
+async def test_the_null_spool_cannot_show_a_message_to_the_hooks(ctx_factory: Any, tmp_path: Path, caplog: Any) -> None:
+    """queue.backend = "null" keeps no content: a hooks object that reads the
+    message gets a defined answer, the spool's write error, logged."""
+    caplog.set_level(logging.INFO, logger="smtprs")
+    ctx = _ctx(ctx_factory, tmp_path, Changer(), queue={"backend": "null"})
+    async with trio.open_nursery() as n:
+        c = await start_session(n, ctx)
+        await c.cmd("EHLO client.test")
+        r = await _send(c, "tag")
+        assert (r.code, r.enhanced) == (451, "4.3.0")
+        n.cancel_scope.cancel()
+    assert "cannot show the message to the hooks: the null spool backend keeps no content" in caplog.text
