@@ -10,8 +10,11 @@ of the 250, and nothing of the version it was received as."""
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import pytest
 
 from smtprs.queue.spool import Spool
 
-from .harness import DOMAIN, QUEUED_RE
+from .harness import DOMAIN, QUEUED_RE, smtprs_command
 from .peers import SinkDump, SmtpSink
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +46,8 @@ class Changer(smtprs.Hooks):
         elif subject == "none":
             for r in message.envelope.recipients:
                 message.remove_recipient(r.address)
+        elif subject == "hold":
+            message.quarantine("held for review")
         elif subject == "boom":
             message.add_header("X-Never", "written")
             raise RuntimeError("message hook exploded")
@@ -169,3 +174,31 @@ def test_the_changed_message_is_durable_before_the_250(tmp_path: Path, hooks_pat
     [delivered] = srv.wait_mail("bob", 1, settle=0.5)
     text = delivered.read_bytes()
     assert text.count(b"X-Hook: added by e2e_changes\n") == 1 and b"Subject: [checked] tag\n" in text
+
+
+def test_quarantine_holds_the_message_until_released(tmp_path: Path, hooks_path: None, make_server: Any) -> None:
+    srv = make_server({"hooks": "e2e_changes:make", "local": {"users": ["bob"]}})
+
+    def queue(*args: str) -> str:
+        p = subprocess.run(
+            [*smtprs_command(), "queue", *args, "--config", str(srv.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, (args, p.stdout, p.stderr, srv.log_tail())
+        return p.stdout
+
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=15) as c:
+        c.ehlo("client.test")
+        held = qid_of(send(c, "hold", [f"bob@{DOMAIN}"]))
+        plain = qid_of(send(c, "plain", [f"bob@{DOMAIN}"]))
+    srv.wait_log(rf"{held}: hook on_message: quarantined \(held for review\)")
+    srv.wait_log(rf"{plain}: to=<bob@example\.test>.*status=sent")
+    time.sleep(0.5)
+    listed = {e["id"]: e for e in json.loads(queue("list", "--json"))}
+    assert list(listed) == [held] and listed[held]["held"] is True
+    assert len(srv.mail("bob")) == 1  # only the plain one
+    assert queue("release", held).strip() == f"OK {held} released"
+    srv.wait_log(rf"{held}: to=<bob@example\.test>.*status=sent")
+    assert len(srv.wait_mail("bob", 2)) == 2
