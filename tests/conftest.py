@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+# smtprs.testing's pytest plugin: the smtprs_server fixture and the smtprs marker,
+# as docs/library.md tells library users to enable it
+pytest_plugins = ["smtprs.testing"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("smtprs")

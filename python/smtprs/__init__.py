@@ -3,8 +3,14 @@
 The public API is small and curated here; everything else is internal:
 
 - run the server inside a Trio program: ``serve(config, hooks)`` with a
-  ``Hooks`` subclass whose async methods (on_connect, on_helo, on_mail,
-  on_rcpt, on_data, on_delivered, on_bounced) accept or answer a ``Reply``;
+  ``Hooks`` subclass whose async methods (on_connect, on_helo, on_auth,
+  on_mail, on_rcpt, on_message, on_data, on_disconnect, on_delivered,
+  on_bounced, on_deferred) accept or answer a ``Reply`` (``PERMIT``/``Permit``
+  from on_rcpt accepts a recipient the server's checks refused; the
+  ``Message`` given to on_message changes the mail before the 250); ``smtprs serve``
+  loads them from the configuration (``hooks = "package.module:factory"``);
+- test against a real server from synchronous code: ``smtprs.testing``
+  (``Controller``, and the ``smtprs_server`` pytest fixture; imported on its own);
 - send a message with our own SMTP client: ``await send(sender, rcpts, message)``
   (MX routing, or a given ``host``);
 - the Rust parsers: ``parse_path``, ``parse_mailbox``, ``dot_stuff``,
@@ -30,7 +36,7 @@ from .config import load as load_config
 from .content import Content
 from .envelope import Envelope, Recipient
 from .errors import AddressError, ConfigError, ListenError, ParseError, SmtprsError, SpoolError
-from .hooks import Hooks, SessionInfo
+from .hooks import PERMIT, Hooks, Message, Permit, SessionInfo
 from .reply import Reply
 
 __version__ = "0.1.0"
@@ -43,8 +49,11 @@ __all__ = [
     "Envelope",
     "Hooks",
     "ListenError",
+    "Message",
+    "PERMIT",
     "ParseError",
     "Path",
+    "Permit",
     "Recipient",
     "Reply",
     "ReplyParser",

@@ -5,7 +5,10 @@ control socket, metrics if enabled) in the caller's Trio nursery until
 cancelled; ``await nursery.start(smtprs.serve, cfg, hooks)`` returns a
 ``RunningServer`` once every listener is bound (port 0 in the configuration
 gives a free port, read back from ``RunningServer.port()``).  Hooks are
-hooks.py's.
+hooks.py's: the ``hooks`` argument, or when it is None those the
+configuration's ``hooks = "package.module:factory"`` names (loaded at start;
+a ConfigError if they cannot be).  ``smtprs.testing`` runs this in a
+background thread for synchronous test code.
 
 ``send(sender, recipients, message)`` hands a message to other servers
 through smtprs's own SMTP client (deliver/smtp.py), with the same TLS,

@@ -23,7 +23,11 @@ shard K (plus shards left by an earlier run with more workers).
 Metrics (metrics.py) are counted in ``ctx.metrics``; worker 0 serves them
 over HTTP when ``metrics.enabled`` (metrics_http.py), every worker returns
 its own through the control socket's STATS.  ``hooks`` (hooks.py) are
-the library's: given to ``serve`` by a program that embeds the server.
+the library's: given to ``serve`` by a program that embeds the server, or
+loaded by ``Server.run`` from the configuration's ``hooks =
+"package.module:factory"`` (``hooks.load``) when none is given -- in every
+worker, as the supervisor starts each worker as its own ``smtprs serve``
+process; a module or factory that cannot be loaded is a ConfigError (exit 2).
 
 Life cycle (the ``smtprs serve`` command maps signals onto it):
 
@@ -69,6 +73,7 @@ from typing import Any
 import trio
 
 from . import config as config_mod
+from . import hooks as hooks_mod
 from . import maillog, metrics_http
 from .bounce import Notifier
 from .config import POP3_MODES, SUBMISSION_MODES, Config
@@ -110,6 +115,7 @@ RESTART_ONLY = (
     "hostname",
     "data_dir",
     "workers",
+    "hooks",  # imported and made once per worker, at start
     "queue.directory",
     "queue.backend",
     "unsafe_no_fsync",
@@ -397,6 +403,9 @@ class Server:
     # -- running -------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[ServerContext] = trio.TASK_STATUS_IGNORED) -> None:
         cfg, worker, workers = self.cfg, self.worker, self.workers
+        if self.hooks is None and cfg.hooks:
+            # each worker makes its own; a module that cannot be loaded is a ConfigError (exit 2)
+            self.hooks = hooks_mod.load(cfg.hooks)
         shards = owned_shards(cfg, worker, workers)
         locks = [lock_shard(shard_path(cfg, shards[0]))]  # our own shard: refuse to start without it
         try:

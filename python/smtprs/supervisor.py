@@ -7,7 +7,10 @@ serving itself.  It starts each worker as ``smtprs serve --worker-index K
 with SO_REUSEPORT, owns spool shard K (``spool/shard-K``, locked with flock)
 and delivers from it and from any shard left by an earlier run with more
 workers (shard s goes to worker s mod N), so no message is handled by two
-workers and changing N loses nothing.
+workers and changing N loses nothing.  Each worker loads the configuration's
+Python hooks (``hooks = "package.module:factory"``) itself, so each has its
+own hooks object; the supervisor never imports them (a hooks module that
+cannot be loaded makes the workers exit 2 at start, and so the supervisor).
 
 Resource policy: SIGTERM/SIGINT are passed on to every worker and the
 supervisor exits when they have; SIGHUP is passed on.  A worker that dies is

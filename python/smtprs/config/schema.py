@@ -622,6 +622,12 @@ class Config:
         "Worker processes sharing the listening sockets (SO_REUSEPORT), each with its own spool shard; 0 means one per CPU. `smtprs serve --workers N` overrides it.",
         min=0,
     )
+    hooks: str = _f(
+        "",
+        'Python hooks that `smtprs serve` loads in every worker: `"package.module:factory"`, a module on the Python path and a '
+        "callable in it (a `smtprs.Hooks` subclass, or a function returning one) called with no arguments (docs/library.md). "
+        "A module or factory that cannot be loaded stops the start (exit 2). Empty: no hooks. Read at start only.",
+    )
     smtpd: Smtpd = _f(Smtpd(), "Inbound SMTP.")
     local: Local = _f(Local(), "Local domains and mailboxes.")
     queue: Queue = _f(Queue(), "Spool and scheduler.")

@@ -39,7 +39,8 @@ and messages a queue command has touched do not count.
 
 Outcomes are counted in ``metrics`` (deliveries by transport and result,
 arrival-to-delivery latency) and reported to the library's ``hooks``
-(on_delivered, on_bounced) when a program embeds the server.
+(on_delivered, on_bounced, on_deferred: hooks.py), loaded from the
+configuration or given by a program that embeds the server.
 """
 
 from __future__ import annotations
@@ -487,8 +488,8 @@ class Scheduler:
             )
 
     async def _tell_hooks(self, env: Envelope, outcomes: list[Outcome]) -> None:
-        """The library's on_delivered / on_bounced, after the outcome is on disk;
-        a hook that raises is logged and does not change the outcome."""
+        """The library's on_delivered / on_bounced / on_deferred, after the outcome
+        is on disk; a hook that raises is logged and does not change the outcome."""
         assert self.hooks is not None
         for o in outcomes:
             r = env.recipients[o.index]
@@ -497,6 +498,8 @@ class Scheduler:
                     await self.hooks.on_delivered(env, r)
                 elif r.state == "failed":
                     await self.hooks.on_bounced(env, r)
+                elif r.state == "deferred":
+                    await self.hooks.on_deferred(env, r)
             except Exception as e:
                 maillog.error(f"{env.queue_id}: hook failed for <{r.address}>: {e!r}")
 

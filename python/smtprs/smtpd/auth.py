@@ -19,7 +19,9 @@ address that doubles with each failure, bounded, and forgotten after a while.
 ``Dialog`` is the AUTH command's exchange for one session (RFC 4954): it
 answers AUTH, sends the mechanism's challenges and feeds it the client's
 continuation lines (read by the core's line mode), has the credentials
-checked, and answers a failure only after its delay.  It is the one part
+checked (by the library's ``on_auth`` hook first when one is loaded: True
+accepts, False refuses, None falls back to the users file; a hook that
+raises is answered 451 4.3.0), and answers a failure only after its delay.  It is the one part
 here that logs (through maillog: the mechanism and the user name, never a
 password); no password is ever put in a log line, a reply or an exception
 message.
@@ -45,6 +47,7 @@ import trio
 
 from .. import _core, maillog
 from .. import reply as R
+from ..hooks import HOOK_FAILED, HookFailed, Hooks, overrides
 
 # --------------------------------------------------------------------------
 # Password hashes
@@ -417,9 +420,14 @@ class AuthSession(Protocol):
     @property
     def auth_offered(self) -> bool: ...
 
+    @property
+    def hooks(self) -> Hooks | None: ...
+
     def reply(self, r: R.Reply) -> None: ...
 
     async def flush(self) -> None: ...
+
+    async def call_hook(self, name: str, *args: object, refused: R.Reply | None = None) -> object: ...
 
 
 class Dialog:
@@ -462,6 +470,20 @@ class Dialog:
             return
         await self._step(mech, mech.respond(text))
 
+    async def _ask_hook(self, mechanism: str, creds: Credentials) -> Verdict | None:
+        """The on_auth hook's verdict: True "ok", False "bad", None (ask the users
+        file).  Raises HookFailed (logged) when it raises or answers anything else."""
+        s = self.session
+        answer = await s.call_hook("on_auth", mechanism, creds.username, creds.password)
+        if answer is None:
+            return None
+        if answer is True:
+            return "ok"
+        if answer is False:
+            return "bad"
+        maillog.error(f"{s.id}: hook on_auth answered a {type(answer).__name__}, not True, False or None")
+        raise HookFailed("on_auth")
+
     async def _step(self, mech: Mechanism, step: Step) -> None:
         s = self.session
         if isinstance(step, Challenge):
@@ -474,9 +496,17 @@ class Dialog:
             s.reply(step.reply)
             return
         authenticator = s.ctx.authenticator
-        verdict: Verdict = "unknown"  # another authorization identity: refused unchecked
+        verdict: Verdict | None = "unknown"  # another authorization identity: refused unchecked
         if not step.authzid or normalize_username(step.authzid) == normalize_username(step.username):
-            verdict = await authenticator.verify(step.username, step.password)
+            verdict = None
+            if overrides(s.hooks, "on_auth"):  # an external back end first; None: the users file
+                try:
+                    verdict = await self._ask_hook(mech.name, step)
+                except HookFailed:
+                    s.reply(HOOK_FAILED)
+                    return
+            if verdict is None:
+                verdict = await authenticator.verify(step.username, step.password)
         if verdict == "ok":
             s.auth_user = normalize_username(step.username)
             maillog.auth_ok(s.id, s.peer, mech.name, s.auth_user)

@@ -62,6 +62,7 @@ from ..mailauth.inbound import MessageCheck
 from ..queue.backend import Writer
 from . import lmtp
 from .context import SessionView
+from .hookdata import run_message_hooks
 from .transaction import Transaction
 
 # Header fields RFC 6409 8 lets a submission server add, found as the core's
@@ -249,18 +250,17 @@ class Intake:
             params=params,
             auth=s.auth_user or "",
         )
+        if s.hooks is not None:  # hooks that change mail (hooks.py): on_message, on_data
+            kept = await run_message_hooks(s, writer, env)
+            if isinstance(kept, R.Reply):  # a refusal, or the 250 of a discarded message
+                s.reply(kept)
+                return
+            writer = kept
         try:
             await ctx.spool.commit(writer, env)
         except SpoolError as e:
             maillog.spool_problem(f"{writer.queue_id}: {e}")
             s.reply(R.SPOOL_FULL if e.storage_full else R.SPOOL_FAILED)
-            return
-        if (
-            s.hooks is not None
-            and (refusal := await s.ask_hook("on_data", env, ctx.spool.content(env.queue_id))) is not None
-        ):
-            await ctx.spool.remove(env.queue_id)
-            s.reply(refusal)
             return
         ctx.hand_off(env, s.peer, s.auth_user)
         s.junk = 0

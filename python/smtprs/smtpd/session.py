@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,8 @@ import trio
 from .. import _core, maillog
 from .. import reply as R
 from ..config import SUBMISSION_MODES, Listener
-from ..hooks import HOOK_FAILED, SessionInfo
+from ..envelope import Envelope
+from ..hooks import HOOK_FAILED, HookFailed, Message, Permit, SessionInfo, overrides
 from . import auth as sasl
 from . import transaction
 from .channel import Channel
@@ -66,6 +68,9 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 
 
 _COUNTED_STAGES = frozenset({"connect", "MAIL", "RCPT", "DATA", "BDAT"})
+
+# How long on_disconnect may run (it runs shielded, also while the server stops).
+DISCONNECT_HOOK_TIMEOUT = 5.0
 
 Handler = Callable[[_core.Command], Awaitable[None]]
 
@@ -214,23 +219,66 @@ class Session:
                     "smtprs_messages_rejected_total", stage=self.stage, reason=f"{r.code} {r.enhanced or ''}".strip()
                 )
 
-    def info(self) -> SessionInfo:
+    def info(self, refused: R.Reply | None = None) -> SessionInfo:
         """What the library's hooks are told of this session."""
         port = int(self.peer.rpartition(":")[2])
-        return SessionInfo(self.id, self.peer_ip, port, self.mode, self.helo_name, self.tls, self.auth_user)
+        return SessionInfo(self.id, self.peer_ip, port, self.mode, self.helo_name, self.tls, self.auth_user, refused)
 
-    async def ask_hook(self, name: str, *args: object) -> R.Reply | None:
-        """Ask the library's hook ``name``: None to go on, else the reply to send instead."""
-        assert self.hooks is not None
+    async def call_hook(self, name: str, *args: object, refused: R.Reply | None = None) -> object:
+        """Call the hook ``name`` and return its answer as it is.  A hook that
+        raises is logged (with the queue id of an envelope it was given) and
+        HookFailed is raised; the callers answer 451 4.3.0."""
         try:
-            answer: R.Reply | None = await getattr(self.hooks, name)(self.info(), *args)
+            answer: object = await getattr(self.hooks, name)(self.info(refused), *args)
         except Exception as e:
-            maillog.error(f"{self.id}: hook {name} failed: {e!r}")
-            return HOOK_FAILED
-        if answer is None or not answer.is_error:
-            return None
-        maillog.reject(self.id, self.peer, name[3:].upper(), answer, "by a hook")
+            qid = next((a.queue_id for a in args if isinstance(a, (Envelope, Message))), None)
+            where = f"{qid}: hook {name} failed (session {self.id})" if qid else f"{self.id}: hook {name} failed"
+            maillog.error(f"{where}: {e!r}")
+            logging.getLogger("smtprs").debug("hook traceback", exc_info=True)
+            raise HookFailed(name) from e
         return answer
+
+    async def ask_hook(self, name: str, *args: object, refused: R.Reply | None = None) -> R.Reply | None:
+        """Ask the library's hook ``name``: None to go on, else the reply to send
+        instead.  With ``refused`` (on_rcpt, when the server's own checks refused
+        the recipient: the hook is told that reply) a ``Permit`` answer is
+        returned too; otherwise a 2xx answer, a Permit included, means go on."""
+        if not overrides(self.hooks, name):
+            return None
+        try:
+            answer = await self.call_hook(name, *args, refused=refused)
+        except HookFailed:
+            return HOOK_FAILED
+        if answer is None:
+            return None
+        if not isinstance(answer, R.Reply):
+            qid = next((a.queue_id for a in args if isinstance(a, (Envelope, Message))), None)
+            where = f"{qid}: hook {name}" if qid else f"{self.id}: hook {name}"
+            maillog.error(
+                f"{where} answered {answer!r}, not a smtprs.Reply or None" + (f" (session {self.id})" if qid else "")
+            )
+            return HOOK_FAILED
+        if isinstance(answer, Permit) and refused is not None:
+            return answer
+        if not answer.is_error:
+            return None
+        stage = "DATA" if name in ("on_message", "on_data") else name[3:].upper()
+        maillog.reject(self.id, self.peer, stage, answer, f"by hook {name}")
+        return answer
+
+    async def _disconnect_hook(self) -> None:
+        """on_disconnect: always called at the end, shielded (a stopping server
+        cancels the session) and bounded by DISCONNECT_HOOK_TIMEOUT."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + DISCONNECT_HOOK_TIMEOUT
+            try:
+                await self.call_hook("on_disconnect")
+            except HookFailed:
+                pass
+        if scope.cancelled_caught:
+            maillog.error(
+                f"{self.id}: hook on_disconnect did not return within {DISCONNECT_HOOK_TIMEOUT:g}s; cancelled"
+            )
 
     async def flush(self) -> None:
         """Send every queued reply, the engine's own and ours, in order."""
@@ -300,6 +348,8 @@ class Session:
                 runtime.limits.release(self.peer_ip)
             runtime.discard(self)
             maillog.disconnect(self.id, self.peer, self.commands + self.conn.answered, self.errors)
+            if overrides(self.hooks, "on_disconnect"):
+                await self._disconnect_hook()
 
     # -- shutdown ----------------------------------------------------------------
     @property

@@ -8,7 +8,8 @@ and ``rcpt`` are the two commands' handlers, in the order of their checks:
 AUTH before MAIL on submission listeners, the parameters (smtpd/params.py),
 the spool's free space, who may use which sender and who may relay
 (smtpd/policy.py), the router's expansion of each recipient, the library's
-hooks; then flow control (``queue.in_flow_delay``, as Postfix's): while the
+hooks (on_rcpt is asked also when the checks refuse a recipient, and its
+``Permit`` accepts one refused for relaying: ``_permitted``); then flow control (``queue.in_flow_delay``, as Postfix's): while the
 scheduler is behind (more new messages wait for their first delivery attempt
 than queue.delivery_concurrency takes), MAIL waits until it catches up or the
 delay has passed, and is then answered as usual.  On an LMTP listener every
@@ -26,9 +27,10 @@ import trio
 
 from .. import _core, maillog
 from .. import reply as R
-from ..hooks import Hooks
+from ..hooks import Hooks, Permit, overrides
 from ..hops import Unroutable
 from ..queue.backend import Writer
+from ..route.router import Expansion
 from . import lmtp
 from . import params as esmtp
 from .context import Flow, SessionView
@@ -107,6 +109,8 @@ class TransactionSession(SessionView, Protocol):
 
     @property
     def conn(self) -> _core.ServerConnection: ...
+
+    async def ask_hook(self, name: str, *args: object, refused: R.Reply | None = None) -> R.Reply | None: ...
 
 
 async def mail(s: TransactionSession, cmd: _core.Command) -> None:
@@ -210,10 +214,28 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
     relay_allowed = s.ctx.policy.relay_allowed(s.peer_ip, s.auth_user)
     expansion = s.ctx.router.expand(cmd.path, relay_allowed=relay_allowed)
     address = cmd.path.address()
+    asked = False  # the on_rcpt hook has had its say
+    accepted = R.RECIPIENT_OK
     if isinstance(expansion, Unroutable):
-        maillog.reject(s.id, s.peer, "RCPT", expansion.reply, f"from=<{txn.sender.address()}> to=<{address}>")
-        s.reply(expansion.reply)
-        return
+        refusal: R.Reply | None = expansion.reply
+        if not s.lmtp and overrides(s.hooks, "on_rcpt"):
+            # the hook may permit what the server's own checks refuse
+            asked = True
+            answer = await s.ask_hook("on_rcpt", txn.sender.address(), address, refused=expansion.reply)
+            if isinstance(answer, Permit):
+                permitted = _permitted(s, cmd.path, expansion, relay_allowed)
+                if permitted is not None:
+                    expansion, refusal, accepted = permitted, None, answer
+            elif answer is not None:
+                refusal = answer  # the hook's own refusal instead (logged as such)
+            else:
+                maillog.reject(s.id, s.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+        else:
+            maillog.reject(s.id, s.peer, "RCPT", refusal, f"from=<{txn.sender.address()}> to=<{address}>")
+        if refusal is not None:
+            s.reply(refusal)
+            return
+    assert not isinstance(expansion, Unroutable)
     if s.lmtp:
         refusal = lmtp.check_targets(s.ctx, address, expansion.addresses)
         if refusal is not None:
@@ -221,8 +243,12 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
             s.reply(refusal)
             return
         txn.lmtp_slots.append(lmtp.Slot(address, expansion.addresses))
-    elif s.hooks is not None and (refusal := await s.ask_hook("on_rcpt", txn.sender.address(), address)) is not None:
-        s.reply(refusal)
+    elif (
+        not asked
+        and s.hooks is not None
+        and (refused := await s.ask_hook("on_rcpt", txn.sender.address(), address)) is not None
+    ):
+        s.reply(refused)
         return
     if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
         txn.recipients.append(address)
@@ -230,4 +256,22 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
     for target in expansion.addresses:  # so does a mailbox reached twice
         txn.targets.setdefault(target, address)
     s.conn.recipient_accepted()  # the engine may answer DATA by itself now
-    s.reply(R.RECIPIENT_OK)
+    s.reply(accepted)
+
+
+def _permitted(s: TransactionSession, path: _core.Path, refused: Unroutable, relay_allowed: bool) -> Expansion | None:
+    """What an on_rcpt ``Permit`` accepts: the recipient as the router expands
+    it when relaying is allowed (so a permit lifts "relay access denied"), or
+    None -- the refusal stands, logged -- when the router has no route for it
+    even then (an unknown local user, a bad address, an alias loop): a permit
+    never makes the server accept mail it would then bounce."""
+    detail = f"from=<{s.txn.sender.address() if s.txn else ''}> to=<{path.address()}>"
+    if not relay_allowed:
+        again = s.ctx.router.expand(path, relay_allowed=True)
+        if not isinstance(again, Unroutable):
+            maillog.warning(f"{s.id}: permit: RCPT from {s.peer}: {detail}: permitted by a hook over {refused.reply}")
+            return again
+    maillog.warning(
+        f"{s.id}: permit: RCPT from {s.peer}: {detail}: a hook permitted it, but it has no route; refused with {refused.reply}"
+    )
+    return None
