@@ -139,16 +139,19 @@ def apply(spool: SpoolBackend, writer: Writer, env: Envelope, edits: list[Edit])
 def rewrite(spool: SpoolBackend, old: Writer, headers: list[HeaderChange], body: bytes | None) -> Writer:
     """A new spool writer with the changed content: the header block with the
     changes, then the new body or the old one copied in chunks.  Our Received
-    field (the first) names the new queue id.  Raises OSError (the new writer
+    field (the topmost) names the new queue id.  Raises OSError (the new writer
     aborted)."""
     content = old.staged()
     fields, body_start = read_header_block(content)
     new = spool.create()
     try:
         mark = f" id {old.queue_id}".encode()
-        if fields and fields[0][0].lower() == "received" and mark in fields[0][1]:
-            name, raw = fields[0]
-            fields[0] = (name, raw.replace(mark, f" id {new.queue_id}".encode(), 1))
+        # our Received field: the topmost one (Authentication-Results, a
+        # quarantine marker or a DKIM-Signature may sit above it)
+        top = next((i for i, (name, _) in enumerate(fields) if name.lower() == "received"), None)
+        if top is not None and mark in fields[top][1]:
+            name, raw = fields[top]
+            fields[top] = (name, raw.replace(mark, f" id {new.queue_id}".encode(), 1))
         for _, raw in apply_header_changes(fields, headers):
             new.write(raw)
         new.write(b"\r\n")

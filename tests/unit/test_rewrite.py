@@ -154,3 +154,16 @@ async def test_removing_every_recipient_discards(tmp_path) -> None:  # type: ign
 
 def test_an_empty_edit_is_empty() -> None:
     assert W.Edit().empty() and not W.Edit(rcpt_del=["x@y"]).empty()
+
+
+async def test_our_received_names_the_new_id_below_authentication_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path)
+    spool.open()
+    w = spool.create()
+    w.write(b"Authentication-Results: mx.test; spf=pass\r\n" + MESSAGE.replace(b"QID", w.queue_id.encode()))
+    env = _env(w.queue_id, "u@x.test")
+    done = W.apply(spool, w, env, [W.Edit(headers=[W.AddHeader("X-A", "1")])])
+    assert done.writer is not None
+    with done.writer.staged().open() as fh:
+        fields = _fields(fh.read())
+    assert fields[1].endswith(f" id {env.queue_id}\r\n".encode())
