@@ -42,6 +42,12 @@ After each window up to 20 delivered messages are checked (a DKIM-Signature
 field, and dkimpy's verification with the published key), and results.md
 sets signing on beside off in a table of its own.
 
+One more, smtprs and Postfix, when asked for (``--modes milter-rspamd``):
+durable acceptance with the same rspamd as a milter behind both
+(``benches/load/rspamd.py``: its proxy worker in milter mode, self-scanning,
+one process per CPU, DNS from a dnsmasq that answers NXDOMAIN at once).
+rspamd's own CPU is in neither server's column.
+
 Load: Postfix's ``smtp-source`` (C, cheap; one message per connection, HELO,
 MAIL, RCPT, DATA, QUIT; ``-c`` prints a counter after each 250, read here with
 timestamps).  Throughput is counted over a window after a warm-up.

@@ -40,7 +40,7 @@ from .driver import run_one  # noqa: E402
 from .procs import NCPU, PAGE, STARTED  # noqa: E402
 from .report import progress_line, write_outputs  # noqa: E402
 from .servers import SERVER_CLASSES, Server, run_text, smtprs_env  # noqa: E402
-from .settings import DEFAULT_MODES, MODES, RESULTS, SERVERS, SMTP_SOURCE, Settings  # noqa: E402
+from .settings import DEFAULT_MODES, MILTER_MODES, MODES, RESULTS, SERVERS, SMTP_SOURCE, Settings  # noqa: E402
 
 
 def invocation() -> list[str]:
@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--modes",
         help=f"comma-separated subset of {','.join(MODES)} (default {','.join(DEFAULT_MODES)}; "
         "the durable-dkim-* modes are smtprs's durable mode with DKIM signing on: run them with durable "
-        "for the table of signing on beside off)",
+        "for the table of signing on beside off; milter-rspamd is durable acceptance with one rspamd as a "
+        "milter behind smtprs and Postfix alike, which needs smtprs's [milter] support and rspamd installed)",
     )
     p.add_argument("--sizes", help="comma-separated payload sizes in octets (default 1024,102400)")
     p.add_argument("--concurrency", help="comma-separated session counts (default 1,10,50)")
@@ -229,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             servers[name] = srv
         if not servers:
             raise SystemExit("no server can run")
+        if set(st.modes) & set(MILTER_MODES):  # one rspamd behind both servers (benches/load/rspamd.py)
+            from .rspamd import Rspamd, problem
+
+            if why := problem():
+                raise SystemExit(f"milter-rspamd: {why}")
+            milter = Rspamd(work)
+            milter.start()
+            for srv in servers.values():
+                srv.milter_port = milter.port
         results["meta"] = machine(work, servers, st)
         results["meta"]["floor_processes"] = st.server_processes
         if results["meta"]["workdir_fs"] in ("tmpfs", "ramfs"):

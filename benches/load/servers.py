@@ -35,6 +35,7 @@ from .settings import (
     DKIM_MODES,
     DOMAIN,
     HELPERS,
+    MILTER_MODES,
     MODES,
     PEER_LABEL,
     POSTCONF,
@@ -98,6 +99,7 @@ class Server:
         self.dir: Path = root
         self.runs = 0
         self.next_hop = 0  # relay mode: the port of the bench's smtp-sink, set before start()
+        self.milter_port = 0  # milter-rspamd mode: the port of the bench's rspamd, set before start()
 
     def label(self, mode: str) -> str:
         return PEER_LABEL.get((self.name, mode), self.name)
@@ -215,6 +217,7 @@ class Smtprs(Server):
                     *(["[queue]", 'backend = "null"'] if mode == "sink" else []),
                     *(self.relay_config() if mode == "relay" else []),
                     *(self.dkim_config(DKIM_MODES[mode]) if mode in DKIM_MODES else []),
+                    *(["[milter]", f'milters = ["inet:127.0.0.1:{self.milter_port}"]'] if mode in MILTER_MODES else []),
                     "",
                 ]
             )
@@ -408,6 +411,7 @@ class Postfix(Server):
     previous run's files."""
 
     name = "postfix"
+    modes = (*BASE_MODES, *MILTER_MODES)
 
     def __init__(self, root: Path, settings: Settings) -> None:
         super().__init__(root, settings)
@@ -477,6 +481,10 @@ class Postfix(Server):
             # with its defaults (connection cache on demand, 20 connections per destination)
             cf["virtual_mailbox_domains"] = ""
             cf["relayhost"] = f"[127.0.0.1]:{self.next_hop}"
+        if mode in MILTER_MODES:
+            cf["smtpd_milters"] = f"inet:127.0.0.1:{self.milter_port}"
+            cf["milter_default_action"] = "tempfail"
+            cf["milter_protocol"] = "6"
         return cf
 
     MASTER_CF = """\

@@ -29,7 +29,10 @@ BASE_MODES = ("sink", "durable", "e2e", "relay")  # every server's
 # with DKIM signing on -- the load comes from relay.trusted_networks, and every
 # message's From: (smtp-source's, the probe's) is in SENDER_DOMAIN, which has a key
 DKIM_MODES = {"durable-dkim-rsa": "rsa-sha256", "durable-dkim-ed25519": "ed25519-sha256"}
-MODES = (*BASE_MODES, *DKIM_MODES)
+# smtprs and Postfix, run when asked for: durable acceptance with the same rspamd
+# as a milter behind both (benches/load/rspamd.py)
+MILTER_MODES = ("milter-rspamd",)
+MODES = (*BASE_MODES, *DKIM_MODES, *MILTER_MODES)
 DEFAULT_MODES = BASE_MODES
 MODE_TITLES = {
     "sink": "Sink mode (accept and discard; no fsync)",
@@ -38,6 +41,7 @@ MODE_TITLES = {
     "relay": "Relay (accept, fsync'd queue, then SMTP to a local smtp-sink; counted at the sink), steady state",
     "durable-dkim-rsa": "Durable acceptance, DKIM-signed (RSA-2048)",
     "durable-dkim-ed25519": "Durable acceptance, DKIM-signed (Ed25519)",
+    "milter-rspamd": "Durable acceptance with rspamd as a milter (the same rspamd for both)",
 }
 PEER_LABEL = {  # what each server is in each mode, for the tables
     ("postfix", "sink"): "Postfix smtp-sink",
@@ -56,6 +60,8 @@ PEER_LABEL = {  # what each server is in each mode, for the tables
     ("floor-accept", "durable"): "Trio floor, acceptance only (nothing delivered)",
     ("smtprs", "durable-dkim-rsa"): "smtprs (as durable, from a trusted network, signed rsa-sha256, 2048 bits)",
     ("smtprs", "durable-dkim-ed25519"): "smtprs (as durable, from a trusted network, signed ed25519-sha256)",
+    ("smtprs", "milter-rspamd"): "smtprs (as durable, [milter] milters = rspamd's proxy)",
+    ("postfix", "milter-rspamd"): "Postfix (as durable, smtpd_milters = rspamd's proxy)",
 }
 
 
