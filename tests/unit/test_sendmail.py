@@ -338,3 +338,26 @@ async def test_pickup_import_sets_damaged_files_aside(tmp_path) -> None:
     assert not bad.exists() and (d / "corrupt" / "123.1.abc").read_bytes() == b"garbage\n"
     assert submitted == [] and spool.count == 0
     spool.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+async def test_pickup_file_of_root_goes_to_the_directory_owner_and_trace_names_the_real_owner(tmp_path) -> None:
+    d = tmp_path / "pickup"
+    d.mkdir()
+    os.chown(d, 65534, 65534)  # the server's user
+    path = pickup.write(d, _entry(uid=0, user="root"), fsync=False)
+    assert path.stat().st_uid == 65534  # readable by the server
+    other = pickup.write(d, _entry(uid=0, user="root"), fsync=False)
+    os.chown(other, 12345, 12345)  # written by someone else claiming to be root
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spool.open()
+    got = []
+    for p in (path, other):
+        qid = await pickup.import_one(p, spool, lambda env: None, "mx.test", 10_000)
+        assert qid is not None
+        with spool.content(qid).open() as fh:
+            got.append(fh.read().split(b"\r\n")[0] + b"\r\n")
+    spool.close()
+    # root's file, given to the directory's owner: root's claim is taken; the other one's is not
+    assert got[0] == b"Received: by mx.test (smtprs, from userid 0 (root))\r\n"
+    assert got[1] == b"Received: by mx.test (smtprs, from userid 12345)\r\n"

@@ -20,8 +20,10 @@ A crash between the commit and the unlink imports the file again at the next
 start: a duplicate, never a loss.  A file that cannot be read as a pickup
 file (damaged, not ours, too large) is moved to ``pickup/corrupt/`` with a
 warning and left for the administrator.  The submitting user in the trace
-field is the file's owner as the file system says (not what the file
-claims).  Locally submitted mail is not subject to the relay policy: writing
+field is the file's owner as the file system says; only for a file owned by
+root, the server's own user or the directory's owner (root's sendmail gives
+its files to the directory's owner so that the server can read them) is the
+uid the file names taken.  Locally submitted mail is not subject to the relay policy: writing
 into this directory is the right to send (as Postfix's pickup).
 
 This module writes and reads the files and imports them into a
@@ -124,12 +126,20 @@ def decode(raw: bytes, max_size: int) -> Entry:
 def write(pickup_dir: Path, entry: Entry, *, fsync: bool = True) -> Path:
     """Write ``entry`` durably into the pickup directory (temp name, fsync, rename,
     fsync of the directory); returns its final path.  Raises OSError."""
-    pickup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = os.geteuid() == 0
+    if not pickup_dir.is_dir():
+        pickup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root:  # made by root before the server ever ran: it belongs to the data directory's owner
+            st = os.stat(pickup_dir.parent)
+            os.chown(pickup_dir, st.st_uid, st.st_gid)
     name = f"{int(time.time())}.{os.getpid()}.{secrets.token_hex(6)}"
     tmp = pickup_dir / f".tmp.{name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
+            if root:  # so that a server running as its own user can read it
+                st = os.stat(pickup_dir)
+                os.fchown(fd, st.st_uid, st.st_gid)
             view = memoryview(encode(entry))
             while view:
                 view = view[os.write(fd, view) :]
@@ -240,6 +250,9 @@ async def import_one(
     except PickupError as e:
         _set_aside(pickup_dir, path, str(e))
         return None
+    except PermissionError as e:
+        _set_aside(pickup_dir, path, f"not readable by the server: {e.strerror or e}")
+        return None
     except OSError as e:
         maillog.warning(f"pickup: {path.name}: cannot read it: {e.strerror or e}; trying again later")
         return None
@@ -248,8 +261,16 @@ async def import_one(
     except SpoolError as e:
         maillog.spool_problem(f"pickup: {path.name}: {e}; trying again later")
         return None
-    user = _user_of(owner)
-    writer.write(received(hostname, writer.queue_id, owner, user, entry.recipients))
+    try:
+        dir_owner = os.stat(pickup_dir).st_uid
+    except OSError:
+        dir_owner = 0
+    if owner in (0, os.geteuid(), dir_owner) and entry.uid >= 0:
+        # written by root, us, or the directory's owner (root's files are given to it): the submitter it names
+        uid, user = entry.uid, entry.user
+    else:
+        uid, user = owner, _user_of(owner)  # anyone else: the file system's word, not the file's
+    writer.write(received(hostname, writer.queue_id, uid, user, entry.recipients))
     writer.write(entry.content)
     env = Envelope(
         queue_id=writer.queue_id,
