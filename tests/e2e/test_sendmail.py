@@ -255,3 +255,31 @@ def test_mutt_with_smtprs_sendmail(server: Server, tmp_path: Path) -> None:
     assert get(fs, "from") == ["Ivy <ivy@example.test>"]
     assert b"hello from mutt\n.\nend\n" in body_bytes
     assert maildir_files(server.maildir("jack")) == [path]
+
+
+def test_unknown_recipient_is_ex_nouser_and_the_others_get_it(make_server: Callable[..., Server]) -> None:
+    srv = make_server({"local": {"users": ["kim"]}})
+    p = sendmail(srv, "kim", "nobody", data=b"Subject: some\n\nbody\n")
+    assert p.returncode == 67, p.stderr
+    assert b"<nobody@example.test>: refused: 550" in p.stderr
+    (path,) = srv.wait_mail("kim", 1)
+    assert fields(path)[1] == b"body\n"
+    assert pickup_files(srv) == []
+
+
+def test_damaged_pickup_files_are_set_aside_and_the_good_one_delivered(make_server: Callable[..., Server]) -> None:
+    srv = make_server(start=False)
+    good = sendmail(srv, "lee", data=b"Subject: good\n\ngood\n")
+    assert good.returncode == 0, good.stderr
+    d = srv.data_dir / "pickup"
+    (d / "1.1.garbage").write_bytes(b"\x00\xff not a pickup file\n" * 1000)
+    (d / "1.2.truncated").write_bytes(b'smtprs-pickup 1\n{"sender": "a@example.test", "recipi')
+    srv.start()
+    (path,) = srv.wait_mail("lee", 1)
+    assert fields(path)[1] == b"good\n"
+    wait_until(
+        lambda: sorted(p.name for p in (d / "corrupt").glob("*")) == ["1.1.garbage", "1.2.truncated"], 10, "set aside"
+    )
+    assert pickup_files(srv) == []
+    srv.wait_log(r"pickup: 1\.1\.garbage: not a pickup file")
+    assert srv.alive()
