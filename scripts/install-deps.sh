@@ -12,6 +12,8 @@
 #                  the mailbox tests' peer: a private Dovecot (own config, own
 #                  ports) receives over LMTP and reads our Maildirs over IMAP
 #   fetchmail      a POP3 client of the mailbox tests
+#   mutt           a mail client of the sendmail(1) tests (tests/e2e/test_sendmail.py):
+#                  sends in batch mode through smtprs's sendmail; runs no service
 #   opendkim-tools opendkim-testmsg, OpenDKIM's verifier: the DKIM tests check
 #                  smtprs's signatures with it (no OpenDKIM service is set up)
 #   unbound        the validating resolver of the DANE tests (tests/e2e/dnssec.py):
@@ -54,6 +56,7 @@ if [ "$what" != build ]; then
         [ -x "/usr/lib/dovecot/$part" ] || missing+=("dovecot-${part}d")
     done
     command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+    command -v mutt >/dev/null 2>&1 || missing+=(mutt)
     command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
     command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || missing+=(unbound)
     command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)

@@ -10,7 +10,9 @@ accepting is smtpd/listen.py's.
 scheduler (which picks up mail left in the spool by an earlier run) and the
 SMTP delivery agent (whose idle connections live in its own task), opens the
 control socket (queue/control.py), binds every listener and serves sessions
-until ``stop()``.  ``build(cfg)`` makes what sessions share
+until ``stop()``.  Worker 0 also takes in what ``sendmail`` left in the
+pickup directory (queue/pickup.py), at start and every second.
+``build(cfg)`` makes what sessions share
 (``ServerContext``): the TLS context (loaded once; a bad certificate stops
 the start with a ConfigError), the users file and failure delays of AUTH, the
 relay/sender policy, the delivery agents and the notifier (bounce.py), and the
@@ -89,7 +91,7 @@ from .hooks import Hooks
 from .mailauth.dkim import Signer
 from .mailauth.inbound import Checker
 from .metrics import Metrics
-from .queue import control
+from .queue import control, pickup
 from .queue.backend import SpoolBackend
 from .queue.null import NullSpool
 from .queue.scheduler import Scheduler
@@ -448,6 +450,18 @@ class Server:
                     await nursery.start(ctx.smtp.run)
                     for sched in ctx.schedulers:
                         await nursery.start(sched.run)
+                    if worker == 0 and not isinstance(ctx.spool, NullSpool):
+                        # mail `sendmail` wrote when no server answered (queue/pickup.py)
+                        await nursery.start(
+                            partial(
+                                pickup.run,
+                                pickup.directory(cfg.data_path),
+                                ctx.spool,
+                                lambda env: self.ctx.session.hand_off(env, "local", None),
+                                ctx.hostname,
+                                lambda: self.ctx.cfg.smtpd.max_message_size,
+                            )
+                        )
                     async with trio.open_nursery() as sessions:
                         self._sessions = sessions
                         for b in bound:
