@@ -10,7 +10,10 @@ workers (shard s goes to worker s mod N), so no message is handled by two
 workers and changing N loses nothing.
 
 Resource policy: SIGTERM/SIGINT are passed on to every worker and the
-supervisor exits when they have; SIGHUP is passed on.  A worker that dies is
+supervisor exits when they have, logging "worker K stopped" for each; SIGHUP
+is passed on.  A service manager may signal the whole process group at once
+(systemd's KillMode=control-group or mixed): a worker that exits while a stop
+is pending is stopping, never "started again".  A worker that dies is
 started again after a delay that doubles while it keeps dying quickly (1 s up
 to 30 s).  A worker that fails at start-up with exit status 1 or 2 (port in
 use, bad configuration) stops everything: retrying cannot help.  Workers ask
@@ -78,6 +81,8 @@ def run(config_path: str | None, workers: int) -> int:
     status = 0
     while not stop:
         time.sleep(0.1)
+        if stop:  # (a signal during the sleep: a worker that exited meanwhile is stopping, not dying)
+            break
         while hup:
             hup.pop()
             for w in pool:
@@ -96,6 +101,9 @@ def run(config_path: str | None, workers: int) -> int:
                     w.restart_delay = 1.0
                 continue
             w.proc = None
+            if stop:  # a stop came in while we looked: nothing is started again
+                maillog.supervisor(f"worker {w.index} stopped (exit status {code})")
+                continue
             if code in (1, 2) and not w.ever_up:
                 maillog.supervisor(f"worker {w.index} could not start (exit {code}); stopping", problem=True)
                 stop.append(signal.SIGTERM)
@@ -112,10 +120,13 @@ def run(config_path: str | None, workers: int) -> int:
     for w in pool:
         if w.proc is not None:
             try:
-                w.proc.wait(timeout=60)
+                code = w.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it", problem=True)
                 w.proc.kill()
-                w.proc.wait()
+                code = w.proc.wait()
+            # 0: drained; -SIGTERM/-SIGINT: stopped by the signal itself (before its handler was up)
+            stopped = code == 0 or -code in (signal.SIGTERM, signal.SIGINT)
+            maillog.supervisor(f"worker {w.index} stopped (exit status {code})", problem=not stopped)
     maillog.supervisor("all workers stopped")
     return status

@@ -124,3 +124,62 @@ def test_fewer_workers_after_a_restart_deliver_the_orphaned_shard(make_server) -
     while shard_ids(srv, 1) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not shard_ids(srv, 1)
+
+
+def _state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (Z: a zombie, exited but not reaped); "" if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return ""
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["together", "supervisor-late"])
+def test_sigterm_to_the_whole_process_group_stops_without_a_restart_line(tmp_path: Path, late: bool) -> None:
+    """As systemd stops a unit (KillMode=control-group or mixed): every process
+    of the group gets SIGTERM at once.  Nothing restarts, so the log must not
+    say so, and the supervisor exits 0 (issue 20 part 9b).  The workers may
+    well finish their drain before the supervisor looks at its signal (a busy
+    machine): ``late`` makes that certain by holding the supervisor stopped
+    (SIGSTOP) until both workers have exited."""
+    import subprocess
+
+    from .harness import smtprs_command
+
+    srv = Server(tmp_path / "group", {"workers": 2})
+    with srv.log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [*smtprs_command(), "serve", "--config", str(srv.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=srv.base,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,  # its own process group, as a service manager gives it
+        )
+    try:
+        wait_workers(srv)
+        pids = worker_pids(srv)
+        assert set(pids) == {0, 1}
+        if late:
+            os.kill(proc.pid, signal.SIGSTOP)
+        os.killpg(proc.pid, signal.SIGTERM)
+        if late:
+            deadline = time.monotonic() + 15
+            while not all(_state(pid) in ("Z", "") for pid in pids.values()):
+                assert time.monotonic() < deadline, srv.log_tail()
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGCONT)
+        status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    log_text = srv.log()
+    assert status == 0, log_text
+    assert "starting it again" not in log_text, log_text
+    assert "all workers stopped" in log_text, log_text
+    for k in (0, 1):
+        assert f"worker {k} stopped" in log_text, log_text
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
