@@ -53,6 +53,7 @@ from .cli_queue import (
     cmd_queue_list,
     cmd_queue_qshape,
     cmd_queue_show,
+    unreachable,
 )
 from .cli_queue import load_config as _load
 
@@ -156,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sockets = len(cfg.control_sockets())
     snaps = [json.loads(a[3:]) for a in answers if a.startswith("OK ")]
     if not snaps:
-        print(f"smtprs: {error or 'no statistics'}", file=sys.stderr)
+        print(unreachable(args, error), file=sys.stderr)
         return 1
     snap = merge(snaps)
     if args.json:
@@ -263,6 +264,13 @@ def _read_password(args: argparse.Namespace) -> str | None:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
+    elif not sys.stdin.isatty():  # (getpass would read a pipe with a warning, or end in EOFError)
+        print(
+            "smtprs passwd: standard input is not a terminal: give --password-stdin to read the password "
+            "from one line of it; nothing changed",
+            file=sys.stderr,
+        )
+        return None
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -373,6 +381,37 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """What ``smtprs --version`` prints: the package, the Rust core's version
+    (the core exposes no build id beyond it), Python, OpenSSL, trio, dnspython."""
+    from .metrics import build_info
+
+    info = build_info()
+    return (
+        f"smtprs {info['version']}\n"
+        f"core {info['core']} (Rust, smtprs._core)\n"
+        f"Python {info['python']}\n"
+        f"{info['openssl']}\n"
+        f"trio {info['trio']}, dnspython {info['dnspython']}\n"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print version_text() and exit 0 (argparse's own prints one line)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, the core's, Python's and OpenSSL's")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(version_text())
+        parser.exit(0)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    sys.stdout.write(version_text())
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_mod.reference_markdown())
     return 0
@@ -380,7 +419,10 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smtprs", description="smtprs mail transfer agent")
+    parser.add_argument("--version", "-V", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("version", help="print the version, the core's, Python's and OpenSSL's")
+    p.set_defaults(func=cmd_version)
     p = sub.add_parser("serve", help="run the server in the foreground")
     p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
     p.add_argument(
@@ -409,9 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("user", help="the login name (an address such as alice@example.org, or a bare name)")
         if action == "add":
             q.add_argument(
+                "--password-stdin",
                 "--stdin",
+                dest="stdin",
                 action="store_true",
-                help="read the password from one line of standard input instead of the terminal",
+                help="read the password from one line of standard input instead of the terminal "
+                "(needed when standard input is not a terminal: scripts, configuration management)",
             )
         q.add_argument("--config", "-c", help="take the users file from this configuration (smtpd.auth.users_file)")
         q.add_argument("--file", "-f", help="the users file to edit (overrides --config)")
@@ -529,8 +574,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as e:
-        print(f"smtprs: configuration error: {e}", file=sys.stderr)
+        print(f"smtprs: configuration error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except ControlError as e:
+        print(f"smtprs: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # last resort: a file the command reads or writes (never a traceback)
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (e.strerror or str(e))
+        print(f"smtprs: error: {_one_line(what)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("smtprs: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    """An error message on one line (a TOML error quotes the line it is about)."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
