@@ -67,19 +67,29 @@ def _alias_problems(cfg: config_mod.Config) -> list[str]:
     return Router(cfg).alias_problems()
 
 
-async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int) -> None:
+async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int, supervised: bool) -> None:
     from .daemon import Server
 
     server = Server(cfg, config_path, worker=worker, workers=workers)
     async with trio.open_nursery() as nursery:
-        await nursery.start(_signals, server)
+        await nursery.start(_signals, server, supervised)
         await server.run()
         nursery.cancel_scope.cancel()
 
 
-async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """SIGTERM/SIGINT: graceful shutdown (a second one: at once); SIGHUP: reload."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+async def _signals(
+    server: Server, supervised: bool = False, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM/SIGINT: graceful shutdown (a second one: at once); SIGHUP: reload.
+
+    A worker of the supervisor (``supervised``) takes SIGTERM/SIGINT as
+    "drain" however often they come, and SIGQUIT as "at once": a service
+    manager or a terminal signals the whole process group, so a worker gets
+    the stop both from it and, forwarded, from the supervisor, and the copy
+    must not cut the drain short.  The supervisor sends SIGQUIT when it is
+    itself signalled a second time (supervisor.py)."""
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) + ((signal.SIGQUIT,) if supervised else ())
+    with trio.open_signal_receiver(*wanted) as signals:
         task_status.started()
         stopping = False
         async for signum in signals:
@@ -87,12 +97,16 @@ async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.
             if signum == signal.SIGHUP:
                 maillog.warning(f"received {name}, reloading the configuration")
                 await server.reload()
-            elif not stopping:
+            elif not stopping and signum != signal.SIGQUIT:
                 stopping = True
                 maillog.warning(f"received {name}, shutting down")
                 server.stop()
+            elif supervised and signum != signal.SIGQUIT:
+                pass  # the same stop again (the group's and the supervisor's copy): still draining
             else:
-                maillog.warning(f"received {name} again, stopping now")
+                maillog.warning(
+                    f"received {name} again, stopping now" if not supervised else f"received {name}, stopping now"
+                )
                 server.stop(now=True)
 
 
@@ -117,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         die_with_parent()
     status = 0
     try:
-        trio.run(_serve, cfg, args.config, args.worker_index or 0, workers)
+        trio.run(_serve, cfg, args.config, args.worker_index or 0, workers, args.worker_index is not None)
     except* (ListenError, SpoolError, ControlError) as group:
         status = 1
         for e in _leaves(group):

@@ -11,9 +11,12 @@ workers and changing N loses nothing.
 
 Resource policy: SIGTERM/SIGINT are passed on to every worker and the
 supervisor exits when they have, logging "worker K stopped" for each; SIGHUP
-is passed on.  A service manager may signal the whole process group at once
-(systemd's KillMode=control-group or mixed): a worker that exits while a stop
-is pending is stopping, never "started again".  A worker that dies is
+is passed on.  A service manager or a terminal may signal the whole process
+group at once (systemd's KillMode=control-group, Ctrl-C): a worker that exits
+while a stop is pending is stopping, never "started again", and a worker takes
+SIGTERM/SIGINT as "drain" however often they come (the group's copy and the
+supervisor's), so the drain is not cut short; a second stop signal to the
+supervisor sends the workers SIGQUIT, "stop at once".  A worker that dies is
 started again after a delay that doubles while it keeps dying quickly (1 s up
 to 30 s).  A worker that fails at start-up with exit status 1 or 2 (port in
 use, bad configuration) stops everything: retrying cannot help.  Workers ask
@@ -33,6 +36,7 @@ from . import maillog
 
 _PR_SET_PDEATHSIG = 1
 START_GRACE = 5.0  # a worker that exits sooner than this failed to start
+STOP_TIMEOUT = 60.0  # a worker still running this long after the stop is killed
 
 
 def die_with_parent() -> None:
@@ -116,17 +120,32 @@ def run(config_path: str | None, workers: int) -> int:
             w.restart_delay = min(30.0, w.restart_delay * 2) if now - w.started < START_GRACE else 1.0
     for w in pool:
         if w.proc is not None and w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGTERM)
-    for w in pool:
-        if w.proc is not None:
-            try:
-                code = w.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it", problem=True)
+            w.proc.send_signal(signal.SIGTERM)  # drain (a worker given it twice, by the group too, still drains)
+    stops = len(stop)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    left = [w for w in pool if w.proc is not None]
+    while left:
+        if len(stop) > stops and stops > 0:  # signalled again: the workers stop at once
+            stops = 0
+            maillog.supervisor("stop signal again: workers stop now")
+            for w in left:
+                if w.proc is not None and w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGQUIT)
+        for w in list(left):
+            assert w.proc is not None
+            code = w.proc.poll()
+            if code is None and time.monotonic() > deadline:
+                maillog.supervisor(
+                    f"worker {w.index} did not stop within {STOP_TIMEOUT:.0f}s; killing it", problem=True
+                )
                 w.proc.kill()
                 code = w.proc.wait()
-            # 0: drained; -SIGTERM/-SIGINT: stopped by the signal itself (before its handler was up)
-            stopped = code == 0 or -code in (signal.SIGTERM, signal.SIGINT)
-            maillog.supervisor(f"worker {w.index} stopped (exit status {code})", problem=not stopped)
+            if code is not None:
+                left.remove(w)
+                # 0: drained; -SIGTERM/-SIGINT: stopped by the signal itself (before its handler was up)
+                stopped = code == 0 or -code in (signal.SIGTERM, signal.SIGINT)
+                maillog.supervisor(f"worker {w.index} stopped (exit status {code})", problem=not stopped)
+        if left:
+            time.sleep(0.05)
     maillog.supervisor("all workers stopped")
     return status
