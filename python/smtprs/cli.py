@@ -113,7 +113,10 @@ async def _signals(
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems = _alias_problems(cfg)
-    maillog.setup(cfg.log.level, cfg.log.file, cfg.log.format)
+    try:
+        maillog.setup(cfg.log.level, cfg.log.file, cfg.log.format)
+    except OSError as err:
+        raise ConfigError(f"log.file: cannot open {cfg.log.file} for appending: {err.strerror or err}") from None
     _warn_readable_secrets(args.config, cfg)
     if args.worker_index is None:
         for problem in problems:

@@ -207,3 +207,16 @@ def test_build_info_metric_is_one_across_workers(tmp_path: Path) -> None:
     assert f'version="{smtprs.__version__}"' in line and f'core="{smtprs._core.__version__}"' in line
     assert f'openssl="{ssl.OPENSSL_VERSION}"' in line and f'python="{sys.version.split()[0]}"' in line
     assert "# TYPE smtprs_build_info gauge" in text
+
+
+def test_serve_with_an_unusable_log_file_or_data_dir(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path, tmp_path / "data")
+    text = cfg.read_text()
+    cfg.write_text(f'{text}\n[log]\nfile = "{tmp_path}"\n')  # a directory as the log file
+    line = one_line_error(run("serve", "-c", str(cfg), cwd=tmp_path), 2)
+    assert line.startswith("smtprs: configuration error: log.file:") and str(tmp_path) in line, line
+    (tmp_path / "plain").write_text("")
+    cfg.write_text(text.replace(str(tmp_path / "data"), str(tmp_path / "plain")))  # data_dir is a file
+    p = run("serve", "-c", str(cfg), cwd=tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+    assert "Not a directory" in p.stderr and str(tmp_path / "plain") in p.stderr, p.stderr
