@@ -56,9 +56,9 @@ def _spool(args: argparse.Namespace, cfg: config_mod.Config) -> list[tuple[Envel
     return read_queue(root)
 
 
-def unreachable(args: argparse.Namespace, error: ControlError | None) -> str:
+def unreachable(args: argparse.Namespace | None, error: ControlError | None) -> str:
     """The one line for a control socket no server answers on (it names the socket)."""
-    return f"smtprs: {error or 'no server answered'} ({where(args)})"
+    return f"smtprs: {error or 'no server answered'}" + (f" ({where(args)})" if args is not None else "")
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
@@ -167,8 +167,11 @@ def _ask_all(cfg: config_mod.Config, command: str, timeout: float = 10.0) -> tup
     return answers, first_error
 
 
-def _about_one(args: argparse.Namespace, cfg: config_mod.Config, command: str, qid: str) -> tuple[int, str]:
-    """A command about one message: the owner's answer wins; (exit status, line)."""
+def _about_one(
+    cfg: config_mod.Config, command: str, qid: str, args: argparse.Namespace | None = None
+) -> tuple[int, str]:
+    """A command about one message: the owner's answer wins; (exit status, line).
+    ``args``: the command's, for saying which configuration was used."""
     answers, error = _ask_all(cfg, f"{command} {qid}")
     if not answers:
         return 1, unreachable(args, error)
@@ -184,7 +187,7 @@ def _about_one(args: argparse.Namespace, cfg: config_mod.Config, command: str, q
 def cmd_queue_flush(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.id:
-        status, line = _about_one(args, cfg, "FLUSH", args.id)
+        status, line = _about_one(cfg, "FLUSH", args.id, args)
         print(line, file=sys.stdout if status == 0 else sys.stderr)
         return status
     answers, first_error = _ask_all(cfg, "FLUSH")
@@ -219,7 +222,7 @@ def cmd_queue_act(args: argparse.Namespace) -> int:
         return 2
     status = 0
     for qid in args.ids:
-        rc, line = _about_one(args, cfg, verb, qid)
+        rc, line = _about_one(cfg, verb, qid, args)
         print(line, file=sys.stdout if rc == 0 else sys.stderr)
         status = status or rc
     return status
@@ -227,7 +230,7 @@ def cmd_queue_act(args: argparse.Namespace) -> int:
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    rc, line = _about_one(args, cfg, "SHOW", args.id)
+    rc, line = _about_one(cfg, "SHOW", args.id, args)
     if rc != 0:
         print(line, file=sys.stderr)
         return rc
