@@ -53,6 +53,7 @@ from .cli_queue import (
     cmd_queue_list,
     cmd_queue_qshape,
     cmd_queue_show,
+    unreachable,
 )
 from .cli_queue import load_config as _load
 
@@ -66,19 +67,29 @@ def _alias_problems(cfg: config_mod.Config) -> list[str]:
     return Router(cfg).alias_problems()
 
 
-async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int) -> None:
+async def _serve(cfg: config_mod.Config, config_path: str | None, worker: int, workers: int, supervised: bool) -> None:
     from .daemon import Server
 
     server = Server(cfg, config_path, worker=worker, workers=workers)
     async with trio.open_nursery() as nursery:
-        await nursery.start(_signals, server)
+        await nursery.start(_signals, server, supervised)
         await server.run()
         nursery.cancel_scope.cancel()
 
 
-async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """SIGTERM/SIGINT: graceful shutdown (a second one: at once); SIGHUP: reload."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+async def _signals(
+    server: Server, supervised: bool = False, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM/SIGINT: graceful shutdown (a second one: at once); SIGHUP: reload.
+
+    A worker of the supervisor (``supervised``) takes SIGTERM/SIGINT as
+    "drain" however often they come, and SIGQUIT as "at once": a service
+    manager or a terminal signals the whole process group, so a worker gets
+    the stop both from it and, forwarded, from the supervisor, and the copy
+    must not cut the drain short.  The supervisor sends SIGQUIT when it is
+    itself signalled a second time (supervisor.py)."""
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) + ((signal.SIGQUIT,) if supervised else ())
+    with trio.open_signal_receiver(*wanted) as signals:
         task_status.started()
         stopping = False
         async for signum in signals:
@@ -86,19 +97,26 @@ async def _signals(server: Server, *, task_status: trio.TaskStatus[None] = trio.
             if signum == signal.SIGHUP:
                 maillog.warning(f"received {name}, reloading the configuration")
                 await server.reload()
-            elif not stopping:
+            elif not stopping and signum != signal.SIGQUIT:
                 stopping = True
                 maillog.warning(f"received {name}, shutting down")
                 server.stop()
+            elif supervised and signum != signal.SIGQUIT:
+                pass  # the same stop again (the group's and the supervisor's copy): still draining
             else:
-                maillog.warning(f"received {name} again, stopping now")
+                maillog.warning(
+                    f"received {name} again, stopping now" if not supervised else f"received {name}, stopping now"
+                )
                 server.stop(now=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems = _alias_problems(cfg)
-    maillog.setup(cfg.log.level, cfg.log.file, cfg.log.format)
+    try:
+        maillog.setup(cfg.log.level, cfg.log.file, cfg.log.format)
+    except OSError as err:
+        raise ConfigError(f"log.file: cannot open {cfg.log.file} for appending: {err.strerror or err}") from None
     _warn_readable_secrets(args.config, cfg)
     if args.worker_index is None:
         for problem in problems:
@@ -116,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         die_with_parent()
     status = 0
     try:
-        trio.run(_serve, cfg, args.config, args.worker_index or 0, workers)
+        trio.run(_serve, cfg, args.config, args.worker_index or 0, workers, args.worker_index is not None)
     except* (ListenError, SpoolError, ControlError) as group:
         status = 1
         for e in _leaves(group):
@@ -156,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sockets = len(cfg.control_sockets())
     snaps = [json.loads(a[3:]) for a in answers if a.startswith("OK ")]
     if not snaps:
-        print(f"smtprs: {error or 'no statistics'}", file=sys.stderr)
+        print(unreachable(args, error), file=sys.stderr)
         return 1
     snap = merge(snaps)
     if args.json:
@@ -263,6 +281,13 @@ def _read_password(args: argparse.Namespace) -> str | None:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
+    elif not sys.stdin.isatty():  # (getpass would read a pipe with a warning, or end in EOFError)
+        print(
+            "smtprs passwd: standard input is not a terminal: give --password-stdin to read the password "
+            "from one line of it; nothing changed",
+            file=sys.stderr,
+        )
+        return None
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -373,6 +398,37 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """What ``smtprs --version`` prints: the package, the Rust core's version
+    (the core exposes no build id beyond it), Python, OpenSSL, trio, dnspython."""
+    from .metrics import build_info
+
+    info = build_info()
+    return (
+        f"smtprs {info['version']}\n"
+        f"core {info['core']} (Rust, smtprs._core)\n"
+        f"Python {info['python']}\n"
+        f"{info['openssl']}\n"
+        f"trio {info['trio']}, dnspython {info['dnspython']}\n"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print version_text() and exit 0 (argparse's own prints one line)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, the core's, Python's and OpenSSL's")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(version_text())
+        parser.exit(0)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    sys.stdout.write(version_text())
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_mod.reference_markdown())
     return 0
@@ -380,7 +436,10 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smtprs", description="smtprs mail transfer agent")
+    parser.add_argument("--version", "-V", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("version", help="print the version, the core's, Python's and OpenSSL's")
+    p.set_defaults(func=cmd_version)
     p = sub.add_parser("serve", help="run the server in the foreground")
     p.add_argument("--config", "-c", help="TOML configuration file (default: the embedded defaults)")
     p.add_argument(
@@ -409,9 +468,12 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("user", help="the login name (an address such as alice@example.org, or a bare name)")
         if action == "add":
             q.add_argument(
+                "--password-stdin",
                 "--stdin",
+                dest="stdin",
                 action="store_true",
-                help="read the password from one line of standard input instead of the terminal",
+                help="read the password from one line of standard input instead of the terminal "
+                "(needed when standard input is not a terminal: scripts, configuration management)",
             )
         q.add_argument("--config", "-c", help="take the users file from this configuration (smtpd.auth.users_file)")
         q.add_argument("--file", "-f", help="the users file to edit (overrides --config)")
@@ -529,8 +591,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as e:
-        print(f"smtprs: configuration error: {e}", file=sys.stderr)
+        print(f"smtprs: configuration error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except ControlError as e:
+        print(f"smtprs: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # last resort: a file the command reads or writes (never a traceback)
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (e.strerror or str(e))
+        print(f"smtprs: error: {_one_line(what)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("smtprs: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    """An error message on one line (a TOML error quotes the line it is about)."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -25,19 +25,48 @@ if TYPE_CHECKING:
 def load_config(args: argparse.Namespace) -> config_mod.Config:
     """The command's configuration, found as config.locate says (``-c``,
     $SMTPRS_CONFIG, /etc/smtprs/smtprs.toml, the embedded defaults); the path
-    is put back in ``args.config`` so that a server reloads the same file."""
-    args.config, _ = config_mod.locate(args.config)
+    is put back in ``args.config`` so that a server reloads the same file,
+    and where it looked in ``args.config_looked`` (for ``where``)."""
+    args.config, args.config_looked = config_mod.locate(args.config)
     return config_mod.load(args.config)
 
 
 _load = load_config  # (the name the commands below use)
 
 
-def cmd_queue_list(args: argparse.Namespace) -> int:
+def where(args: argparse.Namespace) -> str:
+    """Which configuration a command used and where it looked, for the
+    messages that say something was not found: "configuration: X; looked at: ..."."""
+    used = args.config or "the embedded defaults"
+    looked = "; ".join(getattr(args, "config_looked", []) or [])
+    return f"configuration: {used}" + (f"; looked at: {looked}" if looked else "")
+
+
+def _spool(args: argparse.Namespace, cfg: config_mod.Config) -> list[tuple[Envelope, int]] | None:
+    """The queue as read_queue reads it; None (and one line on stderr) when
+    there is no spool where the configuration says: not "queue is empty",
+    which would hide mail waiting in the spool of another configuration."""
     from .queue.spool import read_queue
 
+    root = cfg.spool_path
+    if not root.is_dir():
+        what = "no spool at" if not root.exists() else "not a directory, so no spool:"
+        print(f"smtprs: {what} {root} ({where(args)})", file=sys.stderr)
+        return None
+    return read_queue(root)
+
+
+def unreachable(args: argparse.Namespace | None, error: ControlError | None) -> str:
+    """The one line for a control socket no server answers on (it names the socket)."""
+    return f"smtprs: {error or 'no server answered'}" + (f" ({where(args)})" if args is not None else "")
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    queued = sorted(read_queue(cfg.spool_path), key=lambda pair: (pair[0].arrival, pair[0].queue_id))
+    found = _spool(args, cfg)
+    if found is None:
+        return 1
+    queued = sorted(found, key=lambda pair: (pair[0].arrival, pair[0].queue_id))
     now = time.time()
     entries = [_entry(env, size, now) for env, size in queued]
     if args.json:
@@ -77,10 +106,11 @@ def queue_counts(entries: list[tuple[Envelope, int]]) -> dict[str, int]:
 
 
 def cmd_queue_count(args: argparse.Namespace) -> int:
-    from .queue.spool import read_queue
-
     cfg = _load(args)
-    counts = queue_counts(read_queue(cfg.spool_path))
+    found = _spool(args, cfg)
+    if found is None:
+        return 1
+    counts = queue_counts(found)
     if args.json:
         print(json.dumps(counts))
     else:
@@ -137,11 +167,14 @@ def _ask_all(cfg: config_mod.Config, command: str, timeout: float = 10.0) -> tup
     return answers, first_error
 
 
-def _about_one(cfg: config_mod.Config, command: str, qid: str) -> tuple[int, str]:
-    """A command about one message: the owner's answer wins; (exit status, line)."""
+def _about_one(
+    cfg: config_mod.Config, command: str, qid: str, args: argparse.Namespace | None = None
+) -> tuple[int, str]:
+    """A command about one message: the owner's answer wins; (exit status, line).
+    ``args``: the command's, for saying which configuration was used."""
     answers, error = _ask_all(cfg, f"{command} {qid}")
     if not answers:
-        return 1, f"smtprs: {error}"
+        return 1, unreachable(args, error)
     for a in answers:
         if a.startswith("OK"):
             return 0, a
@@ -154,12 +187,12 @@ def _about_one(cfg: config_mod.Config, command: str, qid: str) -> tuple[int, str
 def cmd_queue_flush(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.id:
-        status, line = _about_one(cfg, "FLUSH", args.id)
+        status, line = _about_one(cfg, "FLUSH", args.id, args)
         print(line, file=sys.stdout if status == 0 else sys.stderr)
         return status
     answers, first_error = _ask_all(cfg, "FLUSH")
     if not answers:
-        print(f"smtprs: {first_error}", file=sys.stderr)
+        print(unreachable(args, first_error), file=sys.stderr)
         return 1
     if len(answers) == 1:
         print(answers[0])
@@ -179,7 +212,7 @@ def cmd_queue_act(args: argparse.Namespace) -> int:
             return 2
         answers, error = _ask_all(cfg, "DELETE-DEFERRED", timeout=120.0)
         if not answers:
-            print(f"smtprs: {error}", file=sys.stderr)
+            print(unreachable(args, error), file=sys.stderr)
             return 1
         n = sum(int(a.split()[1]) for a in answers if a.startswith("OK ") and a.split()[1].isdigit())
         print(f"OK {n} message{'' if n == 1 else 's'} deleted")
@@ -189,7 +222,7 @@ def cmd_queue_act(args: argparse.Namespace) -> int:
         return 2
     status = 0
     for qid in args.ids:
-        rc, line = _about_one(cfg, verb, qid)
+        rc, line = _about_one(cfg, verb, qid, args)
         print(line, file=sys.stdout if rc == 0 else sys.stderr)
         status = status or rc
     return status
@@ -197,7 +230,7 @@ def cmd_queue_act(args: argparse.Namespace) -> int:
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    rc, line = _about_one(cfg, "SHOW", args.id)
+    rc, line = _about_one(cfg, "SHOW", args.id, args)
     if rc != 0:
         print(line, file=sys.stderr)
         return rc
@@ -264,11 +297,12 @@ def qshape(entries: list[tuple[Envelope, int]], now: float, *, held: bool | None
 
 
 def cmd_queue_qshape(args: argparse.Namespace) -> int:
-    from .queue.spool import read_queue
-
     cfg = _load(args)
+    found = _spool(args, cfg)
+    if found is None:
+        return 1
     held = True if args.held else (False if args.not_held else None)
-    rows = qshape(read_queue(cfg.spool_path), time.time(), held=held)
+    rows = qshape(found, time.time(), held=held)
     if args.json:
         json.dump({"buckets_minutes": list(QSHAPE_BUCKETS), "domains": rows}, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -18,6 +18,7 @@ Writes nothing; the HTTP listener is metrics_http.py.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -93,6 +94,11 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "From the end of the message data to the 250 reply (the durable spool commit).",
     ),
     "smtprs_delivery_seconds": ("histogram", "From arrival to a successful delivery, per recipient, by transport."),
+    "smtprs_build_info": (
+        "gauge",
+        "Always 1; the labels say what runs: version (the package), core (the Rust core's version), "
+        "python and openssl (as `smtprs --version` prints them).",
+    ),
     "smtprs_tls_rpt_sessions_total": (
         "counter",
         "Outbound SMTP sessions to MX hosts, as an RFC 8460 TLS report counts them: by policy_type "
@@ -102,9 +108,39 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
         "dane-required; empty on success).",
     ),
 }
-MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds"})
+# the largest, not the sum: an age, and the build (1 from each worker)
+MAX_GAUGES = frozenset({"smtprs_queue_oldest_age_seconds", "smtprs_build_info"})
 
 Labels = tuple[tuple[str, str], ...]
+
+
+@functools.cache
+def build_info() -> dict[str, str]:
+    """What runs, for ``smtprs --version`` and the ``smtprs_build_info`` gauge:
+    the package version (its installed metadata; "unknown" when run from a
+    source tree that was never installed), the Rust
+    core's version (the only build attribute ``_core`` exposes), Python,
+    OpenSSL, and the versions of trio and dnspython."""
+    import importlib.metadata
+    import platform
+    import ssl
+
+    from . import _core  # (not the package: it imports metrics through the daemon)
+
+    def dist(name: str, fallback: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return fallback
+
+    return {
+        "version": dist("smtprs", "unknown"),
+        "core": _core.__version__,
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "trio": dist("trio", "unknown"),
+        "dnspython": dist("dnspython", "unknown"),
+    }
 
 
 class Metrics:
@@ -114,6 +150,8 @@ class Metrics:
         self.counters: dict[tuple[str, Labels], float] = {}
         self.histograms: dict[tuple[str, Labels], list[float]] = {}  # bucket counts..., sum, count
         self.gauges: dict[str, Callable[[], float]] = {}  # read at snapshot time
+        info = build_info()
+        self.info: Labels = tuple(sorted((k, info[k]) for k in ("version", "core", "python", "openssl")))
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
@@ -136,7 +174,8 @@ class Metrics:
         return {
             "counters": [[n, list(map(list, labels)), v] for (n, labels), v in self.counters.items()],
             "histograms": [[n, list(map(list, labels)), list(h)] for (n, labels), h in self.histograms.items()],
-            "gauges": [[n, [], float(read())] for n, read in self.gauges.items()],
+            "gauges": [[n, [], float(read())] for n, read in self.gauges.items()]
+            + [["smtprs_build_info", list(map(list, self.info)), 1.0]],
         }
 
 

@@ -13,7 +13,13 @@ own hooks object; the supervisor never imports them (a hooks module that
 cannot be loaded makes the workers exit 2 at start, and so the supervisor).
 
 Resource policy: SIGTERM/SIGINT are passed on to every worker and the
-supervisor exits when they have; SIGHUP is passed on.  A worker that dies is
+supervisor exits when they have, logging "worker K stopped" for each; SIGHUP
+is passed on.  A service manager or a terminal may signal the whole process
+group at once (systemd's KillMode=control-group, Ctrl-C): a worker that exits
+while a stop is pending is stopping, never "started again", and a worker takes
+SIGTERM/SIGINT as "drain" however often they come (the group's copy and the
+supervisor's), so the drain is not cut short; a second stop signal to the
+supervisor sends the workers SIGQUIT, "stop at once".  A worker that dies is
 started again after a delay that doubles while it keeps dying quickly (1 s up
 to 30 s).  A worker that fails at start-up with exit status 1 or 2 (port in
 use, bad configuration) stops everything: retrying cannot help.  Workers ask
@@ -33,6 +39,7 @@ from . import maillog
 
 _PR_SET_PDEATHSIG = 1
 START_GRACE = 5.0  # a worker that exits sooner than this failed to start
+STOP_TIMEOUT = 60.0  # a worker still running this long after the stop is killed
 
 
 def die_with_parent() -> None:
@@ -81,6 +88,8 @@ def run(config_path: str | None, workers: int) -> int:
     status = 0
     while not stop:
         time.sleep(0.1)
+        if stop:  # (a signal during the sleep: a worker that exited meanwhile is stopping, not dying)
+            break
         while hup:
             hup.pop()
             for w in pool:
@@ -99,6 +108,9 @@ def run(config_path: str | None, workers: int) -> int:
                     w.restart_delay = 1.0
                 continue
             w.proc = None
+            if stop:  # a stop came in while we looked: nothing is started again
+                maillog.supervisor(f"worker {w.index} stopped (exit status {code})")
+                continue
             if code in (1, 2) and not w.ever_up:
                 maillog.supervisor(f"worker {w.index} could not start (exit {code}); stopping", problem=True)
                 stop.append(signal.SIGTERM)
@@ -111,14 +123,32 @@ def run(config_path: str | None, workers: int) -> int:
             w.restart_delay = min(30.0, w.restart_delay * 2) if now - w.started < START_GRACE else 1.0
     for w in pool:
         if w.proc is not None and w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGTERM)
-    for w in pool:
-        if w.proc is not None:
-            try:
-                w.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                maillog.supervisor(f"worker {w.index} did not stop within 60s; killing it", problem=True)
+            w.proc.send_signal(signal.SIGTERM)  # drain (a worker given it twice, by the group too, still drains)
+    stops = len(stop)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    left = [w for w in pool if w.proc is not None]
+    while left:
+        if len(stop) > stops and stops > 0:  # signalled again: the workers stop at once
+            stops = 0
+            maillog.supervisor("stop signal again: workers stop now")
+            for w in left:
+                if w.proc is not None and w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGQUIT)
+        for w in list(left):
+            assert w.proc is not None
+            code = w.proc.poll()
+            if code is None and time.monotonic() > deadline:
+                maillog.supervisor(
+                    f"worker {w.index} did not stop within {STOP_TIMEOUT:.0f}s; killing it", problem=True
+                )
                 w.proc.kill()
-                w.proc.wait()
+                code = w.proc.wait()
+            if code is not None:
+                left.remove(w)
+                # 0: drained; -SIGTERM/-SIGINT: stopped by the signal itself (before its handler was up)
+                stopped = code == 0 or -code in (signal.SIGTERM, signal.SIGINT)
+                maillog.supervisor(f"worker {w.index} stopped (exit status {code})", problem=not stopped)
+        if left:
+            time.sleep(0.05)
     maillog.supervisor("all workers stopped")
     return status

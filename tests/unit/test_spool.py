@@ -387,3 +387,56 @@ async def test_remove_many_of_fresh_messages_is_one_group_commit(tmp_path):
     assert await spool.remove_many(qids) == [None] * 4
     assert spool.commit_batches == before + 1
     assert spool.count == 0 and Spool(tmp_path).open() == []
+
+
+# -- issue 20 part 9a: a removed big message is simply gone at the next start
+
+
+async def test_a_delivered_big_message_is_not_reported_missing_at_start(tmp_path, caplog):
+    spool = Spool(tmp_path, inline_max=1000)  # (the default is 256 KiB: the same path)
+    spool.open()
+    big = await _put(spool, b"x" * 5000)  # content in files/ID.msg, its M record in the segment
+    small = await _put(spool, b"small\r\n")
+    assert (spool.files_dir / f"{big}.msg").exists()
+    await spool.remove(big)  # delivered: a D record, then the file goes
+    assert not (spool.files_dir / f"{big}.msg").exists()
+    spool.close()
+    caplog.clear()
+    again = Spool(tmp_path, inline_max=1000)
+    assert again.open() == [small]
+    assert "missing" not in caplog.text, caplog.text
+    assert "spool:" not in caplog.text, caplog.text
+    assert os.listdir(again.corrupt_dir) == []
+    assert [env.queue_id for env, _ in read_queue(tmp_path)] == [small]
+    assert "missing" not in caplog.text, caplog.text
+
+
+async def test_a_removal_recorded_in_a_later_segment_is_honoured_too(tmp_path, caplog, monkeypatch):
+    spool = Spool(tmp_path, inline_max=1000)
+    spool.open()
+    big = await _put(spool, b"y" * 5000)
+    other = await _put(spool, b"other\r\n")  # keeps segment 1 alive
+    monkeypatch.setattr(spool_mod, "SEGMENT_MAX", 1)  # from now on every batch starts a new segment
+    between = await _put(spool, b"between\r\n")
+    await spool.remove(big)  # its D record lands in a newer segment than its M record
+    spool.close()
+    assert len(os.listdir(spool.seg_dir)) == 3  # segment 1 is kept: other still lives in it
+    caplog.clear()
+    again = Spool(tmp_path, inline_max=1000)
+    assert again.open() == sorted([other, between])
+    assert "missing" not in caplog.text, caplog.text
+
+
+async def test_a_content_file_deleted_behind_our_back_is_still_reported(tmp_path, caplog):
+    spool = Spool(tmp_path, inline_max=1000)
+    spool.open()
+    big = await _put(spool, b"z" * 5000)
+    kept = await _put(spool, b"kept\r\n")
+    spool.close()
+    (spool.files_dir / f"{big}.msg").unlink()  # real damage: queued, never removed, content gone
+    caplog.clear()
+    again = Spool(tmp_path, inline_max=1000)
+    assert again.open() == [kept]
+    assert f"content of {big} is missing; moved aside" in caplog.text, caplog.text
+    (kept_env,) = [n for n in os.listdir(again.corrupt_dir) if n.startswith(f"{big}.env.")]
+    assert Envelope.from_json((again.corrupt_dir / kept_env).read_bytes()).queue_id == big

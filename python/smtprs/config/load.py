@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import ssl
+import stat
 import tomllib
 import types
 import typing
@@ -49,13 +50,7 @@ def load(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any
     base = Path.cwd()
     if path is not None:
         p = Path(path)
-        try:
-            with p.open("rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        raw = _read_toml(p)
         base = p.resolve().parent
     if overrides:
         raw = _merge(raw, overrides)
@@ -66,6 +61,37 @@ def load(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any
     cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     _check(cfg)
     return cfg
+
+
+CONFIG_MAX = 16 * 1024 * 1024  # a configuration file larger than this is a mistake (a log, an image)
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    """The TOML table in file ``p``; a ConfigError naming ``p`` and the
+    problem for anything else: no such file, a directory, a FIFO or device
+    (never opened: reading a FIFO would wait for a writer), a path through a
+    regular file (ENOTDIR), a symlink loop, no permission, an I/O error, a
+    file too large, not UTF-8, not TOML."""
+    try:
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{p}: is a directory, not a configuration file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{p}: not a regular file")
+        if st.st_size > CONFIG_MAX:
+            raise ConfigError(f"{p}: {st.st_size} octets is too large for a configuration file")
+        with p.open("rb") as fh:
+            data = fh.read(CONFIG_MAX + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (octet {e.start}): TOML files are UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,11 @@ because it runs once per start while the rest runs per message: it creates
 the directories, indexes files/ and every segment (M records add a message,
 D records finish one), tells a torn tail (a crash mid-batch, never
 acknowledged: ignored) from damage (copied to corrupt/ and logged), and
-clears content that no 250 was given for.  Nothing here is on the hot path.
+clears content that no 250 was given for.  A message whose content file is
+gone is damage only if no D record finished it: a delivered big message's
+file is unlinked after its D record is durable, so its M record is still in
+the segment at the next start and must not be reported (issue 20 part 9).
+Nothing here is on the hot path.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ class SpoolRecovery:
     _live: dict[int, int]
     _segments: list[int]
     _active: int
+    # M records whose own content file is gone, by queue id -> segment: damage
+    # unless a D record (in the same segment or a later one) says the message
+    # was finished, as every delivered big message is (its file is unlinked
+    # after its D record is durable); judged once every segment is read
+    _missing: dict[str, tuple[int, bytes]]  # qid -> (segment, the envelope's JSON)
 
     def _close_active(self) -> None:
         raise NotImplementedError
@@ -96,6 +105,7 @@ class SpoolRecovery:
             else:
                 self._move_aside(Path(entry.path), "not a segment")
         self._segments.sort()
+        self._missing = {}
         for seg in list(self._segments):
             try:
                 self._scan_segment(seg, contents)
@@ -105,6 +115,9 @@ class SpoolRecovery:
                 for qid in [q for q, entry in self._index.items() if entry.seg == seg]:
                     del self._index[qid]
                 self._move_aside(self._seg_path(seg), f"unreadable segment: {e.strerror or e}")
+        for qid, (seg, env) in sorted(self._missing.items()):  # queued, never finished, its content gone
+            self._keep_envelope(qid, seg, env)
+        self._missing = {}
         for qid in contents - set(self._index):  # content whose record never landed (no 250), or a finished one's
             unlink_quietly(self.files_dir / f"{qid}.msg")  # (the scan may have removed it already: not an error)
         self._active = (self._segments[-1] if self._segments else 0) + 1  # never append after a torn tail
@@ -152,12 +165,14 @@ class SpoolRecovery:
                         entry = Entry(seg, env_off, env_len, -1, 0)
                     else:
                         entry = None
-                        maillog.spool_problem(f"segment {seg}: content of {qid} is missing; moved aside")
+                        # reported after the scan, unless a D record finishes it
+                        self._missing[qid] = (seg, bytes(payload[MHEAD.size : MHEAD.size + env_len]))
                     if entry is not None:
                         self._index[qid] = entry
                         self._live[seg] += 1
             elif kind == KIND_DONE:
                 qid = payload.decode("ascii", "replace")
+                self._missing.pop(qid, None)  # finished: its file was meant to be gone
                 entry = self._index.get(qid)
                 if entry is not None and entry.seg:
                     del self._index[qid]
@@ -194,6 +209,18 @@ class SpoolRecovery:
         maillog.spool_problem(
             f"segment {seg}: unreadable record at offset {pos} of {len(data)}; the {pos} octets before it are used, the rest is ignored ({where})"
         )
+
+    def _keep_envelope(self, qid: str, seg: int, env: bytes) -> None:
+        """A queued message whose content file is gone (deleted behind our
+        back): it cannot be delivered; its envelope is kept in corrupt/ for a
+        human to see who it was from and to, and the loss is logged."""
+        target = self.corrupt_dir / f"{qid}.env.{int(time.time())}.{secrets.token_hex(3)}"
+        try:
+            target.write_bytes(env)
+            where = f"its envelope is in {target}"
+        except OSError as e:
+            where = f"its envelope could not be kept: {e.strerror or e}"
+        maillog.spool_problem(f"segment {seg}: content of {qid} is missing; moved aside ({where})")
 
     def _move_aside(self, path: Path, why: str) -> None:
         target = self.corrupt_dir / f"{path.name}.{int(time.time())}.{secrets.token_hex(3)}"

@@ -234,6 +234,7 @@ class Spool(SpoolRecovery):
         self._active_size = 0
         self._pending: list[_Pending] = []
         self._committing = False
+        self._missing: dict[str, tuple[int, bytes]] = {}  # (start-up only: see recovery.py)
         # Envelopes just committed, handed to the first load() (the scheduler's
         # first attempt) so that it need not read back and parse what it was
         # given a moment ago.  Bounded; any other change to a message drops its entry.
@@ -650,6 +651,8 @@ def read_queue(directory: Path) -> list[tuple[Envelope, int]]:
             spool._index[p.stem] = Entry(0)
     segs = sorted(int(p.stem) for p in spool.seg_dir.glob("*.seg") if p.stem.isdigit())
     spool._segments = segs
+    # (a message without its content is not listed; the server's start-up
+    # reports it, this read-only listing does not: it may race a removal)
     for seg in segs:
         try:
             spool._scan_segment(seg, contents)
