@@ -36,6 +36,11 @@ Authentication-Results field (and the quarantine marker, if the policy
 says so) is prepended above our Received field, or the message is refused
 (550 5.7.1 DMARC, 550 5.7.23 SPF, 451 4.7.24 SPF temperror) as configured.
 
+Milters (milter/driver.py): when the transaction has some, the content steps
+run at the end of the data, after the checks above and before the commit; a
+refusal is the reply, a discard is answered 250 and kept nowhere, and changed
+content is a new spool writer that is committed instead of the first.
+
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
 """
@@ -250,6 +255,15 @@ class Intake:
             params=params,
             auth=s.auth_user or "",
         )
+        milter = txn.milter
+        if milter is not None:  # the content steps and the milters' changes (milter/driver.py)
+            txn.milter = None
+            done = await milter.finish(ctx.spool, writer, env, ctx.cfg.smtpd.max_message_size)
+            if done.reply is not None:  # a refusal, or the 250 of a discarded message
+                s.reply(done.reply)
+                return
+            assert done.writer is not None
+            writer = done.writer
         if s.hooks is not None:  # hooks that change mail (hooks.py): on_message, on_data
             kept = await run_message_hooks(s, writer, env)
             if isinstance(kept, R.Reply):  # a refusal, or the 250 of a discarded message
@@ -275,6 +289,9 @@ class Intake:
         self._dkim = None
         self._check = None
         txn = self.session.txn
+        if txn is not None and txn.milter is not None:  # (the transaction is over, or cannot succeed)
+            txn.milter.close_now()
+            txn.milter = None
         if txn is not None and txn.writer is not None:
             self.session.ctx.spool.abort(txn.writer)
             txn.writer = None
@@ -292,6 +309,9 @@ class Intake:
     def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
         """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
         s = self.session
+        if txn is not None and txn.milter is not None:
+            txn.milter.close_now()
+            txn.milter = None
         for _ in txn.lmtp_slots if s.lmtp and txn is not None and txn.lmtp_slots else (None,):
             s.reply(r)
 
