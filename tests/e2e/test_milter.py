@@ -155,7 +155,10 @@ def with_milter(m: ScriptedMilter | str, **more: Any) -> dict[str, Any]:
     return {"milter": {"milters": [spec], "command_timeout": 2.0, "content_timeout": 2.0, **more}}
 
 
-def eom(*actions: P.Response, final: P.Response = P.Verdict("accept")) -> bytes:
+ACCEPT_VERDICT = P.Verdict("accept")
+
+
+def eom(*actions: P.Response, final: P.Response = ACCEPT_VERDICT) -> bytes:
     return b"".join(P.encode_response(a) for a in actions) + P.encode_response(final)
 
 
@@ -172,7 +175,9 @@ def send(srv: Server, rcpts: list[str], msg: bytes, sender: str = "sender@client
 
 
 # -- the steps and what a milter is told ---------------------------------------------------
-def test_steps_macros_headers_and_body_reach_the_milter(make_server: Callable[..., Server], milter: ScriptedMilter) -> None:
+def test_steps_macros_headers_and_body_reach_the_milter(
+    make_server: Callable[..., Server], milter: ScriptedMilter
+) -> None:
     srv = make_server(with_milter(milter))
     body = "".join(f"line {i:06d} of a message long enough for several body chunks\n" for i in range(6000))
     msg = make_message("to the milter", body)
@@ -243,7 +248,7 @@ def test_header_and_envelope_changes_are_delivered(make_server: Callable[..., Se
         # our Received field names the queue id the client was given
         assert f"id {r.qid}" in str(got["Received"])
     # X-Top is above our Received field (below the delivery's Return-Path and Delivered-To)
-    names = [k.lower() for k in alice.keys()]
+    names = [k.lower() for k in alice]
     assert names.index("x-top") < names.index("received")
     srv.wait_log(f"{r.qid}: milter:")
     assert "recipient <carol@example.test> added" in srv.log()
@@ -394,9 +399,7 @@ def test_a_bad_milter_gets_the_default_action(
 
 
 @pytest.mark.parametrize("action, code", [("accept", 250), ("reject", 550)])
-def test_default_action_when_the_milter_is_down(
-    make_server: Callable[..., Server], action: str, code: int
-) -> None:
+def test_default_action_when_the_milter_is_down(make_server: Callable[..., Server], action: str, code: int) -> None:
     down = ScriptedMilter()
     spec = down.spec
     down.stop()  # nothing listens there any more

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtprs import config
+from smtprs import config, rewrite
 from smtprs.errors import ConfigError
 from smtprs.milter import driver
 from smtprs.milter import protocol as P
@@ -185,21 +185,21 @@ HEAD = (
 
 
 def test_split_header_block() -> None:
-    fields, body = driver.split_header_block(HEAD + b"body\r\n")
+    fields, body = rewrite.split_header_block(HEAD + b"body\r\n")
     assert [n for n, _ in fields] == ["Received", "Subject", "X-Tag", "X-Tag"]
     assert b"".join(raw for _, raw in fields) == HEAD[:-2]
     assert body == len(HEAD)
     # no empty line: a line that is not a field starts the body
-    fields, body = driver.split_header_block(b"Subject: x\r\nnot a field\r\nmore\r\n")
+    fields, body = rewrite.split_header_block(b"Subject: x\r\nnot a field\r\nmore\r\n")
     assert [n for n, _ in fields] == ["Subject"] and body == len(b"Subject: x\r\n")
     # only a header block, without a final CRLF
-    fields, body = driver.split_header_block(b"Subject: x")
+    fields, body = rewrite.split_header_block(b"Subject: x")
     assert fields == [("Subject", b"Subject: x")] and body == len(b"Subject: x")
-    assert driver.split_header_block(b"\r\nbody") == ([], 2)
+    assert rewrite.split_header_block(b"\r\nbody") == ([], 2)
 
 
 def test_milter_value() -> None:
-    fields, _ = driver.split_header_block(HEAD)
+    fields, _ = rewrite.split_header_block(HEAD)
     assert driver._milter_value(fields[0][1], False) == (
         b"from client ([127.0.0.1])\n\tby mx.test (smtprs) with ESMTP id QID1;\n\tdate"
     )
@@ -208,8 +208,8 @@ def test_milter_value() -> None:
 
 
 def test_header_changes() -> None:
-    fields, _ = driver.split_header_block(HEAD)
-    out = driver.apply_header_changes(
+    fields, _ = rewrite.split_header_block(HEAD)
+    out = rewrite.apply_header_changes(
         fields,
         [
             P.InsertHeader(0, "X-Top", "first"),
@@ -234,9 +234,9 @@ def test_header_changes() -> None:
 
 
 def test_field_bytes_never_makes_a_bare_line() -> None:
-    assert driver.field_bytes("X-A", "one\ntwo") == b"X-A: one\r\n\ttwo\r\n"
-    assert driver.field_bytes("X-A", " lead") == b"X-A: lead\r\n"
-    assert driver.crlf_body(b"a\nb\r\nc\rd") == b"a\r\nb\r\nc\r\nd"
+    assert rewrite.field_bytes("X-A", "one\ntwo") == b"X-A: one\r\n\ttwo\r\n"
+    assert rewrite.field_bytes("X-A", " lead") == b"X-A: lead\r\n"
+    assert rewrite.crlf_body(b"a\nb\r\nc\rd") == b"a\r\nb\r\nc\r\nd"
 
 
 # -- configuration ----------------------------------------------------------------------

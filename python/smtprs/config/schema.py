@@ -598,7 +598,9 @@ class Milter:
         30.0, "Seconds a milter may take to answer a command (connect, helo, mail, rcpt, a header field).", min=0.001
     )
     content_timeout: float = _f(
-        300.0, "Seconds a milter may take to answer a body chunk or the end of the message (each progress reply restarts it).", min=0.001
+        300.0,
+        "Seconds a milter may take to answer a body chunk or the end of the message (each progress reply restarts it).",
+        min=0.001,
     )
     macros: dict[str, list[str]] = _f(
         {},

@@ -38,14 +38,14 @@ or ``accept`` (the transaction goes on without that milter).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from .. import maillog
+from .. import maillog, rewrite
 from .. import reply as R
 from ..config import Config
 from ..content import Content
-from ..envelope import Envelope, Recipient
+from ..envelope import Envelope
 from ..errors import ConfigError
 from ..queue.backend import SpoolBackend, Writer
 from . import protocol as P
@@ -68,7 +68,17 @@ STAGE_NAMES: dict[str, bytes] = {
 # The macros sent at each stage when milter.macros does not say otherwise:
 # Postfix's milter_*_macros defaults, less those smtprs has no value for.
 DEFAULT_MACROS: dict[str, tuple[str, ...]] = {
-    "connect": ("j", "_", "{daemon_name}", "{daemon_addr}", "v", "{client_addr}", "{client_name}", "{client_port}", "{if_addr}"),
+    "connect": (
+        "j",
+        "_",
+        "{daemon_name}",
+        "{daemon_addr}",
+        "v",
+        "{client_addr}",
+        "{client_name}",
+        "{client_port}",
+        "{if_addr}",
+    ),
     "helo": ("{tls_version}", "{cipher}", "{cipher_bits}"),
     "mail": ("{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}", "{mail_host}", "{mail_mailer}"),
     "rcpt": ("{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"),
@@ -76,8 +86,6 @@ DEFAULT_MACROS: dict[str, tuple[str, ...]] = {
     "eoh": ("i",),
     "eom": ("i", "{rcpt_count}"),
 }
-
-HEADER_BLOCK_MAX = 8 * 1024 * 1024  # the most of a spooled message read as its header block
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,9 @@ def settings_by_listener(cfg: Config) -> dict[str, Settings]:
         elif lst.milters == ["none"]:
             endpoints = []
         else:
-            endpoints = [Endpoint.parse(spec, f"smtpd.listeners[{i}].milters[{j}]") for j, spec in enumerate(lst.milters)]
+            endpoints = [
+                Endpoint.parse(spec, f"smtpd.listeners[{i}].milters[{j}]") for j, spec in enumerate(lst.milters)
+            ]
         if endpoints and lst.mode in ("mx", "submission", "submissions"):
             out[lst.address] = Settings(
                 tuple(endpoints), m.default_action, m.connect_timeout, m.command_timeout, m.content_timeout, macros
@@ -150,16 +160,12 @@ class Finish:
 
     reply: R.Reply | None = None
     writer: Writer | None = None
+    rewritten: bool = False  # the content changed: ``writer`` is a new one (a streamed DKIM signer is stale)
 
 
-@dataclass
-class _Changes:
-    headers: list[P.AddHeader | P.InsertHeader | P.ChangeHeader] = field(default_factory=list)
-    body: bytearray | None = None  # the last milter's new body, if one replaced it
-    rcpt_add: list[P.AddRcpt] = field(default_factory=list)
-    rcpt_del: list[str] = field(default_factory=list)
-    sender: str | None = None
-    quarantine: str | None = None
+# Routes one recipient a milter added (the session's router, as at RCPT): the
+# final recipients, or the refusal's text (the recipient is then left out, logged).
+Route = Callable[[str], tuple[str, ...] | str]
 
 
 class MilterTransaction:
@@ -236,26 +242,30 @@ class MilterTransaction:
         return None
 
     # -- the content --------------------------------------------------------------
-    async def finish(self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int) -> Finish:
+    async def finish(
+        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: Route | None = None
+    ) -> Finish:
         """The end of the data: the content steps, then the changes.  On a refusal
         or a discard the writer is aborted here and ``Finish.reply`` says what to
         answer; else ``Finish.writer`` is what to commit with ``env`` (changed in
         place: sender, recipients, held, and queue id and size for new content)."""
         try:
-            return await self._finish(spool, writer, env, max_size)
+            return await self._finish(spool, writer, env, max_size, route)
         finally:
             await self.close()
 
-    async def _finish(self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int) -> Finish:
+    async def _finish(
+        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: Route | None
+    ) -> Finish:
         self.queue_id = writer.queue_id
         if self.failed is not None:
             spool.abort(writer)
             return Finish(reply=self.failed)
-        changes: list[_Changes] = []
+        changes: list[rewrite.Edit] = []
         if self._active() and not self.discard:
             try:
                 content = writer.staged()
-                fields, body_start = _read_header_block(content)
+                fields, body_start = rewrite.read_header_block(content)
             except OSError as e:
                 maillog.error(f"{writer.queue_id}: milter: cannot read the spooled message: {e.strerror or e}")
                 spool.abort(writer)
@@ -283,11 +293,11 @@ class MilterTransaction:
             spool.abort(writer)
             maillog.milter_discarded(writer.queue_id, self.client.session, f"from=<{self.sender}>")
             return Finish(reply=R.Reply(250, "2.0.0", f"Ok: queued as {writer.queue_id}"))
-        return self._apply(spool, writer, env, changes)
+        return self._apply(spool, writer, env, changes, route)
 
     async def _content(
         self, m: _Milter, content: Content, fields: list[tuple[str, bytes]], body_start: int, max_size: int
-    ) -> tuple[P.Response | None, _Changes | None]:
+    ) -> tuple[P.Response | None, rewrite.Edit | None]:
         """One milter's content steps; (its verdict, its changes) -- the verdict of
         an earlier step when it ended there (then no changes)."""
         s = self.settings
@@ -304,18 +314,19 @@ class MilterTransaction:
         if _final(r):
             return r, None
         if not m.conn.steps & P.SMFIP_NOBODY:
-            for chunk in _body_chunks(content, body_start, P.CHUNK_SIZE):
-                    r = await self._step(m, P.SMFIC_BODY, P.body(chunk), s.content_timeout)
-                    if isinstance(r, P.Verdict) and r.kind == "skip":
-                        if not m.conn.steps & P.SMFIP_SKIP:
-                            raise MilterError("SKIP without negotiating it")
-                        m.skip_body = True
-                        break
-                    elif _final(r):
-                        return r, None
+            for chunk in rewrite.body_chunks(content, body_start, P.CHUNK_SIZE):
+                r = await self._step(m, P.SMFIC_BODY, P.body(chunk), s.content_timeout)
+                if isinstance(r, P.Verdict) and r.kind == "skip":
+                    if not m.conn.steps & P.SMFIP_SKIP:
+                        raise MilterError("SKIP without negotiating it")
+                    m.skip_body = True
+                    break
+                if _final(r):
+                    return r, None
         await self._send_macros(m, P.SMFIC_BODYEOB)
         await m.conn.send(P.packet(P.SMFIC_BODYEOB), s.content_timeout)
-        ch = _Changes()
+        ch = rewrite.Edit()
+        new_body: bytearray | None = None
         size = 0
         while True:
             r = await m.conn.read(s.content_timeout)
@@ -324,9 +335,9 @@ class MilterTransaction:
                     continue  # the milter is working: the timeout starts again
                 if r.kind in ("skip", "shutdown", "conn_fail"):
                     raise MilterError(f"{r.kind} at the end of the message")
-                return r, ch
+                return r, _with_body(ch, new_body)
             if isinstance(r, P.ReplyCode):
-                return r, ch
+                return r, _with_body(ch, new_body)
             need = _ACTION_FLAGS.get(type(r))
             if need is None:
                 raise MilterError(f"unexpected reply at the end of the message: {type(r).__name__}")
@@ -337,14 +348,14 @@ class MilterTransaction:
             if isinstance(r, (P.AddHeader, P.InsertHeader, P.ChangeHeader)):
                 ch.headers.append(r)
             elif isinstance(r, P.ReplaceBody):
-                if ch.body is None:
-                    ch.body = bytearray()
+                if new_body is None:
+                    new_body = bytearray()
                 size += len(r.chunk)
                 if size > max_size:
                     raise MilterError(f"the new body is over {max_size} octets (smtpd.max_message_size)")
-                ch.body += r.chunk
+                new_body += r.chunk
             elif isinstance(r, P.AddRcpt):
-                ch.rcpt_add.append(r)
+                ch.rcpt_add.append(r.address)
             elif isinstance(r, P.DelRcpt):
                 ch.rcpt_del.append(r.address)
             elif isinstance(r, P.ChangeFrom):
@@ -352,57 +363,39 @@ class MilterTransaction:
             elif isinstance(r, P.Quarantine):
                 ch.quarantine = r.reason or "quarantined by a milter"
 
-    def _apply(self, spool: SpoolBackend, writer: Writer, env: Envelope, changes: list[_Changes]) -> Finish:
-        """Apply every milter's changes: the envelope in place, the content by a
-        new spool file (when headers or body changed)."""
+    def _apply(
+        self, spool: SpoolBackend, writer: Writer, env: Envelope, changes: list[rewrite.Edit], route: Route | None
+    ) -> Finish:
+        """Apply every milter's changes (smtprs.rewrite): the envelope in place,
+        the content by a new spool writer when headers or the body changed.
+        A recipient a milter added is routed first (``route``, the session's
+        router as at RCPT: aliases and virtual entries expanded); one the
+        router refuses is left out and logged."""
         qid = writer.queue_id
-        what: list[str] = []
-        headers: list[P.AddHeader | P.InsertHeader | P.ChangeHeader] = []
-        body: bytearray | None = None
-        for ch in changes:
-            headers += ch.headers
-            if ch.body is not None:
-                body = ch.body
-            if ch.sender is not None:
-                what.append(f"sender <{env.sender}> -> <{ch.sender}>")
-                env.sender = ch.sender
-            for address in ch.rcpt_del:
-                low = address.lower()
-                before = len(env.recipients)
-                env.recipients = [
-                    r for r in env.recipients if r.address.lower() != low and (r.original or "").lower() != low
-                ]
-                if len(env.recipients) < before:
-                    what.append(f"recipient <{address}> removed")
-            for add in ch.rcpt_add:
-                if all(r.address.lower() != add.address.lower() for r in env.recipients):
-                    env.recipients.append(Recipient(add.address))
-                    what.append(f"recipient <{add.address}> added")
-            if ch.quarantine is not None:
-                env.held = True
-                what.append(f"quarantined ({ch.quarantine})")
-        if not env.recipients:
+        refused: list[str] = []
+        if route is not None:
+            for ed in changes:
+                routed: list[str] = []
+                for address in ed.rcpt_add:
+                    got = route(address)
+                    if isinstance(got, str):
+                        refused.append(f"added recipient <{address}> refused by the router: {got}")
+                    else:
+                        routed += got
+                ed.rcpt_add = routed
+        try:
+            done = rewrite.apply(spool, writer, env, changes)
+        except OSError as e:
+            maillog.error(f"{qid}: milter: cannot rewrite the message: {e.strerror or e}")
             spool.abort(writer)
+            return Finish(reply=LOCAL_ERROR)
+        what = refused + done.changes
+        if done.discarded or done.writer is None:
             maillog.milter_discarded(qid, self.client.session, "every recipient was removed by a milter")
             return Finish(reply=R.Reply(250, "2.0.0", f"Ok: queued as {qid}"))
-        if headers or body is not None:
-            try:
-                new = _rewrite(spool, writer, headers, body)
-            except OSError as e:
-                maillog.error(f"{qid}: milter: cannot rewrite the message: {e.strerror or e}")
-                spool.abort(writer)
-                return Finish(reply=LOCAL_ERROR)
-            what.append(
-                f"content rewritten (received as {qid}; {len(headers)} header change(s)"
-                f"{', new body' if body is not None else ''})"
-            )
-            spool.abort(writer)
-            env.queue_id = new.queue_id
-            env.size = new.size
-            writer = new
         if what:
             maillog.milter_changed(env.queue_id, "; ".join(what))
-        return Finish(writer=writer)
+        return Finish(writer=done.writer, rewritten=done.writer is not writer)
 
     # -- one step ---------------------------------------------------------------------
     def _active(self) -> list[_Milter]:
@@ -553,59 +546,14 @@ def _final(r: P.Response | None) -> bool:
     return r is not None and not (isinstance(r, P.Verdict) and r.kind == "continue")
 
 
+def _with_body(ed: rewrite.Edit, body: bytearray | None) -> rewrite.Edit:
+    if body is not None:
+        ed.body = bytes(body)
+    return ed
+
+
 def _family(ip: str) -> bytes:
     return b"6" if ipaddress.ip_address(ip).version == 6 else b"4"
-
-
-def _body_chunks(content: Content, body_start: int, size: int) -> Iterator[bytes]:
-    """The body of the spooled message (from ``body_start``, a file offset) in chunks."""
-    rest = Content(content.path, body_start, max(0, content.offset + content.length - body_start))
-    with rest.open() as fh:
-        while chunk := fh.read(size):
-            yield chunk
-
-
-# -- the header block -------------------------------------------------------------
-def _read_header_block(content: Content) -> tuple[list[tuple[str, bytes]], int]:
-    """The header fields of the spooled message (name, raw field with its
-    CRLFs) and the offset (in the file) where its body starts.  Raises OSError."""
-    with content.open() as fh:
-        head = bytearray()
-        while len(head) < HEADER_BLOCK_MAX:
-            chunk = fh.read(65536)
-            if not chunk:
-                break
-            head += chunk
-            if b"\r\n\r\n" in head or head.startswith(b"\r\n"):
-                break
-    fields, end = split_header_block(bytes(head))
-    return fields, content.offset + end
-
-
-def split_header_block(head: bytes) -> tuple[list[tuple[str, bytes]], int]:
-    """Split the start of a message into header fields; returns them and the
-    offset of the body (after the empty line; or where a line that is not a
-    header field begins, or the end)."""
-    fields: list[tuple[str, bytes]] = []
-    pos = 0
-    n = len(head)
-    while pos < n:
-        if head.startswith(b"\r\n", pos):
-            return fields, pos + 2
-        end = head.find(b"\r\n", pos)
-        line_end = n if end < 0 else end + 2
-        # the field's continuation lines
-        while line_end < n and head[line_end : line_end + 1] in (b" ", b"\t"):
-            nxt = head.find(b"\r\n", line_end)
-            line_end = n if nxt < 0 else nxt + 2
-        raw = head[pos:line_end]
-        colon = raw.find(b":")
-        name = raw[:colon] if colon > 0 else b""
-        if not name or any(c <= 32 or c >= 127 for c in name):
-            return fields, pos  # not a header field: the body starts here
-        fields.append((name.decode("ascii"), raw))
-        pos = line_end
-    return fields, pos
 
 
 def _milter_value(raw: bytes, leadspc: bool) -> bytes:
@@ -617,81 +565,3 @@ def _milter_value(raw: bytes, leadspc: bool) -> bytes:
     if not leadspc:
         value = value.lstrip(b" \t")
     return value.replace(b"\r\n", b"\n")
-
-
-def field_bytes(name: str, value: str) -> bytes:
-    """A header field from a milter's name and value: LF or CRLF folds become
-    CRLF, a continuation line gets a tab if it does not start with white space."""
-    lines = value.replace("\r\n", "\n").split("\n")
-    out = [lines[0]] + [line if line[:1] in (" ", "\t") else "\t" + line for line in lines[1:]]
-    sep = ":" if value[:1] in (" ", "\t") else ": "
-    return (name + sep + "\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
-
-
-def apply_header_changes(
-    fields: list[tuple[str, bytes]], changes: list[P.AddHeader | P.InsertHeader | P.ChangeHeader]
-) -> list[tuple[str, bytes]]:
-    """The header fields after the milters' changes, in order (Sendmail's
-    semantics: add at the end; insert at an index, 0 the top; change the
-    index-th field of a name, from 1, an empty value deleting it, a missing
-    one being added)."""
-    out = list(fields)
-    for ch in changes:
-        if isinstance(ch, P.AddHeader):
-            out.append((ch.name, field_bytes(ch.name, ch.value)))
-        elif isinstance(ch, P.InsertHeader):
-            out.insert(min(ch.index, len(out)), (ch.name, field_bytes(ch.name, ch.value)))
-        else:
-            low = ch.name.lower()
-            seen = 0
-            for i, (name, _) in enumerate(out):
-                if name.lower() == low:
-                    seen += 1
-                    if seen == max(ch.index, 1):
-                        if ch.value:
-                            out[i] = (name, field_bytes(name, ch.value))
-                        else:
-                            del out[i]
-                        break
-            else:
-                if ch.value:
-                    out.append((ch.name, field_bytes(ch.name, ch.value)))
-    return out
-
-
-def crlf_body(body: bytes) -> bytes:
-    """A replaced body with CRLF line ends (bare LF and bare CR become CRLF)."""
-    return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-
-
-def _rewrite(
-    spool: SpoolBackend,
-    old: Writer,
-    headers: list[P.AddHeader | P.InsertHeader | P.ChangeHeader],
-    body: bytearray | None,
-) -> Writer:
-    """A new spool writer with the changed content: the header block with the
-    changes, then the new body or the old one copied in chunks.  Our Received
-    field (the first) names the new queue id.  Raises OSError (the new writer
-    aborted)."""
-    content = old.staged()
-    fields, body_start = _read_header_block(content)
-    new = spool.create()
-    try:
-        if fields and fields[0][0].lower() == "received" and f" id {old.queue_id}".encode() in fields[0][1]:
-            name, raw = fields[0]
-            fields[0] = (name, raw.replace(f" id {old.queue_id}".encode(), f" id {new.queue_id}".encode(), 1))
-        for _, raw in apply_header_changes(fields, headers):
-            new.write(raw)
-        new.write(b"\r\n")
-        if body is not None:
-            new.write(crlf_body(bytes(body)))
-        else:
-            for chunk in _body_chunks(content, body_start, 256 * 1024):
-                new.write(chunk)
-        if new.failed is not None:
-            raise new.failed
-    except BaseException:
-        spool.abort(new)
-        raise
-    return new

@@ -23,6 +23,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+# The header changes are smtprs.rewrite's (shared with hooks): a milter's
+# SMFIR_ADDHEADER, SMFIR_INSHEADER and SMFIR_CHGHEADER decode to them.
+from ..rewrite import AddHeader as AddHeader
+from ..rewrite import ChangeHeader as ChangeHeader
+from ..rewrite import InsertHeader as InsertHeader
+
 VERSION = 6  # SMFI_PROT_VERSION
 MIN_VERSION = 2  # the oldest milter we talk to (as Postfix)
 CHUNK_SIZE = 65535  # MILTER_CHUNK_SIZE: the largest body chunk we send
@@ -226,7 +232,7 @@ class Decoder:
         """How many more octets the packet being read needs (at least 1)."""
         if len(self._buf) < 4:
             return 4 - len(self._buf)
-        (n,) = _U32.unpack_from(self._buf)
+        n: int = _U32.unpack_from(self._buf)[0]
         return max(1, 4 + n - len(self._buf))
 
 
@@ -322,7 +328,9 @@ def decode_command(code: bytes, data: bytes) -> Command:
         if len(rest) < 3:
             raise ProtocolError("CONNECT: too short")
         (port,) = _U16.unpack_from(rest)
-        return Command(code, args=[host, *[_text(s) for s in _strings(rest[2:], "CONNECT")]], numbers=(port,), family=family)
+        return Command(
+            code, args=[host, *[_text(s) for s in _strings(rest[2:], "CONNECT")]], numbers=(port,), family=family
+        )
     if not data:
         return Command(code)
     return Command(code, args=[_text(s) for s in _strings(data, _text(code))])
@@ -354,26 +362,6 @@ class ReplyCode:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AddHeader:
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
-class InsertHeader:
-    index: int  # 0: before every header field
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
-class ChangeHeader:
-    index: int  # the index-th field of that name, from 1; an empty value deletes it
-    name: str
-    value: str
 
 
 @dataclass(frozen=True)
