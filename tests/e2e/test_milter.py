@@ -235,13 +235,15 @@ def test_header_and_envelope_changes_are_delivered(make_server: Callable[..., Se
     msg = make_message("original subject", "the body\nstays\n", ["X-Remove-Me: yes", "X-Keep: this"])
     r = send(srv, [f"alice@{DOMAIN}", f"bob@{DOMAIN}"], msg)
     check(r, 250, "2.0.0")
-    alice = parse(srv.wait_mail("alice", 1)[0])
+    raw = srv.wait_mail("alice", 1)[0]
+    assert b"\nX-Milter: added\n\tand folded\n" in raw.read_bytes()  # folded as sent (the Maildir has LF)
+    alice = parse(raw)
     carol = parse(srv.wait_mail("carol", 1)[0])
     time.sleep(0.5)
     assert srv.mail("bob") == []
     for got in (alice, carol):
         assert got["Subject"] == "changed subject"
-        assert got["X-Milter"] == "added and folded"
+        assert got["X-Milter"] == "added\tand folded"  # unfolded: the CRLF removed, the tab kept (RFC 5322 2.2.3)
         assert got["X-Remove-Me"] is None and got["X-Keep"] == "this"
         assert got["Return-Path"] == "<bounces@client.test>"
         assert got.get_content() == "the body\nstays\n"
@@ -260,7 +262,7 @@ def test_replaced_body_of_a_large_message(make_server: Callable[..., Server], mi
         P.ReplaceBody(new_body[:65535]), P.ReplaceBody(new_body[65535:]), P.AddHeader("X-Replaced", "1")
     )
     srv = make_server(with_milter(milter))
-    msg = make_message("big", "y" * 1000 + "\n" * 400 + "z\n" * 200000)  # spilled to its own file
+    msg = make_message("big", "y" * 990 + "\n" * 400 + "z\n" * 200000)  # spilled to its own file
     check(send(srv, [f"alice@{DOMAIN}"], msg), 250, "2.0.0")
     got = srv.wait_mail("alice", 1)[0].read_bytes()
     head, _, body = got.partition(b"\n\n")
@@ -330,21 +332,21 @@ def test_refusals_at_mail_rcpt_and_end_of_data(make_server: Callable[..., Server
         c.expect(f"RCPT TO:<later@{DOMAIN}>", 451, "4.7.1")
         c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
         c.expect("DATA", 354)
-        r = c.cmd(stuff(make_message("accepted", "for alice only\n")) + b".\r\n")
+        r = c.cmd(stuff(make_message("accepted", "for alice only\n")) + b".")
         check(r, 250, "2.0.0")
         # the end of the data refused: nothing kept
         milter.replies[P.SMFIC_BODYEOB] = P.encode_response(P.ReplyCode(554, "5.7.1", ("Spam message rejected",)))
         c.expect("MAIL FROM:<ok@client.test>", 250)
         c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
         c.expect("DATA", 354)
-        r = c.cmd(stuff(make_message("refused", "spam\n")) + b".\r\n")
+        r = c.cmd(stuff(make_message("refused", "spam\n")) + b".")
         check(r, 554, "5.7.1")
         assert "Spam message rejected" in r.text
         milter.replies[P.SMFIC_BODYEOB] = P.encode_response(P.Verdict("tempfail"))
         c.expect("MAIL FROM:<ok@client.test>", 250)
         c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
         c.expect("DATA", 354)
-        check(c.cmd(stuff(make_message("later", "x\n")) + b".\r\n"), 451, "4.7.1")
+        check(c.cmd(stuff(make_message("later", "x\n")) + b"."), 451, "4.7.1")
     assert len(srv.wait_mail("alice", 1, settle=0.5)) == 1
     assert srv.mail("bad") == [] and srv.mail("later") == []
     assert srv.spool_snapshot() == {}
@@ -385,11 +387,12 @@ def test_a_bad_milter_gets_the_default_action(
             replies.append(r)
             if r.code == 250:
                 c.expect("DATA", 354)
-                r = c.cmd(stuff(msg) + b".\r\n")
+                r = c.cmd(stuff(msg) + b".")
                 replies.append(r)
         assert replies[-1].code == 451 and replies[-1].enhanced == "4.7.1", (case, [str(x) for x in replies])
         # the server keeps serving, in the same session too: the milter behaves again
         milter.replies.pop(code)
+        c.expect("RSET", 250)  # (a refused RCPT leaves the transaction open)
         r = c.send_message("s@client.test", [f"alice@{DOMAIN}"], stuff(make_message("after " + case, "fine\n")))
         check(r, 250, "2.0.0")
     (path,) = srv.wait_mail("alice", 1, settle=0.3)
