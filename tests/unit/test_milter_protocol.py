@@ -287,3 +287,11 @@ def test_bad_milter_addresses(spec: str) -> None:
 def test_bad_default_action() -> None:
     with pytest.raises(ConfigError, match="milter.default_action"):
         cfg_with(milter={"default_action": "quarantine"})
+
+
+def test_milters_with_the_null_spool_are_a_config_error() -> None:
+    # the null spool keeps no content to send a milter: refused at start, not a 451 to every message
+    with pytest.raises(ConfigError, match='queue.backend = "null"'):
+        driver.settings_by_listener(cfg_with(milter={"milters": ["inet:127.0.0.1:1"]}, queue={"backend": "null"}))
+    # without milters the null spool is fine
+    assert driver.settings_by_listener(cfg_with(queue={"backend": "null"})) == {}

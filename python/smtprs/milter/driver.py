@@ -103,7 +103,8 @@ class Settings:
 def settings_by_listener(cfg: Config) -> dict[str, Settings]:
     """For each listener address with milters: its settings.  Listeners that
     take no mail transactions of their own (lmtp, pop3, pop3s) have none.
-    Raises ConfigError for a bad milter address or macro stage."""
+    Raises ConfigError for a bad milter address or macro stage, and for
+    milters with ``queue.backend = "null"`` (which keeps no content to send them)."""
     m = cfg.milter
     macros: dict[bytes, tuple[str, ...]] = {}
     for stage, default in DEFAULT_MACROS.items():
@@ -126,6 +127,13 @@ def settings_by_listener(cfg: Config) -> dict[str, Settings]:
             out[lst.address] = Settings(
                 tuple(endpoints), m.default_action, m.connect_timeout, m.command_timeout, m.content_timeout, macros
             )
+    if out and cfg.queue.backend == "null":
+        # the null spool keeps no content (Writer.staged raises): no milter
+        # could read a message, and every one would be answered 451
+        raise ConfigError(
+            'milter.milters: milters need the content of each message, which queue.backend = "null" does not keep; '
+            'use queue.backend = "segments", or no milter (milter.milters = [] and no listener milters)'
+        )
     return out
 
 
