@@ -370,3 +370,54 @@ def test_opendkim_and_our_own_signature_both_verify(
         assert d.verify(idx=i, dnsfunc=lambda name, timeout=5: records.get(name)), (i, copy[:1500])
     assert b" s=ours;" in sigs[0] and f" s={SELECTOR};".encode() in sigs[1]  # ours prepended above OpenDKIM's
     srv.wait_log("DKIM-Signature field added")
+
+
+# -- spamass-milter with spamd ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def spamass(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    spamd_exe = _exe("spamd", "spamd")
+    milter_exe = _exe("spamass-milter", "spamass-milter")
+    _exe("spamc", "spamc")
+    base = tmp_path_factory.mktemp("spamass")
+    (base / "spamd").mkdir()
+    (base / "milter").mkdir()
+    spamd_port, milter_port = free_port(), free_port()
+    spamd = Daemon(
+        base / "spamd",
+        # -L: local tests only (no DNS blocklists), -x: no per-user configuration
+        [spamd_exe, f"--listen=127.0.0.1:{spamd_port}", "--allowed-ips=127.0.0.1", "-u", "nobody", "-L", "-x"]
+        + ["--max-children=1", "--min-spare=1", "--max-spare=1", f"--pidfile={base / 'spamd.pid'}"]
+        + ["-s", str(base / "spamd" / "spamd.log")],
+        spamd_port,
+        base / "spamd" / "spamd.log",
+    ).start()
+    # in the foreground (no -f); -r 15: refuse a score of 15 or more; the rest is spamc's
+    milter = Daemon(
+        base / "milter",
+        [milter_exe, "-p", f"inet:{milter_port}@127.0.0.1", "-r", "15", "--", "-d", "127.0.0.1", "-p", str(spamd_port)],
+        milter_port,
+        base / "none",
+    )
+    try:
+        yield milter.start()
+    finally:
+        milter.stop()
+        spamd.stop()
+
+
+def test_spamass_milter_refuses_gtube_and_marks_clean_mail(make_server: Callable[..., Server], spamass: Daemon) -> None:
+    srv = make_server({"milter": {"milters": [f"inet:127.0.0.1:{spamass.port}"], "content_timeout": 60.0}})
+    with srv.connect() as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<sender@client.test>", 250)
+        c.expect(f"RCPT TO:<alice@{DOMAIN}>", 250)
+        c.expect("DATA", 354)
+        r = c.cmd(stuff(make_message("gtube", f"This is spam.\n{GTUBE}\n")) + b".")
+        assert r.code // 100 == 5, str(r)
+        r = c.send_message("sender@client.test", [f"alice@{DOMAIN}"], stuff(make_message("ham", "Hello Alice.\n")))
+        check(r, 250, "2.0.0")
+    (path,) = srv.wait_mail("alice", 1, settle=0.5)
+    head = path.read_bytes().split(b"\n\n", 1)[0]
+    assert b"\nX-Spam-Checker-Version: SpamAssassin" in head, head.decode(errors="replace")
+    assert b"\nX-Spam-Status: No" in head
+    assert "milter-reject: DATA" in srv.log()
