@@ -37,9 +37,12 @@ says so) is prepended above our Received field, or the message is refused
 (550 5.7.1 DMARC, 550 5.7.23 SPF, 451 4.7.24 SPF temperror) as configured.
 
 Milters (milter/driver.py): when the transaction has some, the content steps
-run at the end of the data, after the checks above and before the commit; a
-refusal is the reply, a discard is answered 250 and kept nowhere, and changed
-content is a new spool writer that is committed instead of the first.
+run at the end of the data, after the inbound checks and before the hooks
+that change mail; a refusal is the reply, a discard is answered 250 and kept
+nowhere, and changed content is a new spool writer that is committed instead
+of the first.  DKIM signing comes after both, over the final content: when a
+milter or a hook rewrote it, the streamed signer is dropped and the new
+writer's content is read back and signed (``Signer.sign_content``).
 
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
