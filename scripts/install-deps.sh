@@ -16,6 +16,18 @@
 #                  sends in batch mode through smtprs's sendmail; runs no service
 #   opendkim-tools opendkim-testmsg, OpenDKIM's verifier: the DKIM tests check
 #                  smtprs's signatures with it (no OpenDKIM service is set up)
+#   rspamd         the spam filter the milter tests run in milter mode
+#                  (tests/e2e/test_milter_peers.py): each test runs its own rspamd
+#                  (own config directory, ports, pid file; no redis); the
+#                  package's system service is not started (policy-rc.d below)
+#   opendkim       the OpenDKIM milter, which the milter tests run as a signing
+#                  milter with their own config and key; its system service is
+#                  not started (policy-rc.d below) and never used
+#   spamass-milter, spamd (and spamc, spamassassin, which they pull in)
+#                  SpamAssassin as a milter (tests/e2e/test_milter_peers.py): the
+#                  tests run their own spamd (local tests only, no user config,
+#                  own port and pid file) and spamass-milter in the foreground;
+#                  the packages' system services are not started (policy-rc.d)
 #   unbound        the validating resolver of the DANE tests (tests/e2e/dnssec.py):
 #                  each test runs its own unbound (own config, port, pid file,
 #                  no chroot); the package's system service is not started
@@ -60,6 +72,10 @@ if [ "$what" != build ]; then
     command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
     command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || missing+=(unbound)
     command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
+    command -v rspamd >/dev/null 2>&1 || [ -x /usr/bin/rspamd ] || missing+=(rspamd)
+    command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
+    [ -x /usr/sbin/spamass-milter ] || missing+=(spamass-milter)
+    [ -x /usr/sbin/spamd ] || missing+=(spamd)
     command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)  # libFuzzer (cargo fuzz) compiles C++
@@ -109,7 +125,8 @@ else
         # smtp-sink only: no mail system configured, so no MTA starts on port 25
         echo "postfix postfix/main_mailer_type select No configuration" | "${SUDO[@]}" debconf-set-selections
     fi
-    # Installing Dovecot (or unbound) would start the system's service (ports 110/143, 53);
+    # Installing Dovecot (or unbound, rspamd, opendkim, spamd, spamass-milter)
+    # would start the system's service (ports 110/143, 53, 11332-11334, 8891, 783);
     # the tests run their own.  policy-rc.d (exit 101) tells the packages'
     # scripts not to start services, for the duration of this install only.
     policy=/usr/sbin/policy-rc.d

@@ -91,6 +91,7 @@ from .hooks import Hooks
 from .mailauth.dkim import Signer
 from .mailauth.inbound import Checker
 from .metrics import Metrics
+from .milter.driver import settings_by_listener as milter_settings
 from .queue import control, pickup
 from .queue.backend import SpoolBackend
 from .queue.null import NullSpool
@@ -202,7 +203,11 @@ def make_spool(cfg: Config, shard: int) -> SpoolBackend:
 def _hand_off(scheduler: Scheduler) -> HandOff:
     def hand_off(env: Envelope, peer: str, auth_user: str | None) -> None:
         maillog.queued(env.queue_id, env.sender, env.size, len(env.recipients), peer, auth_user)
-        scheduler.submit(env)
+        if env.held:  # a milter's quarantine: on hold until `smtprs queue release`
+            scheduler.held.add(env.queue_id)
+            maillog.held(env.queue_id, "quarantined by a milter")
+        else:
+            scheduler.submit(env)
 
     return hand_off
 
@@ -246,6 +251,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         flow=None if null else scheduler,
         dkim=Signer.for_config(cfg),
         mailauth=Checker.for_config(cfg, hostname),
+        milters=milter_settings(cfg),
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
@@ -308,6 +314,7 @@ def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
         policy=Policy(cfg),
         dkim=Signer.for_config(cfg),
         mailauth=Checker.for_config(cfg, old.hostname),
+        milters=milter_settings(cfg),
     )
     ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)

@@ -439,6 +439,32 @@ def auth_results(qid: str, summary: str, lookups: int, seconds: float) -> None:
     _line(INFO, "%s: authentication: %s (dns_lookups=%d, %.3fs)", qid, summary, lookups, seconds)
 
 
+def milter_reject(session: str, peer: str, stage: str, milter: str, reply: object, detail: str = "") -> None:
+    """A milter refused a command (its own reply, or reject/tempfail)."""
+    extra = f"; {detail}" if detail else ""
+    _line(INFO, "%s: milter-reject: %s from %s: %s; milter=%s%s", session, stage, peer, reply, milter, extra)
+
+
+def milter_problem(session: str, milter: str, stage: str, why: str, action: str) -> None:
+    """A milter could not be used (down, timed out, broke the protocol): its default action."""
+    _line(WARNING, "%s: milter %s: %s at %s; milter.default_action=%s", session, milter, why, stage, action)
+
+
+def milter_discarded(qid: str, session: str, why: str) -> None:
+    """A milter had the message discarded: answered 250, kept nowhere."""
+    _line(INFO, "%s: milter-discard: %s (session %s)", qid, why, session)
+
+
+def milter_changed(qid: str, what: str) -> None:
+    """What the milters changed of an accepted message, before its commit."""
+    _line(INFO, "%s: milter: %s", qid, what)
+
+
+def held(qid: str, why: str) -> None:
+    """A message was accepted onto the hold queue (a milter's quarantine)."""
+    _line(INFO, "%s: put on hold: %s", qid, why)
+
+
 def spool_problem(what: str) -> None:
     _line(WARNING, "spool: %s", what)
 

@@ -48,6 +48,12 @@ class Listener:
         "`pop3` (users fetch their Maildir, port 110: STLS, then USER/PASS or AUTH PLAIN against the users file, RFC 1939/2449/2595), "
         "`pop3s` (the same over implicit TLS, port 995, RFC 8314).",
     )
+    milters: list[str] = _f(
+        [],
+        "Milters for this listener (as Postfix's `-o smtpd_milters=...` in master.cf): `inet:host:port` or `unix:/path`, "
+        'replacing `milter.milters` here; `["none"]`: no milter on this listener; empty: `milter.milters`. '
+        "Used on mx, submission and submissions listeners.",
+    )
 
 
 @dataclass(frozen=True)
@@ -570,6 +576,39 @@ class Mailauth:
     dmarc: MailauthDmarc = _f(MailauthDmarc(), "DMARC policy.")
 
 
+MilterAction = Literal["tempfail", "accept", "reject"]
+
+
+@dataclass(frozen=True)
+class Milter:
+    """Content filters speaking the Sendmail/Postfix milter protocol (version 6): rspamd, OpenDKIM, spamass-milter..."""
+
+    milters: list[str] = _f(
+        [],
+        "The milters every mx and submission listener uses, in order (Postfix's smtpd_milters): "
+        "`inet:host:port` or `unix:/path`. Empty: none. A listener's own `milters` replaces this list.",
+    )
+    default_action: MilterAction = _f(
+        "tempfail",
+        "What a milter that is down, times out or breaks the protocol gets (Postfix's milter_default_action): "
+        "`tempfail` (451 4.7.1, the client tries again later), `reject` (550 5.7.1) or `accept` (go on without that milter).",
+    )
+    connect_timeout: float = _f(30.0, "Seconds to connect to a milter and negotiate.", min=0.001)
+    command_timeout: float = _f(
+        30.0, "Seconds a milter may take to answer a command (connect, helo, mail, rcpt, a header field).", min=0.001
+    )
+    content_timeout: float = _f(
+        300.0,
+        "Seconds a milter may take to answer a body chunk or the end of the message (each progress reply restarts it).",
+        min=0.001,
+    )
+    macros: dict[str, list[str]] = _f(
+        {},
+        "The macros sent at a stage, replacing smtprs's list for it (Postfix's milter_*_macros): a table "
+        '`stage = ["j", "{client_addr}"]`, stage one of connect, helo, mail, rcpt, data, eoh, eom. See docs/milter.md.',
+    )
+
+
 @dataclass(frozen=True)
 class Pop3:
     """The POP3 server (listener modes `pop3` and `pop3s`); logins are checked against smtpd.auth.users_file."""
@@ -638,6 +677,7 @@ class Config:
     mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")
     dane: Dane = _f(Dane(), "DANE for outbound SMTP.")
     mailauth: Mailauth = _f(Mailauth(), "Inbound message authentication (SPF, DKIM, ARC, DMARC).")
+    milter: Milter = _f(Milter(), "Milters (content filters).")
     log: Log = _f(Log(), "Logging.")
     metrics: Metrics = _f(Metrics(), "Metrics endpoint.")
     unsafe_no_fsync: bool = _f(

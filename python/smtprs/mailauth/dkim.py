@@ -23,6 +23,15 @@ functions build the DKIM-Signature field from the header block and the body
 hash, ``cryptography`` signs it, and the intake prepends it to the spooled
 message before the commit: it is signed once, before the 250, and every
 delivery attempt sends the same bytes.
+
+When the content was rewritten before the commit (a milter's header or body
+change, see smtprs/rewrite.py), the streamed signer saw the old bytes and is
+dropped: ``Signer.sign_content`` reads the new spool writer's staged content
+back in chunks (in a worker thread: file reads and the body hash of a large
+message) through a fresh ``MessageSigner``, so the signature is over the
+final content.  Our trace fields (Received, Authentication-Results) are then
+part of the header block it keeps, which changes nothing signed unless
+``dkim.sign_headers`` names them.
 """
 
 from __future__ import annotations
@@ -39,10 +48,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from .. import _threads
 from ..config import Config
+from ..content import Content
 from ..errors import ConfigError
 from . import keys
 from .canon import RelaxedBodyHash
+
+CONTENT_CHUNK = 256 * 1024  # sign_content's reads
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,26 @@ class Signer:
     def start(self) -> MessageSigner:
         return MessageSigner(self)
 
+    async def sign_content(self, content: Content) -> tuple[bytes | None, str]:
+        """The DKIM-Signature field(s) of a spooled message (the final content,
+        after a rewrite), read in chunks of 256 KiB in a worker thread; None and
+        why when it cannot be signed (or read: an OSError is said, not raised)."""
+
+        def feed() -> MessageSigner | str:
+            ms = MessageSigner(self)
+            try:
+                with content.open() as fh:
+                    while chunk := fh.read(CONTENT_CHUNK):
+                        ms.feed(chunk)
+            except OSError as e:
+                return f"content not read: {e.strerror or e}"
+            return ms
+
+        got = await _threads.run_sync(feed)
+        if isinstance(got, str):
+            return None, got
+        return await got.signature()
+
     def prepare(self, header: bytes) -> tuple[list[Key], list[tuple[bytes, bytes]], list[bytes]] | str:
         """The keys, dkimpy's parse of the header block and the h= list for a
         message; or why it is not signed."""
@@ -244,6 +277,7 @@ class MessageSigner:
 
     def __init__(self, signer: Signer) -> None:
         self._signer = signer
+        self.signer = signer  # (the intake signs rewritten content with it: Signer.sign_content)
         self._header = bytearray()
         self._scanned = 0
         self._body: RelaxedBodyHash | None = None  # set once the header block's end was seen

@@ -27,6 +27,7 @@ from ..hooks import Hooks
 from ..mailauth.dkim import Signer
 from ..mailauth.inbound import Checker
 from ..metrics import Metrics
+from ..milter.driver import Settings as MilterSettings
 from ..queue.backend import SpoolBackend
 from ..reply import Reply
 from ..route.router import Router
@@ -103,6 +104,8 @@ class SessionContext:
     flow: Flow | None = None  # None: nothing is queued (the null spool), so MAIL never waits
     dkim: Signer | None = None  # DKIM signing (dkim.keys), None when no key is configured
     mailauth: Checker | None = None  # inbound SPF/DKIM/ARC/DMARC on mx listeners (mailauth.enabled), else None
+    # the milters of each listener that has some, by listener address (empty: no milter anywhere)
+    milters: dict[str, MilterSettings] = field(default_factory=dict)
 
     @property
     def active_sessions(self) -> int:

@@ -36,6 +36,14 @@ Authentication-Results field (and the quarantine marker, if the policy
 says so) is prepended above our Received field, or the message is refused
 (550 5.7.1 DMARC, 550 5.7.23 SPF, 451 4.7.24 SPF temperror) as configured.
 
+Milters (milter/driver.py): when the transaction has some, the content steps
+run at the end of the data, after the inbound checks and before the hooks
+that change mail; a refusal is the reply, a discard is answered 250 and kept
+nowhere, and changed content is a new spool writer that is committed instead
+of the first.  DKIM signing comes after both, over the final content: when a
+milter or a hook rewrote it, the streamed signer is dropped and the new
+writer's content is read back and signed (``Signer.sign_content``).
+
 The intake also keeps when the current message's content started and how
 much has come since, for the session's min_data_rate deadline.
 """
@@ -55,7 +63,8 @@ import trio
 from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
-from ..errors import SpoolError
+from ..errors import AddressError, SpoolError
+from ..hops import Unroutable
 from ..mailauth import results as authres
 from ..mailauth.dkim import MessageSigner
 from ..mailauth.inbound import MessageCheck
@@ -80,6 +89,21 @@ def _date_now() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, email.utils.formatdate(now, localtime=True))
     return _date_cache[1]
+
+
+def _route_added(s: IntakeSession, address: str) -> tuple[str, ...] | str:
+    """A recipient a milter added, through the router as at RCPT (aliases and
+    virtual entries expanded; relaying allowed: the milter is the
+    administrator's choice, as Postfix's cleanup does not check relay
+    permission for added recipients): its final recipients, or why not."""
+    try:
+        path = _core.parse_path(f"<{address}>", smtputf8=True, allow_null=False)
+    except AddressError as e:
+        return f"bad address: {e}"
+    expansion = s.ctx.router.expand(path, relay_allowed=True)
+    if isinstance(expansion, Unroutable):
+        return str(expansion.reply)
+    return expansion.addresses
 
 
 @functools.lru_cache(maxsize=4096)
@@ -222,8 +246,6 @@ class Intake:
             )
             self._final_reply(txn, R.TOO_MANY_HOPS)
             return
-        if signer is not None:
-            await self._sign(signer, writer)
         if check is not None and (refusal := await self._authenticate(check, writer, txn)) is not None:
             ctx.spool.abort(writer)
             self._final_reply(txn, refusal)
@@ -250,12 +272,30 @@ class Intake:
             params=params,
             auth=s.auth_user or "",
         )
+        # The order at the end of the data: the inbound checks (above), the
+        # milters, the hooks that change mail, then DKIM signing of the final
+        # content, then the commit.
+        rewritten = False
+        milter = txn.milter
+        if milter is not None:  # the content steps and the milters' changes (milter/driver.py)
+            txn.milter = None
+            done = await milter.finish(
+                ctx.spool, writer, env, ctx.cfg.smtpd.max_message_size, functools.partial(_route_added, s)
+            )
+            if done.reply is not None:  # a refusal, or the 250 of a discarded message
+                s.reply(done.reply)
+                return
+            assert done.writer is not None
+            writer, rewritten = done.writer, done.rewritten
         if s.hooks is not None:  # hooks that change mail (hooks.py): on_message, on_data
             kept = await run_message_hooks(s, writer, env)
             if isinstance(kept, R.Reply):  # a refusal, or the 250 of a discarded message
                 s.reply(kept)
                 return
-            writer = kept
+            writer, rewritten = kept, rewritten or kept is not writer
+        if signer is not None:  # DKIM signing of the final content
+            await self._sign(signer, writer, rewritten)
+            env.size = writer.size  # (with the signature)
         try:
             await ctx.spool.commit(writer, env)
         except SpoolError as e:
@@ -275,6 +315,9 @@ class Intake:
         self._dkim = None
         self._check = None
         txn = self.session.txn
+        if txn is not None and txn.milter is not None:  # (the transaction is over, or cannot succeed)
+            txn.milter.close_now()
+            txn.milter = None
         if txn is not None and txn.writer is not None:
             self.session.ctx.spool.abort(txn.writer)
             txn.writer = None
@@ -292,6 +335,9 @@ class Intake:
     def _final_reply(self, txn: Transaction | None, r: R.Reply) -> None:
         """The reply after the data: once, or in LMTP once per accepted RCPT (RFC 2033 4.2)."""
         s = self.session
+        if txn is not None and txn.milter is not None:
+            txn.milter.close_now()
+            txn.milter = None
         for _ in txn.lmtp_slots if s.lmtp and txn is not None and txn.lmtp_slots else (None,):
             s.reply(r)
 
@@ -422,11 +468,22 @@ class Intake:
         metrics.inc("smtprs_mailauth_actions_total", action="quarantine-header" if verdict.quarantine else "accepted")
         return None
 
-    async def _sign(self, signer: MessageSigner, writer: Writer) -> None:
+    async def _sign(self, signer: MessageSigner, writer: Writer, rewritten: bool = False) -> None:
         """Sign the message: its DKIM-Signature field goes before everything in the
         spool file, before the commit (so every delivery attempt sends the same
-        bytes).  A message that cannot be signed is accepted unsigned, logged."""
-        field, detail = await signer.signature()
+        bytes).  When the content was rewritten (a milter's changes), the
+        streamed signer saw the old content: it is dropped and the new
+        writer's staged content is signed, read back in chunks.  A message that
+        cannot be signed is accepted unsigned, logged."""
+        if rewritten:
+            try:
+                content = writer.staged()
+            except OSError as e:
+                field, detail = None, f"content not read: {e.strerror or e}"
+            else:
+                field, detail = await signer.signer.sign_content(content)
+        else:
+            field, detail = await signer.signature()
         if field is None:
             maillog.dkim_unsigned(writer.queue_id, detail)
             self.session.ctx.metrics.inc("smtprs_dkim_signatures_total", result="unsigned")

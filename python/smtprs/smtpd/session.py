@@ -100,6 +100,8 @@ class Session:
         self.tls: str | None = None  # "TLSv1.3 with cipher ..." once TLS is up
         self.auth_user: str | None = None
         self.hooks = ctx.hooks
+        # this listener's milters (milter/driver.py), None when it has none
+        self.milters = ctx.milters.get(listener.address) if ctx.milters and listener is not None else None
         # MAIL may be accepted by the engine (see transaction.mail_auto_possible);
         # with flow control on, only while delivery is not behind, asked per read
         self.mail_auto = transaction.mail_auto_possible(self)

@@ -9,7 +9,8 @@ AUTH before MAIL on submission listeners, the parameters (smtpd/params.py),
 the spool's free space, who may use which sender and who may relay
 (smtpd/policy.py), the router's expansion of each recipient, the library's
 hooks (on_rcpt is asked also when the checks refuse a recipient, and its
-``Permit`` accepts one refused for relaying: ``_permitted``); then flow control (``queue.in_flow_delay``, as Postfix's): while the
+``Permit`` accepts one refused for relaying: ``_permitted``), the milters
+(milter/driver.py: connect, helo and mail at MAIL, rcpt at RCPT); then flow control (``queue.in_flow_delay``, as Postfix's): while the
 scheduler is behind (more new messages wait for their first delivery attempt
 than queue.delivery_concurrency takes), MAIL waits until it catches up or the
 delay has passed, and is then answered as usual.  On an LMTP listener every
@@ -29,6 +30,9 @@ from .. import _core, maillog
 from .. import reply as R
 from ..hooks import Hooks, Permit, overrides
 from ..hops import Unroutable
+from ..milter.driver import Client as MilterClient
+from ..milter.driver import MilterTransaction
+from ..milter.driver import Settings as MilterSettings
 from ..queue.backend import Writer
 from ..route.router import Expansion
 from . import lmtp
@@ -55,6 +59,7 @@ class Transaction:
     mode: str | None = None  # "DATA" or "BDAT" once content started
     bdat_error: R.Reply | None = None  # the reply every further BDAT of this transaction gets
     hold: bytearray | None = None  # submission: the header block, held until its end is seen
+    milter: MilterTransaction | None = None  # the listener's milters for this transaction (milter/driver.py)
 
 
 # The sequence table: for each verb, what must have happened before it.
@@ -109,6 +114,14 @@ class TransactionSession(SessionView, Protocol):
 
     @property
     def conn(self) -> _core.ServerConnection: ...
+    @property
+    def milters(self) -> MilterSettings | None: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def helo_name(self) -> str: ...
+    @property
+    def tls(self) -> str | None: ...
 
     async def ask_hook(self, name: str, *args: object, refused: R.Reply | None = None) -> R.Reply | None: ...
 
@@ -152,11 +165,37 @@ async def mail(s: TransactionSession, cmd: _core.Command) -> None:
     if s.hooks is not None and (refusal := await s.ask_hook("on_mail", path.address())) is not None:
         s.reply(refusal)
         return
+    milter = None
+    if s.milters is not None:  # connect, helo and mail go to the milters now (milter/driver.py)
+        milter = MilterTransaction(s.milters, _milter_client(s))
+        if (refusal := await milter.mail(path.address(), _esmtp_args(params))) is not None:
+            s.reply(refusal)
+            return
     flow = s.ctx.flow
     if flow is not None and not s.lmtp and flow.behind() and cfg.queue.in_flow_delay > 0:
         await _flow_delay(s, flow, cfg.queue.in_flow_delay)
-    s.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8)
+    s.txn = Transaction(sender=path, params=mail.kept, smtputf8=mail.smtputf8, milter=milter)
     s.reply(R.SENDER_OK)
+
+
+def _milter_client(s: TransactionSession) -> MilterClient:
+    port = s.peer.rpartition(":")[2]
+    return MilterClient(
+        session=s.id,
+        peer=s.peer,
+        ip=s.peer_ip,
+        port=int(port) if port.isdigit() else 0,
+        hostname=s.ctx.hostname,
+        mode=s.mode,
+        helo=s.helo_name,
+        tls=s.tls,
+        auth_user=s.auth_user,
+    )
+
+
+def _esmtp_args(params: dict[str, str | None]) -> list[str]:
+    """MAIL/RCPT parameters as the milter protocol sends them: KEY=VALUE or KEY."""
+    return [k if v is None else f"{k}={v}" for k, v in params.items()]
 
 
 def mail_auto_possible(s: TransactionSession) -> bool:
@@ -167,7 +206,8 @@ def mail_auto_possible(s: TransactionSession) -> bool:
     (queue.min_free_space); flow control is asked per read (Session.mail_auto)."""
     hooks = s.hooks
     mail_hook = hooks is not None and getattr(type(hooks), "on_mail", None) is not Hooks.on_mail
-    return not s.submission and not mail_hook and s.ctx.cfg.queue.min_free_space == 0
+    milters = s.milters is not None  # the milters see MAIL (milter/driver.py)
+    return not s.submission and not mail_hook and not milters and s.ctx.cfg.queue.min_free_space == 0
 
 
 def from_engine(s: TransactionSession, cmd: _core.Command) -> Transaction:
@@ -249,6 +289,9 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
         and (refused := await s.ask_hook("on_rcpt", txn.sender.address(), address)) is not None
     ):
         s.reply(refused)
+        return
+    if txn.milter is not None and (refusal := await txn.milter.rcpt(address, _esmtp_args(cmd.params))) is not None:
+        s.reply(refusal)
         return
     if address not in txn.recipients:  # a repeated RCPT gets one copy, as in Postfix
         txn.recipients.append(address)
