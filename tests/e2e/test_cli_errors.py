@@ -11,6 +11,7 @@ file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -81,9 +82,11 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=["-".join(c[:2]) for c in COMMANDS])
 def test_every_command_reports_an_unusable_config_in_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
-    for name, (path, said) in bad_configs(tmp_path).items():
-        p = run(*command, "-c", path, cwd=tmp_path)
-        line = one_line_error(p, 2)
+    cases = bad_configs(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:  # (the commands are independent processes)
+        runs = {name: pool.submit(run, *command, "-c", path, cwd=tmp_path) for name, (path, _) in cases.items()}
+    for name, (path, said) in cases.items():
+        line = one_line_error(runs[name].result(), 2)
         assert line.startswith("smtprs: configuration error: "), (name, line)
         assert path in line and said in line, (name, line)
 
