@@ -27,7 +27,7 @@ the content was rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .content import Content
@@ -88,6 +88,26 @@ class Applied:
     writer: Writer | None  # the writer to commit (None: discarded)
     changes: list[str]  # what changed, for the log
     discarded: bool = False
+
+
+# the router's answer for an added recipient: its final recipients, or why not
+Route = Callable[[str], tuple[str, ...] | str]
+
+
+def route_added(edit: Edit, route: Route) -> list[tuple[str, str]]:
+    """Replace ``edit.rcpt_add`` by the final recipients ``route`` gives for
+    each (aliases and virtual entries expanded, as at RCPT); returns the
+    (address, why) of each one it refuses, left out."""
+    routed: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for address in edit.rcpt_add:
+        got = route(address)
+        if isinstance(got, str):
+            refused.append((address, got))
+        else:
+            routed += got
+    edit.rcpt_add = routed
+    return refused
 
 
 def apply(spool: SpoolBackend, writer: Writer, env: Envelope, edits: list[Edit]) -> Applied:

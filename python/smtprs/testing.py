@@ -43,21 +43,12 @@ import trio
 
 from . import api
 from .config import Config, load
+from .config.load import merge_tables
 from .hooks import Hooks
 
 DEFAULT_DOMAIN = "example.test"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 class Controller:
@@ -98,7 +89,7 @@ class Controller:
             "smtpd": {"listeners": [{"address": f"{self.host}:0"}]},
             "local": {"domains": [DEFAULT_DOMAIN]},
         }
-        return load(None, overrides=_merge(base, self._overrides))
+        return load(None, overrides=merge_tables(base, self._overrides))
 
     # -- life cycle ----------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT) -> Controller:

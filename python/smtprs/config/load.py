@@ -53,7 +53,7 @@ def load(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any
         raw = _read_toml(p)
         base = p.resolve().parent
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge_tables(raw, overrides)
     cfg: Config = _build(Config, raw, "")
     data_dir = Path(cfg.data_dir)
     if not data_dir.is_absolute():
@@ -94,11 +94,12 @@ def _read_toml(p: Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, table by table (what ``overrides`` does to a file's tables)."""
     out = dict(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_tables(out[k], v)
         else:
             out[k] = v
     return out

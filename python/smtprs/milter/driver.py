@@ -38,7 +38,6 @@ or ``accept`` (the transaction goes on without that milter).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import maillog, rewrite
@@ -171,11 +170,6 @@ class Finish:
     rewritten: bool = False  # the content changed: ``writer`` is a new one (a streamed DKIM signer is stale)
 
 
-# Routes one recipient a milter added (the session's router, as at RCPT): the
-# final recipients, or the refusal's text (the recipient is then left out, logged).
-Route = Callable[[str], tuple[str, ...] | str]
-
-
 class MilterTransaction:
     """One mail transaction's milters (see the module docstring)."""
 
@@ -251,7 +245,7 @@ class MilterTransaction:
 
     # -- the content --------------------------------------------------------------
     async def finish(
-        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: Route | None = None
+        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: rewrite.Route | None = None
     ) -> Finish:
         """The end of the data: the content steps, then the changes.  On a refusal
         or a discard the writer is aborted here and ``Finish.reply`` says what to
@@ -263,7 +257,7 @@ class MilterTransaction:
             await self.close()
 
     async def _finish(
-        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: Route | None
+        self, spool: SpoolBackend, writer: Writer, env: Envelope, max_size: int, route: rewrite.Route | None
     ) -> Finish:
         self.queue_id = writer.queue_id
         if self.failed is not None:
@@ -372,7 +366,12 @@ class MilterTransaction:
                 ch.quarantine = r.reason or "quarantined by a milter"
 
     def _apply(
-        self, spool: SpoolBackend, writer: Writer, env: Envelope, changes: list[rewrite.Edit], route: Route | None
+        self,
+        spool: SpoolBackend,
+        writer: Writer,
+        env: Envelope,
+        changes: list[rewrite.Edit],
+        route: rewrite.Route | None,
     ) -> Finish:
         """Apply every milter's changes (smtprs.rewrite): the envelope in place,
         the content by a new spool writer when headers or the body changed.
@@ -383,14 +382,8 @@ class MilterTransaction:
         refused: list[str] = []
         if route is not None:
             for ed in changes:
-                routed: list[str] = []
-                for address in ed.rcpt_add:
-                    got = route(address)
-                    if isinstance(got, str):
-                        refused.append(f"added recipient <{address}> refused by the router: {got}")
-                    else:
-                        routed += got
-                ed.rcpt_add = routed
+                for address, why in rewrite.route_added(ed, route):
+                    refused.append(f"added recipient <{address}> refused by the router: {why}")
         try:
             done = rewrite.apply(spool, writer, env, changes)
         except OSError as e:

@@ -34,6 +34,7 @@ it copies the body in chunks of ``rewrite.COPY_CHUNK``.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from .. import _core, maillog, rewrite
@@ -100,14 +101,8 @@ def _apply(s: HookDataSession, writer: Writer, env: Envelope, edit: rewrite.Edit
         spool.abort(writer)
         return HOOK_FAILED
     notes: list[str] = []
-    routed: list[str] = []
-    for address in edit.rcpt_add:
-        expansion = _route(s, address)
-        if isinstance(expansion, str):
-            notes.append(f"added recipient <{address}> left out: {expansion}")
-        else:
-            routed += expansion
-    edit.rcpt_add = routed
+    for address, why in rewrite.route_added(edit, functools.partial(route_added, s)):
+        notes.append(f"added recipient <{address}> left out: {why}")
     try:
         done = rewrite.apply(spool, writer, env, [edit])
     except OSError as e:
@@ -125,12 +120,16 @@ def _apply(s: HookDataSession, writer: Writer, env: Envelope, edit: rewrite.Edit
     return done.writer
 
 
-def _route(s: HookDataSession, address: str) -> tuple[str, ...] | str:
-    """The final recipients of an address a hook added, or why the router refuses it."""
+def route_added(s: SessionView, address: str) -> tuple[str, ...] | str:
+    """The final recipients of a recipient a hook or a milter added, through
+    the router as at RCPT (aliases and virtual entries expanded; relaying
+    allowed: the filter is the administrator's choice, and Postfix's cleanup
+    does not check relay permission for added recipients either), or why
+    the router refuses it."""
     try:
         path = _core.parse_path(f"<{address}>", smtputf8=True, allow_null=False)
     except AddressError as e:
-        return str(e)
+        return f"bad address: {e}"
     expansion = s.ctx.router.expand(path, relay_allowed=True)
     if isinstance(expansion, Unroutable):
         return str(expansion.reply)

@@ -63,15 +63,14 @@ import trio
 from .. import _core, maillog
 from .. import reply as R
 from ..envelope import Envelope, Recipient
-from ..errors import AddressError, SpoolError
-from ..hops import Unroutable
+from ..errors import SpoolError
 from ..mailauth import results as authres
 from ..mailauth.dkim import MessageSigner
 from ..mailauth.inbound import MessageCheck
 from ..queue.backend import Writer
 from . import lmtp
 from .context import SessionView
-from .hookdata import run_message_hooks
+from .hookdata import route_added, run_message_hooks
 from .transaction import Transaction
 
 # Header fields RFC 6409 8 lets a submission server add, found as the core's
@@ -89,21 +88,6 @@ def _date_now() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, email.utils.formatdate(now, localtime=True))
     return _date_cache[1]
-
-
-def _route_added(s: IntakeSession, address: str) -> tuple[str, ...] | str:
-    """A recipient a milter added, through the router as at RCPT (aliases and
-    virtual entries expanded; relaying allowed: the milter is the
-    administrator's choice, as Postfix's cleanup does not check relay
-    permission for added recipients): its final recipients, or why not."""
-    try:
-        path = _core.parse_path(f"<{address}>", smtputf8=True, allow_null=False)
-    except AddressError as e:
-        return f"bad address: {e}"
-    expansion = s.ctx.router.expand(path, relay_allowed=True)
-    if isinstance(expansion, Unroutable):
-        return str(expansion.reply)
-    return expansion.addresses
 
 
 @functools.lru_cache(maxsize=4096)
@@ -280,7 +264,7 @@ class Intake:
         if milter is not None:  # the content steps and the milters' changes (milter/driver.py)
             txn.milter = None
             done = await milter.finish(
-                ctx.spool, writer, env, ctx.cfg.smtpd.max_message_size, functools.partial(_route_added, s)
+                ctx.spool, writer, env, ctx.cfg.smtpd.max_message_size, functools.partial(route_added, s)
             )
             if done.reply is not None:  # a refusal, or the 250 of a discarded message
                 s.reply(done.reply)
