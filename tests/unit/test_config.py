@@ -120,3 +120,16 @@ def test_locate_takes_c_then_the_environment_then_etc_then_the_defaults(tmp_path
     monkeypatch.setenv("SMTPRS_CONFIG", "/elsewhere.toml")
     assert load_mod.locate(None) == ("/elsewhere.toml", ["$SMTPRS_CONFIG=/elsewhere.toml"])
     assert load_mod.locate("/given.toml")[0] == "/given.toml"
+
+
+def test_a_config_file_over_the_size_limit_is_refused_unread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    load_mod = importlib.import_module("smtprs.config.load")
+    big = tmp_path / "big.toml"
+    with big.open("wb") as fh:
+        fh.truncate(load_mod.CONFIG_MAX + 1)  # sparse: nothing is written
+    with pytest.raises(ConfigError, match=r"big\.toml: \d+ octets is too large for a configuration file"):
+        config.load(big)
+    big.write_text('hostname = "ok.test"\n')  # the same path under the limit loads
+    assert config.load(big).hostname == "ok.test"
