@@ -509,11 +509,24 @@ class Checker:
         m = self.cfg
         started = time.monotonic()
         lookups = Lookups(self.resolver, m.dns_budget, m.max_lookups, min(self.per_lookup, m.dns_budget))
-        _current.lookups = lookups
+        _current.lookups = lookups  # pyspf's lookups on this thread go through ours (_spf_lookup)
         try:
-            spf_r = check_spf(lookups, ip, sender, helo)
+            return self._evaluate(lookups, started, message, ip, sender, helo, header)
         finally:
             _current.lookups = None
+
+    def _evaluate(
+        self,
+        lookups: Lookups,
+        started: float,
+        message: bytes | None,
+        ip: str,
+        sender: str,
+        helo: str,
+        header: bytes | None,
+    ) -> Verdict:
+        m = self.cfg
+        spf_r = check_spf(lookups, ip, sender, helo)
         header_from: str | None = None
         has_arc = False
         if message is not None:
@@ -546,11 +559,7 @@ class Checker:
             dmarc_r = Result("dmarc", "none", "header block larger than mailauth.dkim_max_size: not read")
         helo_r = None
         if sender and m.spf.check_helo:  # last: what the DNS budget has left (a null sender's SPF is its HELO)
-            _current.lookups = lookups
-            try:
-                helo_r = check_spf_helo(lookups, ip, helo)
-            finally:
-                _current.lookups = None
+            helo_r = check_spf_helo(lookups, ip, helo)
         spfs = [spf_r] if helo_r is None else [spf_r, helo_r]
         results = [*spfs, *dkims, *([arc_r] if has_arc or message is None else []), dmarc_r]
         verdict = Verdict(results, self.field(results), lookups=lookups.count)
