@@ -467,6 +467,7 @@ class Server:
                                 lambda env: self.ctx.session.hand_off(env, "local", None),
                                 ctx.hostname,
                                 lambda: self.ctx.cfg.smtpd.max_message_size,
+                                lambda: self.ctx.session.dkim,
                             )
                         )
                     async with trio.open_nursery() as sessions:

@@ -13,6 +13,7 @@ import shutil
 import smtplib
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,37 @@ def test_trusted_network_is_signed_mx_without_auth_is_not(
     copies = delivered(trusted, sink, 2)
     assert sum(b"DKIM-Signature" in c for c in copies) == 1
     trusted.wait_log("not DKIM-signed: no key for other.test")
+
+
+def test_mail_sendmail_left_in_the_pickup_directory_is_signed(
+    make_server: Callable[..., Server], keyset: dict[str, Any], sink: SmtpSink
+) -> None:
+    """Mail a cron job or a web application hands to ``sendmail`` while the
+    server is down waits in the pickup directory; taken in at start, it is
+    signed as SMTP mail from a trusted network is, and verifies."""
+    algorithm = "rsa-sha256"
+    srv = make_server(server_config(keyset, algorithm, sink), start=False)
+    env = dict(os.environ, SMTPRS_CONFIG=str(srv.config_path))
+    original = message(2048, "from cron")
+    for m in (original, original.replace(USER.encode(), b"alice@other.test")):
+        p = subprocess.run(
+            [sys.executable, "-m", "smtprs.sendmail", "-i", "-f", USER, "friend@elsewhere.test"],
+            input=m.replace(b"\r\n", b"\n"),
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+    assert len(list((srv.data_dir / "pickup").iterdir())) == 2  # (no server: both went into the pickup directory)
+    srv.start()
+    copies = delivered(srv, sink, 2)
+    signed = [c for c in copies if c.startswith(b"DKIM-Signature: ")]
+    assert len(signed) == 1 and b"\r\nSubject: from cron\r\n" in signed[0], copies
+    assert signed[0].endswith(original.partition(b"\r\n\r\n")[2])  # (sendmail adds a Message-ID: field)
+    assert dkim.verify(signed[0], dnsfunc=txt_dnsfunc(keyset))
+    assert not dkim.verify(signed[0].replace(b"lazy dog", b"lazy cat", 1), dnsfunc=txt_dnsfunc(keyset))
+    srv.wait_log(rf"DKIM-Signature field added \(d={DOMAIN} s={KEYS[algorithm]} a={algorithm}\)")
+    srv.wait_log("not DKIM-signed: no key for other.test")
 
 
 def test_bad_key_file_stops_the_server_with_a_config_error(keyset: dict[str, Any], tmp_path: Path) -> None:

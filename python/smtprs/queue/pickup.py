@@ -26,6 +26,13 @@ its files to the directory's owner so that the server can read them) is the
 uid the file names taken.  Locally submitted mail is not subject to the relay policy: writing
 into this directory is the right to send (as Postfix's pickup).
 
+Locally submitted mail is DKIM-signed as mail from a trusted network is
+(``dkim.keys``: the From: domain's key, the signature before our Received
+field), so that a cron job's or a web application's mail verifies whichever
+way ``sendmail`` handed it over.  Milters and the Python hooks are not run on
+it, as Postfix runs its ``smtpd_milters`` on SMTP mail only
+(``non_smtpd_milters`` is empty by default).
+
 This module writes and reads the files and imports them into a
 ``SpoolBackend``; it knows nothing of SMTP.
 """
@@ -42,6 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -50,6 +58,9 @@ from .._threads import run_sync
 from ..envelope import Envelope, Recipient
 from ..errors import SpoolError
 from .backend import SpoolBackend
+
+if TYPE_CHECKING:  # (sendmail imports this module to write files: it needs no DKIM)
+    from ..mailauth.dkim import Signer
 
 MAGIC = b"smtprs-pickup 1\n"
 INTERVAL = 1.0  # seconds between two looks into the directory while running
@@ -239,9 +250,11 @@ async def import_one(
     submit: Callable[[Envelope], None],
     hostname: str,
     max_size: int,
+    dkim: Signer | None = None,
 ) -> str | None:
-    """Take one pickup file into the spool; its queue id, or None (set aside, or
-    left for the next look after a spool error)."""
+    """Take one pickup file into the spool (DKIM-signed when ``dkim`` has a key
+    for its From: domain); its queue id, or None (set aside, or left for the
+    next look after a spool error)."""
     pickup_dir = path.parent
     try:
         entry, owner = await run_sync(lambda: _read(path, max_size))
@@ -272,6 +285,8 @@ async def import_one(
         uid, user = owner, _user_of(owner)  # anyone else: the file system's word, not the file's
     writer.write(received(hostname, writer.queue_id, uid, user, entry.recipients))
     writer.write(entry.content)
+    if dkim is not None:
+        await _sign(dkim, writer.queue_id, entry.content, writer.prepend)
     env = Envelope(
         queue_id=writer.queue_id,
         sender=entry.sender,
@@ -297,12 +312,29 @@ async def import_one(
     return env.queue_id
 
 
+async def _sign(dkim: Signer, qid: str, content: bytes, prepend: Callable[[bytes], None]) -> None:
+    """The DKIM-Signature field of ``content`` before everything in the spool
+    file, as the intake signs SMTP mail; a message that cannot be signed goes
+    unsigned, logged (the body is hashed in a worker thread: it may be large)."""
+    from ..mailauth.dkim import MessageSigner
+
+    ms = MessageSigner(dkim)
+    await run_sync(lambda: ms.feed(content))
+    field, detail = await ms.signature()
+    if field is None:
+        maillog.dkim_unsigned(qid, detail)
+        return
+    prepend(field)
+    maillog.dkim_signed(qid, detail)
+
+
 async def run(
     pickup_dir: Path,
     spool: SpoolBackend,
     submit: Callable[[Envelope], None],
     hostname: str,
     max_size: Callable[[], int],
+    dkim: Callable[[], Signer | None] = lambda: None,
     *,
     interval: float = INTERVAL,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -315,5 +347,5 @@ async def run(
     task_status.started()
     while True:
         for path in await run_sync(lambda: pending(pickup_dir)):
-            await import_one(path, spool, submit, hostname, max_size())
+            await import_one(path, spool, submit, hostname, max_size(), dkim())
         await trio.sleep(interval)
