@@ -289,7 +289,9 @@ def _describe_hop(router: TracingRouter, address: str, hop: NextHop) -> dict[str
                 via = f"relay.relayhost = {json.dumps(cfg.relay.relayhost)}" + (" (with AUTH)" if hop.auth else "")
             else:
                 via = "DNS: the MX records of the domain (no transport entry, no relayhost)"
-        tls = [f"relay.tls {hop.tls}" if hop.tls == cfg.relay.tls else f"relay.tls_policy {hop.tls}"]
+        policy = {k.lower().strip("[]") for k in cfg.relay.tls_policy}
+        which = next((k for k in (hop.domain, hop.host) if k in policy), None)
+        tls = [f"relay.tls_policy {json.dumps(which)} = {hop.tls}" if which else f"relay.tls = {hop.tls}"]
         if hop.mx and cfg.dane.mode != "off":
             tls.append(f"dane.mode {cfg.dane.mode}")
         if hop.mx and hop.host == hop.domain and cfg.mta_sts.enabled:
@@ -376,11 +378,17 @@ async def _resolve_all(router: TracingRouter, results: list[dict[str, Any]]) -> 
 
     cfg = router.cfg
     resolver = Resolver(cfg.dns, prefer=cfg.relay.address_preference, dnssec=cfg.dane.mode != "off")
+    # one lookup per next hop however many recipients share it (an alias of 1000
+    # remote addresses in one domain makes one): each bounded by dns.timeout
+    answers: dict[tuple[str, bool], dict[str, Any]] = {}
     for res in results:
         for rcpt in res["recipients"]:
             hop = router.route(rcpt["address"])
             if isinstance(hop, RemoteHop):
-                rcpt["dns"] = await _lookup(router, hop, resolver)
+                key = (hop.host, hop.mx)
+                if key not in answers:
+                    answers[key] = await _lookup(router, hop, resolver)
+                rcpt["dns"] = answers[key]
                 if "error" in rcpt["dns"]:
                     res["deliverable"] = False
 
@@ -436,6 +444,9 @@ def _render_recipient(rcpt: dict[str, Any]) -> list[str]:
             out.append(f"      no MX record: implicit MX {r['host']} (RFC 5321 5.1)")
         for mx in dns.get("mx", []):
             addrs = ", ".join(mx["addresses"]) or "no address"
+            if mx["preference"] is None and mx["addresses"] == [mx["host"]]:
+                out.append(f"      {mx['host']}: an IP address, no lookup")
+                continue
             pref = "" if mx["preference"] is None else f"MX {mx['preference']} "
             out.append(f"      {pref}{mx['host']}: {addrs}")
         if "error" in dns:

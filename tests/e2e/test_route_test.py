@@ -27,6 +27,7 @@ RECORDS = [
     "--host-record=nomx.test,127.0.0.13",  # no MX: the implicit MX
     "--host-record=smart.test,127.0.0.14",
     "--mx-host=partner.test,mx.partner.test,5",  # no address for its MX host
+    "--server=/broken.test/127.0.0.1#1",  # an upstream that never answers: SERVFAIL
 ]
 
 
@@ -133,6 +134,10 @@ def test_mx_implicit_mx_nxdomain_and_no_address(tmp_path: Path, dns: Dnsmasq) ->
     assert p.returncode == 1
     assert "      MX 5 mx.partner.test: no address\n" in p.stdout
     assert "      DNS: 550 " in p.stdout
+    # a name server failure: a temporary error, the mail would wait in the queue
+    p = route_test(write_config(tmp_path, dns), "e@broken.test")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "      DNS: 451 4.4.3 " in p.stdout and "(mail would be deferred)" in p.stdout
     # --no-dns: no lookup, and nothing to refuse it for
     p = route_test(write_config(tmp_path, dns), "--no-dns", "c@gone.test")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -145,7 +150,7 @@ def test_transport_entry_and_smart_host(tmp_path: Path, dns: Dnsmasq) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert (
         '    x@a.sub.test: smtp to host 10.0.0.5 (no MX lookup), port 2525 (via relay.transport ".sub.test" = '
-        '"smtp:[10.0.0.5]:2525")\n      tls: relay.tls may\n      10.0.0.5: 10.0.0.5\n'
+        '"smtp:[10.0.0.5]:2525")\n      tls: relay.tls = may\n      10.0.0.5: an IP address, no lookup\n'
     ) in p.stdout
     smart = write_config(tmp_path / "smart", dns, relayhost="[smart.test]:2525", trusted_networks=["127.0.0.0/8"])
     p = route_test(smart, "--client", "127.0.0.5", "y@remote.test", "x@a.sub.test")

@@ -296,9 +296,24 @@ trusted_networks = ["10.1.0.0/16"]
 [relay.transport]
 "lmtp.test" = "lmtp:[127.0.0.1]:24"
 ".sub.test" = "smtp:[10.0.0.5]:2525"
+[relay.tls_policy]
+"Bank.test" = "verify"
 """
     )
     return path
+
+
+def test_route_test_tls_policy(routing: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(
+        capsys, "route", "test", "-c", str(routing), "--no-dns", "--client", "10.1.0.1", "a@bank.test", "b@other.test"
+    )
+    assert status == 0
+    assert '      tls: relay.tls_policy "bank.test" = verify; the domain\'s MTA-STS policy' in block(out, "a@bank.test")
+    assert "      tls: relay.tls = may; the domain's MTA-STS policy" in block(out, "b@other.test")
+
+
+def block(out: str, address: str) -> str:
+    return out.split(f"\naddress: {address}\n", 1)[1].split("\naddress: ", 1)[0]
 
 
 def test_route_test_prints_the_expansion_tree(routing: Path, capsys: pytest.CaptureFixture[str]) -> None:
