@@ -253,9 +253,9 @@ class TracingRouter(Router):
         for key, value in self.cfg.relay.transport.items():
             k_local, at, k_dom = key.rpartition("@")
             norm = f"{self._fold(k_local)}@{k_dom.lower().rstrip('.')}" if at else key.lower().rstrip(".")
-            if norm == first:
+            if norm == first and self._transport[norm] == spec:
                 return f"{json.dumps(key)} = {json.dumps(value)}"
-        return None
+        return "(an entry)"  # not expected: transport_of looked elsewhere than the candidates above
 
 
 def _describe_hop(router: TracingRouter, address: str, hop: NextHop) -> dict[str, Any]:

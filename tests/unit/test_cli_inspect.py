@@ -93,6 +93,8 @@ auth_password = "s3cr\\"et"
 [relay.transport]
 "lmtp.test" = "lmtp:[127.0.0.1]:24"
 ".sub.test" = "smtp:[10.0.0.5]:2525"
+"Dave@example.test" = "discard:not wanted"
+"bounce.test" = "error:5.1.1 gone away"
 [relay.tls_policy]
 "bank.test" = "verify"
 
@@ -209,7 +211,12 @@ def test_non_default_round_trips_and_lists_only_differences(tmp_path: Path, caps
     assert "banner" not in tree["smtpd"]  # a default
     assert "max_failure_delay" not in tree["smtpd"]["auth"]
     assert tree["queue"] == {"retry_min": 60.0, "max_lifetime": 86400.5}
-    assert tree["relay"]["transport"] == {"lmtp.test": "lmtp:[127.0.0.1]:24", ".sub.test": "smtp:[10.0.0.5]:2525"}
+    assert tree["relay"]["transport"] == {
+        "lmtp.test": "lmtp:[127.0.0.1]:24",
+        ".sub.test": "smtp:[10.0.0.5]:2525",
+        "Dave@example.test": "discard:not wanted",
+        "bounce.test": "error:5.1.1 gone away",
+    }
     again = tmp_path / "n.toml"
     again.write_text(out)
     assert config.load(again) == config.load(path)
@@ -296,6 +303,8 @@ trusted_networks = ["10.1.0.0/16"]
 [relay.transport]
 "lmtp.test" = "lmtp:[127.0.0.1]:24"
 ".sub.test" = "smtp:[10.0.0.5]:2525"
+"Dave@example.test" = "discard:not wanted"
+"bounce.test" = "error:5.1.1 gone away"
 [relay.tls_policy]
 "Bank.test" = "verify"
 """
@@ -446,3 +455,16 @@ def test_the_traced_router_expands_as_the_server_does(routing: Path) -> None:
         for relay in (False, True):
             assert traced.expand(path, relay_allowed=relay) == plain.expand(path, relay_allowed=relay), address
         assert traced.traced_expand(path)[0] == plain.expand(path, relay_allowed=True)
+
+
+def test_route_test_address_keys_and_error_transports(routing: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "route", "test", "-c", str(routing), "--no-dns", "dave+tag@example.test")
+    assert status == 0
+    assert (
+        '    dave+tag@example.test: discard: not wanted (via relay.transport "Dave@example.test" = "discard:not wanted")'
+        in out
+    )
+    status, out, _ = run(capsys, "route", "test", "-c", str(routing), "--no-dns", "x@bounce.test")
+    assert status == 1
+    assert "  refused: 550 5.1.1 gone away" in out
+    assert "  RCPT from 192.0.2.1: 550 5.1.1 gone away" in out  # a final destination: refused as it is, no relay check
