@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import trio
 
 from . import _core
@@ -111,6 +110,8 @@ def source_line(path: str | None, looked: list[str]) -> str:
 
 
 def render_toml(tree: dict[str, Any], comments: list[str]) -> str:
+    import tomli_w  # here, not at the top: every smtprs command imports this module to register its parsers
+
     body = tomli_w.dumps(tree)
     return "\n".join(comments) + "\n" + (("\n" + body) if body else "")
 
