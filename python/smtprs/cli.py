@@ -587,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c")
     p.add_argument("--json", action="store_true", help="the merged metrics snapshot")
     p.set_defaults(func=cmd_status)
+    from . import cli_inspect
+
+    cli_inspect.register(sub)  # route test, config show
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
