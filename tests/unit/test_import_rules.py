@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2] / "python" / "smtprs"
 
 STAGES = ("smtpd", "queue", "route", "deliver", "retrieve")
 # the composition root and the programs around it: no stage imports them
-OUTER = ("daemon", "api", "cli", "cli_queue", "supervisor", "sendmail", "testing", "__main__")
+OUTER = ("daemon", "api", "cli", "cli_queue", "cli_inspect", "supervisor", "sendmail", "testing", "__main__")
 # (importer prefix, forbidden prefixes)
 RULES = [
     ("smtprs.deliver", ["smtprs.queue", "smtprs.route", "smtprs.smtpd", "smtprs.retrieve"]),
