@@ -28,6 +28,15 @@ def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     )
 
 
+# the transport entries both test configurations use: one of each kind the router knows
+TRANSPORT = """[relay.transport]
+"lmtp.test" = "lmtp:[127.0.0.1]:24"
+".sub.test" = "smtp:[10.0.0.5]:2525"
+"Dave@example.test" = "discard:not wanted"
+"bounce.test" = "error:5.1.1 gone away"
+"""
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -90,12 +99,7 @@ trusted_networks = ["127.0.0.0/8", "::1/128"]
 relayhost = "[smart.test]:587"
 auth_username = "relayuser"
 auth_password = "s3cr\\"et"
-[relay.transport]
-"lmtp.test" = "lmtp:[127.0.0.1]:24"
-".sub.test" = "smtp:[10.0.0.5]:2525"
-"Dave@example.test" = "discard:not wanted"
-"bounce.test" = "error:5.1.1 gone away"
-[relay.tls_policy]
+{TRANSPORT}[relay.tls_policy]
 "bank.test" = "verify"
 
 [dns]
@@ -300,12 +304,7 @@ aliases = "{tmp_path / "aliases"}"
 virtual_map = "{tmp_path / "virtual"}"
 [relay]
 trusted_networks = ["10.1.0.0/16"]
-[relay.transport]
-"lmtp.test" = "lmtp:[127.0.0.1]:24"
-".sub.test" = "smtp:[10.0.0.5]:2525"
-"Dave@example.test" = "discard:not wanted"
-"bounce.test" = "error:5.1.1 gone away"
-[relay.tls_policy]
+{TRANSPORT}[relay.tls_policy]
 "Bank.test" = "verify"
 """
     )
