@@ -56,7 +56,8 @@ Resource policy: each connection runs in its own task and closes its stream
 in ``finally``; running out of file descriptors while accepting is logged and
 waited out (as ``trio.serve_listeners`` does); limits on sessions (all, and
 per client address) and connection rate are checked by the session, which
-answers 421 (with several workers each counts its own connections); an
+answers 421 (the per-client counts are one table for all workers,
+``data_dir/client-limits.shm``: smtpd/limits.py); an
 unexpected exception in a session is logged and ends that session only.
 """
 
@@ -102,6 +103,7 @@ from .route.router import Router
 from .smtpd import tls as tls_mod
 from .smtpd.auth import Authenticator, FailureDelays, UsersFile, UsersFileError
 from .smtpd.context import HandOff, Runtime, SessionContext
+from .smtpd.limits import ClientLimits
 from .smtpd.listen import Bound, accept_loop, bind, describe
 from .smtpd.policy import Policy
 from .smtpd.session import Session
@@ -109,6 +111,8 @@ from .smtpd.session import Session
 # Seconds sessions get, after the shutdown deadline, to send their 421 and close
 # before they are cancelled.
 SHUTDOWN_GRACE = 5.0
+
+CLIENT_LIMITS_FILE = "client-limits.shm"  # relative to data_dir: the per-client counts all workers share
 
 # Keys (or whole sections) read once at start: a reload keeps their running
 # values and says so.  They name things opened at start (the spool, the
@@ -432,6 +436,8 @@ class Server:
                 extra.hooks = self.hooks
                 ctx.schedulers.append(extra)
             _check_settings(ctx)
+            # per-client counts for the whole server, shared with the other workers (smtpd/limits.py)
+            ctx.runtime.limits = ClientLimits.shared(str(cfg.path(CLIENT_LIMITS_FILE)), worker, workers)
             # Bind every listener first, so a port in use fails the start with one clear error.
             bound: list[Bound] = []
             try:
@@ -488,6 +494,7 @@ class Server:
             if self._ctx is not None:
                 for sched in self._ctx.schedulers:
                     sched.spool.close()
+                self._ctx.runtime.limits.close()
             for fd in locks:
                 os.close(fd)
 

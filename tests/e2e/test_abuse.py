@@ -41,7 +41,7 @@ def deliver_one(srv: Server, user: str, subject: str, source: str | None = None)
 
 
 def test_connection_limit_per_client_address(make_server) -> None:
-    srv = make_server({"smtpd": {"max_connections_per_client": 3}})
+    srv = make_server({"smtpd": {"max_connections_per_client": 3, "limit_exempt_networks": []}})
     held = [srv.connect(source="127.0.0.2") for _ in range(3)]
     with SMTPClient(srv.port, source="127.0.0.2") as fourth:
         check(fourth.reply(), 421, "4.7.0", "a 4th session from one address")
@@ -91,7 +91,9 @@ def test_connections_reset_before_the_greeting_leave_the_server_serving(make_ser
 
 def test_connection_rate_limit_per_client_address(make_server) -> None:
     """(The window running out is tested in virtual time: tests/unit/test_limits.py.)"""
-    srv = make_server({"smtpd": {"max_connection_rate": 5, "connection_rate_window": 600.0}})
+    srv = make_server(
+        {"smtpd": {"max_connection_rate": 5, "connection_rate_window": 600.0, "limit_exempt_networks": []}}
+    )
     codes = []
     for _ in range(8):
         with SMTPClient(srv.port, source="127.0.0.5") as c:

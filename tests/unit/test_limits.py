@@ -26,30 +26,93 @@ async def _session_from(nursery: trio.Nursery, ctx, ip: str) -> Client:
 
 
 def test_client_limits_count_and_rate():
-    limits = ClientLimits(max_clients=3)
+    limits = ClientLimits()
     kw = {"per_client": 2, "rate": 0, "window": 60.0}
     assert limits.admit("192.0.2.1", 0.0, **kw) is None
     assert limits.admit("192.0.2.1", 0.0, **kw) is None
     assert limits.admit("192.0.2.1", 0.0, **kw) == R.TOO_MANY_FROM_CLIENT
     assert limits.admit("192.0.2.2", 0.0, **kw) is None  # another address is not affected
-    # an IPv6 /64 is one client
+    # an IPv6 /64 is one client, and an IPv4-mapped address is the IPv4 one
     assert limits.admit("2001:db8::1", 0.0, **kw) is None
     assert limits.admit("2001:db8::ffff:2", 0.0, **kw) is None
     assert limits.admit("2001:db8::3", 0.0, **kw) == R.TOO_MANY_FROM_CLIENT
     assert limits.admit("2001:db8:0:1::3", 0.0, **kw) is None
+    assert limits.admit("::ffff:192.0.2.1", 0.0, **kw) == R.TOO_MANY_FROM_CLIENT
     limits.release("192.0.2.1")
+    assert limits.open_sessions("192.0.2.1") == 1
     assert limits.admit("192.0.2.1", 0.0, **kw) is None
     # rate: 3 per 10 s; refused attempts count too
     rate = {"per_client": 100, "rate": 3, "window": 10.0}
     for t in (0.0, 1.0, 2.0):
         assert limits.admit("198.51.100.1", t, **rate) is None
     assert limits.admit("198.51.100.1", 3.0, **rate) == R.CONNECTION_RATE_EXCEEDED
-    assert limits.admit("198.51.100.1", 10.5, **rate) == R.CONNECTION_RATE_EXCEEDED  # 1, 2, 3 are within 10 s of 10.5
+    # 10.5: a new window, but 95% of the last one (4 attempts) still overlaps it
+    assert limits.admit("198.51.100.1", 10.5, **rate) == R.CONNECTION_RATE_EXCEEDED
     assert limits.admit("198.51.100.1", 25.0, **rate) is None  # backed off: allowed again
-    # memory stays bounded however many addresses come
+    assert limits.admit("198.51.100.1", 60.0, **rate) is None  # long gone: the count starts afresh
+    assert limits.untracked == 0
+
+
+def test_client_limits_memory_is_bounded():
+    """A fixed table: clients with no open session are forgotten, least recently seen
+    first; a client whose bucket is full of open sessions is admitted uncounted."""
+    limits = ClientLimits(max_clients=3)
+    rate = {"per_client": 100, "rate": 2, "window": 10.0}
     for i in range(100):
-        limits.admit(f"203.0.113.{i}", 30.0, **rate)
-    assert limits.remembered <= 3
+        limits.admit(f"203.0.113.{i}", float(i), **rate)
+        limits.release(f"203.0.113.{i}")
+    assert limits.remembered == 3
+    kw = {"per_client": 1, "rate": 0, "window": 60.0}
+    for i in range(3):
+        assert limits.admit(f"192.0.2.{i}", 200.0, **kw) is None  # they take the slots of the idle ones
+    assert limits.admit("192.0.2.99", 200.0, **kw) is None  # no slot: admitted, not counted
+    assert limits.untracked == 1 and limits.open_sessions("192.0.2.99") == 0
+    assert limits.admit("192.0.2.0", 200.0, **kw) == R.TOO_MANY_FROM_CLIENT  # those counted stay counted
+
+
+def test_shared_table_counts_once_for_all_workers(tmp_path):
+    """Two workers' tables on one file (as two processes map it): one count per
+    client for the whole server, each worker releasing only its own sessions."""
+    path = str(tmp_path / "client-limits.shm")
+    w0 = ClientLimits.shared(path, 0, 2)
+    w1 = ClientLimits.shared(path, 1, 2)
+    kw = {"per_client": 3, "rate": 0, "window": 60.0}
+    assert w0.admit("192.0.2.1", 0.0, **kw) is None
+    assert w1.admit("192.0.2.1", 0.0, **kw) is None
+    assert w1.admit("192.0.2.1", 0.0, **kw) is None
+    assert w0.admit("192.0.2.1", 0.0, **kw) == R.TOO_MANY_FROM_CLIENT
+    assert w1.admit("192.0.2.1", 0.0, **kw) == R.TOO_MANY_FROM_CLIENT
+    assert w0.open_sessions("192.0.2.1") == w1.open_sessions("192.0.2.1") == 3
+    w0.release("192.0.2.1")
+    w0.release("192.0.2.1")  # worker 0 had one session only: its count stays at 0
+    assert w1.open_sessions("192.0.2.1") == 2
+    # the rate is shared too: 2 attempts per window whichever worker takes them
+    rate = {"per_client": 100, "rate": 2, "window": 60.0}
+    assert w0.admit("198.51.100.7", 1.0, **rate) is None
+    assert w1.admit("198.51.100.7", 2.0, **rate) is None
+    assert w0.admit("198.51.100.7", 3.0, **rate) == R.CONNECTION_RATE_EXCEEDED
+    # worker 1 is killed and started again: its sessions died with it, its counts go
+    w1.close()
+    w1 = ClientLimits.shared(path, 1, 2)
+    assert w0.open_sessions("192.0.2.1") == 0
+    assert w0.admit("192.0.2.1", 5.0, **kw) is None
+    # a restart with one worker: worker 0 clears the columns beyond it
+    assert w1.admit("192.0.2.5", 5.0, **kw) is None
+    w0.close()
+    w1.close()
+    solo = ClientLimits.shared(path, 0, 1)
+    assert solo.open_sessions("192.0.2.5") == 0 and solo.open_sessions("192.0.2.1") == 0
+    solo.close()
+
+
+def test_shared_table_of_another_layout_is_started_afresh(tmp_path):
+    path = tmp_path / "client-limits.shm"
+    path.write_bytes(b"not a table" * 100)
+    limits = ClientLimits.shared(str(path), 0, 1)
+    assert limits.remembered == 0
+    assert limits.admit("192.0.2.1", 0.0, per_client=1, rate=0, window=1.0) is None
+    limits.close()
+    assert path.read_bytes()[:8] == b"SMTPRSCL"
 
 
 async def test_per_client_connection_limit_in_sessions(ctx_factory):
@@ -85,7 +148,11 @@ async def test_connection_rate_limit_in_sessions(ctx_factory, autojump_clock):
         r = await c.reply()
         assert (r.code, r.enhanced) == (421, "4.7.0")
         assert "short time" in r.text
+        # one window later the last one still counts, in proportion to its overlap
         await trio.sleep(61)
+        c = await _session_from(n, ctx, "192.0.2.20")
+        assert (await c.reply()).code == 421
+        await trio.sleep(121)  # two quiet windows: the count starts afresh
         c = await _session_from(n, ctx, "192.0.2.20")
         assert (await c.reply()).code == 220
         n.cancel_scope.cancel()

@@ -249,6 +249,14 @@ def _check(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"relay.trusted_networks[{i}]: not a network (CIDR): {net!r}") from None
+    for i, net in enumerate(cfg.smtpd.limit_exempt_networks):
+        try:
+            if net != "$trusted_networks":
+                ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"smtpd.limit_exempt_networks[{i}]: not a network (CIDR) or $trusted_networks: {net!r}"
+            ) from None
     if r.relayhost:
         parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
     own_lmtp = {parse_host_port(lst.address, "") for lst in cfg.smtpd.listeners if lst.mode == "lmtp"}

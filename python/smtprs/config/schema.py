@@ -126,10 +126,17 @@ class Smtpd:
     max_connection_rate: int = _f(
         0,
         "Connections one client address (an IPv6 /64) may open within `connection_rate_window` seconds; more get 421 4.7.0 and are closed "
-        "(every attempt counts, refused ones too). 0: no limit.",
+        "(every attempt counts, refused ones too; counted as a sliding window: the previous window's attempts weigh by how much of it "
+        "the last `connection_rate_window` seconds overlap). 0: no limit.",
         min=0,
     )
     connection_rate_window: float = _f(60.0, "The time window of `max_connection_rate`, in seconds.", min=0.001)
+    limit_exempt_networks: list[str] = _f(
+        ["$trusted_networks", "127.0.0.0/8", "::1/128"],
+        "Client networks (CIDR) exempt from `max_connections_per_client` and `max_connection_rate` (Postfix's "
+        "`smtpd_client_event_limit_exceptions`); `$trusted_networks` stands for relay.trusted_networks. The counts of "
+        "other clients are one per client for the whole server, shared by all workers.",
+    )
     max_junk_commands: int = _f(
         100,
         "NOOP, RSET, VRFY and HELP commands a session may send between two accepted messages before each further one counts as an error.",

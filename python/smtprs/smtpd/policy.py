@@ -1,11 +1,14 @@
 """Relay and sender policy: who may send mail to other domains, and as whom.
 
 Reads ``smtpd.auth`` (the senders each user may use) and ``local.domains``.
-The session asks two questions and acts on the answers:
+The session asks three questions and acts on the answers:
 
 - ``relay_allowed(client_ip, auth_user)``: may this client have mail for
   non-local domains accepted?  An authenticated user may, and so may a client
   in ``relay.trusted_networks`` (empty by default: nobody else).
+- ``limit_exempt(client_ip)``: is the client exempt from the per-client
+  connection limits (``smtpd.limit_exempt_networks``: by default
+  relay.trusted_networks and loopback)?
 - ``sender_allowed(auth_user, sender)``: may this authenticated user use this
   envelope sender?  Their login if it is an address (else login@ each local
   domain), plus the patterns ``smtpd.auth.senders`` lists for them; the null
@@ -31,6 +34,11 @@ class Policy:
         self._senders = {normalize_username(u): [p.lower() for p in pats] for u, pats in auth.senders.items()}
         self._domains = [d.lower() for d in cfg.local.domains]
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.trusted_networks]
+        self._limit_exempt = [
+            net
+            for n in cfg.smtpd.limit_exempt_networks
+            for net in (self._trusted if n == "$trusted_networks" else [ipaddress.ip_network(n, strict=False)])
+        ]
 
     def relay_allowed(self, client_ip: str, auth_user: str | None) -> bool:
         """Whether mail for non-local domains is accepted from this client."""
@@ -38,15 +46,11 @@ class Policy:
 
     def trusted(self, client_ip: str) -> bool:
         """Is the client in relay.trusted_networks (may it relay without AUTH)?"""
-        if not self._trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self._trusted)
+        return _in(client_ip, self._trusted)
+
+    def limit_exempt(self, client_ip: str) -> bool:
+        """Is the client in smtpd.limit_exempt_networks (not counted by the per-client limits)?"""
+        return _in(client_ip, self._limit_exempt)
 
     def sender_patterns(self, auth_user: str) -> list[str]:
         user = normalize_username(auth_user)
@@ -59,3 +63,15 @@ class Policy:
             return True
         address = sender.lower()
         return any(fnmatch.fnmatchcase(address, p) for p in self.sender_patterns(auth_user))
+
+
+def _in(client_ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)

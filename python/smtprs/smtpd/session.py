@@ -309,14 +309,17 @@ class Session:
         maillog.connect(self.id, self.peer)
         admitted = False
         try:
-            refusal = runtime.limits.admit(
-                self.peer_ip,
-                trio.current_time(),
-                per_client=s.max_connections_per_client,
-                rate=s.max_connection_rate,
-                window=s.connection_rate_window,
-            )
-            admitted = refusal is None
+            refusal = None
+            if not self.ctx.policy.limit_exempt(self.peer_ip):
+                limits = runtime.limits
+                refusal = limits.admit(
+                    self.peer_ip,
+                    limits.now(),
+                    per_client=s.max_connections_per_client,
+                    rate=s.max_connection_rate,
+                    window=s.connection_rate_window,
+                )
+                admitted = refusal is None
             if refusal is None and self.ctx.active_sessions > s.max_connections:
                 refusal = R.TOO_MANY_CONNECTIONS
             if refusal is None and runtime.closing:
