@@ -100,6 +100,7 @@ from .queue.scheduler import Scheduler
 from .queue.spool import Spool
 from .retrieve.pop3 import Pop3Context, Pop3Session
 from .route.router import Router
+from .screen import greylist as greylist_mod
 from .smtpd import tls as tls_mod
 from .smtpd.auth import Authenticator, FailureDelays, UsersFile, UsersFileError
 from .smtpd.context import HandOff, Runtime, SessionContext
@@ -238,6 +239,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
     a = cfg.smtpd.auth
     metrics = Metrics()
     null = isinstance(spool, NullSpool)
+    runtime = Runtime()
     session = SessionContext(
         cfg,
         hostname,
@@ -248,7 +250,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         authenticator=Authenticator(UsersFile(cfg.users_path)),
         auth_delays=FailureDelays(a.failure_delay, a.max_failure_delay, a.failure_window),
         policy=Policy(cfg),
-        runtime=Runtime(),
+        runtime=runtime,
         metrics=metrics,
         agents=agents,
         hooks=hooks,
@@ -256,6 +258,7 @@ def build(cfg: Config, shard: int = 0, hooks: Hooks | None = None) -> ServerCont
         dkim=Signer.for_config(cfg),
         mailauth=Checker.for_config(cfg, hostname),
         milters=milter_settings(cfg),
+        greylist=greylist_mod.for_config(cfg, runtime),
     )
     ctx = ServerContext(cfg, spool, router, scheduler, hostname, smtp, session, agents=agents, hooks=hooks)
     ctx.schedulers.append(scheduler)
@@ -319,6 +322,7 @@ def rebuild(old: ServerContext, cfg: Config) -> ServerContext:
         dkim=Signer.for_config(cfg),
         mailauth=Checker.for_config(cfg, old.hostname),
         milters=milter_settings(cfg),
+        greylist=greylist_mod.for_config(cfg, old.runtime),
     )
     ctx = dataclasses.replace(old, cfg=cfg, router=router, session=session, bound=list(old.bound))
     ctx.pop3 = _pop3_context(ctx)
@@ -495,6 +499,8 @@ class Server:
                 for sched in self._ctx.schedulers:
                     sched.spool.close()
                 self._ctx.runtime.limits.close()
+                if self._ctx.runtime.greylist is not None:
+                    self._ctx.runtime.greylist.close()
             for fd in locks:
                 os.close(fd)
 

@@ -50,6 +50,11 @@ BUCKETS: tuple[float, ...] = (
 DEFINITIONS: dict[str, tuple[str, str]] = {
     "smtprs_connections_total": ("counter", "SMTP, LMTP and POP3 connections accepted, by listener mode."),
     "smtprs_sessions_active": ("gauge", "Sessions open now."),
+    "smtprs_greylist_total": (
+        "counter",
+        "Greylisting checks of mx recipients (screen.greylist), by result (deferred, passed) and reason "
+        "(new, early: deferred; retried, known, allowlisted: passed).",
+    ),
     "smtprs_dkim_signatures_total": (
         "counter",
         "Messages eligible for DKIM signing (authenticated or trusted client, keys configured), by result: "

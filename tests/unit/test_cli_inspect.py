@@ -139,6 +139,10 @@ format = "json"
 
 [metrics]
 enabled = true
+
+[screen.greylist]
+enabled = true
+exempt_domains = ["postmaster.test"]
 """
     )
     return path

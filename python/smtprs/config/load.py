@@ -249,6 +249,16 @@ def _check(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"relay.trusted_networks[{i}]: not a network (CIDR): {net!r}") from None
+    for i, net in enumerate(cfg.screen.greylist.exempt_networks):
+        try:
+            if net != "$trusted_networks":
+                ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"screen.greylist.exempt_networks[{i}]: not a network (CIDR) or $trusted_networks: {net!r}"
+            ) from None
+    if cfg.screen.greylist.retry_window <= cfg.screen.greylist.delay:
+        raise ConfigError("screen.greylist.retry_window: must be longer than screen.greylist.delay")
     for i, net in enumerate(cfg.smtpd.limit_exempt_networks):
         try:
             if net != "$trusted_networks":

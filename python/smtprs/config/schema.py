@@ -654,6 +654,49 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Greylist:
+    """Greylisting of mx clients (postgrey's method): the first try of a (client network, sender, recipient) triplet is deferred."""
+
+    enabled: bool = _f(
+        False,
+        "Greylist mail from clients on mx listeners: the first attempt of each (client /24 or /64, sender, recipient) gets "
+        "450 4.7.1, a retry after `delay` passes. Never submission, LMTP or authenticated sessions. The triplets are in "
+        "data_dir/greylist.sqlite, shared by all workers.",
+    )
+    delay: float = _f(300.0, "Seconds a new triplet is deferred (postgrey's --delay).", min=0.0)
+    retry_window: float = _f(
+        2 * 86400.0,
+        "Seconds after the first attempt within which a retry passes; later, the triplet starts again (postgrey's --retry-window).",
+        min=0.001,
+    )
+    max_age: float = _f(
+        35.0,
+        "Days a triplet that passed (and an allowlisted client) is remembered after its last use (postgrey's --max-age).",
+        min=0.001,
+    )
+    auto_allowlist: int = _f(
+        5,
+        "Triplets a client network must pass before it is not greylisted any more, for `max_age` days; 0: never "
+        "(postgrey's --auto-whitelist-clients).",
+        min=0,
+    )
+    exempt_networks: list[str] = _f(
+        ["$trusted_networks"],
+        "Client networks (CIDR) never greylisted; `$trusted_networks` stands for relay.trusted_networks.",
+    )
+    exempt_domains: list[str] = _f(
+        [], "Recipient domains (and their subdomains) never greylisted, e.g. for postmaster mail that must not wait."
+    )
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Screening of clients on mx listeners, before their mail costs anything."""
+
+    greylist: Greylist = _f(Greylist(), "Greylisting.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -679,6 +722,7 @@ class Config:
     queue: Queue = _f(Queue(), "Spool and scheduler.")
     relay: Relay = _f(Relay(), "Relaying to other hosts.")
     dns: Dns = _f(Dns(), "DNS resolver.")
+    screen: Screen = _f(Screen(), "Screening of mx clients.")
     pop3: Pop3 = _f(Pop3(), "POP3 retrieval.")
     dkim: Dkim = _f(Dkim(), "DKIM signing.")
     mta_sts: MtaSts = _f(MtaSts(), "MTA-STS for outbound delivery by MX.")

@@ -31,6 +31,8 @@ from ..milter.driver import Settings as MilterSettings
 from ..queue.backend import SpoolBackend
 from ..reply import Reply
 from ..route.router import Router
+from ..screen.greylist import Greylist
+from ..screen.greylist import Store as GreylistStore
 from .auth import Authenticator, FailureDelays
 from .limits import ClientLimits
 from .policy import Policy
@@ -52,6 +54,7 @@ class Runtime:
     sessions: set[OpenSession] = field(default_factory=set)
     other_sessions: int = 0  # POP3 sessions (they count towards smtpd.max_connections too)
     limits: ClientLimits = field(default_factory=ClientLimits)
+    greylist: GreylistStore | None = None  # the greylisting database, opened on first use (screen/greylist.py)
     closing: bool = False
     drain_deadline: float = math.inf
     all_closed: trio.Event = field(default_factory=trio.Event)
@@ -106,6 +109,7 @@ class SessionContext:
     mailauth: Checker | None = None  # inbound SPF/DKIM/ARC/DMARC on mx listeners (mailauth.enabled), else None
     # the milters of each listener that has some, by listener address (empty: no milter anywhere)
     milters: dict[str, MilterSettings] = field(default_factory=dict)
+    greylist: Greylist | None = None  # screen.greylist on mx listeners, None when off
 
     @property
     def active_sessions(self) -> int:

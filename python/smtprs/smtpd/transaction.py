@@ -290,6 +290,27 @@ async def rcpt(s: TransactionSession, cmd: _core.Command) -> None:
     ):
         s.reply(refused)
         return
+    if (
+        (grey := s.ctx.greylist) is not None
+        and s.mode == "mx"
+        and s.auth_user is None
+        and not grey.exempt(s.peer_ip, address)
+    ):
+        verdict = await grey.check(s.peer_ip, txn.sender.address(), address)
+        s.ctx.metrics.inc(
+            "smtprs_greylist_total", result="passed" if verdict.passed else "deferred", reason=verdict.why
+        )
+        if not verdict.passed:
+            refusal = verdict.reply(address)
+            maillog.reject(
+                s.id,
+                s.peer,
+                "RCPT",
+                refusal,
+                f"from=<{txn.sender.address()}> to=<{address}> greylisted ({verdict.why})",
+            )
+            s.reply(refusal)
+            return
     if txn.milter is not None and (refusal := await txn.milter.rcpt(address, _esmtp_args(cmd.params))) is not None:
         s.reply(refusal)
         return

@@ -1,0 +1,1 @@
+"""Screening of inbound (``mx``) clients before their mail costs anything: ``[screen]``."""
