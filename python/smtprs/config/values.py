@@ -228,3 +228,27 @@ def dir_mode(text: str, key: str = "local.mailbox_mode") -> int:
     if not 0 <= mode <= 0o777 or mode & 0o700 != 0o700:
         raise ConfigError(f"{key}: expected a mode from 0700 to 0777 (the owner keeps rwx), got {text!r}")
     return mode
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(names: list[str], trusted: list[str]) -> list[Network]:
+    """CIDR strings as networks; ``$trusted_networks`` stands for ``trusted`` (relay.trusted_networks)."""
+    out: list[Network] = []
+    for n in names:
+        out += [ipaddress.ip_network(t, strict=False) for t in (trusted if n == "$trusted_networks" else [n])]
+    return out
+
+
+def address_in(ip: str, nets: list[Network]) -> bool:
+    """Is ``ip`` (an IPv4-mapped IPv6 address as its IPv4 one) in one of ``nets``?"""
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in nets)

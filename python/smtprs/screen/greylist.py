@@ -34,6 +34,7 @@ import trio
 
 from .. import reply as R
 from ..config import Config
+from ..config.values import address_in, networks
 
 DB_FILE = "greylist.sqlite"  # relative to data_dir
 PURGE_EVERY = 1000  # checks between two purges of expired entries
@@ -190,12 +191,7 @@ class Greylist:
     def __init__(self, cfg: Config, store: Store) -> None:
         g = cfg.screen.greylist
         self.store = store
-        trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.trusted_networks]
-        self._exempt = [
-            net
-            for n in g.exempt_networks
-            for net in (trusted if n == "$trusted_networks" else [ipaddress.ip_network(n, strict=False)])
-        ]
+        self._exempt = networks(g.exempt_networks, cfg.relay.trusted_networks)
         self._domains = {d.lower().rstrip(".") for d in g.exempt_domains}
         self.timing = Timing(g.delay, g.retry_window, g.max_age * 86400.0, g.auto_allowlist)
 
@@ -206,10 +202,4 @@ class Greylist:
         domain = rcpt.rpartition("@")[2].lower()
         if domain in self._domains or any(domain.endswith("." + d) for d in self._domains):
             return True
-        try:
-            addr = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self._exempt)
+        return address_in(client_ip, self._exempt)

@@ -20,9 +20,9 @@ It holds no state beyond the compiled configuration and writes nothing.
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 
 from ..config import Config
+from ..config.values import address_in, networks
 from .auth import normalize_username
 
 
@@ -33,12 +33,8 @@ class Policy:
         self.restrict_senders = auth.restrict_senders
         self._senders = {normalize_username(u): [p.lower() for p in pats] for u, pats in auth.senders.items()}
         self._domains = [d.lower() for d in cfg.local.domains]
-        self._trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.relay.trusted_networks]
-        self._limit_exempt = [
-            net
-            for n in cfg.smtpd.limit_exempt_networks
-            for net in (self._trusted if n == "$trusted_networks" else [ipaddress.ip_network(n, strict=False)])
-        ]
+        self._trusted = networks(cfg.relay.trusted_networks, [])
+        self._limit_exempt = networks(cfg.smtpd.limit_exempt_networks, cfg.relay.trusted_networks)
 
     def relay_allowed(self, client_ip: str, auth_user: str | None) -> bool:
         """Whether mail for non-local domains is accepted from this client."""
@@ -46,11 +42,11 @@ class Policy:
 
     def trusted(self, client_ip: str) -> bool:
         """Is the client in relay.trusted_networks (may it relay without AUTH)?"""
-        return _in(client_ip, self._trusted)
+        return address_in(client_ip, self._trusted)
 
     def limit_exempt(self, client_ip: str) -> bool:
         """Is the client in smtpd.limit_exempt_networks (not counted by the per-client limits)?"""
-        return _in(client_ip, self._limit_exempt)
+        return address_in(client_ip, self._limit_exempt)
 
     def sender_patterns(self, auth_user: str) -> list[str]:
         user = normalize_username(auth_user)
@@ -63,15 +59,3 @@ class Policy:
             return True
         address = sender.lower()
         return any(fnmatch.fnmatchcase(address, p) for p in self.sender_patterns(auth_user))
-
-
-def _in(client_ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    if not networks:
-        return False
-    try:
-        addr = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
