@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .harness import DOMAIN, Server, SMTPClient, check, make_message, stuff
+from .test_submission import PASSWORD, USER, client_context, credentials, msa_config  # noqa: F401 (credentials: a fixture)
 from .test_workers import wait_workers
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +107,20 @@ def test_exempt_networks_and_domains_are_not_delayed(make_server) -> None:
     assert attempt(srv, f"carol@{DOMAIN}", source="127.0.0.33") == (450, "4.7.1")
     srv.wait_mail("alice", 1)
     srv.wait_mail("bob", 1)
+
+
+def test_submission_is_not_delayed(make_server, credentials) -> None:
+    """Greylisting screens mx clients only: a user submitting on 587 is not delayed
+    (twice, so not by an early pass either); an anonymous mx client is."""
+    cfg = msa_config(credentials)
+    cfg.update(grey())
+    srv = make_server(cfg, modes=("submission",))
+    for n in range(2):
+        with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=15) as s:
+            s.ehlo("client.test")
+            s.starttls(context=client_context(credentials))
+            s.ehlo("client.test")
+            s.login(USER, PASSWORD)
+            s.sendmail(USER, [f"bob@{DOMAIN}"], make_message(f"submission {n}", "not greylisted\r\n"))
+    srv.wait_mail("bob", 2)
+    assert attempt(srv, f"bob@{DOMAIN}", sender="anonymous@client.test") == (450, "4.7.1")

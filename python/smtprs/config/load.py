@@ -16,7 +16,15 @@ from typing import Any, Literal, Union
 from ..errors import ConfigError
 from ..mailauth.keys import DkimKeyError, a_label, load_key
 from .schema import DKIM_NEVER_SIGN, Config
-from .values import dir_mode, mailbox_ids, parse_host_port, parse_nexthop, parse_socket_address, parse_transport
+from .values import (
+    check_networks,
+    dir_mode,
+    mailbox_ids,
+    parse_host_port,
+    parse_nexthop,
+    parse_socket_address,
+    parse_transport,
+)
 
 # --------------------------------------------------------------------------
 # Loading and validation
@@ -244,29 +252,11 @@ def _check(cfg: Config) -> None:
     if not cfg.queue.control_socket:
         raise ConfigError("queue.control_socket: must not be empty")
     r = cfg.relay
-    for i, net in enumerate(r.trusted_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"relay.trusted_networks[{i}]: not a network (CIDR): {net!r}") from None
-    for i, net in enumerate(cfg.screen.greylist.exempt_networks):
-        try:
-            if net != "$trusted_networks":
-                ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"screen.greylist.exempt_networks[{i}]: not a network (CIDR) or $trusted_networks: {net!r}"
-            ) from None
+    check_networks(r.trusted_networks, "relay.trusted_networks", token=False)
+    check_networks(cfg.screen.greylist.exempt_networks, "screen.greylist.exempt_networks")
     if cfg.screen.greylist.retry_window <= cfg.screen.greylist.delay:
         raise ConfigError("screen.greylist.retry_window: must be longer than screen.greylist.delay")
-    for i, net in enumerate(cfg.smtpd.limit_exempt_networks):
-        try:
-            if net != "$trusted_networks":
-                ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"smtpd.limit_exempt_networks[{i}]: not a network (CIDR) or $trusted_networks: {net!r}"
-            ) from None
+    check_networks(cfg.smtpd.limit_exempt_networks, "smtpd.limit_exempt_networks")
     if r.relayhost:
         parse_nexthop(r.relayhost, "relay.relayhost", r.smtp_port)
     own_lmtp = {parse_host_port(lst.address, "") for lst in cfg.smtpd.listeners if lst.mode == "lmtp"}

@@ -241,14 +241,31 @@ def networks(names: list[str], trusted: list[str]) -> list[Network]:
     return out
 
 
-def address_in(ip: str, nets: list[Network]) -> bool:
-    """Is ``ip`` (an IPv4-mapped IPv6 address as its IPv4 one) in one of ``nets``?"""
-    if not nets:
-        return False
+def check_networks(names: list[str], key: str, *, token: bool = True) -> None:
+    """ConfigError naming ``key[i]`` for an entry that is not a CIDR network (nor, with
+    ``token``, ``$trusted_networks``)."""
+    for i, net in enumerate(names):
+        if token and net == "$trusted_networks":
+            continue
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            what = "a network (CIDR) or $trusted_networks" if token else "a network (CIDR)"
+            raise ConfigError(f"{key}[{i}]: not {what}: {net!r}") from None
+
+
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address (an IPv4-mapped IPv6 address as its IPv4 one); None if ``ip`` is not one."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        return False
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in nets)
+        return addr.ipv4_mapped
+    return addr
+
+
+def address_in(ip: str, nets: list[Network]) -> bool:
+    """Is ``ip`` (an IPv4-mapped IPv6 address as its IPv4 one) in one of ``nets``?"""
+    addr = client_address(ip) if nets else None
+    return addr is not None and any(addr in net for net in nets)

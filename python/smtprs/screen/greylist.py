@@ -34,7 +34,7 @@ import trio
 
 from .. import reply as R
 from ..config import Config
-from ..config.values import address_in, networks
+from ..config.values import address_in, client_address, networks
 
 DB_FILE = "greylist.sqlite"  # relative to data_dir
 PURGE_EVERY = 1000  # checks between two purges of expired entries
@@ -56,12 +56,9 @@ CREATE TABLE IF NOT EXISTS clients (
 
 def client_network(ip: str) -> str:
     """The network a client is greylisted by: IPv4 /24, IPv6 /64."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
+    addr = client_address(ip)
+    if addr is None:
         return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     prefix = 24 if isinstance(addr, ipaddress.IPv4Address) else 64
     return str(ipaddress.ip_network((addr, prefix), strict=False))
 

@@ -55,6 +55,7 @@ from contextlib import contextmanager
 import trio
 
 from .. import reply as R
+from ..config.values import client_address
 
 MAGIC = b"SMTPRSCL"
 VERSION = 1
@@ -71,12 +72,9 @@ _SLOT_HEAD = struct.Struct("<16sddII")
 def _packed(ip: str) -> bytes:
     """16 bytes naming the client (the IP, or its /64 for IPv6, as ``FailureDelays.key``):
     never all zero, which marks a free slot."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
+    addr = client_address(ip)
+    if addr is None:
         return b"\x02" + zlib.crc32(ip.encode()).to_bytes(4, "big") + b"\x00" * 11
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     if isinstance(addr, ipaddress.IPv4Address):
         return b"\x04" + addr.packed + b"\x00" * 11
     return b"\x06" + addr.packed[:8] + b"\x00" * 7
